@@ -1,0 +1,3 @@
+"""dicomd: a DICOM daemon and library built on Twisted."""
+
+__version__ = "0.1.0"
