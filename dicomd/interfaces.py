@@ -1,0 +1,102 @@
+"""The plugin contracts of dicomd.
+
+A plugin is any object that provides one of these interfaces; the daemon
+finds it through the ``plugins:`` list of the YAML configuration and asks it
+through ``defer.maybeDeferred``, so every method may answer directly or with a
+Deferred.  The small value types that cross these contracts live here too, so
+that a plugin author imports one module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from zope.interface import Interface
+
+
+@dataclass(frozen=True, slots=True)
+class ProposedContext:
+    """One presentation context of an A-ASSOCIATE-RQ, as a validator sees it."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserIdentity:
+    """The user identity negotiation sub-item (PS3.7 D.3.3.7), if the peer sent one.
+
+    ``identity_type`` is 1 username, 2 username and passcode, 3 Kerberos,
+    4 SAML, 5 JWT.
+    """
+
+    identity_type: int
+    positive_response_requested: bool
+    primary_field: bytes
+    secondary_field: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationRequest:
+    """What an association validator is asked about."""
+
+    called_ae_title: str
+    calling_ae_title: str
+    peer_host: str
+    peer_port: int
+    presentation_contexts: Sequence[ProposedContext]
+    user_identity: UserIdentity | None
+    implementation_class_uid: str | None
+    implementation_version_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ answer: result, source and reason as PS3.8 Table 9-21 numbers them.
+
+    result: 1 permanent, 2 transient.
+    source 1 (service user): reason 1 no reason given, 2 application context
+    name not supported, 3 calling AE title not recognized, 7 called AE title
+    not recognized.  Source 2 (ACSE): 1 no reason, 2 protocol version not
+    supported.  Source 3 (presentation): 1 temporary congestion, 2 local limit
+    exceeded.
+    """
+
+    result: int
+    source: int
+    reason: int
+    message: str = ""
+
+
+class Accept(Enum):
+    """The answer a validator gives to let an association through."""
+
+    ACCEPT = "accept"
+
+
+ACCEPT: Final = Accept.ACCEPT
+
+REJECT_CALLED_AE = Rejection(1, 1, 7, "called AE title not recognized")
+REJECT_CALLING_AE = Rejection(1, 1, 3, "calling AE title not recognized")
+REJECT_NO_REASON = Rejection(1, 1, 1, "no reason given")
+REJECT_LOCAL_LIMIT = Rejection(2, 3, 2, "local limit exceeded")
+
+
+class IAssociationValidator(Interface):
+    """Decides whether an A-ASSOCIATE-RQ may become an association.
+
+    The built-in validator applies the ``access:`` and ``limits:`` settings;
+    plugins providing this interface are asked after it, in configuration
+    order, and the first rejection wins.  A validator that raises rejects the
+    association with "no reason given"; the error is logged.
+    """
+
+    def validate(request: AssociationRequest) -> Accept | Rejection:
+        """Return ``ACCEPT`` or a ``Rejection`` (or a Deferred firing with one)."""
+
+
+PLUGIN_INTERFACES: Final = (IAssociationValidator,)
