@@ -24,6 +24,7 @@ from enum import Enum, IntEnum
 from typing import Any, Protocol
 
 from dicomd.pdu import (
+    PDU,
     AAbort,
     AAssociateAC,
     AAssociateRJ,
@@ -33,7 +34,6 @@ from dicomd.pdu import (
     AReleaseRP,
     AReleaseRQ,
     PDataTF,
-    PDU,
 )
 
 
@@ -242,9 +242,7 @@ class StateMachine:
     collisions (AR-8), where requestor and acceptor take different paths.
     """
 
-    def __init__(
-        self, provider: ProviderPort, user: UserPort, *, requestor: bool
-    ) -> None:
+    def __init__(self, provider: ProviderPort, user: UserPort, *, requestor: bool) -> None:
         self.provider = provider
         self.user = user
         self.requestor = requestor
@@ -253,9 +251,7 @@ class StateMachine:
         self._pdu: Any = None
         self._abort = _UNEXPECTED_PDU_ABORT
         self._actions: dict[str, Callable[[], None]] = {
-            name: getattr(self, name)
-            for table in TRANSITIONS.values()
-            for name in table.values()
+            name: getattr(self, name) for table in TRANSITIONS.values() for name in table.values()
         }
 
     @property
@@ -302,9 +298,7 @@ class StateMachine:
     def associate_response(self, response: AAssociateAC | AAssociateRJ) -> None:
         """Evt7 (accept) or Evt8 (reject)."""
         self._pdu = response
-        self._fire(
-            Event.EVT7 if isinstance(response, AAssociateAC) else Event.EVT8, local=True
-        )
+        self._fire(Event.EVT7 if isinstance(response, AAssociateAC) else Event.EVT8, local=True)
 
     def data_request(self, encoded_pdata: bytes) -> None:
         """Evt9: send one already encoded P-DATA-TF PDU."""
@@ -332,9 +326,7 @@ class StateMachine:
         action = TRANSITIONS[event].get(self.state)
         if action is None:
             if local:
-                raise InvalidPrimitive(
-                    f"{event.name} is not allowed in {self.state.name}"
-                )
+                raise InvalidPrimitive(f"{event.name} is not allowed in {self.state.name}")
             # A transport event the table leaves empty (the connection
             # closing after the machine already went idle) changes nothing.
             return
@@ -431,9 +423,7 @@ class StateMachine:
         self.provider.close_transport()
 
     def AA_4(self) -> None:
-        self.user.abort_indication(
-            AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED
-        )
+        self.user.abort_indication(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
 
     def AA_5(self) -> None:
         self.provider.stop_artim()

@@ -97,9 +97,7 @@ class Recorder:
         return calls
 
 
-def machine_in(
-    state: State, *, requestor: bool = False
-) -> tuple[StateMachine, Recorder]:
+def machine_in(state: State, *, requestor: bool = False) -> tuple[StateMachine, Recorder]:
     recorder = Recorder()
     machine = StateMachine(recorder, recorder, requestor=requestor)
     recorder.machine = machine

@@ -1,0 +1,442 @@
+"""The acceptor's service user: negotiation, DIMSE dispatch, release and abort.
+
+`Acceptor` receives the primitives of the state machine for one association.
+It asks the validators whether to accept, negotiates presentation contexts,
+reassembles DIMSE messages from P-DATA and hands complete requests to the
+service that serves the context's abstract syntax.  It writes through the
+state machine, never around it, so every PDU we send is one the standard
+allows in the current state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dicomd import uids
+from dicomd.dimse import (
+    AssemblyError,
+    Command,
+    CommandError,
+    CommandField,
+    CommandReceived,
+    MessageAssembler,
+    fragment,
+)
+from dicomd.fsm import State, StateMachine
+from dicomd.interfaces import (
+    REJECT_NO_REASON,
+    Accept,
+    AssociationRequest,
+    IAssociationValidator,
+    ProposedContext,
+    Rejection,
+    UserIdentity,
+)
+from dicomd.negotiation import AcceptedContext, negotiate
+from dicomd.pdu import (
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AbortReason,
+    AbortSource,
+    AsyncOperationsWindow,
+    PDataTF,
+    UserIdentityAC,
+    UserInformation,
+)
+
+if TYPE_CHECKING:
+    from dicomd.protocol import UpperLayerProtocol
+
+DICOM_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+_REJECT_APPLICATION_CONTEXT = Rejection(1, 1, 2, "application context name not supported")
+_REJECT_PROTOCOL_VERSION = Rejection(1, 2, 2, "protocol version not supported")
+_CAN_SEND = (State.STA6, State.STA8)
+_KNOWN_COMMANDS = frozenset(int(field) for field in CommandField)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A complete DIMSE request, as a service sees it."""
+
+    context: AcceptedContext
+    command: Command
+    data: bytes | None
+
+
+class Service(Protocol):
+    """One service class on the SCP side (Verification, Storage, ...)."""
+
+    abstract_syntaxes: frozenset[str]
+    operations: frozenset[int]
+
+    def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None] | None:
+        """Answer ``request`` through ``association.respond``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptorSettings:
+    """What every association of one node shares."""
+
+    ae_title: str
+    max_pdu_length: int
+    dimse_timeout: float
+    transfer_syntaxes: Sequence[str]
+    validators: Sequence[IAssociationValidator]
+    services: Mapping[str, Service]
+
+
+@dataclass(slots=True)
+class _Incoming:
+    """A request whose command arrived and whose data set is still coming."""
+
+    context: AcceptedContext
+    command: Command
+    chunks: list[bytes] = field(default_factory=list)
+
+
+class Acceptor:
+    """The service user of one accepted (or being accepted) association."""
+
+    log = Logger()
+
+    def __init__(self, settings: AcceptorSettings, protocol: UpperLayerProtocol) -> None:
+        self.settings = settings
+        self.protocol = protocol
+        self.calling_ae_title = ""
+        self.called_ae_title = ""
+        self.contexts: dict[int, AcceptedContext] = {}
+        self.peer_max_pdu_length = 0
+        self._assembler = MessageAssembler()
+        self._incoming: _Incoming | None = None
+        self._dimse_timer: IDelayedCall | None = None
+        self.ended = defer.Deferred[None]()
+
+    @property
+    def peer(self) -> str:
+        return self.protocol._peer()
+
+    @property
+    def machine(self) -> StateMachine:
+        return self.protocol.machine
+
+    # -- A-ASSOCIATE ------------------------------------------------------
+
+    def associate_indication(self, request: AAssociateRQ) -> None:
+        self.calling_ae_title = request.calling_ae_title
+        self.called_ae_title = request.called_ae_title
+        self.log.info(
+            "association requested by {calling} at {peer} for {called}",
+            calling=request.calling_ae_title,
+            peer=self.peer,
+            called=request.called_ae_title,
+        )
+        if not request.protocol_version & 1:
+            self._reject(_REJECT_PROTOCOL_VERSION)
+            return
+        if request.application_context != DICOM_APPLICATION_CONTEXT:
+            self._reject(_REJECT_APPLICATION_CONTEXT)
+            return
+        d = _first_rejection(self.settings.validators, self._describe(request))
+        d.addCallback(self._decided, request)
+
+    def _decided(self, decision: Accept | Rejection, request: AAssociateRQ) -> None:
+        if self.machine.state is not State.STA3:
+            return  # the peer aborted or vanished while we were deciding
+        if isinstance(decision, Rejection):
+            self._reject(decision)
+        else:
+            self._accept(request)
+
+    def _accept(self, request: AAssociateRQ) -> None:
+        served = self.settings.services
+        negotiated = negotiate(
+            request.presentation_contexts, served, self.settings.transfer_syntaxes
+        )
+        self.contexts = negotiated.accepted
+        proposed_info = request.user_information
+        self.peer_max_pdu_length = proposed_info.max_length or 0
+        identity = proposed_info.user_identity_rq
+        info = UserInformation(
+            max_length=self.settings.max_pdu_length,
+            implementation_class_uid=uids.IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=uids.IMPLEMENTATION_VERSION_NAME,
+            # We perform one operation at a time: the window we grant is 1/1.
+            async_operations_window=(
+                AsyncOperationsWindow(1, 1) if proposed_info.async_operations_window else None
+            ),
+            user_identity_ac=(
+                UserIdentityAC(b"") if identity and identity.positive_response_requested else None
+            ),
+        )
+        accept = AAssociateAC(
+            called_ae_title=request.called_ae_title,
+            calling_ae_title=request.calling_ae_title,
+            presentation_contexts=negotiated.results,
+            user_information=info,
+        )
+        self.machine.associate_response(accept)
+        self.log.info(
+            "association accepted: {calling} at {peer} -> {called}, {accepted} of {proposed}"
+            " presentation contexts accepted",
+            calling=self.calling_ae_title,
+            peer=self.peer,
+            called=self.called_ae_title,
+            accepted=len(self.contexts),
+            proposed=len(request.presentation_contexts),
+        )
+
+    def _reject(self, rejection: Rejection) -> None:
+        self.log.info(
+            "association rejected: {calling} at {peer} -> {called}: {why}"
+            " (result {result}, source {source}, reason {reason})",
+            calling=self.calling_ae_title,
+            peer=self.peer,
+            called=self.called_ae_title,
+            why=rejection.message or "no reason given",
+            result=rejection.result,
+            source=rejection.source,
+            reason=rejection.reason,
+        )
+        reject = AAssociateRJ(rejection.result, rejection.source, rejection.reason)
+        self.machine.associate_response(reject)
+
+    def _describe(self, request: AAssociateRQ) -> AssociationRequest:
+        peer = self.protocol.transport.getPeer()
+        info = request.user_information
+        identity = info.user_identity_rq
+        return AssociationRequest(
+            called_ae_title=request.called_ae_title,
+            calling_ae_title=request.calling_ae_title,
+            peer_host=getattr(peer, "host", ""),
+            peer_port=getattr(peer, "port", 0),
+            presentation_contexts=tuple(
+                ProposedContext(c.context_id, c.abstract_syntax, c.transfer_syntaxes)
+                for c in request.presentation_contexts
+            ),
+            user_identity=(
+                UserIdentity(
+                    identity.identity_type,
+                    identity.positive_response_requested,
+                    identity.primary_field,
+                    identity.secondary_field,
+                )
+                if identity
+                else None
+            ),
+            implementation_class_uid=info.implementation_class_uid,
+            implementation_version_name=info.implementation_version_name,
+        )
+
+    # The requestor-side confirmations never reach an acceptor.
+    def associate_accepted(self, accept: AAssociateAC) -> None:
+        raise AssertionError("an acceptor does not receive A-ASSOCIATE-AC")
+
+    def associate_rejected(self, reject: AAssociateRJ) -> None:
+        raise AssertionError("an acceptor does not receive A-ASSOCIATE-RJ")
+
+    # -- P-DATA -----------------------------------------------------------
+
+    def data_indication(self, data: PDataTF) -> None:
+        try:
+            for pdv in data.pdvs:
+                if pdv.context_id not in self.contexts:
+                    self._protocol_error(
+                        f"PDV on presentation context {pdv.context_id}, which was not accepted"
+                    )
+                    return
+                for event in self._assembler.feed(pdv.context_id, pdv.control, pdv.data):
+                    self._message_event(event)
+        except (AssemblyError, CommandError) as error:
+            self._protocol_error(str(error))
+
+    def _message_event(self, event: object) -> None:
+        if isinstance(event, CommandReceived):
+            context = self.contexts[event.context_id]
+            if event.command.has_data_set:
+                self._incoming = _Incoming(context, event.command)
+                self._start_dimse_timer()
+            else:
+                self._dispatch(Request(context, event.command, None))
+            return
+        incoming = self._incoming
+        assert incoming is not None, "the assembler yields data only after a command"
+        incoming.chunks.append(event.data)  # type: ignore[attr-defined]
+        if event.last:  # type: ignore[attr-defined]
+            self._incoming = None
+            self._stop_dimse_timer()
+            self._dispatch(Request(incoming.context, incoming.command, b"".join(incoming.chunks)))
+
+    def _dispatch(self, request: Request) -> None:
+        command = request.command
+        field_value = command.command_field
+        if field_value not in _KNOWN_COMMANDS:
+            self._protocol_error(f"unknown DIMSE command field 0x{field_value:04X}")
+            return
+        if field_value == CommandField.C_CANCEL_RQ:
+            # PS3.7 9.3.2.3: a cancel for nothing outstanding is ignored; our
+            # services answer each request before reading the next.
+            return
+        if command.is_response:
+            self._protocol_error(f"unexpected DIMSE response {CommandField(field_value).name}")
+            return
+        service = self.settings.services.get(request.context.abstract_syntax)
+        if service is None or field_value not in service.operations:
+            self.respond(request, uids.Status.UNRECOGNIZED_OPERATION)
+            return
+        d = defer.maybeDeferred(service.handle, self, request)
+        d.addErrback(self._service_failed, request)
+
+    def _service_failed(self, failure: Failure, request: Request) -> None:
+        self.log.failure(
+            "service failed on {command} from {calling}",
+            failure,
+            command=CommandField(request.command.command_field).name,
+            calling=self.calling_ae_title,
+        )
+        self.respond(
+            request,
+            uids.Status.PROCESSING_FAILURE,
+            error_comment=_one_line(failure.getErrorMessage()),
+        )
+
+    def respond(
+        self,
+        request: Request,
+        status: int,
+        dataset: bytes | None = None,
+        **fields: object,
+    ) -> None:
+        """Send the response to ``request`` with ``status`` and any other command fields."""
+        command = request.command
+        response = Command(
+            command_field=command.command_field | 0x8000,
+            message_id_being_responded_to=command.message_id,
+            affected_sop_class_uid=command.affected_sop_class_uid
+            or command.requested_sop_class_uid,
+            status=status,
+            **fields,  # type: ignore[arg-type]
+        )
+        if dataset is not None:
+            response.command_data_set_type = 0x0000
+        self.send(request.context.context_id, response, dataset)
+
+    def send(self, context_id: int, command: Command, dataset: bytes | None = None) -> None:
+        """Send one DIMSE message, fragmented to the peer's maximum PDU length."""
+        if self.machine.state not in _CAN_SEND:
+            return  # released or aborted meanwhile: nobody to answer
+        for pdu in fragment(context_id, command.encode(), dataset, self.peer_max_pdu_length):
+            self.machine.data_request(pdu)
+
+    # -- A-RELEASE and A-ABORT --------------------------------------------
+
+    def release_indication(self, collision: bool) -> None:
+        self.log.info(
+            "association released by {calling} at {peer}",
+            calling=self.calling_ae_title,
+            peer=self.peer,
+        )
+        if collision:
+            # Only a requestor releases at the same time as its peer; as the
+            # acceptor we wait for its A-RELEASE-RP before answering (Sta10).
+            return
+        self._end()
+        self.machine.release_response()
+
+    def release_confirmation(self) -> None:
+        if self.machine.state is State.STA12:
+            self.machine.release_response()
+
+    def abort_indication(self, source: int, reason: int) -> None:
+        self.log.info(
+            "association aborted: {calling} at {peer}, source {source}, reason {reason}",
+            calling=self.calling_ae_title or "?",
+            peer=self.peer,
+            source=source,
+            reason=reason,
+        )
+        self._end()
+
+    def _protocol_error(self, problem: str) -> None:
+        self.log.warn(
+            "aborting association with {calling} at {peer}: {problem}",
+            calling=self.calling_ae_title,
+            peer=self.peer,
+            problem=problem,
+        )
+        self._end()
+        self.machine.abort_request(
+            AbortSource.SERVICE_PROVIDER, AbortReason.INVALID_PDU_PARAMETER_VALUE
+        )
+
+    def _end(self) -> None:
+        self._stop_dimse_timer()
+        self._incoming = None
+        if not self.ended.called:
+            self.ended.callback(None)
+
+    # -- DIMSE timeout ----------------------------------------------------
+
+    def _start_dimse_timer(self) -> None:
+        self._stop_dimse_timer()
+        self._dimse_timer = self.protocol.clock.callLater(
+            self.settings.dimse_timeout, self._dimse_expired
+        )
+
+    def _stop_dimse_timer(self) -> None:
+        if self._dimse_timer is not None and self._dimse_timer.active():
+            self._dimse_timer.cancel()
+        self._dimse_timer = None
+
+    def _dimse_expired(self) -> None:
+        self._dimse_timer = None
+        self.log.warn(
+            "{calling} at {peer} sent a command but not its data set within {seconds}s; aborting",
+            calling=self.calling_ae_title,
+            peer=self.peer,
+            seconds=self.settings.dimse_timeout,
+        )
+        self._end()
+        self.machine.abort_request(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
+
+
+def _first_rejection(
+    validators: Iterable[IAssociationValidator], request: AssociationRequest
+) -> defer.Deferred[Accept | Rejection]:
+    """Ask each validator in turn; the first rejection wins, an error rejects."""
+
+    @defer.inlineCallbacks
+    def ask():
+        for validator in validators:
+            try:
+                decision = yield defer.maybeDeferred(validator.validate, request)
+            except Exception:
+                Acceptor.log.failure(
+                    "association validator {validator} failed", validator=validator
+                )
+                return REJECT_NO_REASON
+            if isinstance(decision, Rejection):
+                return decision
+            if not isinstance(decision, Accept):
+                Acceptor.log.error(
+                    "association validator {validator} answered {decision!r}, neither"
+                    " ACCEPT nor a Rejection",
+                    validator=validator,
+                    decision=decision,
+                )
+                return REJECT_NO_REASON
+        return Accept.ACCEPT
+
+    return ask()
+
+
+def _one_line(text: str) -> str:
+    """Error comments are LO: one line, at most 64 characters."""
+    return " ".join(text.split())[:64]

@@ -1,0 +1,65 @@
+"""Presentation context negotiation (PS3.8 9.3.2.2, PS3.7 D.3.2): a pure function.
+
+An acceptor answers every proposed context: an abstract syntax it does not
+serve gets result 3; one it serves gets the first transfer syntax of *our*
+preference order that the peer offered (result 0), or result 4 when none
+matches.  The preference order is the operator's, not the peer's, because it
+decides what ends up on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Sequence
+from dataclasses import dataclass
+
+from dicomd.pdu import ContextResult, PresentationContextAC, PresentationContextRQ
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedContext:
+    """A presentation context both sides agreed on."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """The answer to a proposal: items for the A-ASSOCIATE-AC, and the accepted contexts by ID."""
+
+    results: tuple[PresentationContextAC, ...]
+    accepted: dict[int, AcceptedContext]
+
+
+def negotiate(
+    proposed: Iterable[PresentationContextRQ],
+    served: Container[str],
+    preference: Sequence[str],
+) -> Negotiated:
+    """Answer each proposed context, keeping the peer's order."""
+    results: list[PresentationContextAC] = []
+    accepted: dict[int, AcceptedContext] = {}
+    for context in proposed:
+        result, syntax = _answer(context, served, preference)
+        results.append(PresentationContextAC(context.context_id, result, syntax))
+        if result == ContextResult.ACCEPTANCE:
+            accepted[context.context_id] = AcceptedContext(
+                context.context_id, context.abstract_syntax, syntax
+            )
+    return Negotiated(tuple(results), accepted)
+
+
+def _answer(
+    context: PresentationContextRQ, served: Container[str], preference: Sequence[str]
+) -> tuple[ContextResult, str]:
+    # A rejected context still carries a transfer syntax sub-item; its value
+    # is not significant (PS3.8 9.3.3.2), so we echo the peer's first one.
+    offered_first = context.transfer_syntaxes[0] if context.transfer_syntaxes else ""
+    if context.abstract_syntax not in served:
+        return ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, offered_first
+    offered = set(context.transfer_syntaxes)
+    for syntax in preference:
+        if syntax in offered:
+            return ContextResult.ACCEPTANCE, syntax
+    return ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, offered_first

@@ -1,0 +1,195 @@
+"""The Twisted side of the Upper Layer: bytes in, PDUs out, timers.
+
+`UpperLayerProtocol` only frames and decodes PDUs, feeds them to the state
+machine of `dicomd.fsm`, and implements the machine's provider port (write,
+close, ARTIM) on a Twisted transport with an injectable clock.  What an
+association *does* lives in the service user it is given (`dicomd.association`
+for the acceptor), so that parsing, protocol rules and services stay apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dicomd.fsm import State, StateMachine, UserPort
+from dicomd.pdu import (
+    HEADER_LENGTH,
+    AbortReason,
+    AbortSource,
+    PDUError,
+    PDUType,
+    decode_pdu,
+    parse_header,
+)
+
+# The largest A-ASSOCIATE-RQ/AC we take.  Our maximum PDU length bounds only
+# P-DATA-TF (PS3.8 9.3.1); an association request proposing 128 contexts of
+# 38 transfer syntaxes each is about 130 KB, so 1 MiB leaves ample room while
+# keeping a lying length field from making us buffer without end.
+MAX_ASSOCIATE_PDU_LENGTH = 1 << 20
+
+# A-ASSOCIATE-RJ, A-RELEASE-RQ/RP and A-ABORT have a four-byte body.
+_FIXED_LENGTH_TYPES = {
+    PDUType.ASSOCIATE_RJ,
+    PDUType.RELEASE_RQ,
+    PDUType.RELEASE_RP,
+    PDUType.ABORT,
+}
+_KNOWN_TYPES = {int(t) for t in PDUType}
+
+UserFactory = Callable[["UpperLayerProtocol"], UserPort]
+
+
+class UpperLayerProtocol(Protocol):
+    """One TCP connection carrying one DICOM association.
+
+    ``max_pdu_length`` is what we announced: a P-DATA-TF longer than that is
+    answered with an A-ABORT before its body is read.  ``idle_timeout`` aborts
+    an association whose peer has gone quiet; ARTIM (``artim_timeout``) covers
+    the moments the standard gives it.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        make_user: UserFactory,
+        clock: IReactorTime,
+        *,
+        requestor: bool,
+        max_pdu_length: int,
+        artim_timeout: float,
+        idle_timeout: float,
+    ) -> None:
+        self.clock = clock
+        self.max_pdu_length = max_pdu_length
+        self.artim_timeout = artim_timeout
+        self.idle_timeout = idle_timeout
+        self.user = make_user(self)
+        self.machine = StateMachine(self, self.user, requestor=requestor)
+        self._buffer = bytearray()
+        self._discarding = False
+        self._artim: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
+
+    # -- Twisted Protocol ------------------------------------------------
+
+    def connectionMade(self) -> None:
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        self._idle = self.clock.callLater(self.idle_timeout, self._idle_expired)
+        if self.machine.requestor:
+            self.machine.connection_confirmed()
+        else:
+            self.machine.connection_indicated()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.idle_timeout)
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= HEADER_LENGTH and not self._discarding:
+            pdu_type, length = parse_header(bytes(buffer[:HEADER_LENGTH]))
+            problem = self._framing_problem(pdu_type, length)
+            if problem is not None:
+                self._invalid(problem)
+                return
+            end = HEADER_LENGTH + length
+            if len(buffer) < end:
+                return
+            body = bytes(buffer[HEADER_LENGTH:end])
+            del buffer[:end]
+            try:
+                pdu = decode_pdu(pdu_type, body)
+            except PDUError as error:
+                self.log.warn(
+                    "invalid PDU from {peer}: {error}", peer=self._peer(), error=str(error)
+                )
+                self._invalid(error.reason)
+                return
+            self.machine.pdu_received(pdu)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_idle()
+        self.stop_artim()
+        self.machine.connection_closed()
+
+    # -- provider port of the state machine -------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.idle_timeout)
+        self.transport.write(data)
+
+    def open_transport(self) -> None:
+        """The endpoint opened the connection before this protocol existed."""
+
+    def close_transport(self) -> None:
+        self._discarding = True
+        self._cancel_idle()
+        self.transport.loseConnection()
+
+    def start_artim(self) -> None:
+        self.stop_artim()
+        self._artim = self.clock.callLater(self.artim_timeout, self._artim_expired)
+
+    def stop_artim(self) -> None:
+        if self._artim is not None and self._artim.active():
+            self._artim.cancel()
+        self._artim = None
+
+    # -- internals --------------------------------------------------------
+
+    def _framing_problem(self, pdu_type: int, length: int) -> AbortReason | None:
+        """Judge a PDU by its header alone, so a lying length costs us nothing."""
+        if pdu_type not in _KNOWN_TYPES:
+            return AbortReason.UNRECOGNIZED_PDU
+        if pdu_type in _FIXED_LENGTH_TYPES:
+            return None if length == 4 else AbortReason.INVALID_PDU_PARAMETER_VALUE
+        if pdu_type == PDUType.P_DATA_TF:
+            too_long = self.max_pdu_length and length > self.max_pdu_length
+            return AbortReason.INVALID_PDU_PARAMETER_VALUE if too_long else None
+        if length > MAX_ASSOCIATE_PDU_LENGTH:
+            return AbortReason.INVALID_PDU_PARAMETER_VALUE
+        return None
+
+    def _invalid(self, reason: int) -> None:
+        """Evt19: the byte stream can no longer be framed, so stop reading it."""
+        self._discarding = True
+        self._buffer.clear()
+        self.machine.invalid_pdu_received(reason)
+
+    def _artim_expired(self) -> None:
+        self._artim = None
+        self.log.info("ARTIM expired for {peer}; closing", peer=self._peer())
+        self.machine.artim_expired()
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        state = self.machine.state
+        if state in (State.STA1, State.STA2, State.STA4, State.STA13):
+            return  # ARTIM or the transport owns these moments
+        self.log.info(
+            "no data from {peer} for {seconds}s; aborting",
+            peer=self._peer(),
+            seconds=self.idle_timeout,
+        )
+        self.machine.abort_request(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host, port = getattr(peer, "host", "?"), getattr(peer, "port", "?")
+        return f"{host}:{port}"

@@ -1,0 +1,104 @@
+"""The acceptor node: a Twisted factory that turns connections into associations."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from dicomd.association import Acceptor, AcceptorSettings, Service
+from dicomd.config import Config
+from dicomd.fsm import State
+from dicomd.interfaces import (
+    ACCEPT,
+    REJECT_LOCAL_LIMIT,
+    Accept,
+    AssociationRequest,
+    IAssociationValidator,
+    Rejection,
+)
+from dicomd.protocol import UpperLayerProtocol
+from dicomd.services.echo import VerificationService
+from dicomd.validation import AccessValidator
+
+# States in which a connection holds, or is about to hold, an association.
+_ASSOCIATED = frozenset(
+    {
+        State.STA3,
+        State.STA6,
+        State.STA7,
+        State.STA8,
+        State.STA9,
+        State.STA10,
+        State.STA11,
+        State.STA12,
+    }
+)
+
+
+class _NodeProtocol(UpperLayerProtocol):
+    """An acceptor connection that keeps its factory's count of connections right."""
+
+    factory: DicomServerFactory
+
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.connections.discard(self)
+        super().connectionLost(reason)
+
+
+@implementer(IAssociationValidator)
+class ConcurrencyLimit:
+    """Rejects associations beyond ``limits.max_associations`` (transient, 3, 2)."""
+
+    def __init__(self, factory: DicomServerFactory, limit: int) -> None:
+        self.factory = factory
+        self.limit = limit
+
+    def validate(self, request: AssociationRequest) -> Accept | Rejection:
+        active = sum(1 for p in self.factory.connections if p.machine.state in _ASSOCIATED)
+        return REJECT_LOCAL_LIMIT if active > self.limit else ACCEPT
+
+
+class DicomServerFactory(Factory):
+    """Builds one acceptor protocol per connection, sharing the node's settings."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: IReactorTime) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.connections: set[UpperLayerProtocol] = set()
+        services: dict[str, Service] = {}
+        for service in (VerificationService(),):
+            services.update(dict.fromkeys(service.abstract_syntaxes, service))
+        self.settings = AcceptorSettings(
+            ae_title=config.ae_title,
+            max_pdu_length=config.limits.max_pdu_length,
+            dimse_timeout=config.timeouts.dimse,
+            transfer_syntaxes=config.transfer_syntaxes,
+            validators=(
+                ConcurrencyLimit(self, config.limits.max_associations),
+                AccessValidator(config.ae_title, config.access),
+                *config.plugins_providing(IAssociationValidator),
+            ),
+            services=services,
+        )
+
+    def buildProtocol(self, addr: IAddress) -> UpperLayerProtocol:
+        timeouts = self.config.timeouts
+        protocol = _NodeProtocol(
+            lambda p: Acceptor(self.settings, p),
+            self.reactor,
+            requestor=False,
+            max_pdu_length=self.config.limits.max_pdu_length,
+            artim_timeout=timeouts.artim,
+            idle_timeout=timeouts.network_idle,
+        )
+        protocol.factory = self
+        return protocol

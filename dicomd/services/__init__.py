@@ -1,0 +1,1 @@
+"""The DIMSE services of the SCP side, one module each."""

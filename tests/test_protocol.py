@@ -1,0 +1,426 @@
+"""The acceptor over an in-memory transport: negotiation, DIMSE, release, aborts, timers."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from dicomd import uids
+from dicomd.config import CallingAE, Config, Plugin, default_config
+from dicomd.dimse import Command, CommandField, MessageAssembler, fragment
+from dicomd.fsm import State
+from dicomd.interfaces import ACCEPT, IAssociationValidator, Rejection
+from dicomd.pdu import (
+    AAbort,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AReleaseRP,
+    AReleaseRQ,
+    AsyncOperationsWindow,
+    PDataTF,
+    PresentationContextRQ,
+    UserIdentityRQ,
+    UserInformation,
+    decode,
+    encode_pdata,
+)
+from dicomd.server import DicomServerFactory
+
+IMPLICIT = uids.IMPLICIT_VR_LITTLE_ENDIAN
+EXPLICIT = uids.EXPLICIT_VR_LITTLE_ENDIAN
+CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def request(
+    called: str = "DICOMD",
+    contexts: tuple[PresentationContextRQ, ...] = (
+        PresentationContextRQ(1, uids.VERIFICATION, (IMPLICIT,)),
+    ),
+    max_length: int = 16384,
+    **info: object,
+) -> AAssociateRQ:
+    return AAssociateRQ(called, "ECHOSCU", contexts, UserInformation(max_length=max_length, **info))
+
+
+class Peer:
+    """One connection to a node, seen from the wire."""
+
+    def __init__(self, config: Config | None = None, host: str = "127.0.0.1") -> None:
+        self.clock = Clock()
+        self.factory = DicomServerFactory(config or default_config(), reactor=self.clock)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        self.protocol = self.factory.buildProtocol(self.transport.getPeer())
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def received(self) -> list[object]:
+        """Decode and take every PDU the node wrote since the last call."""
+        data = self.transport.value()
+        self.transport.clear()
+        pdus = []
+        while data:
+            (length,) = struct.unpack(">L", data[2:6])
+            pdus.append(decode(data[: 6 + length]))
+            data = data[6 + length :]
+        return pdus
+
+    def associate(self, rq: AAssociateRQ | None = None) -> AAssociateAC:
+        self.send((rq or request()).encode())
+        (ac,) = self.received()
+        assert isinstance(ac, AAssociateAC)
+        return ac
+
+    def send_command(self, context_id: int, command: Command, data: bytes | None = None) -> None:
+        for pdu in fragment(context_id, command.encode(), data, 16384):
+            self.send(pdu)
+
+    def responses(self) -> list[Command]:
+        assembler = MessageAssembler()
+        commands = []
+        for pdu in self.received():
+            assert isinstance(pdu, PDataTF), pdu
+            for pdv in pdu.pdvs:
+                commands += [
+                    e.command for e in assembler.feed(pdv.context_id, pdv.control, pdv.data)
+                ]
+        return commands
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting
+
+
+def echo_command(message_id: int = 1) -> Command:
+    return Command(
+        command_field=CommandField.C_ECHO_RQ,
+        message_id=message_id,
+        affected_sop_class_uid=uids.VERIFICATION,
+    )
+
+
+def configured(**changes: object) -> Config:
+    return dataclasses.replace(default_config(), **changes)
+
+
+def test_echo_release_and_close() -> None:
+    peer = Peer()
+    assert peer.protocol.transport is peer.transport
+    ac = peer.associate()
+    assert [(c.context_id, c.result, c.transfer_syntax) for c in ac.presentation_contexts] == [
+        (1, 0, IMPLICIT)
+    ]
+    info = ac.user_information
+    assert info.max_length == default_config().limits.max_pdu_length
+    assert info.implementation_class_uid == uids.IMPLEMENTATION_CLASS_UID
+    assert info.implementation_version_name == uids.IMPLEMENTATION_VERSION_NAME
+
+    peer.send_command(1, echo_command(7))
+    (response,) = peer.responses()
+    assert response.command_field == CommandField.C_ECHO_RSP
+    assert response.message_id_being_responded_to == 7
+    assert response.status == 0x0000
+    assert response.affected_sop_class_uid == uids.VERIFICATION
+    assert not response.has_data_set
+
+    peer.send(AReleaseRQ().encode())
+    assert peer.received() == [AReleaseRP()]
+    peer.clock.advance(default_config().timeouts.artim + 1)
+    assert peer.closed
+
+
+def test_tcp_nodelay_is_set() -> None:
+    transport = StringTransport()
+    nodelay: list[bool] = []
+    transport.setTcpNoDelay = nodelay.append  # type: ignore[method-assign]
+    factory = DicomServerFactory(default_config(), reactor=Clock())
+    factory.buildProtocol(None).makeConnection(transport)
+    assert nodelay == [True]
+
+
+def test_contexts_follow_our_preference_and_say_why_they_are_refused() -> None:
+    peer = Peer()
+    ac = peer.associate(
+        request(
+            contexts=(
+                PresentationContextRQ(1, uids.VERIFICATION, (IMPLICIT, EXPLICIT)),
+                PresentationContextRQ(3, CT_STORAGE, (IMPLICIT,)),
+                PresentationContextRQ(5, uids.VERIFICATION, ("1.2.840.10008.1.2.4.50",)),
+            )
+        )
+    )
+    results = [(c.context_id, c.result) for c in ac.presentation_contexts]
+    assert results == [(1, 0), (3, 3), (5, 4)]
+    assert ac.presentation_contexts[0].transfer_syntax == EXPLICIT
+
+
+def test_async_window_and_user_identity_are_answered() -> None:
+    peer = Peer()
+    ac = peer.associate(
+        request(
+            async_operations_window=AsyncOperationsWindow(5, 5),
+            user_identity_rq=UserIdentityRQ(2, True, b"user", b"secret"),
+        )
+    )
+    assert ac.user_information.async_operations_window == AsyncOperationsWindow(1, 1)
+    assert ac.user_information.user_identity_ac is not None
+
+
+def test_wrong_called_ae_is_rejected_permanently() -> None:
+    peer = Peer()
+    peer.send(request(called="SOMEONE").encode())
+    assert peer.received() == [AAssociateRJ(1, 1, 7)]
+    peer.clock.advance(default_config().timeouts.artim + 1)
+    assert peer.closed
+
+
+def test_calling_ae_allow_list_with_host() -> None:
+    config = default_config()
+    access = dataclasses.replace(
+        config.access,
+        calling_aes=(type(config.access.calling_aes)((_calling("ECHOSCU", "10.1.1.1"),))),
+    )
+    peer = Peer(configured(access=access))
+    peer.send(request().encode())
+    assert peer.received() == [AAssociateRJ(1, 1, 3)]
+    peer = Peer(configured(access=access), host="10.1.1.1")
+    peer.associate()
+
+
+def _calling(ae: str, host: str | None):
+
+    return CallingAE(ae, host)
+
+
+def test_association_limit_rejects_transient() -> None:
+    config = configured(limits=dataclasses.replace(default_config().limits, max_associations=1))
+    first = Peer(config)
+    first.associate()
+    second_transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+    second = first.factory.buildProtocol(second_transport.getPeer())
+    second.makeConnection(second_transport)
+    second.dataReceived(request().encode())
+    assert decode(second_transport.value()) == AAssociateRJ(2, 3, 2)
+    # Once the first association is gone, there is room again.
+    first.protocol.connectionLost()
+    third_transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40002))
+    third = first.factory.buildProtocol(third_transport.getPeer())
+    third.makeConnection(third_transport)
+    third.dataReceived(request().encode())
+    assert isinstance(decode(third_transport.value()), AAssociateAC)
+
+
+@implementer(IAssociationValidator)
+class Answering:
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+        self.seen: list[object] = []
+
+    def validate(self, req: object) -> object:
+        self.seen.append(req)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def with_validator(validator: object) -> Config:
+    return configured(plugins=(Plugin("tests.validator", {}, validator),))
+
+
+def test_plugin_validator_sees_the_request_and_may_reject() -> None:
+    validator = Answering(Rejection(1, 1, 3))
+    peer = Peer(with_validator(validator))
+    peer.send(request(user_identity_rq=UserIdentityRQ(1, False, b"alice")).encode())
+    assert peer.received() == [AAssociateRJ(1, 1, 3)]
+    (seen,) = validator.seen
+    assert (seen.calling_ae_title, seen.called_ae_title, seen.peer_host) == (
+        "ECHOSCU",
+        "DICOMD",
+        "127.0.0.1",
+    )
+    assert seen.user_identity.primary_field == b"alice"
+    assert seen.presentation_contexts[0].abstract_syntax == uids.VERIFICATION
+
+
+def test_a_raising_validator_rejects_with_no_reason_and_the_node_goes_on() -> None:
+    peer = Peer(with_validator(Answering(RuntimeError("boom"))))
+    peer.send(request().encode())
+    assert peer.received() == [AAssociateRJ(1, 1, 1)]
+
+
+def test_a_validator_may_answer_later() -> None:
+    later: defer.Deferred[object] = defer.Deferred()
+    peer = Peer(with_validator(Answering(later)))
+    peer.send(request().encode())
+    assert peer.received() == []
+    assert peer.protocol.machine.state is State.STA3
+    later.callback(ACCEPT)
+    assert isinstance(peer.received()[0], AAssociateAC)
+
+
+def test_unsupported_operation_gets_unrecognized_operation_status() -> None:
+    peer = Peer()
+    peer.associate()
+    find = Command(
+        command_field=CommandField.C_FIND_RQ,
+        message_id=3,
+        affected_sop_class_uid=uids.VERIFICATION,
+        priority=0,
+        command_data_set_type=0x0001,
+    )
+    peer.send_command(1, find, b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    (response,) = peer.responses()
+    assert response.command_field == CommandField.C_FIND_RSP
+    assert response.status == 0x0211
+    assert response.message_id_being_responded_to == 3
+
+
+def test_unknown_command_field_aborts() -> None:
+    peer = Peer()
+    peer.associate()
+    peer.send_command(1, Command(command_field=0x0999, message_id=1))
+    assert peer.received() == [AAbort(2, 6)]
+
+
+def test_pdv_on_a_context_that_was_not_accepted_aborts() -> None:
+    peer = Peer()
+    peer.associate(
+        request(
+            contexts=(
+                PresentationContextRQ(1, uids.VERIFICATION, (IMPLICIT,)),
+                PresentationContextRQ(3, CT_STORAGE, (IMPLICIT,)),
+            )
+        )
+    )
+    peer.send_command(3, echo_command())
+    assert peer.received() == [AAbort(2, 6)]
+    assert peer.protocol.machine.state is State.STA13
+    peer.clock.advance(default_config().timeouts.artim + 1)
+    assert peer.closed
+
+
+def test_pdata_over_our_maximum_aborts_before_its_body_arrives() -> None:
+    peer = Peer()
+    peer.associate()
+    too_long = default_config().limits.max_pdu_length + 1
+    peer.send(struct.pack(">BBL", 4, 0, too_long))
+    assert peer.received() == [AAbort(2, 6)]
+
+
+def test_a_length_of_four_gigabytes_allocates_nothing() -> None:
+    peer = Peer()
+    peer.send(struct.pack(">BBL", 1, 0, 0xFFFFFFFF) + b"\x00" * 10)
+    assert peer.received() == [AAbort(2, 6)]
+    assert len(peer.protocol._buffer) == 0
+
+
+def test_unknown_pdu_type_aborts_with_unrecognized_pdu() -> None:
+    peer = Peer()
+    peer.send(b"\x99\x00\x00\x00\x00\x02ab")
+    assert peer.received() == [AAbort(2, 1)]
+    peer.send(b"more garbage is ignored")
+    assert peer.received() == []
+
+
+def test_outgoing_pdata_is_fragmented_to_the_peers_maximum() -> None:
+    peer = Peer()
+    peer.associate(request(max_length=4096))
+    acceptor = peer.protocol.user
+    acceptor.send(1, Command(command_field=CommandField.C_FIND_RSP, status=0xFF00), b"x" * 20000)
+    pdus = peer.received()
+    assert len(pdus) > 5
+    assert all(len(pdu.encode()) - 6 <= 4096 for pdu in pdus)
+    data = b"".join(v.data for pdu in pdus for v in pdu.pdvs if not v.is_command)
+    assert data == b"x" * 20000
+
+
+def test_artim_drops_a_silent_connection() -> None:
+    peer = Peer()
+    peer.clock.advance(default_config().timeouts.artim - 0.1)
+    assert not peer.closed
+    peer.clock.advance(0.2)
+    assert peer.closed
+    assert peer.received() == []
+
+
+def test_idle_association_is_aborted() -> None:
+    peer = Peer()
+    peer.associate()
+    idle = default_config().timeouts.network_idle
+    peer.clock.advance(idle - 1)
+    peer.send_command(1, echo_command())  # activity resets the timer
+    peer.responses()
+    peer.clock.advance(idle - 1)
+    assert peer.received() == []
+    peer.clock.advance(2)
+    assert peer.received() == [AAbort(2, 0)]
+
+
+def test_incomplete_data_set_hits_the_dimse_timeout() -> None:
+    peer = Peer()
+    peer.associate()
+    command = Command(
+        command_field=CommandField.C_FIND_RQ,
+        message_id=1,
+        affected_sop_class_uid=uids.VERIFICATION,
+        command_data_set_type=0x0001,
+    )
+    peer.send(encode_pdata(1, 0x03, command.encode()))
+    peer.clock.advance(default_config().timeouts.dimse + 1)
+    assert peer.received() == [AAbort(2, 0)]
+
+
+def test_peer_abort_closes() -> None:
+    peer = Peer()
+    peer.associate()
+    peer.send(AAbort(0, 0).encode())
+    assert peer.closed
+    assert peer.protocol.user.ended.called
+
+
+valid_pdus = st.sampled_from(
+    [
+        request().encode(),
+        AReleaseRQ().encode(),
+        AAbort(0, 0).encode(),
+        encode_pdata(1, 3, echo_command().encode()),
+    ]
+)
+
+
+@st.composite
+def hostile_streams(draw: st.DrawFn) -> bytes:
+    base = draw(valid_pdus)
+    kind = draw(st.sampled_from(["random", "truncated", "mutated"]))
+    if kind == "random":
+        return draw(st.binary(min_size=1, max_size=300))
+    if kind == "truncated":
+        return base[: draw(st.integers(0, len(base) - 1))]
+    at = draw(st.integers(0, len(base) - 1))
+    return base[:at] + bytes([draw(st.integers(0, 255))]) + base[at + 1 :]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(stream=hostile_streams(), split=st.integers(1, 64))
+def test_hostile_bytes_never_raise_and_any_answer_is_a_valid_pdu(stream: bytes, split: int) -> None:
+    peer = Peer()
+    for start in range(0, len(stream), split):
+        peer.send(stream[start : start + split])
+    answers = peer.received()
+    for answer in answers:
+        assert isinstance(answer, (AAbort, AAssociateAC, AAssociateRJ))
+    aborts = [a for a in answers if isinstance(a, AAbort)]
+    if aborts:
+        assert aborts[-1].source == 2
+        peer.clock.advance(default_config().timeouts.artim + 1)
+        assert peer.closed
