@@ -105,7 +105,7 @@ class ClientAssociation:
         self._acse_timer: IDelayedCall | None = None
 
     @property
-    def machine(self):
+    def machine(self) -> StateMachine:
         return self.protocol.machine
 
     def begin(self) -> None:
