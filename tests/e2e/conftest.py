@@ -174,6 +174,13 @@ class RunningDaemon:
         self.output.join(SHUTDOWN_GRACE)
 
 
+def log_lines_with(text: str, *words: str) -> list[str]:
+    """Log lines that mention every word (case-insensitive): log phrasing is not a contract."""
+    return [
+        line for line in text.splitlines() if all(word.lower() in line.lower() for word in words)
+    ]
+
+
 def is_listening(port: int) -> bool:
     """Whether some socket listens on ``port``, without connecting to it.
 

@@ -8,7 +8,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
-from .conftest import LOCALHOST
+from .conftest import LOCALHOST, log_lines_with
 
 REJECTED_TRANSIENT = 2
 SOURCE_PRESENTATION = 3
@@ -51,6 +51,8 @@ def test_association_over_the_limit_is_rejected_until_one_is_released(start_dico
     assert "Rejected Transient, Source: Service Provider (Presentation Related)" in dcmtk.stderr
     assert "Local Limit Exceeded" in dcmtk.stderr
     assert held[0].send_c_echo().Status == 0x0000
+    log = daemon.wait_for_log(lambda text: bool(log_lines_with(text, "reject", "limit")))
+    assert log_lines_with(log, "reject", "limit"), log
 
     held[0].release()
     replacement = associate_within(daemon.port, seconds=2.0)

@@ -1,6 +1,9 @@
 """Hostile and silent peers on a raw socket: the daemon aborts, times out and keeps serving.
 
 Byte layouts follow PS3.8 section 9.3; A-ABORT is ``07 00 00000004 00 00 source reason``.
+After sending an A-ABORT the daemon is in Sta13 and closes the connection when
+ARTIM expires (PS3.8 table 9-10, AA-8 then AA-2), so these daemons run with a
+one-second ARTIM: the abort must come at once, the close within a few seconds.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .conftest import LOCALHOST
+from .conftest import LOCALHOST, RunningDaemon, log_lines_with
 
 A_ASSOCIATE_RQ = 0x01
 A_ASSOCIATE_AC = 0x02
@@ -22,15 +25,21 @@ DEFINED_ABORT_REASONS = {0, 1, 2, 4, 5, 6}
 PDU_HEADER = struct.Struct(">BxI")
 ITEM_HEADER = struct.Struct(">BxH")
 MIB = 1024
+ARTIM = 1.0
+IDLE = 1.0
+ABORT_PROMPTLY = 0.5
+CLOSE_GRACE = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class PeerView:
     """What a raw peer saw: the bytes received and whether the daemon closed the connection."""
 
+    address: str
     received: bytes
     closed: bool
     seconds: float
+    first_data_seconds: float | None
 
     def pdus(self) -> list[tuple[int, bytes]]:
         pdus, rest = [], self.received
@@ -54,6 +63,8 @@ def watch(connection: socket.socket, timeout: float) -> PeerView:
     """Read until the daemon closes the connection or ``timeout`` passes."""
     started = time.monotonic()
     received = b""
+    first_data_seconds = None
+    closed = False
     while (remaining := timeout - (time.monotonic() - started)) > 0:
         connection.settimeout(remaining)
         try:
@@ -61,11 +72,17 @@ def watch(connection: socket.socket, timeout: float) -> PeerView:
         except TimeoutError:
             break
         except ConnectionResetError:
-            return PeerView(received, True, time.monotonic() - started)
+            chunk = b""
         if not chunk:
-            return PeerView(received, True, time.monotonic() - started)
+            closed = True
+            break
+        if first_data_seconds is None:
+            first_data_seconds = time.monotonic() - started
         received += chunk
-    return PeerView(received, False, time.monotonic() - started)
+    host, port = connection.getsockname()[:2]
+    return PeerView(
+        f"{host}:{port}", received, closed, time.monotonic() - started, first_data_seconds
+    )
 
 
 def send_and_watch(port: int, payload: bytes, timeout: float = 5.0) -> PeerView:
@@ -111,63 +128,84 @@ def verification_associate_rq(called_ae: str, calling_ae: str) -> bytes:
     )
 
 
-def test_unknown_pdu_type_is_aborted_and_the_daemon_keeps_serving(dicomd, echoscu):
+def assert_abort_logged(daemon: RunningDaemon, seen: PeerView) -> None:
+    """An operator must be able to tell from the log which peer was aborted."""
+    log = daemon.wait_for_log(lambda text: bool(aborts_logged(text, seen.address)))
+    assert aborts_logged(log, seen.address), log
+
+
+def aborts_logged(log: str, address: str) -> list[str]:
+    return log_lines_with(log, address, "abort") or log_lines_with(log, address, "invalid")
+
+
+def assert_aborted_at_once_then_closed(seen: PeerView) -> tuple[int, int]:
+    source, reason = seen.abort()
+    assert seen.first_data_seconds is not None
+    assert seen.first_data_seconds < ABORT_PROMPTLY, "the A-ABORT must not wait for ARTIM"
+    assert seen.closed, "the connection must close when ARTIM expires"
+    assert seen.seconds < ARTIM + CLOSE_GRACE
+    return source, reason
+
+
+def test_unknown_pdu_type_is_aborted_and_the_daemon_keeps_serving(start_dicomd, echoscu):
+    daemon = start_dicomd(timeouts={"artim": ARTIM})
     garbage = b"\x99" + bytes((7 * i + 3) % 256 for i in range(63))
 
-    seen = send_and_watch(dicomd.port, garbage)
+    seen = send_and_watch(daemon.port, garbage)
 
-    assert seen.abort() == (SERVICE_PROVIDER, UNRECOGNIZED_PDU)
-    assert seen.closed
-    assert echoscu(dicomd).returncode == 0
+    assert assert_aborted_at_once_then_closed(seen) == (SERVICE_PROVIDER, UNRECOGNIZED_PDU)
+    assert_abort_logged(daemon, seen)
+    assert echoscu(daemon).returncode == 0
 
 
-def test_item_overrunning_its_pdu_is_aborted_and_the_daemon_keeps_serving(dicomd, echoscu):
+def test_item_overrunning_its_pdu_is_aborted_and_the_daemon_keeps_serving(start_dicomd, echoscu):
     """A well-formed A-ASSOCIATE-RQ header whose application context item claims 256 bytes of 4."""
+    daemon = start_dicomd(timeouts={"artim": ARTIM})
     bogus = pdu(
         A_ASSOCIATE_RQ,
         associate_rq_fixed_fields("DICOMD", "RAW") + ITEM_HEADER.pack(0x10, 256) + b"1.2.",
     )
 
-    seen = send_and_watch(dicomd.port, bogus)
+    seen = send_and_watch(daemon.port, bogus)
 
-    source, reason = seen.abort()
+    source, reason = assert_aborted_at_once_then_closed(seen)
     assert source == SERVICE_PROVIDER
     assert reason in DEFINED_ABORT_REASONS - {UNRECOGNIZED_PDU, UNEXPECTED_PDU}, (
         "the PDU type is known and expected here; only a parameter is wrong"
     )
-    assert seen.closed
-    assert echoscu(dicomd).returncode == 0
+    assert_abort_logged(daemon, seen)
+    assert echoscu(daemon).returncode == 0
 
 
-def test_huge_pdu_length_is_aborted_without_buffering(dicomd, echoscu):
-    rss_before = dicomd.rss_kib()
+def test_huge_pdu_length_is_aborted_without_buffering(start_dicomd, echoscu):
+    daemon = start_dicomd(timeouts={"artim": ARTIM})
+    rss_before = daemon.rss_kib()
 
-    seen = send_and_watch(dicomd.port, PDU_HEADER.pack(A_ASSOCIATE_RQ, 0xFFFFFFF0))
+    seen = send_and_watch(daemon.port, PDU_HEADER.pack(A_ASSOCIATE_RQ, 0xFFFFFFF0))
 
-    source, reason = seen.abort()
+    source, reason = assert_aborted_at_once_then_closed(seen)
     assert source == SERVICE_PROVIDER
     assert reason in DEFINED_ABORT_REASONS
-    assert seen.closed
-    assert seen.seconds < 3.0
-    assert dicomd.rss_kib() - rss_before < 8 * MIB
-    assert echoscu(dicomd).returncode == 0
+    assert daemon.rss_kib() - rss_before < 8 * MIB
+    assert_abort_logged(daemon, seen)
+    assert echoscu(daemon).returncode == 0
 
 
 def test_artim_closes_a_silent_connection(start_dicomd):
     """PS3.8 Sta2 + ARTIM expiry is AA-2: close the transport, send nothing."""
-    daemon = start_dicomd(timeouts={"artim": 1})
+    daemon = start_dicomd(timeouts={"artim": ARTIM})
 
-    seen = send_and_watch(daemon.port, b"", timeout=6.0)
+    seen = send_and_watch(daemon.port, b"")
 
     assert seen.closed
-    assert 0.5 < seen.seconds < 3.5
+    assert ARTIM / 2 < seen.seconds < ARTIM + CLOSE_GRACE
     assert seen.received == b""
 
 
 def test_idle_association_is_aborted(start_dicomd):
-    daemon = start_dicomd(timeouts={"network_idle": 1})
+    daemon = start_dicomd(timeouts={"network_idle": IDLE, "artim": ARTIM})
 
-    seen = send_and_watch(daemon.port, verification_associate_rq("DICOMD", "RAW"), timeout=6.0)
+    seen = send_and_watch(daemon.port, verification_associate_rq("DICOMD", "RAW"))
 
     pdu_types = [pdu_type for pdu_type, _ in seen.pdus()]
     assert pdu_types == [A_ASSOCIATE_AC, A_ABORT], seen.received
@@ -175,4 +213,5 @@ def test_idle_association_is_aborted(start_dicomd):
     assert source in {0, SERVICE_PROVIDER}
     assert reason in DEFINED_ABORT_REASONS
     assert seen.closed
-    assert 0.5 < seen.seconds < 4.0
+    assert IDLE / 2 < seen.seconds < IDLE + ARTIM + CLOSE_GRACE
+    assert_abort_logged(daemon, seen)

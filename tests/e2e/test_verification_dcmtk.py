@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-
-def lines_with(text: str, *words: str) -> list[str]:
-    """Log lines that mention every word (case-insensitive): log phrasing is not a contract."""
-    return [
-        line for line in text.splitlines() if all(word.lower() in line.lower() for word in words)
-    ]
+from .conftest import log_lines_with as lines_with
 
 
 def test_echo_is_accepted_and_released(dicomd, echoscu):
