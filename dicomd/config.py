@@ -1,0 +1,409 @@
+"""The YAML configuration of dicomd, read once and turned into frozen, typed values.
+
+Every mistake becomes one ``ConfigError`` naming the dotted key and what is
+wrong with it, because that single line is all an operator sees when
+``twistd`` refuses to start: a traceback would bury the one fact they need.
+A key that is left out takes its default, so a site file only says what
+differs; ``conf/scp.yaml`` documents every key and holds exactly these defaults.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import math
+import re
+import reprlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+import yaml
+from zope.interface.interface import InterfaceClass
+
+from dicomd.uids import ALL_TRANSFER_SYNTAXES
+
+MAX_PDU_LENGTH_RANGE: Final = (4096, 16 * 1024 * 1024)
+"""PS3.8 allows up to 2**32 - 1, but every byte of it may be buffered per association."""
+
+MAX_ASSOCIATIONS_RANGE: Final = (1, 4096)
+
+_DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "ae_title": "DICOMD",
+        "listen": "tcp:11112",
+        "storage": {"path": "./var/archive"},
+        "limits": {"max_pdu_length": 262144, "max_associations": 32},
+        "timeouts": {"acse": 30, "dimse": 60, "network_idle": 300, "artim": 30},
+        "transfer_syntaxes": [
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2",
+            "1.2.840.10008.1.2.1.99",
+            "1.2.840.10008.1.2.2",
+        ],
+        "access": {"check_called_ae": True, "calling_aes": []},
+        "plugins": [],
+    }
+)
+
+_AE_TITLE_CHARACTERS: Final = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
+"""The default character repertoire without backslash, 1 to 16 of them (PS3.5 6.2, VR AE)."""
+
+_HOST_NAME: Final = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?",
+    re.IGNORECASE,
+)
+_DOTTED_NAME: Final = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = 60
+_short_repr.maxother = 60
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used: ``str()`` is one line, ``"<key>: <problem>"``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = _one_line(key)
+        self.problem = _one_line(problem)
+        super().__init__(f"{self.key}: {self.problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_pdu_length: int
+    max_associations: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds; what each one bounds is documented in ``conf/scp.yaml``."""
+
+    acse: float
+    dimse: float
+    network_idle: float
+    artim: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallingAE:
+    """One allowed peer: an AE title, optionally only from one host (IP address or name)."""
+
+    ae_title: str
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    check_called_ae: bool
+    calling_aes: tuple[CallingAE, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plugin:
+    """A plugin as configured (``path``, ``options``) and as built (``instance``)."""
+
+    path: str
+    options: Mapping[str, Any]
+    instance: object
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    ae_title: str
+    listen: str
+    storage_path: Path
+    limits: Limits
+    timeouts: Timeouts
+    transfer_syntaxes: tuple[str, ...]
+    access: Access
+    plugins: tuple[Plugin, ...]
+
+    def plugins_providing(self, interface: InterfaceClass) -> list[object]:
+        """The plugin instances that provide ``interface``, in configuration order."""
+        return [plugin.instance for plugin in self.plugins if interface.providedBy(plugin.instance)]
+
+
+def default_config() -> Config:
+    """The embedded defaults: the same values as ``conf/scp.yaml``."""
+    return parse_config({})
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and check a YAML file; ``None`` gives the embedded defaults.
+
+    Raises ``ConfigError`` and nothing else; for problems with the file itself
+    (missing, unreadable, not YAML) the error's key is the file name.
+    """
+    if path is None:
+        return default_config()
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(name, "file not found") from None
+    except OSError as error:
+        raise ConfigError(name, f"cannot read the file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(name, f"not UTF-8 text: {error}") from None
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError(name, _describe_yaml_error(error)) from None
+    except Exception as error:  # PyYAML's constructors also raise ValueError, RecursionError...
+        raise ConfigError(name, f"YAML error: {_describe(error)}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, Mapping):
+        raise ConfigError(name, f"expected a mapping of settings, got {_show(document)}")
+    return parse_config(document)
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Check already-parsed settings (keys left out take their defaults) and build a ``Config``.
+
+    Plugins are imported and built last, so that a mistake elsewhere in the
+    file is reported without running any plugin code.
+    """
+    settings = _with_defaults(data, "", _DEFAULTS)
+    storage = _with_defaults(settings["storage"], "storage", _DEFAULTS["storage"])
+    limits = _with_defaults(settings["limits"], "limits", _DEFAULTS["limits"])
+    timeouts = _with_defaults(settings["timeouts"], "timeouts", _DEFAULTS["timeouts"])
+    access = _with_defaults(settings["access"], "access", _DEFAULTS["access"])
+    return Config(
+        ae_title=_ae_title(settings["ae_title"], "ae_title"),
+        listen=_server_endpoint(settings["listen"], "listen"),
+        storage_path=Path(_text(storage["path"], "storage.path")),
+        limits=Limits(
+            max_pdu_length=_integer(
+                limits["max_pdu_length"], "limits.max_pdu_length", MAX_PDU_LENGTH_RANGE
+            ),
+            max_associations=_integer(
+                limits["max_associations"], "limits.max_associations", MAX_ASSOCIATIONS_RANGE
+            ),
+        ),
+        timeouts=Timeouts(
+            **{name: _seconds(value, f"timeouts.{name}") for name, value in timeouts.items()}
+        ),
+        transfer_syntaxes=_transfer_syntaxes(settings["transfer_syntaxes"], "transfer_syntaxes"),
+        access=Access(
+            check_called_ae=_boolean(access["check_called_ae"], "access.check_called_ae"),
+            calling_aes=tuple(
+                _calling_ae(entry, f"access.calling_aes[{index}]")
+                for index, entry in enumerate(_list(access["calling_aes"], "access.calling_aes"))
+            ),
+        ),
+        plugins=tuple(
+            _plugin(entry, f"plugins[{index}]")
+            for index, entry in enumerate(_list(settings["plugins"], "plugins"))
+        ),
+    )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice, where PyYAML would keep the last silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            if (key_node.tag, key_node.value) in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key {key_node.value!r} a second time",
+                    key_node.start_mark,
+                )
+            seen.add((key_node.tag, key_node.value))
+        return super().construct_mapping(node, deep=deep)
+
+
+def _describe_yaml_error(error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        what = " ".join(part for part in (error.context, error.problem) if part)
+        return f"YAML error at line {mark.line + 1}, column {mark.column + 1}: {what}"
+    return f"YAML error: {error}"
+
+
+def _with_defaults(value: object, key: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The mapping at ``key`` with every missing entry taken from ``defaults``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(key or "(top level)", f"expected a mapping, got {_show(value)}")
+    for name in value:
+        if name not in defaults:
+            raise ConfigError(
+                _join(key, name), f"unknown key (expected one of: {', '.join(defaults)})"
+            )
+    return {**defaults, **value}
+
+
+def _ae_title(value: object, key: str) -> str:
+    """An AE title with its non-significant leading and trailing spaces removed (PS3.5 6.2)."""
+    text = _text(value, key)
+    if not _AE_TITLE_CHARACTERS.fullmatch(text):
+        raise ConfigError(
+            key,
+            f"an AE title is 1 to 16 printable ASCII characters without backslash, got {text!r}",
+        )
+    if not text.strip(" "):
+        raise ConfigError(key, "an AE title cannot be all spaces")
+    return text.strip(" ")
+
+
+def _server_endpoint(value: object, key: str) -> str:
+    """A description Twisted can turn into a server endpoint; it is parsed, never bound."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    description = _text(value, key)
+    try:
+        serverFromString(reactor, description)
+    except Exception as error:  # any failure of Twisted's parsers means "unusable here"
+        raise ConfigError(
+            key, f"{description!r} is not a Twisted server endpoint: {_describe(error)}"
+        ) from None
+    return description
+
+
+def _transfer_syntaxes(value: object, key: str) -> tuple[str, ...]:
+    uids = tuple(_text(entry, f"{key}[{index}]") for index, entry in enumerate(_list(value, key)))
+    if not uids:
+        raise ConfigError(key, "needs at least one transfer syntax")
+    for index, uid in enumerate(uids):
+        if uid not in ALL_TRANSFER_SYNTAXES:
+            raise ConfigError(f"{key}[{index}]", f"{uid!r} is not a known transfer syntax UID")
+        if uid in uids[:index]:
+            raise ConfigError(f"{key}[{index}]", f"{uid} is listed twice")
+    return uids
+
+
+def _calling_ae(value: object, key: str) -> CallingAE:
+    """``"AE"`` or ``"AE@host"``; the last ``@`` separates the host."""
+    text = _text(value, key)
+    if "@" not in text:
+        return CallingAE(_ae_title(text, key))
+    ae_title, _, host = text.rpartition("@")
+    return CallingAE(_ae_title(ae_title, key), _host(host, key))
+
+
+def _host(text: str, key: str) -> str:
+    """An IP address in its canonical form, or a host name in lower case."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(text):
+        raise ConfigError(key, f"{text!r} after '@' is neither an IP address nor a host name")
+    return text.lower()
+
+
+def _plugin(value: object, key: str) -> Plugin:
+    """Import ``plugin``, call it with ``options`` as keyword arguments and check what it made."""
+    from dicomd.interfaces import PLUGIN_INTERFACES
+
+    entry = _with_defaults(value, key, {"plugin": None, "options": {}})
+    path = _factory_path(entry["plugin"], f"{key}.plugin")
+    options = entry["options"]
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{key}.options", f"expected a mapping, got {_show(options)}")
+    for name in options:
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise ConfigError(f"{key}.options", f"{name!r} cannot be a keyword argument")
+    factory = _import_factory(path, f"{key}.plugin")
+    try:
+        instance = factory(**options)
+    except Exception as error:
+        raise ConfigError(
+            f"{key}.options", f"{path}(**options) failed: {_describe(error)}"
+        ) from None
+    if not any(interface.providedBy(instance) for interface in PLUGIN_INTERFACES):
+        names = ", ".join(interface.__name__ for interface in PLUGIN_INTERFACES)
+        raise ConfigError(
+            f"{key}.plugin", f"{path}(**options) made an object that provides none of: {names}"
+        )
+    return Plugin(path, MappingProxyType(dict(options)), instance)
+
+
+def _factory_path(value: object, key: str) -> str:
+    if value is None:
+        raise ConfigError(key, "missing: the dotted name of a plugin, like package.module.Name")
+    path = _text(value, key)
+    if not _DOTTED_NAME.fullmatch(path):
+        raise ConfigError(key, f"expected a dotted name like package.module.Name, got {path!r}")
+    return path
+
+
+def _import_factory(path: str, key: str) -> Any:
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # a plugin module may fail to import in any way
+        raise ConfigError(key, f"cannot import {module_name}: {_describe(error)}") from None
+    try:
+        factory = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(key, f"module {module_name} has no attribute {attribute!r}") from None
+    if not callable(factory):
+        raise ConfigError(key, f"{path} is not callable, got {_show(factory)}")
+    return factory
+
+
+def _text(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {_show(value)}")
+    if not value:
+        raise ConfigError(key, "cannot be empty")
+    return value
+
+
+def _integer(value: object, key: str, bounds: tuple[int, int]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {_show(value)}")
+    low, high = bounds
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be from {low} to {high}, got {value}")
+    return value
+
+
+def _seconds(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"expected a number of seconds, got {_show(value)}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(key, f"must be a finite number of seconds above 0, got {_show(value)}")
+    return seconds
+
+
+def _boolean(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _list(value: object, key: str) -> Sequence[object]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(key, f"expected a list, got {_show(value)}")
+    return value
+
+
+def _join(key: str, name: object) -> str:
+    return f"{key}.{name}" if key else str(name)
+
+
+def _show(value: object) -> str:
+    return _short_repr.repr(value)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

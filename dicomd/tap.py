@@ -1,0 +1,62 @@
+"""What ``twistd dicomd`` runs: its command-line options and the daemon's service tree.
+
+A configuration mistake ends the process here with one line on stderr and exit
+status 1.  ``twistd`` calls ``makeService`` before it starts logging and does
+not catch ``SystemExit``, so that line is the whole output: no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from dicomd.config import Config, ConfigError, load_config
+from dicomd.server import DicomServerFactory
+
+
+class Options(usage.Options):
+    """``twistd dicomd [-c PATH]``."""
+
+    optParameters = [  # noqa: RUF012 (the attribute twisted.python.usage reads)
+        [
+            "config",
+            "c",
+            None,
+            "YAML configuration file; without it, the built-in defaults (as in conf/scp.yaml).",
+        ],
+    ]
+
+
+def makeService(options: Options, reactor: object | None = None) -> MultiService:
+    """Load the configuration, prepare the storage folder and build the listening service.
+
+    ``reactor`` (``IReactorTime`` and ``IReactorTCP``) defaults to the global one.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        config = load_config(options["config"])
+        _create_storage(config.storage_path)
+    except ConfigError as error:
+        sys.stderr.write(f"dicomd: {error}\n")
+        raise SystemExit(1) from None
+    return _service_tree(config, reactor)
+
+
+def _create_storage(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError("storage.path", f"cannot create {path}: {error.strerror}") from None
+
+
+def _service_tree(config: Config, reactor: object) -> MultiService:
+    root = MultiService()
+    listener = strports.service(config.listen, DicomServerFactory(config, reactor=reactor), reactor)
+    listener.setName("dicom")
+    listener.setServiceParent(root)
+    return root
