@@ -100,6 +100,14 @@ class UpperLayerProtocol(Protocol):
             pdu_type, length = parse_header(bytes(buffer[:HEADER_LENGTH]))
             problem = self._framing_problem(pdu_type, length)
             if problem is not None:
+                self.log.warn(
+                    "invalid PDU header from {peer} (type 0x{type:02X}, length {length});"
+                    " aborting: {problem}",
+                    peer=self._peer(),
+                    type=pdu_type,
+                    length=length,
+                    problem=problem.name.lower().replace("_", " "),
+                )
                 self._invalid(problem)
                 return
             end = HEADER_LENGTH + length
@@ -111,7 +119,9 @@ class UpperLayerProtocol(Protocol):
                 pdu = decode_pdu(pdu_type, body)
             except PDUError as error:
                 self.log.warn(
-                    "invalid PDU from {peer}: {error}", peer=self._peer(), error=str(error)
+                    "invalid PDU from {peer}; aborting: {error}",
+                    peer=self._peer(),
+                    error=str(error),
                 )
                 self._invalid(error.reason)
                 return
