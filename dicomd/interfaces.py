@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Final
 
+from pydicom import Dataset, dcmread
 from zope.interface import Interface
 
 
@@ -99,4 +101,51 @@ class IAssociationValidator(Interface):
         """Return ``ACCEPT`` or a ``Rejection`` (or a Deferred firing with one)."""
 
 
-PLUGIN_INTERFACES: Final = (IAssociationValidator,)
+@dataclass(slots=True, eq=False)
+class ReceivedInstance:
+    """One instance received by C-STORE, as store handlers see it.
+
+    ``path`` is a complete Part 10 file: our File Meta Information followed by
+    the data set exactly as the peer sent it.  Until a handler keeps it (the
+    archive moves it into ``storage.path`` and sets ``kept``), it lies in a
+    temporary folder and is removed once every handler has answered.
+    ``dataset`` parses the file with pydicom on first use; it blocks, so a
+    handler that needs it on a busy node reads it in a thread.
+    """
+
+    calling_ae_title: str
+    called_ae_title: str
+    peer_host: str
+    peer_port: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    path: Path
+    size: int
+    kept: bool = False
+    _dataset: Dataset | None = None
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = dcmread(self.path)
+        return self._dataset
+
+
+class IStoreHandler(Interface):
+    """Does something with each instance received by C-STORE.
+
+    Handlers form a chain, in the order of the ``plugins:`` list.  Each answers
+    with a DIMSE status: an ``int``, or a ``Dataset`` carrying ``Status`` and
+    optionally ``ErrorComment``, or a Deferred firing with either.  A failure
+    status stops the chain and goes to the peer; otherwise the peer gets the
+    last warning, or success.  An ``OSError`` raised by a handler answers A700
+    (out of resources), any other exception C000 (cannot understand), with the
+    error as comment; the association stays up either way.
+    """
+
+    def store(instance: ReceivedInstance) -> int | Dataset:
+        """Handle one received instance and answer its status."""
+
+
+PLUGIN_INTERFACES: Final = (IAssociationValidator, IStoreHandler)
