@@ -10,10 +10,11 @@ allows in the current state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
+from pydicom.uid import UID
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -27,6 +28,7 @@ from dicomd.dimse import (
     CommandField,
     CommandReceived,
     MessageAssembler,
+    error_comment,
     fragment,
 )
 from dicomd.fsm import State, StateMachine
@@ -64,21 +66,104 @@ _KNOWN_COMMANDS = frozenset(int(field) for field in CommandField)
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A complete DIMSE request, as a service sees it."""
+    """A complete DIMSE request, as a service sees it.
+
+    ``data`` is what the service's data sink made of the data set: the bytes
+    themselves by default, a file for the storage service; None without one.
+    """
 
     context: AcceptedContext
     command: Command
-    data: bytes | None
+    data: Any
+
+
+class DataSink(Protocol):
+    """Where the fragments of one data set go while they arrive."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> Any:
+        """The last fragment is in: what the service gets as ``Request.data``."""
+
+    def discard(self) -> None:
+        """The association ended before the last fragment."""
+
+
+class MemorySink:
+    """Keeps a (small) data set in memory: identifiers of C-FIND and the like."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def finish(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def discard(self) -> None:
+        self._chunks.clear()
+
+
+class DiscardSink:
+    """Reads a data set off the association without keeping it, for a request we refuse."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        return None
+
+    def discard(self) -> None:
+        pass
 
 
 class Service(Protocol):
-    """One service class on the SCP side (Verification, Storage, ...)."""
+    """One service class on the SCP side (Verification, Storage, ...).
+
+    A service may also offer ``open_sink(association, context, command)`` to
+    receive its data sets as a stream, and ``transfer_syntaxes`` to accept
+    other transfer syntaxes than the node's preference.
+    """
 
     abstract_syntaxes: frozenset[str]
     operations: frozenset[int]
 
     def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None] | None:
         """Answer ``request`` through ``association.respond``."""
+
+
+class ServiceRegistry:
+    """Which service serves an abstract syntax, and with which transfer syntaxes."""
+
+    def __init__(
+        self,
+        services: Iterable[Service],
+        transfer_syntaxes: Sequence[str],
+        fallback: Service | None = None,
+    ) -> None:
+        self._by_syntax: dict[str, Service] = {}
+        for service in services:
+            self._by_syntax.update(dict.fromkeys(service.abstract_syntaxes, service))
+        self._default_syntaxes = tuple(transfer_syntaxes)
+        self._fallback = fallback
+
+    def service_for(self, abstract_syntax: str) -> Service | None:
+        service = self._by_syntax.get(abstract_syntax)
+        if service is None and self._fallback is not None and _is_unknown(abstract_syntax):
+            return self._fallback
+        return service
+
+    def transfer_syntaxes_for(self, abstract_syntax: str) -> Sequence[str]:
+        service = self.service_for(abstract_syntax)
+        if service is None:
+            return ()
+        return getattr(service, "transfer_syntaxes", self._default_syntaxes)
+
+
+def _is_unknown(abstract_syntax: str) -> bool:
+    """Not a SOP class pydicom knows: a private or newer class, possibly storage."""
+    return UID(abstract_syntax).type == ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +173,8 @@ class AcceptorSettings:
     ae_title: str
     max_pdu_length: int
     dimse_timeout: float
-    transfer_syntaxes: Sequence[str]
     validators: Sequence[IAssociationValidator]
-    services: Mapping[str, Service]
+    services: ServiceRegistry
 
 
 @dataclass(slots=True)
@@ -99,7 +183,8 @@ class _Incoming:
 
     context: AcceptedContext
     command: Command
-    chunks: list[bytes] = field(default_factory=list)
+    sink: DataSink
+    service: Service | None
 
 
 class Acceptor:
@@ -156,9 +241,8 @@ class Acceptor:
             self._accept(request)
 
     def _accept(self, request: AAssociateRQ) -> None:
-        served = self.settings.services
         negotiated = negotiate(
-            request.presentation_contexts, served, self.settings.transfer_syntaxes
+            request.presentation_contexts, self.settings.services.transfer_syntaxes_for
         )
         self.contexts = negotiated.accepted
         proposed_info = request.user_information
@@ -260,21 +344,41 @@ class Acceptor:
     def _message_event(self, event: object) -> None:
         if isinstance(event, CommandReceived):
             context = self.contexts[event.context_id]
-            if event.command.has_data_set:
-                self._incoming = _Incoming(context, event.command)
+            command = event.command
+            service = self._service_for(context, command)
+            if command.has_data_set:
+                self._incoming = _Incoming(
+                    context, command, self._open_sink(service, context, command), service
+                )
                 self._start_dimse_timer()
             else:
-                self._dispatch(Request(context, event.command, None))
+                self._dispatch(Request(context, command, None), service)
             return
         incoming = self._incoming
         assert incoming is not None, "the assembler yields data only after a command"
-        incoming.chunks.append(event.data)  # type: ignore[attr-defined]
+        incoming.sink.write(event.data)  # type: ignore[attr-defined]
         if event.last:  # type: ignore[attr-defined]
             self._incoming = None
             self._stop_dimse_timer()
-            self._dispatch(Request(incoming.context, incoming.command, b"".join(incoming.chunks)))
+            request = Request(incoming.context, incoming.command, incoming.sink.finish())
+            self._dispatch(request, incoming.service)
 
-    def _dispatch(self, request: Request) -> None:
+    def _service_for(self, context: AcceptedContext, command: Command) -> Service | None:
+        """The service that will answer ``command``, or None if nobody can."""
+        service = self.settings.services.service_for(context.abstract_syntax)
+        if service is None or command.command_field not in service.operations:
+            return None
+        return service
+
+    def _open_sink(
+        self, service: Service | None, context: AcceptedContext, command: Command
+    ) -> DataSink:
+        if service is None:
+            return DiscardSink()
+        open_sink = getattr(service, "open_sink", None)
+        return MemorySink() if open_sink is None else open_sink(self, context, command)
+
+    def _dispatch(self, request: Request, service: Service | None) -> None:
         command = request.command
         field_value = command.command_field
         if field_value not in _KNOWN_COMMANDS:
@@ -287,8 +391,7 @@ class Acceptor:
         if command.is_response:
             self._protocol_error(f"unexpected DIMSE response {CommandField(field_value).name}")
             return
-        service = self.settings.services.get(request.context.abstract_syntax)
-        if service is None or field_value not in service.operations:
+        if service is None:
             self.respond(request, uids.Status.UNRECOGNIZED_OPERATION)
             return
         d = defer.maybeDeferred(service.handle, self, request)
@@ -304,7 +407,7 @@ class Acceptor:
         self.respond(
             request,
             uids.Status.PROCESSING_FAILURE,
-            error_comment=_one_line(failure.getErrorMessage()),
+            error_comment=error_comment(failure.getErrorMessage()),
         )
 
     def respond(
@@ -378,7 +481,9 @@ class Acceptor:
 
     def _end(self) -> None:
         self._stop_dimse_timer()
-        self._incoming = None
+        if self._incoming is not None:
+            self._incoming.sink.discard()
+            self._incoming = None
         if not self.ended.called:
             self.ended.callback(None)
 
@@ -435,8 +540,3 @@ def _first_rejection(
         return Accept.ACCEPT
 
     return ask()
-
-
-def _one_line(text: str) -> str:
-    """Error comments are LO: one line, at most 64 characters."""
-    return " ".join(text.split())[:64]

@@ -30,6 +30,11 @@ MAX_PDU_LENGTH_RANGE: Final = (4096, 16 * 1024 * 1024)
 
 MAX_ASSOCIATIONS_RANGE: Final = (1, 4096)
 
+BUILTIN_PLUGINS: Final[Mapping[str, str]] = MappingProxyType(
+    {"archive": "dicomd.archive.ArchiveHandler", "print": "dicomd.archive.PrintHandler"}
+)
+"""Short names of the plugins that ship with dicomd."""
+
 _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
     {
         "ae_title": "DICOMD",
@@ -44,6 +49,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
             "1.2.840.10008.1.2.2",
         ],
         "access": {"check_called_ae": True, "calling_aes": []},
+        "store": {"accept_unknown_sop_classes": False},
         "plugins": [],
     }
 )
@@ -102,6 +108,11 @@ class Access:
 
 
 @dataclass(frozen=True, slots=True)
+class Store:
+    accept_unknown_sop_classes: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Plugin:
     """A plugin as configured (``path``, ``options``) and as built (``instance``)."""
 
@@ -119,6 +130,7 @@ class Config:
     timeouts: Timeouts
     transfer_syntaxes: tuple[str, ...]
     access: Access
+    store: Store
     plugins: tuple[Plugin, ...]
 
     def plugins_providing(self, interface: InterfaceClass) -> list[object]:
@@ -172,10 +184,12 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     limits = _with_defaults(settings["limits"], "limits", _DEFAULTS["limits"])
     timeouts = _with_defaults(settings["timeouts"], "timeouts", _DEFAULTS["timeouts"])
     access = _with_defaults(settings["access"], "access", _DEFAULTS["access"])
+    store = _with_defaults(settings["store"], "store", _DEFAULTS["store"])
+    storage_path = Path(_text(storage["path"], "storage.path"))
     return Config(
         ae_title=_ae_title(settings["ae_title"], "ae_title"),
         listen=_server_endpoint(settings["listen"], "listen"),
-        storage_path=Path(_text(storage["path"], "storage.path")),
+        storage_path=storage_path,
         limits=Limits(
             max_pdu_length=_integer(
                 limits["max_pdu_length"], "limits.max_pdu_length", MAX_PDU_LENGTH_RANGE
@@ -195,8 +209,13 @@ def parse_config(data: Mapping[str, Any]) -> Config:
                 for index, entry in enumerate(_list(access["calling_aes"], "access.calling_aes"))
             ),
         ),
+        store=Store(
+            accept_unknown_sop_classes=_boolean(
+                store["accept_unknown_sop_classes"], "store.accept_unknown_sop_classes"
+            )
+        ),
         plugins=tuple(
-            _plugin(entry, f"plugins[{index}]")
+            _plugin(entry, f"plugins[{index}]", storage_path)
             for index, entry in enumerate(_list(settings["plugins"], "plugins"))
         ),
     )
@@ -301,18 +320,24 @@ def _host(text: str, key: str) -> str:
     return text.lower()
 
 
-def _plugin(value: object, key: str) -> Plugin:
-    """Import ``plugin``, call it with ``options`` as keyword arguments and check what it made."""
+def _plugin(value: object, key: str, storage_path: Path) -> Plugin:
+    """Import ``plugin``, call it with ``options`` as keyword arguments and check what it made.
+
+    The built-in store handlers go by their short names; ``archive`` keeps
+    its files under ``storage.path`` unless its options say otherwise.
+    """
     from dicomd.interfaces import PLUGIN_INTERFACES
 
     entry = _with_defaults(value, key, {"plugin": None, "options": {}})
-    path = _factory_path(entry["plugin"], f"{key}.plugin")
     options = entry["options"]
     if not isinstance(options, Mapping):
         raise ConfigError(f"{key}.options", f"expected a mapping, got {_show(options)}")
     for name in options:
         if not (isinstance(name, str) and name.isidentifier()):
             raise ConfigError(f"{key}.options", f"{name!r} cannot be a keyword argument")
+    if entry["plugin"] == "archive":
+        options = {"path": str(storage_path), **options}
+    path = BUILTIN_PLUGINS.get(entry["plugin"]) or _factory_path(entry["plugin"], f"{key}.plugin")
     factory = _import_factory(path, f"{key}.plugin")
     try:
         instance = factory(**options)

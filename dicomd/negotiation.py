@@ -2,14 +2,14 @@
 
 An acceptor answers every proposed context: an abstract syntax it does not
 serve gets result 3; one it serves gets the first transfer syntax of *our*
-preference order that the peer offered (result 0), or result 4 when none
-matches.  The preference order is the operator's, not the peer's, because it
-decides what ends up on disk.
+preference order for that abstract syntax that the peer offered (result 0),
+or result 4 when none matches.  The preference order is the operator's, not
+the peer's, because it decides what ends up on disk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dicomd.pdu import ContextResult, PresentationContextAC, PresentationContextRQ
@@ -34,14 +34,17 @@ class Negotiated:
 
 def negotiate(
     proposed: Iterable[PresentationContextRQ],
-    served: Container[str],
-    preference: Sequence[str],
+    preference_for: Callable[[str], Sequence[str]],
 ) -> Negotiated:
-    """Answer each proposed context, keeping the peer's order."""
+    """Answer each proposed context, keeping the peer's order.
+
+    ``preference_for(abstract_syntax)`` gives our transfer syntaxes for it,
+    best first, or nothing when we do not serve it.
+    """
     results: list[PresentationContextAC] = []
     accepted: dict[int, AcceptedContext] = {}
     for context in proposed:
-        result, syntax = _answer(context, served, preference)
+        result, syntax = _answer(context, preference_for(context.abstract_syntax))
         results.append(PresentationContextAC(context.context_id, result, syntax))
         if result == ContextResult.ACCEPTANCE:
             accepted[context.context_id] = AcceptedContext(
@@ -50,13 +53,11 @@ def negotiate(
     return Negotiated(tuple(results), accepted)
 
 
-def _answer(
-    context: PresentationContextRQ, served: Container[str], preference: Sequence[str]
-) -> tuple[ContextResult, str]:
+def _answer(context: PresentationContextRQ, preference: Sequence[str]) -> tuple[ContextResult, str]:
     # A rejected context still carries a transfer syntax sub-item; its value
     # is not significant (PS3.8 9.3.3.2), so we echo the peer's first one.
     offered_first = context.transfer_syntaxes[0] if context.transfer_syntaxes else ""
-    if context.abstract_syntax not in served:
+    if not preference:
         return ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, offered_first
     offered = set(context.transfer_syntaxes)
     for syntax in preference:

@@ -8,7 +8,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dicomd.association import Acceptor, AcceptorSettings, Service
+from dicomd.association import Acceptor, AcceptorSettings, Service, ServiceRegistry
 from dicomd.config import Config
 from dicomd.fsm import State
 from dicomd.interfaces import (
@@ -17,10 +17,12 @@ from dicomd.interfaces import (
     Accept,
     AssociationRequest,
     IAssociationValidator,
+    IStoreHandler,
     Rejection,
 )
 from dicomd.protocol import UpperLayerProtocol
 from dicomd.services.echo import VerificationService
+from dicomd.services.store import StorageService
 from dicomd.validation import AccessValidator
 
 # States in which a connection holds, or is about to hold, an association.
@@ -74,20 +76,16 @@ class DicomServerFactory(Factory):
         self.config = config
         self.reactor = reactor
         self.connections: set[UpperLayerProtocol] = set()
-        services: dict[str, Service] = {}
-        for service in (VerificationService(),):
-            services.update(dict.fromkeys(service.abstract_syntaxes, service))
         self.settings = AcceptorSettings(
             ae_title=config.ae_title,
             max_pdu_length=config.limits.max_pdu_length,
             dimse_timeout=config.timeouts.dimse,
-            transfer_syntaxes=config.transfer_syntaxes,
             validators=(
                 ConcurrencyLimit(self, config.limits.max_associations),
                 AccessValidator(config.ae_title, config.access),
                 *config.plugins_providing(IAssociationValidator),
             ),
-            services=services,
+            services=_services(config),
         )
 
     def buildProtocol(self, addr: IAddress) -> UpperLayerProtocol:
@@ -102,3 +100,15 @@ class DicomServerFactory(Factory):
         )
         protocol.factory = self
         return protocol
+
+
+def _services(config: Config) -> ServiceRegistry:
+    """Verification always; Storage when at least one store handler is configured."""
+    services: list[Service] = [VerificationService()]
+    store_handlers = config.plugins_providing(IStoreHandler)
+    storage = None
+    if store_handlers:
+        storage = StorageService(config.storage_path, store_handlers, config.transfer_syntaxes)
+        services.append(storage)
+    fallback = storage if config.store.accept_unknown_sop_classes else None
+    return ServiceRegistry(services, config.transfer_syntaxes, fallback)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from dicomd.config import Config, ConfigError, load_config
@@ -55,7 +55,10 @@ def _create_storage(path: Path) -> None:
 
 
 def _service_tree(config: Config, reactor: object) -> MultiService:
+    """Plugins that are services (the archive opens its index) start before the listener."""
     root = MultiService()
+    for plugin in config.plugins_providing(IService):
+        plugin.setServiceParent(root)  # type: ignore[attr-defined]
     listener = strports.service(config.listen, DicomServerFactory(config, reactor=reactor), reactor)
     listener.setName("dicom")
     listener.setServiceParent(root)

@@ -100,6 +100,15 @@ imported before, adds the syntaxes newer than pydicom's edition to it.
 """
 
 
+KNOWN_TRANSFER_SYNTAXES: Final[frozenset[str]] = frozenset(
+    uid
+    for uid, (_name, uid_type, _info, _retired, _keyword) in UID_dictionary.items()
+    if uid_type == "Transfer Syntax"
+)
+"""Every transfer syntax in pydicom's registry, retired ones included: what the
+storage service accepts, since an archive keeps instances as they were sent."""
+
+
 def is_encapsulated(transfer_syntax: str) -> bool:
     """Whether pixel data in this syntax travels as encapsulated fragments (PS3.5 A.4).
 

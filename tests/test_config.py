@@ -21,6 +21,7 @@ from dicomd.config import (
     Config,
     ConfigError,
     Limits,
+    Store,
     Timeouts,
     default_config,
     load_config,
@@ -77,6 +78,7 @@ def test_default_config_has_the_documented_values() -> None:
             "1.2.840.10008.1.2.2",
         ),
         access=Access(check_called_ae=True, calling_aes=()),
+        store=Store(accept_unknown_sop_classes=False),
         plugins=(),
     )
 
