@@ -6,6 +6,7 @@ import itertools
 import re
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zope.interface import Interface
 
+from dicomd.config import _DEFAULTS as EMBEDDED_DEFAULTS
 from dicomd.config import (
     Access,
     CallingAE,
@@ -47,6 +49,11 @@ CONTRACT = {
     "plugins": [],
 }
 """The keys and values that tools and tests outside the code base rely on."""
+
+
+def thaw(value: Any) -> Any:
+    """Plain dicts instead of read-only mapping proxies, to compare with what YAML reads."""
+    return {key: thaw(item) for key, item in value.items()} if isinstance(value, Mapping) else value
 
 
 def error_of(data: Any) -> ConfigError:
@@ -87,8 +94,13 @@ def test_no_file_means_the_defaults() -> None:
     assert load_config(None) == default_config()
 
 
-def test_example_file_spells_out_every_key_of_the_contract() -> None:
-    assert yaml.safe_load(EXAMPLE_FILE.read_text()) == CONTRACT
+def test_example_file_spells_out_every_key_with_its_default() -> None:
+    assert yaml.safe_load(EXAMPLE_FILE.read_text()) == thaw(EMBEDDED_DEFAULTS)
+
+
+def test_contract_keys_keep_their_values() -> None:
+    defaults = thaw(EMBEDDED_DEFAULTS)
+    assert {key: defaults[key] for key in CONTRACT} == CONTRACT
 
 
 def test_example_file_and_embedded_defaults_agree() -> None:
@@ -99,7 +111,7 @@ def test_example_file_and_embedded_defaults_agree() -> None:
 def test_every_key_in_the_example_file_has_a_comment_above_it() -> None:
     lines = EXAMPLE_FILE.read_text().splitlines()
     keys = [n for n, line in enumerate(lines) if re.match(r"\s*[a-z_]+:", line)]
-    assert len(keys) == 17
+    assert len(keys) == 19
     for number in keys:
         assert lines[number - 1].lstrip().startswith("#"), lines[number]
 
@@ -339,6 +351,11 @@ MISTAKES = [
     ),
     ({"access": {"calling_aes": "MOD"}}, "access.calling_aes", "expected a list, got 'MOD'"),
     (
+        {"store": {"accept_unknown_sop_classes": 1}},
+        "store.accept_unknown_sop_classes",
+        "expected true or false, got 1",
+    ),
+    (
         {"access": {"calling_aes": ["MOD", 7]}},
         "access.calling_aes[1]",
         "expected a string, got 7",
@@ -397,6 +414,7 @@ UNKNOWN_KEYS = [
     ({"limits": {"max_pdu": 1}}, "limits.max_pdu"),
     ({"timeouts": {"release": 1}}, "timeouts.release"),
     ({"access": {"calling_ae": []}}, "access.calling_ae"),
+    ({"store": {"accept_unknown": True}}, "store.accept_unknown"),
     ({"plugins": [{"plugin": "a.b.C", "option": {}}]}, "plugins[0].option"),
 ]
 
@@ -516,6 +534,7 @@ SECTION_KEYS = {
     "limits": ["max_pdu_length", "max_associations"],
     "timeouts": ["acse", "dimse", "network_idle", "artim"],
     "access": ["check_called_ae", "calling_aes"],
+    "store": ["accept_unknown_sop_classes"],
 }
 
 
