@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
+from dicomd.association import DiscardSink
 from dicomd.dimse import Command, CommandField, error_comment
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
 from dicomd.negotiation import AcceptedContext
@@ -52,6 +53,7 @@ class IncomingFile:
         self.error: OSError | None = None
         self._file: BinaryIO | None = None
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
             self._file.write(PREAMBLE)
             self._file.write(meta)
@@ -82,7 +84,8 @@ class IncomingFile:
         self.remove()
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            self.path.unlink()
 
     def _fail(self, error: OSError) -> None:
         self.error = error
@@ -136,14 +139,22 @@ class StorageService:
 
     def open_sink(
         self, association: Acceptor, context: AcceptedContext, command: Command
-    ) -> IncomingFile:
-        self.incoming.mkdir(parents=True, exist_ok=True)
+    ) -> IncomingFile | DiscardSink:
+        if not (command.affected_sop_class_uid and command.affected_sop_instance_uid):
+            return DiscardSink()  # answered in handle(): there is nothing to name the file by
         meta = file_meta(command, context.transfer_syntax, association.calling_ae_title)
         return IncomingFile(self.incoming, meta)
 
     def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None]:
         command = request.command
-        received: IncomingFile = request.data  # type: ignore[assignment]
+        received: IncomingFile | None = request.data
+        if received is None:
+            status = _status(
+                uids.Status.CANNOT_UNDERSTAND,
+                "C-STORE-RQ without Affected SOP Class/Instance UID",
+            )
+            self._respond(association, request, status)
+            return defer.succeed(None)
         if received.error is not None:
             received.remove()
             self._respond(association, request, _out_of_resources(received.error))

@@ -1,0 +1,86 @@
+"""A node under test seen from the wire: an in-memory peer for protocol tests."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from dicomd import uids
+from dicomd.config import Config, default_config
+from dicomd.dimse import Command, MessageAssembler, fragment
+from dicomd.pdu import (
+    AAssociateAC,
+    AAssociateRQ,
+    PDataTF,
+    PresentationContextRQ,
+    UserInformation,
+    decode,
+)
+from dicomd.server import DicomServerFactory
+
+IMPLICIT = uids.IMPLICIT_VR_LITTLE_ENDIAN
+EXPLICIT = uids.EXPLICIT_VR_LITTLE_ENDIAN
+
+
+def request(
+    called: str = "DICOMD",
+    contexts: tuple[PresentationContextRQ, ...] = (
+        PresentationContextRQ(1, uids.VERIFICATION, (IMPLICIT,)),
+    ),
+    max_length: int = 16384,
+    **info: object,
+) -> AAssociateRQ:
+    return AAssociateRQ(called, "ECHOSCU", contexts, UserInformation(max_length=max_length, **info))
+
+
+class Peer:
+    """One connection to a node, seen from the wire."""
+
+    def __init__(self, config: Config | None = None, host: str = "127.0.0.1") -> None:
+        self.clock = Clock()
+        self.factory = DicomServerFactory(config or default_config(), reactor=self.clock)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        self.protocol = self.factory.buildProtocol(self.transport.getPeer())
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def received(self) -> list[object]:
+        """Decode and take every PDU the node wrote since the last call."""
+        data = self.transport.value()
+        self.transport.clear()
+        pdus = []
+        while data:
+            (length,) = struct.unpack(">L", data[2:6])
+            pdus.append(decode(data[: 6 + length]))
+            data = data[6 + length :]
+        return pdus
+
+    def associate(self, rq: AAssociateRQ | None = None) -> AAssociateAC:
+        self.send((rq or request()).encode())
+        (ac,) = self.received()
+        assert isinstance(ac, AAssociateAC)
+        return ac
+
+    def send_command(self, context_id: int, command: Command, data: bytes | None = None) -> None:
+        for pdu in fragment(context_id, command.encode(), data, 16384):
+            self.send(pdu)
+
+    def responses(self) -> list[Command]:
+        assembler = MessageAssembler()
+        commands = []
+        for pdu in self.received():
+            assert isinstance(pdu, PDataTF), pdu
+            for pdv in pdu.pdvs:
+                commands += [
+                    e.command for e in assembler.feed(pdv.context_id, pdv.control, pdv.data)
+                ]
+        return commands
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting
