@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from twisted.internet import defer
 from zope.interface import implementer
 
@@ -17,7 +19,7 @@ from dicomd.config import Config, Plugin, Store, default_config
 from dicomd.dimse import Command, CommandField, encode_dataset
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
 from dicomd.pdu import AAbort, PresentationContextRQ, encode_pdata
-from dicomd.services.store import INCOMING, PREAMBLE
+from dicomd.services.store import INCOMING, PREAMBLE, file_meta
 from tests.wire import EXPLICIT, IMPLICIT, Peer, request
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -270,3 +272,22 @@ def test_unknown_sop_classes_are_stored_when_configured(
         request(contexts=(PresentationContextRQ(1, PRIVATE_SOP_CLASS, (IMPLICIT,)),))
     )
     assert ac.presentation_contexts[0].result == result
+
+
+@pytest.mark.parametrize(
+    ("instance_uid", "source_ae"), [("1.2.3.4", "ECHOSCU"), ("1.2.3.45", ""), ("1.2", "A")]
+)
+def test_file_meta_is_what_pydicom_writes(instance_uid: str, source_ae: str) -> None:
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = CT_STORAGE
+    meta.MediaStorageSOPInstanceUID = instance_uid
+    meta.TransferSyntaxUID = JPEG_BASELINE
+    meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
+    if source_ae:
+        meta.SourceApplicationEntityTitle = source_ae
+    expected = BytesIO()
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    command = store_command(instance_uid)
+    assert file_meta(command, JPEG_BASELINE, source_ae) == expected.getvalue()

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
+import functools
+import struct
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 INCOMING = ".incoming"
-_WRITE_BUFFER = 1 << 20
 
 
 class IncomingFile:
@@ -53,12 +54,19 @@ class IncomingFile:
         self.error: OSError | None = None
         self._file: BinaryIO | None = None
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
-            self._file.write(PREAMBLE)
-            self._file.write(meta)
+            self._file = self._create(folder)
+            self._file.write(PREAMBLE + meta)
         except OSError as error:
             self._fail(error)
+
+    def _create(self, folder: Path) -> BinaryIO:
+        # Unbuffered: fragments arrive in large pieces, and a per-file buffer
+        # costs more to allocate than the copies it would save.
+        try:
+            return open(self.path, "wb", buffering=0)
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+            return open(self.path, "wb", buffering=0)
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -101,18 +109,52 @@ class IncomingFile:
 
 
 def file_meta(command: Command, transfer_syntax: str, source_ae_title: str) -> bytes:
-    """Our File Meta Information for a received instance (PS3.10 7.1), encoded by pydicom."""
+    """Our File Meta Information for a received instance (PS3.10 7.1).
+
+    pydicom encodes it; only the two elements that change with every
+    instance, the group length and the Media Storage SOP Instance UID, are
+    put in by hand around pydicom's cached encoding of the rest, because
+    building a pydicom data set per instance costs more than receiving it.
+    """
+    assert command.affected_sop_class_uid and command.affected_sop_instance_uid
+    before, after = _meta_around_instance_uid(
+        command.affected_sop_class_uid, transfer_syntax, source_ae_title
+    )
+    uid = command.affected_sop_instance_uid.encode("ascii")
+    if len(uid) % 2:
+        uid += b"\0"
+    instance = _EXPLICIT_SHORT.pack(0x0002, 0x0003, b"UI", len(uid)) + uid
+    length = len(before) + len(instance) + len(after)
+    return _GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, length) + before + instance + after
+
+
+_EXPLICIT_SHORT = struct.Struct("<HH2sH")
+_GROUP_LENGTH = struct.Struct("<HH2sHL")
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_around_instance_uid(
+    sop_class_uid: str, transfer_syntax: str, source_ae_title: str
+) -> tuple[bytes, bytes]:
+    """pydicom's encoding of the meta elements before and after (0002,0003)."""
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = command.affected_sop_class_uid
-    meta.MediaStorageSOPInstanceUID = command.affected_sop_instance_uid
+    meta.MediaStorageSOPClassUID = sop_class_uid
     meta.TransferSyntaxUID = transfer_syntax
     meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
     if source_ae_title:
         meta.SourceApplicationEntityTitle = source_ae_title
-    buffer = io.BytesIO()
-    write_file_meta_info(buffer, meta, enforce_standard=True)
+    before, after = Dataset(), Dataset()
+    for element in meta:
+        (before if element.tag < 0x00020003 else after).add(element)
+    return _encode_explicit_little(before), _encode_explicit_little(after)
+
+
+def _encode_explicit_little(elements: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, elements)
     return buffer.getvalue()
 
 
@@ -145,20 +187,16 @@ class StorageService:
         meta = file_meta(command, context.transfer_syntax, association.calling_ae_title)
         return IncomingFile(self.incoming, meta)
 
-    def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None]:
+    def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None] | None:
         command = request.command
         received: IncomingFile | None = request.data
         if received is None:
-            status = _status(
-                uids.Status.CANNOT_UNDERSTAND,
-                "C-STORE-RQ without Affected SOP Class/Instance UID",
+            status = Status(
+                uids.Status.CANNOT_UNDERSTAND, "C-STORE-RQ without Affected SOP Class/Instance UID"
             )
-            self._respond(association, request, status)
-            return defer.succeed(None)
+            return self._respond(association, request, status)
         if received.error is not None:
-            received.remove()
-            self._respond(association, request, _out_of_resources(received.error))
-            return defer.succeed(None)
+            return self._respond(association, request, _out_of_resources(received.error))
         peer = association.protocol.transport.getPeer()
         instance = ReceivedInstance(
             calling_ae_title=association.calling_ae_title,
@@ -171,68 +209,107 @@ class StorageService:
             path=received.path,
             size=received.size,
         )
-        d = self._run_chain(instance)
+        d = _Chain(self.handlers, instance).run()
         d.addCallback(lambda status: self._respond(association, request, status))
 
         def clean_up(result: object) -> object:
             if not instance.kept:
-                instance.path.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    instance.path.unlink()
             return result
 
         return d.addBoth(clean_up)
 
-    @defer.inlineCallbacks
-    def _run_chain(self, instance: ReceivedInstance):
-        answer: Dataset = _status(uids.Status.SUCCESS)
-        for handler in self.handlers:
-            try:
-                result = yield defer.maybeDeferred(handler.store, instance)
-                status = _as_status(result)
-            except Exception:
-                status = _status_for_failure(Failure(), handler, instance)
-            category = uids.status_category(status.Status)
-            if category == "failure":
-                return status
-            if category == "warning":
-                answer = status
-        return answer
-
-    def _respond(self, association: Acceptor, request: Request, status: Dataset) -> None:
+    def _respond(self, association: Acceptor, request: Request, status: Status) -> None:
         fields: dict[str, object] = {
             "affected_sop_instance_uid": request.command.affected_sop_instance_uid
         }
-        comment = status.get("ErrorComment")
-        if comment:
-            fields["error_comment"] = error_comment(str(comment))
-        association.respond(request, int(status.Status), **fields)
+        if status.comment:
+            fields["error_comment"] = error_comment(status.comment)
+        association.respond(request, status.code, **fields)
 
 
-def _status(code: int, comment: str = "") -> Dataset:
-    status = Dataset()
-    status.Status = code
-    if comment:
-        status.ErrorComment = comment
-    return status
+class Status(NamedTuple):
+    """A DIMSE status and its optional Error Comment."""
+
+    code: int
+    comment: str = ""
 
 
-def _as_status(result: object) -> Dataset:
+_SUCCESS = Status(uids.Status.SUCCESS)
+
+
+class _Chain:
+    """Runs the store handlers in order; stops at the first failure.
+
+    Handlers that answer at once are called in a plain loop: the chain only
+    waits on a Deferred when a handler returns one.
+    """
+
+    def __init__(self, handlers: Sequence[IStoreHandler], instance: ReceivedInstance) -> None:
+        self.handlers = iter(handlers)
+        self.instance = instance
+        self.answer = _SUCCESS
+        self.done: defer.Deferred[Status] = defer.Deferred()
+
+    def run(self) -> defer.Deferred[Status]:
+        self._next()
+        return self.done
+
+    def _next(self) -> None:
+        for handler in self.handlers:
+            try:
+                result = handler.store(self.instance)
+            except Exception:
+                result = Failure()
+            if isinstance(result, defer.Deferred):
+                result.addBoth(self._answered, handler)
+                return
+            if self._judge(result, handler):
+                return
+        self.done.callback(self.answer)
+
+    def _answered(self, result: object, handler: IStoreHandler) -> None:
+        if not self._judge(result, handler):
+            self._next()
+
+    def _judge(self, result: object, handler: IStoreHandler) -> bool:
+        """Take one handler's answer; True when the chain ends here."""
+        try:
+            status = (
+                _status_for_failure(result, handler, self.instance)
+                if isinstance(result, Failure)
+                else _as_status(result)
+            )
+        except TypeError as error:
+            status = _status_for_failure(Failure(error), handler, self.instance)
+        category = uids.status_category(status.code)
+        if category == "failure":
+            self.done.callback(status)
+            return True
+        if category == "warning":
+            self.answer = status
+        return False
+
+
+def _as_status(result: object) -> Status:
     if isinstance(result, Dataset):
         if "Status" not in result:
             raise TypeError("a store handler answered a Dataset without Status")
-        return result
+        return Status(int(result.Status), str(result.get("ErrorComment", "")))
     if isinstance(result, int) and not isinstance(result, bool) and 0 <= result <= 0xFFFF:
-        return _status(result)
+        return _SUCCESS if result == 0 else Status(result)
     raise TypeError(f"a store handler answered {result!r}, not a status")
 
 
-def _out_of_resources(error: OSError) -> Dataset:
+def _out_of_resources(error: OSError) -> Status:
     reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror
-    return _status(uids.Status.OUT_OF_RESOURCES, f"cannot store: {reason}")
+    return Status(uids.Status.OUT_OF_RESOURCES, f"cannot store: {reason}")
 
 
 def _status_for_failure(
     failure: Failure, handler: IStoreHandler, instance: ReceivedInstance
-) -> Dataset:
+) -> Status:
     StorageService.log.failure(
         "store handler {handler} failed on {sop_instance_uid}",
         failure,
@@ -241,4 +318,4 @@ def _status_for_failure(
     )
     if failure.check(OSError):
         return _out_of_resources(failure.value)
-    return _status(uids.Status.CANNOT_UNDERSTAND, f"{type(handler).__name__}: {failure.value}")
+    return Status(uids.Status.CANNOT_UNDERSTAND, f"{type(handler).__name__}: {failure.value}")
