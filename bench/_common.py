@@ -504,10 +504,21 @@ def _status_kib_of_meminfo(field: str) -> int:
     return 0
 
 
+def filesystem_of(path: Path) -> str:
+    """The type and device of the file system that holds ``path``, such as ``ext4 /dev/vda``."""
+    resolved = path.resolve()
+    best = ("?", "?", "")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        device, mount_point, kind = line.split()[:3]
+        if resolved.is_relative_to(mount_point) and len(mount_point) >= len(best[2]):
+            best = (kind, device, mount_point)
+    return f"{best[0]} {best[1]}"
+
+
 @contextlib.contextmanager
-def scratch_folder(prefix: str) -> Iterator[Path]:
-    """A fresh folder under the system temp folder, removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+def scratch_folder(prefix: str, parent: Path | None = None) -> Iterator[Path]:
+    """A fresh folder under ``parent`` (default: the system temp folder), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
         yield path
     finally:

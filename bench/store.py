@@ -2,7 +2,7 @@
 
 Run by hand from the repository root::
 
-    .venv/bin/python bench/store.py [--quick] [--only dicomd,dcmtk] [--repeat 3]
+    .venv/bin/python bench/store.py [--quick] [--only dicomd,dcmtk] [--repeat 3] [--storage DIR]
 
 The sender is always dcmtk's ``storescu``, so the receivers are the only
 variable.  For each set of CT instances (many small, fewer large), each number
@@ -20,6 +20,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from _common import (
     dicomd_command,
     dicomd_environment,
     exit_on_sigterm,
+    filesystem_of,
     format_table,
     free_port,
     last_line,
@@ -214,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" 1 process with every file, or N processes with 1/N each (N = {max(CONCURRENCY)})"
     )
     print(f"dicomd yaml: {DICOMD_SETTINGS} + ae_title, listen, storage.path")
+    print(f"storage:    under {arguments.storage} ({filesystem_of(arguments.storage)})")
     print()
 
     rows: list[Row] = []
@@ -232,7 +235,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for receiver in receivers:
                         if receiver.name in unavailable:
                             continue
-                        row = _measure(processes, receiver, root, data, concurrency, profile)
+                        row = _measure(
+                            processes,
+                            receiver,
+                            root,
+                            data,
+                            concurrency,
+                            profile=profile,
+                            storage_parent=arguments.storage,
+                        )
                         row = dataclasses.replace(row, megabytes=megabytes)
                         if row.problem.startswith("unavailable"):
                             unavailable[receiver.name] = row.problem
@@ -279,7 +290,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=3,
         help="runs of each scenario; the table shows the median (default: %(default)s)",
     )
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="folder under which the receivers store (default: %(default)s); /dev/shm takes"
+        " the disk out of the measurement",
+    )
     arguments = parser.parse_args(argv)
+    if not arguments.storage.is_dir():
+        parser.error(f"--storage: {arguments.storage} is not a folder")
     if arguments.repeat < 1:
         parser.error("--repeat: at least 1")
     unknown = arguments.only - {receiver.name for receiver in RECEIVERS}
@@ -294,11 +314,13 @@ def _measure(
     root: Path,
     data: CTSet,
     concurrency: int,
+    *,
     profile: Path,
+    storage_parent: Path,
 ) -> Row:
     """Start ``receiver``, send the set over ``concurrency`` associations, check, stop it."""
     row = Row(data, concurrency, receiver.name, data.count)
-    with scratch_folder(f"dicomd-bench-{receiver.name}-") as work:
+    with scratch_folder(f"dicomd-bench-{receiver.name}-", storage_parent) as work:
         storage = work / "storage"
         storage.mkdir()
         port = free_port()
