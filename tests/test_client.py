@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, connect
+from zope.interface import implementer
 
 from dicomd import uids
+from dicomd.association import ServiceRegistry
 from dicomd.client import (
     AssociationAborted,
     AssociationRejected,
     ClientAssociation,
     ClientSettings,
     NoAcceptedContext,
+    StoreResult,
     propose,
     requestor_protocol,
 )
-from dicomd.config import default_config
+from dicomd.config import Plugin, default_config
+from dicomd.dimse import CommandField, decode_dataset, encode_dataset
 from dicomd.fsm import State
+from dicomd.interfaces import IStoreHandler, ReceivedInstance
+from dicomd.part10 import read_header
 from dicomd.server import DicomServerFactory
+from dicomd.services.echo import VerificationService
 
 
 def pair(settings: ClientSettings, contexts=None):
@@ -97,3 +108,156 @@ def test_acse_timeout_aborts_a_silent_acceptor() -> None:
     clock.advance(6)
     assert result(association.established).check(AssociationAborted)
     assert transport.value().endswith(bytes.fromhex("07000000000400000000"))
+
+
+# -- C-STORE and C-FIND against our acceptor, in memory -----------------------------------------
+
+
+@implementer(IStoreHandler)
+class Keeper:
+    """Keeps what it receives in memory, to compare bytes."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, bytes]] = []
+
+    def store(self, instance: ReceivedInstance) -> int:
+        content = instance.path.read_bytes()
+        offset = read_header(instance.path).data_set_offset
+        self.received.append(
+            (instance.sop_instance_uid, instance.transfer_syntax, content[offset:])
+        )
+        return 0
+
+
+class FakeFind:
+    """A C-FIND SCP for the test: three matches, or pending until cancelled."""
+
+    abstract_syntaxes = frozenset({uids.STUDY_ROOT_FIND})
+    operations = frozenset({CommandField.C_FIND_RQ})
+
+    def __init__(self, hold: bool = False) -> None:
+        self.hold = hold
+        self.identifiers: list[Dataset] = []
+
+    def handle(self, association, request) -> None:
+        syntax = request.context.transfer_syntax
+        self.identifiers.append(decode_dataset(request.data, syntax))
+        for number in range(3):
+            match = Dataset()
+            match.PatientID = f"P{number}"
+            association.respond(request, 0xFF00, encode_dataset(match, syntax))
+        if not self.hold:
+            association.respond(request, 0x0000)
+
+
+def store_pair(tmp_path: Path, settings: ClientSettings, contexts, find=None):
+    keeper = Keeper()
+    config = dataclasses.replace(
+        default_config(),
+        storage_path=tmp_path,
+        plugins=(Plugin("tests.keeper", {}, keeper),),
+    )
+    clock = Clock()
+    factory = DicomServerFactory(config, reactor=clock)
+    if find is not None:
+        registry = ServiceRegistry([VerificationService(), find], config.transfer_syntaxes)
+        factory.settings = dataclasses.replace(factory.settings, services=registry)
+    server = factory.buildProtocol(None)
+    client, association = requestor_protocol(clock, settings, contexts)
+    pump = connect(
+        server, FakeTransport(server, isServer=True), client, FakeTransport(client, isServer=False)
+    )
+    pump.flush()
+    return pump, association, keeper
+
+
+CT = get_testdata_file("CT_small.dcm")
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_store_streams_a_file_as_it_is(tmp_path: Path) -> None:
+    settings = dataclasses.replace(ClientSettings("DICOMD", "SCU"), max_pdu_length=4096)
+    contexts = propose([CT_IMAGE], [uids.EXPLICIT_VR_LITTLE_ENDIAN])
+    pump, association, keeper = store_pair(tmp_path, settings, contexts)
+    # The acceptor announces its own maximum; make ours the smaller to see fragmentation.
+    association.peer_max_pdu_length = 4096
+    stored = association.store(CT)
+    pump.flush()
+    outcome = result(stored)
+    assert outcome == StoreResult(0, "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322", None)
+    header = read_header(CT)
+    original = Path(CT).read_bytes()[header.data_set_offset :]
+    ((uid, syntax, data),) = keeper.received
+    assert (uid, syntax, data) == (header.sop_instance_uid, header.transfer_syntax, original)
+
+
+def test_store_converts_between_uncompressed_syntaxes(tmp_path: Path) -> None:
+    contexts = propose([CT_IMAGE], [uids.IMPLICIT_VR_LITTLE_ENDIAN])
+    pump, association, keeper = store_pair(tmp_path, ClientSettings("DICOMD", "SCU"), contexts)
+    stored = association.store(CT)
+    pump.flush()
+    assert result(stored).status == 0
+    ((_, syntax, data),) = keeper.received
+    assert syntax == uids.IMPLICIT_VR_LITTLE_ENDIAN
+    assert decode_dataset(data, syntax) == dcmread(CT)
+
+
+def test_store_of_a_dataset(tmp_path: Path) -> None:
+    contexts = propose([CT_IMAGE])
+    pump, association, keeper = store_pair(tmp_path, ClientSettings("DICOMD", "SCU"), contexts)
+    ds = dcmread(CT)
+    stored = association.store(ds)
+    pump.flush()
+    assert result(stored).status == 0
+    ((_, syntax, data),) = keeper.received
+    assert decode_dataset(data, syntax).PatientName == ds.PatientName
+
+
+def test_a_compressed_file_needs_its_own_syntax(tmp_path: Path) -> None:
+    contexts = propose([CT_IMAGE])
+    _, association, _ = store_pair(tmp_path, ClientSettings("DICOMD", "SCU"), contexts)
+    jpeg = get_testdata_file("JPEG-lossy.dcm")
+    with pytest.raises(NoAcceptedContext, match=re.escape("1.2.840.10008.1.2.4.51")):
+        association.store(jpeg)
+
+
+def test_find_streams_matches_then_the_final_status(tmp_path: Path) -> None:
+    find = FakeFind()
+    contexts = propose([uids.STUDY_ROOT_FIND])
+    pump, association, _ = store_pair(tmp_path, ClientSettings("DICOMD", "SCU"), contexts, find)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientID = ""
+    seen: list[str] = []
+    operation = association.find(
+        uids.STUDY_ROOT_FIND, identifier, on_match=lambda m: seen.append(m.PatientID)
+    )
+    pump.flush()
+    outcome = result(operation.result)
+    assert outcome.status == 0
+    assert [m.PatientID for m in outcome.matches] == seen == ["P0", "P1", "P2"]
+    assert find.identifiers[0].QueryRetrieveLevel == "STUDY"
+
+
+def test_find_can_be_cancelled(tmp_path: Path) -> None:
+    contexts = propose([uids.STUDY_ROOT_FIND])
+    pump, association, _ = store_pair(
+        tmp_path, ClientSettings("DICOMD", "SCU"), contexts, FakeFind(hold=True)
+    )
+    operation = association.find(uids.STUDY_ROOT_FIND, Dataset())
+    pump.flush()
+    assert not operation.result.called
+    operation.cancel()
+    pump.flush()
+    # This acceptor ignores cancels it cannot act on; the operation is still pending.
+    assert not operation.result.called
+
+
+def test_requests_beyond_the_window_wait_their_turn(tmp_path: Path) -> None:
+    settings = dataclasses.replace(ClientSettings("DICOMD", "SCU"), max_operations=4)
+    pump, association, _ = store_pair(tmp_path, settings, propose([uids.VERIFICATION]))
+    assert association.max_outstanding == 1  # our acceptor performs one at a time
+    echoes = [association.echo() for _ in range(3)]
+    assert association._in_flight() == 1
+    pump.flush()
+    assert [result(d) for d in echoes] == [0, 0, 0]
