@@ -9,14 +9,14 @@ that a plugin author imports one module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Final
 
 from pydicom import Dataset, dcmread
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,4 +148,40 @@ class IStoreHandler(Interface):
         """Handle one received instance and answer its status."""
 
 
-PLUGIN_INTERFACES: Final = (IAssociationValidator, IStoreHandler)
+@dataclass(frozen=True, slots=True)
+class FindQuery:
+    """One C-FIND request, as find handlers see it.
+
+    ``identifier`` is the peer's identifier, decoded with its Specific
+    Character Set.  ``model`` is the SOP Class UID of the information model
+    (Patient Root, Study Root, Modality Worklist...), ``level`` the Query/
+    Retrieve Level ("PATIENT", "STUDY", "SERIES", "IMAGE"; empty for a
+    worklist).
+    """
+
+    identifier: Dataset
+    model: str
+    level: str
+    calling_ae_title: str
+    called_ae_title: str
+    peer_host: str
+
+
+class IFindHandler(Interface):
+    """Answers C-FIND queries for the information models it names.
+
+    ``find`` returns the matches as data sets: a list or any iterable, a
+    generator, an async generator, or a Deferred firing with a list.  They
+    may carry more attributes than asked for: the service answers exactly the
+    requested keys (plus Specific Character Set, Query/Retrieve Level and
+    Retrieve AE Title), empty where a match has no value.  Exceptions answer
+    a C000-range failure with the error as comment.
+    """
+
+    models = Attribute("The SOP Class UIDs of the information models this handler answers.")
+
+    def find(query: FindQuery) -> Iterable[Dataset] | AsyncIterable[Dataset]:
+        """The matches of ``query``, streamed to the peer as they come."""
+
+
+PLUGIN_INTERFACES: Final = (IAssociationValidator, IStoreHandler, IFindHandler)

@@ -696,7 +696,7 @@ def test_plugin_that_provides_no_dicomd_interface(plugin_module) -> None:
     error = plugins_error_of([{"plugin": f"{module}.Useless"}])
     assert str(error) == (
         f"plugins[0].plugin: {module}.Useless(**options) made an object that provides none of: "
-        "IAssociationValidator, IStoreHandler"
+        "IAssociationValidator, IStoreHandler, IFindHandler"
     )
 
 
