@@ -1,0 +1,436 @@
+"""The ``archive`` store handler: keep each received instance as a file and index it.
+
+A success status must mean the instance survives a power cut, so the file is
+fsync'd before it is renamed into place, every folder created for it and the
+folder it lands in are fsync'd too, and the index row is committed (with its
+own fsync, shared with other instances by group commit) before the status is
+given.  The order file-then-row means that a crash can leave a file without a
+row or, with ``overwrite``, a row whose file was replaced; never a row
+pointing to nothing that was announced as stored.  Reconciliation at start-up
+removes whatever such a crash left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from pydicom import Dataset, dcmread
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from dicomd.archive.index import (
+    REQUIRED_UIDS,
+    ArchiveIndex,
+    InstanceRecord,
+    record_from_dataset,
+)
+from dicomd.archive.layout import Layout
+from dicomd.interfaces import IStoreHandler, ReceivedInstance
+from dicomd.uids import Status
+
+DEFAULT_LAYOUT: Final = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+DUPLICATE_POLICIES: Final = ("keep-first", "overwrite", "reject")
+INCOMING: Final = ".incoming"
+"""Where the store service writes instances as they arrive; nothing in it survives a restart."""
+
+_SQLITE_COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
+
+
+class ArchiveError(Exception):
+    """The archive folder cannot be used as it is; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """What reconciliation at start-up removed."""
+
+    incoming_files: int
+    rows_without_file: int
+    files_without_row: int
+    empty_folders: int
+
+
+@implementer(IStoreHandler)
+class ArchiveHandler(Service):
+    """Keeps received instances under ``path`` at their ``layout`` path, indexed in SQLite.
+
+    Options (from the ``plugins:`` entry of the configuration):
+
+    - ``path``: the archive folder (``storage.path`` unless given);
+    - ``layout``: where an instance goes, a template of DICOM keywords;
+    - ``duplicates``: what a second copy of a SOP Instance UID does:
+      ``keep-first`` (warning B000, the first copy stays), ``overwrite``
+      (the new copy replaces it) or ``reject`` (failure 0111);
+    - ``index``: the file name of the SQLite index inside ``path``;
+    - ``threads``: how many instances are filed at once.
+
+    The constructor only checks its options; the folder, the index and the
+    threads come to life in ``startService``.  ``open``, ``archive`` and
+    ``close`` are the same work without Twisted, for tools and tests.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: str | Path,
+        layout: str = DEFAULT_LAYOUT,
+        duplicates: str = "keep-first",
+        index: str = "index.sqlite",
+        threads: int = 8,
+        reactor: Any = None,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike) or not str(path):
+            raise ValueError(f"path: expected a folder name, got {path!r}")
+        if not isinstance(layout, str):
+            raise ValueError(f"layout: expected a string, got {layout!r}")
+        try:
+            self.layout = Layout(layout)
+        except ValueError as error:
+            raise ValueError(f"layout: {error}") from None
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(
+                f"duplicates: {duplicates!r} is not one of {', '.join(DUPLICATE_POLICIES)}"
+            )
+        if not (isinstance(index, str) and index and "/" not in index and "\\" not in index):
+            raise ValueError(
+                f"index: expected a file name inside the archive folder, got {index!r}"
+            )
+        if index in (".", "..", INCOMING):
+            raise ValueError(f"index: {index!r} cannot be a file name")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads: expected a whole number of at least 1, got {threads!r}")
+        self.path = Path(path)
+        self.duplicates = duplicates
+        self.threads = threads
+        self.index = ArchiveIndex(self.path / index)
+        self._index_files = frozenset(index + suffix for suffix in _SQLITE_COMPANIONS)
+        self._reactor = reactor
+        self._pool: ThreadPool | None = None
+        self._locks = _KeyedLocks()
+
+    # -- the Twisted service ----------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Open and reconcile the archive before anything can be stored, then start the threads.
+
+        This blocks on purpose: the store service must not write into
+        ``.incoming`` while reconciliation empties it.
+        """
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        self.open()
+        self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="dicomd-archive")
+        self._pool.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        """Let the instances being filed finish, then close the index."""
+        super().stopService()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
+        self.close()
+
+    def store(self, instance: ReceivedInstance) -> Deferred[int | Dataset]:
+        """File one instance in the archive's own threads (``IStoreHandler``)."""
+        if self._pool is None:
+            raise RuntimeError(f"the archive {self.path} is not started")
+        return deferToThreadPool(self._reactor, self._pool, self.archive, instance)
+
+    # -- the blocking work ------------------------------------------------------------------
+
+    def open(self) -> Reconciliation:
+        """Create the folder, open the index and reconcile the two after a crash.
+
+        Raises ``ArchiveError`` rather than create an index beside files it
+        does not know: reconciliation would delete every one of them.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.index.path.exists() and _holds_any_file(self.path, self._index_files):
+            raise ArchiveError(
+                f"{self.path} holds files but no index ({self.index.path.name}); "
+                "dicomd will not delete them: move them away or choose another folder"
+            )
+        self.index.open()
+        try:
+            return self._reconcile()
+        except BaseException:
+            self.index.close()
+            raise
+
+    def close(self) -> None:
+        self.index.close()
+
+    def archive(self, instance: ReceivedInstance) -> int | Dataset:
+        """Check, file and index one instance; the status for the peer.
+
+        Blocking.  An ``OSError`` from the file system propagates (the store
+        service answers A700); a data set that cannot be read is answered
+        here, with C000.
+        """
+        try:
+            dataset = dcmread(instance.path, stop_before_pixels=True)
+            problem = _mismatch(dataset, instance)
+            if problem is not None:
+                return problem
+            relative = self.layout.path_for(dataset)
+            record = record_from_dataset(
+                dataset,
+                path=relative.as_posix(),
+                size=instance.path.stat().st_size,
+                calling_ae_title=instance.calling_ae_title,
+                transfer_syntax_uid=instance.transfer_syntax or None,
+            )
+        except Exception as error:
+            if isinstance(error, OSError) and error.errno is not None:
+                raise  # the disk failed us, not the peer
+            # pydicom reports some malformed data as an OSError without errno
+            return status(Status.CANNOT_UNDERSTAND, f"cannot read the data set: {error}")
+        if relative.parts[0] in self._index_files:
+            return status(Status.CANNOT_UNDERSTAND, "the layout puts this instance on the index")
+        with self._locks.hold(f"uid:{record.SOPInstanceUID}", f"path:{record.path}"):
+            return self._keep(instance, record)
+
+    def _keep(self, instance: ReceivedInstance, record: InstanceRecord) -> int | Dataset:
+        """Under the locks of its UID and path: apply the duplicate policy, move, index."""
+        uid, relative = record.SOPInstanceUID, record.path
+        existing = self.index.lookup(uid)
+        if existing is not None and not os.path.lexists(self.path / existing):
+            existing = None  # its file is gone: this copy is the only one
+        if existing is not None and self.duplicates == "keep-first":
+            # B000 is the one warning C-STORE defines (PS3.4 B.2.3); its name says coercion
+            return status(
+                Status.COERCION_OF_DATA_ELEMENTS, "duplicate SOP Instance UID; first copy kept"
+            )
+        if existing is not None and self.duplicates == "reject":
+            return status(
+                Status.DUPLICATE_SOP_INSTANCE, "duplicate SOP Instance UID; already archived"
+            )
+        target = self.path / relative
+        if existing != relative and os.path.lexists(target):
+            self.log.warn(
+                "archive: {uid} maps to {path}, which holds another instance",
+                uid=uid,
+                path=relative,
+            )
+            return status(Status.CANNOT_UNDERSTAND, "another instance is kept at its layout path")
+        self._place(instance.path, target)
+        try:
+            self.index.add(record)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        instance.path = target
+        instance.kept = True
+        if existing is not None and existing != relative:
+            (self.path / existing).unlink(missing_ok=True)
+        return Status.SUCCESS
+
+    def _place(self, received: Path, target: Path) -> None:
+        """Move the received file to ``target``, durably."""
+        _fsync(received)
+        self._make_folders(target.parent)
+        try:
+            os.replace(received, target)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            _copy_durably(received, target)
+            received.unlink()
+        _fsync(target.parent)
+
+    def _make_folders(self, folder: Path) -> None:
+        """Create the missing folders down to ``folder``, fsync'ing each one's parent."""
+        missing: list[Path] = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for new_folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # another thread made it: fsync anyway
+                new_folder.mkdir()
+            _fsync(new_folder.parent)
+
+    def _reconcile(self) -> Reconciliation:
+        """Make the folder and the index agree again after a crash (or a SIGKILL)."""
+        incoming_files = _empty_folder(self.path / INCOMING)
+        on_disk, folders = _walk(self.path, self._index_files)
+        indexed = set(self.index.paths())
+        rows_without_file = self.index.remove_paths(indexed - on_disk)
+        files_without_row = on_disk - indexed
+        for relative in files_without_row:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.path, relative))
+        empty_folders = 0
+        for relative in reversed(folders):  # every folder comes after its parent
+            try:
+                os.rmdir(os.path.join(self.path, relative))
+                empty_folders += 1
+            except OSError:
+                pass  # not empty
+        counts = Reconciliation(
+            incoming_files, rows_without_file, len(files_without_row), empty_folders
+        )
+        self.log.info(
+            "archive {path}: {indexed} instances indexed; removed {incoming} incoming files, "
+            "{rows} index rows without a file, {files} files without a row, "
+            "{folders} empty folders",
+            path=str(self.path),
+            indexed=len(indexed) - rows_without_file,
+            incoming=counts.incoming_files,
+            rows=counts.rows_without_file,
+            files=counts.files_without_row,
+            folders=counts.empty_folders,
+        )
+        return counts
+
+
+def status(code: int, comment: str) -> Dataset:
+    """A status with its Error Comment (an LO: one line, at most 64 characters)."""
+    answer = Dataset()
+    answer.Status = code
+    answer.ErrorComment = " ".join(comment.split())[:64]
+    return answer
+
+
+def _mismatch(dataset: Dataset, instance: ReceivedInstance) -> Dataset | None:
+    """The failure status of a data set that lacks its UIDs or contradicts its command."""
+    for keyword in REQUIRED_UIDS:
+        if not dataset.get(keyword):
+            return status(Status.CANNOT_UNDERSTAND, f"the data set has no {keyword}")
+    if dataset.SOPClassUID != instance.sop_class_uid:
+        return status(
+            Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOP Class UID of the data set differs from the command's",
+        )
+    if dataset.SOPInstanceUID != instance.sop_instance_uid:
+        return status(
+            Status.INVALID_OBJECT_INSTANCE,
+            "SOP Instance UID of the data set differs from the command's",
+        )
+    return None
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _copy_durably(source: Path, target: Path) -> None:
+    """Copy across file systems: into a hidden file beside ``target``, fsync'd, then renamed.
+
+    Reconciliation removes the hidden file if a crash comes in between.
+    """
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".partial")
+    try:
+        with open(descriptor, "wb") as copy, open(source, "rb") as original:
+            shutil.copyfileobj(original, copy)
+            copy.flush()
+            os.fsync(copy.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _empty_folder(folder: Path) -> int:
+    """Remove everything inside ``folder``; how many files that was."""
+    removed = 0
+    if not folder.is_dir():
+        return removed
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                removed += sum(len(files) for _root, _folders, files in os.walk(entry.path))
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def _walk(root: Path, skipped_at_root: frozenset[str]) -> tuple[set[str], list[str]]:
+    """Every file under ``root`` and every folder, as relative POSIX paths.
+
+    Hidden folders (``.incoming`` and any other) are not the archive's and are
+    not entered; symbolic links are listed, never followed.  A folder always
+    comes after its parent in the list.
+    """
+    files: set[str] = set()
+    folders: list[str] = []
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        with os.scandir(os.path.join(root, relative)) as entries:
+            for entry in entries:
+                child = f"{relative}/{entry.name}" if relative else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if not entry.name.startswith("."):
+                        folders.append(child)
+                        pending.append(child)
+                elif relative or entry.name not in skipped_at_root:
+                    files.add(child)
+    return files, folders
+
+
+def _holds_any_file(root: Path, skipped_at_root: frozenset[str]) -> bool:
+    """Whether anything but our index files lies in the archive's visible folders."""
+    files, _folders = _walk(root, skipped_at_root)
+    return bool(files)
+
+
+@dataclass(slots=True, eq=False)
+class _SharedLock:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
+class _KeyedLocks:
+    """One lock per key, existing only while someone holds or waits for it.
+
+    ``hold`` takes several keys in sorted order, so two threads asking for
+    overlapping sets never deadlock.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, _SharedLock] = {}
+
+    @contextlib.contextmanager
+    def hold(self, *keys: str) -> Iterator[None]:
+        ordered = sorted(set(keys))
+        with self._guard:
+            shared = [self._locks.setdefault(key, _SharedLock()) for key in ordered]
+            for entry in shared:
+                entry.users += 1
+        try:
+            with contextlib.ExitStack() as stack:
+                for entry in shared:
+                    stack.enter_context(entry.lock)
+                yield
+        finally:
+            with self._guard:
+                for key, entry in zip(ordered, shared, strict=True):
+                    entry.users -= 1
+                    if entry.users == 0:
+                        del self._locks[key]

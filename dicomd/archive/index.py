@@ -1,0 +1,538 @@
+"""The archive's index: one SQLite table per query level, written with group commit.
+
+The index is what C-FIND searches and what tells the archive whether an
+instance is already kept.  It must be durable when a store is answered with
+success, so every commit is synchronous (``synchronous=FULL`` in WAL mode);
+that costs one fsync per commit, and with many associations storing at once
+a commit per instance would make the disk the bottleneck.  So a single writer
+thread takes every write queued so far, performs them in one transaction and
+commits once for all of them: callers block in ``add`` until their write is
+committed, and eight concurrent associations share their fsyncs.
+
+Readers never wait for the writer: WAL lets each read-only connection see the
+last commit while the next one is being written.
+
+Text is stored as decoded Unicode, whatever the Specific Character Set it
+arrived in, so that a query can match it in any character set; person names
+keep DICOM's formatting (``^`` between components, ``=`` between groups).
+Column names are the DICOM keywords, so that a query maps attributes to
+columns without a table of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from pydicom import Dataset
+from pydicom.multival import MultiValue
+
+SCHEMA_VERSION: Final = 1
+
+PATIENT_KEYWORDS: Final = (
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+)
+STUDY_KEYWORDS: Final = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+)
+SERIES_KEYWORDS: Final = (
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "SeriesDate",
+    "SeriesTime",
+)
+INSTANCE_KEYWORDS: Final = (
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "InstanceNumber",
+    "TransferSyntaxUID",
+    "SpecificCharacterSet",
+)
+INSTANCE_FILE_COLUMNS: Final = ("path", "size", "received_at", "calling_ae_title")
+
+REQUIRED_UIDS: Final = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+"""Without these an instance has no place in the patient/study/series/instance tree."""
+
+_INTEGER_KEYWORDS: Final = frozenset({"SeriesNumber", "InstanceNumber"})
+
+_SCHEMA: Final = """
+CREATE TABLE patients (
+    pk INTEGER PRIMARY KEY,
+    PatientID TEXT NOT NULL,
+    IssuerOfPatientID TEXT NOT NULL,
+    PatientName TEXT,
+    PatientBirthDate TEXT,
+    PatientSex TEXT,
+    UNIQUE (PatientID, IssuerOfPatientID)
+);
+CREATE INDEX patients_by_name ON patients (PatientName);
+
+CREATE TABLE studies (
+    pk INTEGER PRIMARY KEY,
+    patient_pk INTEGER NOT NULL REFERENCES patients (pk),
+    StudyInstanceUID TEXT NOT NULL UNIQUE,
+    StudyDate TEXT,
+    StudyTime TEXT,
+    AccessionNumber TEXT,
+    StudyID TEXT,
+    StudyDescription TEXT,
+    ReferringPhysicianName TEXT
+);
+CREATE INDEX studies_by_patient ON studies (patient_pk);
+CREATE INDEX studies_by_date ON studies (StudyDate);
+CREATE INDEX studies_by_accession ON studies (AccessionNumber);
+
+CREATE TABLE series (
+    pk INTEGER PRIMARY KEY,
+    study_pk INTEGER NOT NULL REFERENCES studies (pk),
+    SeriesInstanceUID TEXT NOT NULL UNIQUE,
+    Modality TEXT,
+    SeriesNumber INTEGER,
+    SeriesDescription TEXT,
+    BodyPartExamined TEXT,
+    SeriesDate TEXT,
+    SeriesTime TEXT
+);
+CREATE INDEX series_by_study ON series (study_pk);
+CREATE INDEX series_by_modality ON series (Modality);
+
+CREATE TABLE instances (
+    pk INTEGER PRIMARY KEY,
+    series_pk INTEGER NOT NULL REFERENCES series (pk),
+    SOPInstanceUID TEXT NOT NULL UNIQUE,
+    SOPClassUID TEXT NOT NULL,
+    InstanceNumber INTEGER,
+    TransferSyntaxUID TEXT,
+    SpecificCharacterSet TEXT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    received_at TEXT NOT NULL,
+    calling_ae_title TEXT NOT NULL
+);
+CREATE INDEX instances_by_series ON instances (series_pk);
+CREATE INDEX instances_by_class ON instances (SOPClassUID);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """What the index keeps of one instance; field names are DICOM keywords where there is one.
+
+    ``PatientID`` and ``IssuerOfPatientID`` are ``""`` when absent (together
+    they name the patient); every other attribute is ``None`` when absent or
+    empty.  ``path`` is relative to the archive folder, with ``/`` separators.
+    """
+
+    PatientID: str
+    IssuerOfPatientID: str
+    PatientName: str | None
+    PatientBirthDate: str | None
+    PatientSex: str | None
+    StudyInstanceUID: str
+    StudyDate: str | None
+    StudyTime: str | None
+    AccessionNumber: str | None
+    StudyID: str | None
+    StudyDescription: str | None
+    ReferringPhysicianName: str | None
+    SeriesInstanceUID: str
+    Modality: str | None
+    SeriesNumber: int | None
+    SeriesDescription: str | None
+    BodyPartExamined: str | None
+    SeriesDate: str | None
+    SeriesTime: str | None
+    SOPInstanceUID: str
+    SOPClassUID: str
+    InstanceNumber: int | None
+    TransferSyntaxUID: str | None
+    SpecificCharacterSet: str | None
+    path: str
+    size: int
+    received_at: str
+    calling_ae_title: str
+
+    def values(self, names: Iterable[str]) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in names)
+
+
+def record_from_dataset(
+    dataset: Dataset,
+    *,
+    path: str,
+    size: int,
+    calling_ae_title: str,
+    transfer_syntax_uid: str | None = None,
+    received_at: datetime | None = None,
+) -> InstanceRecord:
+    """The index record of a parsed instance.
+
+    ``transfer_syntax_uid`` defaults to the file meta's; ``received_at`` to
+    now.  Raises ``ValueError`` naming the first of ``REQUIRED_UIDS`` that is
+    missing or empty.
+    """
+    for keyword in REQUIRED_UIDS:
+        if not _text(dataset, keyword):
+            raise ValueError(f"no {keyword}")
+    if transfer_syntax_uid is None:
+        meta = getattr(dataset, "file_meta", None)
+        transfer_syntax_uid = _text(meta, "TransferSyntaxUID") if meta is not None else None
+    values: dict[str, Any] = {
+        keyword: _integer(dataset, keyword)
+        if keyword in _INTEGER_KEYWORDS
+        else _text(dataset, keyword)
+        for keyword in (*PATIENT_KEYWORDS, *STUDY_KEYWORDS, *SERIES_KEYWORDS, *INSTANCE_KEYWORDS)
+        if keyword != "TransferSyntaxUID"
+    }
+    values["PatientID"] = values["PatientID"] or ""
+    values["IssuerOfPatientID"] = values["IssuerOfPatientID"] or ""
+    return InstanceRecord(
+        **values,
+        TransferSyntaxUID=transfer_syntax_uid,
+        path=path,
+        size=size,
+        received_at=(received_at or datetime.now(UTC)).astimezone(UTC).isoformat(),
+        calling_ae_title=calling_ae_title,
+    )
+
+
+def _text(dataset: Dataset, keyword: str) -> str | None:
+    """An element's value as text: decoded, several values joined with ``\\``, ``None`` if empty."""
+    value = dataset.get(keyword)
+    if value is None:
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        text = "\\".join(str(item) for item in value)
+    else:
+        text = str(value)
+    return text or None
+
+
+def _integer(dataset: Dataset, keyword: str) -> int | None:
+    """An IS value as a number, so that queries can order by it; ``None`` if absent or not one."""
+    text = _text(dataset, keyword)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+class IndexClosed(RuntimeError):
+    """A write was asked of an index that is not open."""
+
+
+@dataclass(slots=True, eq=False)
+class _Write:
+    """One queued write and, once the writer is done with it, its outcome."""
+
+    operation: Callable[[sqlite3.Connection], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+_STOP: Final = object()
+
+
+class ArchiveIndex:
+    """The SQLite index of one archive; every blocking method is safe from any thread.
+
+    ``commits`` counts the transactions the writer has committed: with group
+    commit it grows more slowly than the number of writes under concurrency.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.commits = 0
+        self._queue: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._connection: sqlite3.Connection | None = None
+        self._open_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+
+    def open(self) -> None:
+        """Open or create the database and start the writer thread."""
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            _create_or_check_schema(connection)
+        except BaseException:
+            connection.close()
+            raise
+        with self._open_lock:
+            self._connection = connection
+            self._writer = threading.Thread(
+                target=self._write_batches, name="dicomd-archive-index-writer", daemon=True
+            )
+            self._writer.start()
+
+    def close(self) -> None:
+        """Finish the writes already queued, stop the writer and close every connection."""
+        with self._open_lock:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                self._queue.put(_STOP)
+        if writer is not None:
+            writer.join()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        with self._open_lock:
+            readers, self._readers = self._readers, []
+            self._local = threading.local()
+        for reader in readers:
+            reader.close()
+
+    def add(self, record: InstanceRecord) -> None:
+        """Insert or replace the instance, creating or updating its patient, study and series.
+
+        Blocks until the transaction holding it is committed.
+        """
+        self._submit(lambda connection: _insert(connection, record))
+
+    def remove(self, sop_instance_uid: str) -> bool:
+        """Forget an instance (and any series, study, patient left empty); ``False`` if unknown."""
+        removed = self._submit(
+            lambda connection: _remove_where(connection, "SOPInstanceUID", [sop_instance_uid])
+        )
+        return removed > 0
+
+    def remove_paths(self, paths: Iterable[str]) -> int:
+        """Forget the instances kept at these relative paths, in one transaction; how many."""
+        wanted = list(paths)
+        return self._submit(lambda connection: _remove_where(connection, "path", wanted))
+
+    def lookup(self, sop_instance_uid: str) -> str | None:
+        """The relative path of an indexed instance, or ``None``."""
+        row = (
+            self._reader()
+            .execute("SELECT path FROM instances WHERE SOPInstanceUID = ?", (sop_instance_uid,))
+            .fetchone()
+        )
+        return row[0] if row else None
+
+    def paths(self) -> Iterator[str]:
+        """The relative path of every indexed instance."""
+        for (path,) in self._reader().execute("SELECT path FROM instances"):
+            yield path
+
+    def connect_reader(self) -> sqlite3.Connection:
+        """A new read-only connection for queries; the caller closes it."""
+        reader = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+        )
+        reader.execute("PRAGMA query_only=ON")
+        return reader
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's own read-only connection, kept for the next call."""
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            if self._writer is None:
+                raise IndexClosed(f"the index {self.path} is not open")
+            reader = self.connect_reader()
+            with self._open_lock:
+                self._readers.append(reader)
+                self._local.reader = reader
+        return reader
+
+    def _submit(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
+        write = _Write(operation)
+        with self._open_lock:
+            if self._writer is None:
+                raise IndexClosed(f"the index {self.path} is not open")
+            self._queue.put(write)
+        write.done.wait()
+        if write.error is not None:
+            raise write.error
+        return write.result
+
+    def _write_batches(self) -> None:
+        """The writer thread: every write queued so far goes into one transaction."""
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stopping = False
+            while not self._queue.empty():
+                item = self._queue.get()
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stopping:
+                return
+
+    def _commit(self, batch: list[_Write]) -> None:
+        """Run a batch, each write in its own savepoint so that one bad write fails alone."""
+        connection = self._connection
+        assert connection is not None
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                connection.execute("SAVEPOINT one_write")
+                try:
+                    write.result = write.operation(connection)
+                except Exception as error:
+                    write.error = error
+                    connection.execute("ROLLBACK TO one_write")
+                connection.execute("RELEASE one_write")
+            connection.execute("COMMIT")
+            self.commits += 1
+        except Exception as error:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            for write in batch:
+                if write.error is None:
+                    write.error = error
+        finally:
+            for write in batch:
+                write.done.set()
+
+
+def _create_or_check_schema(connection: sqlite3.Connection) -> None:
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version == SCHEMA_VERSION:
+        return
+    if version != 0:
+        raise RuntimeError(f"index schema version {version}; this dicomd knows {SCHEMA_VERSION}")
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _upsert_sql(
+    table: str, columns: tuple[str, ...], unique: tuple[str, ...], parent: str | None
+) -> str:
+    """Insert a row, or update it: new values win, but an absent value never erases a known one."""
+    names = (parent, *columns) if parent else columns
+    updates = [f"{parent} = excluded.{parent}"] if parent else []
+    updates += [
+        f"{column} = coalesce(excluded.{column}, {column})"
+        for column in columns
+        if column not in unique
+    ]
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+        f"ON CONFLICT ({', '.join(unique)}) DO UPDATE SET {', '.join(updates)} RETURNING pk"
+    )
+
+
+_UPSERT_PATIENT: Final = _upsert_sql(
+    "patients", PATIENT_KEYWORDS, ("PatientID", "IssuerOfPatientID"), None
+)
+_UPSERT_STUDY: Final = _upsert_sql("studies", STUDY_KEYWORDS, ("StudyInstanceUID",), "patient_pk")
+_UPSERT_SERIES: Final = _upsert_sql("series", SERIES_KEYWORDS, ("SeriesInstanceUID",), "study_pk")
+_INSTANCE_COLUMNS: Final = ("series_pk", *INSTANCE_KEYWORDS, *INSTANCE_FILE_COLUMNS)
+_REPLACE_INSTANCE: Final = (
+    f"INSERT INTO instances ({', '.join(_INSTANCE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))}) "
+    "ON CONFLICT (SOPInstanceUID) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _INSTANCE_COLUMNS)
+)
+
+
+def _insert(connection: sqlite3.Connection, record: InstanceRecord) -> None:
+    """Write one record; a level row that moves to another parent leaves no empty parent behind."""
+    previous_patient = _scalar(
+        connection,
+        "SELECT patient_pk FROM studies WHERE StudyInstanceUID = ?",
+        record.StudyInstanceUID,
+    )
+    patient_pk = _scalar(connection, _UPSERT_PATIENT, *record.values(PATIENT_KEYWORDS))
+    previous_study = _scalar(
+        connection,
+        "SELECT study_pk FROM series WHERE SeriesInstanceUID = ?",
+        record.SeriesInstanceUID,
+    )
+    study_pk = _scalar(connection, _UPSERT_STUDY, patient_pk, *record.values(STUDY_KEYWORDS))
+    previous_series = _scalar(
+        connection,
+        "SELECT series_pk FROM instances WHERE SOPInstanceUID = ?",
+        record.SOPInstanceUID,
+    )
+    series_pk = _scalar(connection, _UPSERT_SERIES, study_pk, *record.values(SERIES_KEYWORDS))
+    connection.execute(
+        _REPLACE_INSTANCE,
+        (series_pk, *record.values(INSTANCE_KEYWORDS), *record.values(INSTANCE_FILE_COLUMNS)),
+    )
+    if previous_series not in (None, series_pk):
+        _prune_series(connection, previous_series)
+    if previous_study not in (None, study_pk):
+        _prune_study(connection, previous_study)
+    if previous_patient not in (None, patient_pk):
+        _prune_patient(connection, previous_patient)
+
+
+def _remove_where(connection: sqlite3.Connection, column: str, values: list[str]) -> int:
+    removed = 0
+    for value in values:
+        series_pk = _scalar(
+            connection, f"DELETE FROM instances WHERE {column} = ? RETURNING series_pk", value
+        )
+        if series_pk is not None:
+            removed += 1
+            _prune_series(connection, series_pk)
+    return removed
+
+
+def _prune_series(connection: sqlite3.Connection, series_pk: int) -> None:
+    if _scalar(connection, "SELECT 1 FROM instances WHERE series_pk = ? LIMIT 1", series_pk):
+        return
+    study_pk = _scalar(connection, "DELETE FROM series WHERE pk = ? RETURNING study_pk", series_pk)
+    if study_pk is not None:
+        _prune_study(connection, study_pk)
+
+
+def _prune_study(connection: sqlite3.Connection, study_pk: int) -> None:
+    if _scalar(connection, "SELECT 1 FROM series WHERE study_pk = ? LIMIT 1", study_pk):
+        return
+    patient_pk = _scalar(
+        connection, "DELETE FROM studies WHERE pk = ? RETURNING patient_pk", study_pk
+    )
+    if patient_pk is not None:
+        _prune_patient(connection, patient_pk)
+
+
+def _prune_patient(connection: sqlite3.Connection, patient_pk: int) -> None:
+    if _scalar(connection, "SELECT 1 FROM studies WHERE patient_pk = ? LIMIT 1", patient_pk):
+        return
+    connection.execute("DELETE FROM patients WHERE pk = ?", (patient_pk,))
+
+
+def _scalar(connection: sqlite3.Connection, sql: str, *parameters: Any) -> Any:
+    """The first column of the first row, or ``None``; the statement is always run to its end."""
+    rows = connection.execute(sql, parameters).fetchall()
+    return rows[0][0] if rows else None

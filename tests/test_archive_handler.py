@@ -1,0 +1,491 @@
+"""The archive store handler, driven through its blocking work on real Part 10 files.
+
+Instances are written the way the store service writes them (a Part 10 file
+in ``<archive>/.incoming``) and handed to ``ArchiveHandler.archive``, which is
+what ``store`` runs in the archive's threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from twisted.application.service import IService
+
+from dicomd.archive import ArchiveHandler
+from dicomd.archive.handler import _copy_durably
+from dicomd.interfaces import IStoreHandler, ReceivedInstance
+
+CT_SMALL = get_testdata_file("CT_small.dcm")
+
+
+def ct_dataset(**changes: object) -> Dataset:
+    """CT_small.dcm with some attributes changed (``None`` deletes one)."""
+    ds = dcmread(CT_SMALL)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def received(
+    archive_path: Path,
+    ds: Dataset,
+    *,
+    sop_class_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    calling_ae_title: str = "MODALITY",
+) -> ReceivedInstance:
+    """``ds`` as the store service hands it over: a Part 10 file in ``.incoming``.
+
+    The command's UIDs are the data set's unless given.
+    """
+    incoming = archive_path / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    path = incoming / f"{uuid.uuid4().hex}.part"
+    ds.save_as(path, enforce_file_format=True)
+    return ReceivedInstance(
+        calling_ae_title=calling_ae_title,
+        called_ae_title="DICOMD",
+        peer_host="127.0.0.1",
+        peer_port=40000,
+        sop_class_uid=sop_class_uid or ds.get("SOPClassUID", ""),
+        sop_instance_uid=sop_instance_uid or ds.get("SOPInstanceUID", ""),
+        transfer_syntax=ds.file_meta.TransferSyntaxUID,
+        path=path,
+        size=path.stat().st_size,
+    )
+
+
+def rows(handler: ArchiveHandler, sql: str, *parameters: object) -> list[tuple]:
+    reader = handler.index.connect_reader()
+    try:
+        return reader.execute(sql, parameters).fetchall()
+    finally:
+        reader.close()
+
+
+def status_of(answer: int | Dataset) -> tuple[int, str]:
+    if isinstance(answer, Dataset):
+        return answer.Status, answer.get("ErrorComment", "")
+    return answer, ""
+
+
+@pytest.fixture
+def archive_path(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+@pytest.fixture
+def open_archive(archive_path: Path) -> Iterator[ArchiveHandler]:
+    handler = ArchiveHandler(archive_path)
+    handler.open()
+    yield handler
+    handler.close()
+
+
+def opened(archive_path: Path, **options: object) -> ArchiveHandler:
+    handler = ArchiveHandler(archive_path, **options)
+    handler.open()
+    return handler
+
+
+def test_provides_store_handler_and_service() -> None:
+    handler = ArchiveHandler("unused")
+    assert IStoreHandler.providedBy(handler)
+    assert IService.providedBy(handler)
+
+
+def test_the_constructor_only_checks_options(tmp_path: Path) -> None:
+    ArchiveHandler(tmp_path / "not-yet", threads=1, duplicates="reject")
+    assert not (tmp_path / "not-yet").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"duplicates": "newest"}, "duplicates: 'newest' is not one of"),
+        ({"layout": "{StudyInstanceUID}.dcm"}, "layout: "),
+        ({"layout": "{Nonsense}/{SOPInstanceUID}"}, "layout: {Nonsense} is not a DICOM keyword"),
+        ({"layout": "../{SOPInstanceUID}"}, "layout: "),
+        ({"layout": 7}, "layout: expected a string"),
+        ({"threads": 0}, "threads: "),
+        ({"threads": True}, "threads: "),
+        ({"threads": "8"}, "threads: "),
+        ({"index": "db/index.sqlite"}, "index: "),
+        ({"index": ""}, "index: "),
+        ({"index": ".."}, "index: "),
+        ({"path": ""}, "path: "),
+        ({"path": 3}, "path: "),
+    ],
+)
+def test_bad_options_raise_value_error_naming_the_option(
+    tmp_path: Path, options: dict, message: str
+) -> None:
+    arguments = {"path": tmp_path, **options}
+    with pytest.raises(ValueError) as raised:
+        ArchiveHandler(**arguments)
+    assert str(raised.value).startswith(message)
+
+
+def test_an_instance_lands_at_its_layout_path_with_identical_bytes(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    ds = ct_dataset()
+    instance = received(archive_path, ds, calling_ae_title="CT01")
+    temporary = instance.path
+    sent = temporary.read_bytes()
+
+    assert open_archive.archive(instance) == 0x0000
+
+    final = archive_path / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    assert instance.kept
+    assert instance.path == final
+    assert final.read_bytes() == sent
+    assert not temporary.exists()
+    assert (
+        open_archive.index.lookup(ds.SOPInstanceUID) == final.relative_to(archive_path).as_posix()
+    )
+
+
+def test_the_index_row_describes_the_instance(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    ds = ct_dataset()
+    instance = received(archive_path, ds, calling_ae_title="CT01")
+    before = datetime.now(UTC)
+    open_archive.archive(instance)
+
+    [row] = rows(
+        open_archive,
+        "SELECT SOPClassUID, InstanceNumber, TransferSyntaxUID, SpecificCharacterSet, path, size,"
+        " received_at, calling_ae_title FROM instances WHERE SOPInstanceUID = ?",
+        ds.SOPInstanceUID,
+    )
+    sop_class, number, syntax, charset, path, size, received_at, calling = row
+    assert (sop_class, number, syntax, charset) == (
+        "1.2.840.10008.5.1.4.1.1.2",
+        1,
+        "1.2.840.10008.1.2.1",
+        "ISO_IR 100",
+    )
+    assert archive_path / path == instance.path
+    assert size == instance.path.stat().st_size
+    assert before <= datetime.fromisoformat(received_at) <= datetime.now(UTC)
+    assert datetime.fromisoformat(received_at).utcoffset().total_seconds() == 0
+    assert calling == "CT01"
+    assert rows(
+        open_archive,
+        "SELECT PatientID, PatientName, StudyInstanceUID, StudyDate, Modality, SeriesNumber"
+        " FROM instances JOIN series ON series.pk = series_pk JOIN studies ON studies.pk = study_pk"
+        " JOIN patients ON patients.pk = patient_pk",
+    ) == [
+        ("1CT1", "CompressedSamples^CT1", ds.StudyInstanceUID, "20040119", "CT", 1),
+    ]
+
+
+def meta_then(body: bytes) -> bytes:
+    """The preamble and File Meta Information of CT_small.dcm, then ``body`` as its data set."""
+    raw = Path(CT_SMALL).read_bytes()
+    meta_length = int.from_bytes(raw[140:144], "little")
+    return raw[: 144 + meta_length] + body
+
+
+UNREADABLE = {
+    "not Part 10": b"this is not DICOM",
+    "a sequence of garbage": meta_then(
+        b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100"
+        b"\x08\x00\x16\x00SQ\x00\x00\xff\xff\xff\xff" + b"garbage" * 5
+    ),
+}
+
+
+@pytest.mark.parametrize("content", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_a_file_that_does_not_parse_is_cannot_understand(
+    open_archive: ArchiveHandler, archive_path: Path, content: bytes
+) -> None:
+    instance = received(archive_path, ct_dataset())
+    instance.path.write_bytes(content)
+
+    code, comment = status_of(open_archive.archive(instance))
+
+    assert code == 0xC000
+    assert comment.startswith("cannot read the data set")
+    assert not instance.kept
+    assert instance.path.parent.name == ".incoming"
+    assert list(open_archive.index.paths()) == []
+
+
+@pytest.mark.parametrize(
+    "keyword", ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"]
+)
+def test_a_data_set_without_one_of_its_uids_is_cannot_understand(
+    open_archive: ArchiveHandler, archive_path: Path, keyword: str
+) -> None:
+    command = ct_dataset()
+    instance = received(
+        archive_path,
+        ct_dataset(**{keyword: None}),
+        sop_class_uid=command.SOPClassUID,
+        sop_instance_uid=command.SOPInstanceUID,
+    )
+
+    assert status_of(open_archive.archive(instance)) == (0xC000, f"the data set has no {keyword}")
+    assert not instance.kept
+
+
+def test_a_truncated_data_set_is_cannot_understand(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    instance = received(archive_path, ct_dataset())
+    instance.path.write_bytes(meta_then(b"\x08\x00\x16\x00UI\x10\x001.2"))
+
+    assert status_of(open_archive.archive(instance)) == (
+        0xC000,
+        "the data set has no SOPInstanceUID",
+    )
+
+
+def test_an_empty_uid_counts_as_missing(open_archive: ArchiveHandler, archive_path: Path) -> None:
+    instance = received(archive_path, ct_dataset(SeriesInstanceUID=""))
+    assert status_of(open_archive.archive(instance)) == (
+        0xC000,
+        "the data set has no SeriesInstanceUID",
+    )
+
+
+def test_a_sop_class_other_than_the_command_s_is_a900(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    instance = received(archive_path, ct_dataset(), sop_class_uid="1.2.840.10008.5.1.4.1.1.4")
+
+    code, comment = status_of(open_archive.archive(instance))
+
+    assert code == 0xA900
+    assert "SOP Class UID" in comment
+    assert not instance.kept
+
+
+def test_a_sop_instance_other_than_the_command_s_is_0117(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    instance = received(archive_path, ct_dataset(), sop_instance_uid="1.2.3.4.5")
+
+    code, comment = status_of(open_archive.archive(instance))
+
+    assert code == 0x0117
+    assert "SOP Instance UID" in comment
+    assert not instance.kept
+
+
+def test_keep_first_warns_and_keeps_the_first_copy(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    first = received(archive_path, ct_dataset(), calling_ae_title="FIRST")
+    first_bytes = first.path.read_bytes()
+    open_archive.archive(first)
+    second = received(archive_path, ct_dataset(PatientName="Other^Name"), calling_ae_title="SECOND")
+
+    assert status_of(open_archive.archive(second)) == (
+        0xB000,
+        "duplicate SOP Instance UID; first copy kept",
+    )
+    assert not second.kept
+    assert first.path.read_bytes() == first_bytes
+    assert rows(open_archive, "SELECT calling_ae_title FROM instances") == [("FIRST",)]
+    assert rows(open_archive, "SELECT PatientName FROM patients") == [("CompressedSamples^CT1",)]
+
+
+def test_overwrite_replaces_the_file_and_the_row(archive_path: Path) -> None:
+    handler = opened(archive_path, duplicates="overwrite")
+    try:
+        first = received(archive_path, ct_dataset(), calling_ae_title="FIRST")
+        handler.archive(first)
+        second = received(
+            archive_path, ct_dataset(PatientName="New^Name"), calling_ae_title="SECOND"
+        )
+        second_bytes = second.path.read_bytes()
+
+        assert handler.archive(second) == 0x0000
+        assert second.kept
+        assert second.path == first.path
+        assert second.path.read_bytes() == second_bytes
+        assert rows(handler, "SELECT calling_ae_title FROM instances") == [("SECOND",)]
+        assert rows(handler, "SELECT PatientName FROM patients") == [("New^Name",)]
+    finally:
+        handler.close()
+
+
+def test_overwrite_to_another_layout_path_removes_the_old_file(archive_path: Path) -> None:
+    handler = opened(archive_path, duplicates="overwrite", layout="{PatientID}/{SOPInstanceUID}")
+    try:
+        first = received(archive_path, ct_dataset(PatientID="OLD"))
+        handler.archive(first)
+        second = received(archive_path, ct_dataset(PatientID="NEW"))
+
+        assert handler.archive(second) == 0x0000
+        assert not first.path.exists()
+        assert second.path == archive_path / "NEW" / ct_dataset().SOPInstanceUID
+        assert list(handler.index.paths()) == [f"NEW/{ct_dataset().SOPInstanceUID}"]
+        assert rows(handler, "SELECT PatientID FROM patients") == [("NEW",)]
+    finally:
+        handler.close()
+
+
+def test_reject_fails_with_0111(archive_path: Path) -> None:
+    handler = opened(archive_path, duplicates="reject")
+    try:
+        handler.archive(received(archive_path, ct_dataset()))
+        second = received(archive_path, ct_dataset())
+
+        code, comment = status_of(handler.archive(second))
+
+        assert code == 0x0111
+        assert "duplicate SOP Instance UID" in comment
+        assert not second.kept
+    finally:
+        handler.close()
+
+
+def test_a_row_whose_file_is_gone_is_no_duplicate(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    first = received(archive_path, ct_dataset())
+    open_archive.archive(first)
+    first.path.unlink()
+    again = received(archive_path, ct_dataset())
+
+    assert open_archive.archive(again) == 0x0000
+    assert again.path.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_two_uids_that_sanitise_alike_never_share_a_file(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    first = received(archive_path, ct_dataset(SOPInstanceUID="1.2.3/4"))
+    open_archive.archive(first)
+    first_bytes = first.path.read_bytes()
+    second = received(archive_path, ct_dataset(SOPInstanceUID="1.2.3_4"))
+
+    code, comment = status_of(open_archive.archive(second))
+
+    assert code == 0xC000
+    assert "another instance" in comment
+    assert not second.kept
+    assert first.path.read_bytes() == first_bytes
+    assert open_archive.index.lookup("1.2.3_4") is None
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_layout_that_lands_on_the_index_is_refused(archive_path: Path) -> None:
+    handler = opened(archive_path, layout="{SOPInstanceUID}")
+    try:
+        instance = received(archive_path, ct_dataset(SOPInstanceUID="index.sqlite-wal"))
+
+        code, comment = status_of(handler.archive(instance))
+
+        assert code == 0xC000
+        assert "index" in comment
+        assert handler.index.lookup("index.sqlite-wal") is None
+    finally:
+        handler.close()
+
+
+def test_an_index_failure_leaves_nothing_kept(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    sabotage = sqlite3.connect(open_archive.index.path)
+    sabotage.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON instances BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    sabotage.commit()
+    sabotage.close()
+    ds = ct_dataset()
+    instance = received(archive_path, ds)
+
+    with pytest.raises(sqlite3.IntegrityError, match="refused"):
+        open_archive.archive(instance)
+
+    assert not instance.kept
+    assert not any(archive_path.rglob("*.dcm"))
+    assert not instance.path.exists()
+    assert list(open_archive.index.paths()) == []
+
+
+def test_an_os_error_propagates(open_archive: ArchiveHandler, archive_path: Path) -> None:
+    ds = ct_dataset()
+    (archive_path / ds.StudyInstanceUID).write_bytes(b"a file where a folder should be")
+    instance = received(archive_path, ds)
+
+    with pytest.raises(OSError):
+        open_archive.archive(instance)
+
+    assert not instance.kept
+    assert open_archive.index.lookup(ds.SOPInstanceUID) is None
+
+
+def test_the_same_uid_from_eight_threads_is_kept_once(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    instances = [received(archive_path, ct_dataset(), calling_ae_title=f"AE{n}") for n in range(8)]
+    start = threading.Barrier(8)
+
+    def archive(instance: ReceivedInstance) -> int:
+        start.wait()
+        return status_of(open_archive.archive(instance))[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(archive, instances))
+
+    assert sorted(codes) == [0x0000] + [0xB000] * 7
+    assert sum(instance.kept for instance in instances) == 1
+    [kept] = [instance for instance in instances if instance.kept]
+    assert rows(open_archive, "SELECT calling_ae_title FROM instances") == [
+        (kept.calling_ae_title,)
+    ]
+    assert len(list(archive_path.rglob("*.dcm"))) == 1
+
+
+def test_eight_threads_of_different_instances_are_all_kept(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    instances = [
+        received(
+            archive_path,
+            ct_dataset(
+                SOPInstanceUID=f"1.2.826.0.1.3680043.10.1.{n}", SeriesInstanceUID=f"1.2.9.{n % 3}"
+            ),
+        )
+        for n in range(64)
+    ]
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(open_archive.archive, instances))
+
+    assert codes == [0x0000] * 64
+    assert all(instance.kept and instance.path.exists() for instance in instances)
+    assert rows(open_archive, "SELECT count(*) FROM instances") == [(64,)]
+    assert rows(open_archive, "SELECT count(*) FROM series") == [(3,)]
+
+
+def test_a_copy_across_file_systems_is_renamed_into_place(tmp_path: Path) -> None:
+    source = tmp_path / "source.part"
+    source.write_bytes(b"DICM" * 1000)
+    target = tmp_path / "archive" / "x.dcm"
+    target.parent.mkdir()
+
+    _copy_durably(source, target)
+
+    assert target.read_bytes() == source.read_bytes()
+    assert [path.name for path in target.parent.iterdir()] == ["x.dcm"]

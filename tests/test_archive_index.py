@@ -1,0 +1,327 @@
+"""The SQLite index: records made from real files, upserts, removal, group commit."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_charset_files, get_testdata_file
+
+from dicomd.archive.index import (
+    SCHEMA_VERSION,
+    ArchiveIndex,
+    IndexClosed,
+    InstanceRecord,
+    record_from_dataset,
+)
+
+CT_SMALL = get_testdata_file("CT_small.dcm")
+
+
+def record(ds: Dataset | None = None, **changes: object) -> InstanceRecord:
+    ds = ds if ds is not None else dcmread(CT_SMALL, stop_before_pixels=True)
+    made = record_from_dataset(
+        ds, path=f"{ds.SOPInstanceUID}.dcm", size=1234, calling_ae_title="CT01"
+    )
+    return dataclasses.replace(made, **changes)
+
+
+def written_and_read(tmp_path: Path, ds: Dataset, name: str) -> Dataset:
+    """``ds`` through a real file: encoded with its Specific Character Set, decoded back."""
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    return dcmread(path, stop_before_pixels=True)
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[ArchiveIndex]:
+    opened = ArchiveIndex(tmp_path / "index.sqlite")
+    opened.open()
+    yield opened
+    opened.close()
+
+
+def query(index: ArchiveIndex, sql: str, *parameters: object) -> list[tuple]:
+    reader = index.connect_reader()
+    try:
+        return reader.execute(sql, parameters).fetchall()
+    finally:
+        reader.close()
+
+
+def test_a_record_holds_every_level_of_ct_small() -> None:
+    made = record(received_at=None)
+    assert dataclasses.asdict(made) | {"received_at": None} == {
+        "PatientID": "1CT1",
+        "IssuerOfPatientID": "",
+        "PatientName": "CompressedSamples^CT1",
+        "PatientBirthDate": None,
+        "PatientSex": "O",
+        "StudyInstanceUID": "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322",
+        "StudyDate": "20040119",
+        "StudyTime": "072730",
+        "AccessionNumber": None,
+        "StudyID": "1CT1",
+        "StudyDescription": "e+1",
+        "ReferringPhysicianName": None,
+        "SeriesInstanceUID": "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322",
+        "Modality": "CT",
+        "SeriesNumber": 1,
+        "SeriesDescription": None,
+        "BodyPartExamined": None,
+        "SeriesDate": "19970430",
+        "SeriesTime": "112749",
+        "SOPInstanceUID": "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322",
+        "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+        "InstanceNumber": 1,
+        "TransferSyntaxUID": "1.2.840.10008.1.2.1",
+        "SpecificCharacterSet": "ISO_IR 100",
+        "path": "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322.dcm",
+        "size": 1234,
+        "received_at": None,
+        "calling_ae_title": "CT01",
+    }
+
+
+def test_received_at_is_utc_iso() -> None:
+    made = record_from_dataset(
+        dcmread(CT_SMALL),
+        path="x",
+        size=1,
+        calling_ae_title="A",
+        received_at=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
+    )
+    assert made.received_at == "2024-05-06T07:08:09+00:00"
+
+
+def test_a_record_needs_the_four_uids() -> None:
+    ds = dcmread(CT_SMALL)
+    del ds.SeriesInstanceUID
+    with pytest.raises(ValueError, match="no SeriesInstanceUID"):
+        record_from_dataset(ds, path="x", size=1, calling_ae_title="A")
+
+
+def test_a_name_in_latin_1_and_in_utf_8_is_stored_as_the_same_unicode(
+    index: ArchiveIndex, tmp_path: Path
+) -> None:
+    written = {}
+    for charset, uid in (("ISO_IR 100", "1.2.3.100"), ("ISO_IR 192", "1.2.3.192")):
+        ds = dcmread(CT_SMALL)
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = "Müller^Jürgen"
+        ds.PatientID = charset
+        ds.StudyDescription = "Schädel nativ"
+        ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        index.add(record(written_and_read(tmp_path, ds, uid)))
+        written[charset] = (tmp_path / uid).read_bytes()
+
+    assert "Müller".encode("latin-1") in written["ISO_IR 100"]
+    assert "Müller".encode() in written["ISO_IR 192"]
+    assert (
+        query(
+            index,
+            "SELECT PatientName, StudyDescription FROM patients"
+            " JOIN studies ON patient_pk = patients.pk ORDER BY PatientID",
+        )
+        == [("Müller^Jürgen", "Schädel nativ")] * 2
+    )
+    assert query(index, "SELECT SpecificCharacterSet FROM instances ORDER BY 1") == [
+        ("ISO_IR 100",),
+        ("ISO_IR 192",),
+    ]
+    assert query(index, "SELECT count(*) FROM patients WHERE PatientName = ?", "Müller^Jürgen") == [
+        (2,)
+    ]
+
+
+def test_a_japanese_name_keeps_its_three_groups(index: ArchiveIndex) -> None:
+    ds = dcmread(get_charset_files("chrH31.dcm")[0], stop_before_pixels=True)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        setattr(ds, keyword, "1.2.3.31")
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    index.add(record(ds))
+
+    assert query(index, "SELECT PatientName FROM patients") == [
+        ("Yamada^Tarou=山田^太郎=やまだ^たろう",)
+    ]
+    assert query(index, "SELECT SpecificCharacterSet FROM instances") == [("\\ISO 2022 IR 87",)]
+
+
+def test_later_instances_fill_and_update_but_never_erase(index: ArchiveIndex) -> None:
+    first = record(StudyDescription=None, AccessionNumber="A1", PatientBirthDate=None)
+    index.add(first)
+    second = dataclasses.replace(
+        first,
+        SOPInstanceUID="1.2.3.2",
+        path="second.dcm",
+        StudyDescription="CT head",
+        AccessionNumber=None,
+        PatientBirthDate="19700101",
+        PatientName="Corrected^Name",
+    )
+    index.add(second)
+
+    assert query(index, "SELECT StudyDescription, AccessionNumber FROM studies") == [
+        ("CT head", "A1")
+    ]
+    assert query(index, "SELECT PatientName, PatientBirthDate FROM patients") == [
+        ("Corrected^Name", "19700101")
+    ]
+    assert query(index, "SELECT count(*) FROM series") == [(1,)]
+    assert query(index, "SELECT count(*) FROM instances") == [(2,)]
+
+
+def test_a_patient_is_id_and_issuer(index: ArchiveIndex) -> None:
+    index.add(record(IssuerOfPatientID="HOSPITAL-A"))
+    index.add(
+        record(
+            IssuerOfPatientID="HOSPITAL-B",
+            SOPInstanceUID="1.2.3.2",
+            StudyInstanceUID="1.2.3.20",
+            SeriesInstanceUID="1.2.3.21",
+            path="b.dcm",
+        )
+    )
+    assert query(index, "SELECT PatientID, IssuerOfPatientID FROM patients ORDER BY 2") == [
+        ("1CT1", "HOSPITAL-A"),
+        ("1CT1", "HOSPITAL-B"),
+    ]
+
+
+def test_replacing_an_instance_moves_it_and_prunes_what_it_left_empty(index: ArchiveIndex) -> None:
+    index.add(record())
+    index.add(record(PatientID="OTHER", StudyInstanceUID="9.9", SeriesInstanceUID="9.9.1"))
+
+    assert query(index, "SELECT PatientID FROM patients") == [("OTHER",)]
+    assert query(index, "SELECT StudyInstanceUID FROM studies") == [("9.9",)]
+    assert query(index, "SELECT SeriesInstanceUID FROM series") == [("9.9.1",)]
+    assert query(index, "SELECT count(*) FROM instances") == [(1,)]
+
+
+def test_lookup_paths_and_remove(index: ArchiveIndex) -> None:
+    first = record()
+    second = record(SOPInstanceUID="1.2.3.2", SeriesInstanceUID="1.2.3.20", path="a/b.dcm")
+    index.add(first)
+    index.add(second)
+
+    assert index.lookup(first.SOPInstanceUID) == first.path
+    assert index.lookup("1.2.404") is None
+    assert sorted(index.paths()) == sorted([first.path, "a/b.dcm"])
+
+    assert index.remove(first.SOPInstanceUID)
+    assert not index.remove(first.SOPInstanceUID)
+    assert index.lookup(first.SOPInstanceUID) is None
+    assert query(index, "SELECT SeriesInstanceUID FROM series") == [("1.2.3.20",)]
+
+    assert index.remove_paths(["a/b.dcm", "never/there.dcm"]) == 1
+    for table in ("instances", "series", "studies", "patients"):
+        assert query(index, f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+def test_the_database_is_wal_with_full_synchronous_commits(index: ArchiveIndex) -> None:
+    assert query(index, "PRAGMA journal_mode") == [("wal",)]
+    writer = index._connection
+    assert writer is not None
+    assert writer.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    assert query(index, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def test_readers_are_read_only(index: ArchiveIndex) -> None:
+    reader = index.connect_reader()
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            reader.execute("DELETE FROM instances")
+    finally:
+        reader.close()
+
+
+def test_a_query_can_use_the_indexes(index: ArchiveIndex) -> None:
+    for sql, wanted in (
+        ("SELECT pk FROM patients WHERE PatientName = 'x'", "patients_by_name"),
+        ("SELECT pk FROM patients WHERE PatientID = 'x'", "sqlite_autoindex_patients_1"),
+        ("SELECT pk FROM studies WHERE StudyDate BETWEEN 'a' AND 'b'", "studies_by_date"),
+        ("SELECT pk FROM studies WHERE AccessionNumber = 'x'", "studies_by_accession"),
+        ("SELECT pk FROM studies WHERE patient_pk = 1", "studies_by_patient"),
+        ("SELECT pk FROM series WHERE Modality = 'CT'", "series_by_modality"),
+        ("SELECT pk FROM series WHERE study_pk = 1", "series_by_study"),
+        ("SELECT pk FROM instances WHERE series_pk = 1", "instances_by_series"),
+    ):
+        plan = " ".join(str(row) for row in query(index, f"EXPLAIN QUERY PLAN {sql}"))
+        assert wanted in plan, sql
+
+
+def test_a_failing_write_fails_alone(index: ArchiveIndex) -> None:
+    index.add(record())
+    clash = record(SOPInstanceUID="1.2.3.2")  # a different instance at the same path
+
+    with pytest.raises(sqlite3.IntegrityError):
+        index.add(clash)
+
+    assert list(index.paths()) == [record().path]
+
+
+def test_eight_threads_share_commits(index: ArchiveIndex) -> None:
+    records = [
+        record(SOPInstanceUID=f"1.2.3.{n}", SeriesInstanceUID=f"1.2.4.{n % 5}", path=f"{n}.dcm")
+        for n in range(800)
+    ]
+    start = threading.Barrier(8)
+
+    def add_all(share: list[InstanceRecord]) -> None:
+        start.wait()
+        for one in share:
+            index.add(one)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(add_all, [records[n::8] for n in range(8)]))
+
+    assert query(index, "SELECT count(*) FROM instances") == [(800,)]
+    assert query(index, "SELECT count(*) FROM series") == [(5,)]
+    assert index.commits < len(records)
+
+
+def test_a_single_writer_commits_each_add(index: ArchiveIndex) -> None:
+    for n in range(5):
+        index.add(record(SOPInstanceUID=f"1.2.3.{n}", path=f"{n}.dcm"))
+    assert index.commits == 5
+
+
+def test_committed_rows_survive_closing_and_reopening(tmp_path: Path) -> None:
+    index = ArchiveIndex(tmp_path / "index.sqlite")
+    index.open()
+    index.add(record())
+    index.close()
+    index.open()
+    try:
+        assert list(index.paths()) == [record().path]
+    finally:
+        index.close()
+
+
+def test_a_closed_index_refuses_work(tmp_path: Path) -> None:
+    index = ArchiveIndex(tmp_path / "index.sqlite")
+    with pytest.raises(IndexClosed):
+        index.add(record())
+    index.open()
+    index.close()
+    with pytest.raises(IndexClosed):
+        index.add(record())
+    with pytest.raises(IndexClosed):
+        index.lookup("1.2.3")
+
+
+def test_an_index_from_a_newer_dicomd_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    newer = sqlite3.connect(path)
+    newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    newer.close()
+    with pytest.raises(RuntimeError, match="schema version"):
+        ArchiveIndex(path).open()

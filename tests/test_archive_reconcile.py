@@ -1,0 +1,189 @@
+"""Reconciliation at start-up, after crash states made for real on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.logger import capturedLogs, formatEvent
+
+from dicomd.archive import ArchiveHandler
+from dicomd.archive.handler import ArchiveError, Reconciliation
+from tests.test_archive_handler import ct_dataset, opened, received
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def uid(n: int) -> str:
+    return f"1.2.826.0.1.3680043.10.7.{n}"
+
+
+def files_under(root: Path) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
+
+
+def folders_under(root: Path) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_dir()}
+
+
+def test_reconcile_removes_what_a_crash_left(tmp_path: Path) -> None:
+    archive_path = tmp_path / "archive"
+    handler = opened(archive_path)
+    kept = {}
+    for n, study in ((1, "1.2.9.1"), (2, "1.2.9.1"), (3, "1.2.9.2")):
+        instance = received(archive_path, ct_dataset(SOPInstanceUID=uid(n), StudyInstanceUID=study))
+        assert handler.archive(instance) == 0x0000
+        kept[n] = instance.path.relative_to(archive_path).as_posix()
+    handler.close()
+
+    # The crash: files being received, a file whose row was committed but whose
+    # file went missing, files renamed into place whose rows never committed,
+    # a half copy, folders left empty, and things that are not the archive's.
+    incoming = archive_path / ".incoming"
+    (incoming / "in-flight.part").write_bytes(b"partial")
+    (incoming / "older").mkdir()
+    (incoming / "older" / "x.part").write_bytes(b"partial")
+    (archive_path / kept[1]).unlink()
+    series_folder = (archive_path / kept[2]).parent
+    (series_folder / f"{uid(4)}.dcm").write_bytes(b"never indexed")
+    (series_folder / ".tmp1234.partial").write_bytes(b"half a copy")
+    (archive_path / "1.2.9.3" / "1.2.9.3.1").mkdir(parents=True)
+    (archive_path / "1.2.9.3" / "1.2.9.3.1" / f"{uid(5)}.dcm").write_bytes(b"never indexed")
+    (archive_path / "empty" / "deeper").mkdir(parents=True)
+    (archive_path / ".snapshots").mkdir()
+    (archive_path / ".snapshots" / "keep.txt").write_text("not ours")
+
+    handler = ArchiveHandler(archive_path)
+    with capturedLogs() as events:
+        counts = handler.open()
+    try:
+        assert counts == Reconciliation(
+            incoming_files=2, rows_without_file=1, files_without_row=3, empty_folders=4
+        )
+        assert sorted(handler.index.paths()) == sorted([kept[2], kept[3]])
+        assert handler.index.lookup(uid(1)) is None
+    finally:
+        handler.close()
+
+    assert files_under(archive_path) - {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm"} == {
+        kept[2],
+        kept[3],
+        ".snapshots/keep.txt",
+    }
+    assert (archive_path / "index.sqlite").is_file()
+    assert folders_under(archive_path) == {
+        ".incoming",
+        ".snapshots",
+        "1.2.9.1",
+        str(Path(kept[2]).parent),
+        "1.2.9.2",
+        str(Path(kept[3]).parent),
+    }
+    [line] = [
+        formatEvent(event)
+        for event in events
+        if event.get("log_namespace", "").startswith("dicomd.archive")
+    ]
+    assert line == (
+        f"archive {archive_path}: 2 instances indexed; removed 2 incoming files, "
+        "1 index rows without a file, 3 files without a row, 4 empty folders"
+    )
+
+
+def test_a_clean_archive_loses_nothing(tmp_path: Path) -> None:
+    archive_path = tmp_path / "archive"
+    handler = opened(archive_path)
+    instance = received(archive_path, ct_dataset())
+    handler.archive(instance)
+    handler.close()
+
+    handler = ArchiveHandler(archive_path)
+    try:
+        assert handler.open() == Reconciliation(0, 0, 0, 0)
+        assert list(handler.index.paths()) == [instance.path.relative_to(archive_path).as_posix()]
+        assert instance.path.is_file()
+    finally:
+        handler.close()
+
+
+def test_rows_committed_before_a_sigkill_are_there_after_it(tmp_path: Path) -> None:
+    archive_path = tmp_path / "archive"
+    opened(archive_path).close()
+    # received beside the archive: its own .incoming is emptied when it opens
+    instances = [
+        received(tmp_path, ct_dataset(SOPInstanceUID=uid(n), SeriesInstanceUID=f"1.2.8.{n}"))
+        for n in range(20)
+    ]
+    arguments = [
+        {
+            "sop_class_uid": instance.sop_class_uid,
+            "sop_instance_uid": instance.sop_instance_uid,
+            "transfer_syntax": instance.transfer_syntax,
+            "path": str(instance.path),
+            "size": instance.size,
+        }
+        for instance in instances
+    ]
+    script = """
+import json, os, signal, sys
+from pathlib import Path
+from dicomd.archive import ArchiveHandler
+from dicomd.interfaces import ReceivedInstance
+
+handler = ArchiveHandler(sys.argv[1])
+handler.open()
+for fields in json.loads(sys.argv[2]):
+    fields["path"] = Path(fields["path"])
+    status = handler.archive(ReceivedInstance("SCU", "DICOMD", "127.0.0.1", 1, **fields))
+    assert status == 0, status
+Path(sys.argv[1], ".incoming").mkdir()
+Path(sys.argv[1], ".incoming", "in-flight.part").write_bytes(b"half an instance")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(archive_path), json.dumps(arguments)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert (archive_path / "index.sqlite-wal").stat().st_size > 0  # never checkpointed
+
+    handler = ArchiveHandler(archive_path)
+    counts = handler.open()
+    try:
+        assert counts == Reconciliation(1, 0, 0, 0)
+        assert sorted(handler.index.lookup(uid(n)) is not None for n in range(20)) == [True] * 20
+    finally:
+        handler.close()
+    assert len(list(archive_path.rglob("*.dcm"))) == 20
+
+
+def test_a_folder_with_files_but_no_index_is_refused(tmp_path: Path) -> None:
+    archive_path = tmp_path / "archive"
+    (archive_path / "old-study").mkdir(parents=True)
+    (archive_path / "old-study" / "image.dcm").write_bytes(b"somebody's image")
+
+    with pytest.raises(ArchiveError, match="holds files but no index"):
+        ArchiveHandler(archive_path).open()
+
+    assert (archive_path / "old-study" / "image.dcm").read_bytes() == b"somebody's image"
+    assert not (archive_path / "index.sqlite").exists()
+
+
+def test_a_new_archive_may_start_with_leftover_incoming_files(tmp_path: Path) -> None:
+    archive_path = tmp_path / "archive"
+    (archive_path / ".incoming").mkdir(parents=True)
+    (archive_path / ".incoming" / "x.part").write_bytes(b"partial")
+
+    handler = ArchiveHandler(archive_path)
+    try:
+        assert handler.open() == Reconciliation(1, 0, 0, 0)
+    finally:
+        handler.close()
+    assert os.listdir(archive_path / ".incoming") == []
