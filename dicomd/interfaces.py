@@ -167,6 +167,10 @@ class FindQuery:
     peer_host: str
 
 
+class InvalidIdentifier(ValueError):
+    """Raised by a find handler when the identifier does not fit the model or level (A900)."""
+
+
 class IFindHandler(Interface):
     """Answers C-FIND queries for the information models it names.
 
@@ -174,8 +178,11 @@ class IFindHandler(Interface):
     generator, an async generator, or a Deferred firing with a list.  They
     may carry more attributes than asked for: the service answers exactly the
     requested keys (plus Specific Character Set, Query/Retrieve Level and
-    Retrieve AE Title), empty where a match has no value.  Exceptions answer
-    a C000-range failure with the error as comment.
+    Retrieve AE Title), empty where a match has no value.  `InvalidIdentifier`
+    answers A900; any other exception a C000-range failure, with the error
+    as comment.  A handler may also offer ``supported_keys(level)``: when the
+    identifier asks for keys outside it, matches go out as FF01 (pending,
+    optional keys not supported) instead of FF00.
     """
 
     models = Attribute("The SOP Class UIDs of the information models this handler answers.")
