@@ -1,0 +1,363 @@
+"""What the network subcommands share: dcmtk's options, the reactor, and one-line errors.
+
+The options are spelled as dcmtk spells them (``-aet``, ``-aec``, ``-pdu``,
+``-to``), so that a command line that works with ``echoscu`` works here.
+Every way an association can go wrong is turned into one sentence that
+names the peer, the step that failed and, for the standard's numbers, their
+meaning (`dicomd.describe`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import string
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydicom.uid import UID
+from twisted.internet import defer, error, task
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+from dicomd.cli.output import error_line, seconds
+from dicomd.client import (
+    AssociationAborted,
+    AssociationRejected,
+    ClientAssociation,
+    ClientSettings,
+    DimseTimeout,
+    NoAcceptedContext,
+    associate,
+)
+from dicomd.describe import describe_abort, describe_rejection
+from dicomd.pdu import PresentationContextRQ
+
+T = TypeVar("T")
+
+log = Logger()
+
+DEFAULT_CALLING_AE = "DICOMD"
+DEFAULT_CALLED_AE = "ANY-SCP"
+"""dcmtk's default called AE title: many SCPs accept any title, and this one says so."""
+
+INTERRUPTED = 130
+"""The exit status shells use for a command stopped by Ctrl-C (128 + SIGINT)."""
+
+_AE_TITLE_CHARACTERS = frozenset(string.printable) - frozenset("\\\t\n\r\x0b\x0c")
+
+
+class CommandFailed(Exception):
+    """The command cannot go on; the message is the one line the user sees."""
+
+
+def ae_title(text: str) -> str:
+    """An AE title as PS3.5 6.2 allows it: 1 to 16 characters, no backslash or control character."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an AE title cannot be empty")
+    if len(text) > 16:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 16 characters")
+    if not set(text) <= _AE_TITLE_CHARACTERS:
+        raise argparse.ArgumentTypeError(f"{text!r} holds a character AE titles cannot")
+    return text
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not between 1 and 65535")
+    return port
+
+
+def max_pdu_length(text: str) -> int:
+    """The largest PDU we accept: at least 4096 (as dcmtk), at most what 4 length bytes hold."""
+    try:
+        length = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
+    if not 4096 <= length <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{length} is not between 4096 and 4294967295")
+    return length
+
+
+def timeout_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("a timeout must be more than 0 seconds")
+    return value
+
+
+def positive_integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
+def add_network_options(parser: argparse.ArgumentParser) -> None:
+    """dcmtk's association options, and ``-v``/``-d`` for a log on stderr."""
+    defaults = ClientSettings(DEFAULT_CALLED_AE)
+    group = parser.add_argument_group("association")
+    group.add_argument(
+        "-aet",
+        "--aetitle",
+        dest="calling_ae_title",
+        type=ae_title,
+        default=DEFAULT_CALLING_AE,
+        metavar="AE",
+        help=f"our AE title (default {DEFAULT_CALLING_AE})",
+    )
+    group.add_argument(
+        "-aec",
+        "--call",
+        dest="called_ae_title",
+        type=ae_title,
+        default=DEFAULT_CALLED_AE,
+        metavar="AE",
+        help=f"the peer's AE title (default {DEFAULT_CALLED_AE})",
+    )
+    group.add_argument(
+        "-pdu",
+        "--max-pdu",
+        dest="max_pdu_length",
+        type=max_pdu_length,
+        default=defaults.max_pdu_length,
+        metavar="N",
+        help=f"largest PDU we receive, in bytes (default {defaults.max_pdu_length})",
+    )
+    group.add_argument(
+        "-to",
+        "--timeout",
+        type=timeout_seconds,
+        metavar="SECONDS",
+        help=(
+            "how long to wait to connect, for each association message and for each"
+            f" DIMSE response (default {seconds(defaults.acse_timeout)} to connect and"
+            f" associate, {seconds(defaults.dimse_timeout)} for a response)"
+        ),
+    )
+    logging = parser.add_argument_group("logging").add_mutually_exclusive_group()
+    logging.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
+    logging.add_argument("-d", "--debug", action="store_true", help="log everything to stderr")
+
+
+def add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("host", metavar="HOST", help="the peer's host name or address")
+    parser.add_argument("port", metavar="PORT", type=port_number, help="the peer's TCP port")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where to connect, and how; it names itself in every message."""
+
+    host: str
+    port: int
+    settings: ClientSettings
+
+    @classmethod
+    def from_arguments(cls, arguments: argparse.Namespace) -> Peer:
+        timeouts: dict[str, float] = {}
+        if arguments.timeout is not None:
+            timeouts = {"acse_timeout": arguments.timeout, "dimse_timeout": arguments.timeout}
+        settings = ClientSettings(
+            arguments.called_ae_title,
+            calling_ae_title=arguments.calling_ae_title,
+            max_pdu_length=arguments.max_pdu_length,
+            **timeouts,
+        )
+        return cls(arguments.host, arguments.port, settings)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.settings.called_ae_title} at {self.address}"
+
+
+def explain_association_failure(failure: BaseException, peer: Peer, waited: float) -> str:
+    """Why `associate` failed, in one sentence; ``waited`` is how long it had been trying.
+
+    The client reports its own ACSE timeout as an A-ABORT from the service
+    user without a reason, which is also what a peer may send; only the time
+    waited tells them apart.
+    """
+    acse_timeout = peer.settings.acse_timeout
+    match failure:
+        case error.ConnectionRefusedError():
+            return f"connection refused by {peer.address}"
+        case error.DNSLookupError():
+            return f"cannot find the host {peer.host}"
+        case error.TimeoutError() | defer.TimeoutError():
+            return f"timed out after {seconds(acse_timeout)} waiting to connect to {peer.address}"
+        case error.ConnectError():
+            return f"cannot connect to {peer.address}: {failure}"
+        case AssociationRejected(result=result, source=source, reason=reason):
+            meaning = describe_rejection(result, source, reason)
+            return f"association rejected by {peer.settings.called_ae_title}: {meaning}"
+        case AssociationAborted(source=0, reason=0) if waited >= acse_timeout:
+            return (
+                f"timed out after {seconds(acse_timeout)} waiting for {peer}"
+                " to answer the association request"
+            )
+    return explain_failure(failure, peer, "an answer to the association request")
+
+
+def explain_failure(failure: BaseException, peer: Peer, waiting_for: str) -> str:
+    """Why an established association could not do what was asked, in one sentence."""
+    match failure:
+        case DimseTimeout() | defer.TimeoutError():
+            timeout = peer.settings.dimse_timeout
+            return f"timed out after {seconds(timeout)} waiting for {waiting_for} from {peer}"
+        case AssociationAborted(source=source, reason=reason):
+            return f"association with {peer} {describe_abort(source, reason)}"
+        case NoAcceptedContext():
+            return f"{peer}: {failure}"
+    return f"{type(failure).__name__}: {failure}"
+
+
+@asynccontextmanager
+async def associated(
+    reactor: Any, peer: Peer, contexts: Sequence[PresentationContextRQ]
+) -> AsyncIterator[ClientAssociation]:
+    """An association for the ``async with`` block, released when the block ends.
+
+    Failing to associate raises `CommandFailed` that says why.  When the
+    block fails while the association still stands, it is released all the
+    same, quietly: the block's failure is the one worth reporting.
+    """
+    log.info(
+        "requesting an association with {peer} as {calling}, {count} presentation contexts",
+        peer=str(peer),
+        calling=peer.settings.calling_ae_title,
+        count=len(contexts),
+    )
+    started = reactor.seconds()
+    try:
+        association = await associate(reactor, peer.host, peer.port, peer.settings, contexts)
+    except Exception as failure:
+        waited = reactor.seconds() - started
+        raise CommandFailed(explain_association_failure(failure, peer, waited)) from failure
+    log.info(
+        "association accepted, {accepted} of {count} presentation contexts",
+        accepted=len(association.contexts),
+        count=len(contexts),
+    )
+    for context in association.contexts.values():
+        log.debug(
+            "context {id}: {abstract} in {syntax}",
+            id=context.context_id,
+            abstract=UID(context.abstract_syntax).name,
+            syntax=UID(context.transfer_syntax).name,
+        )
+    try:
+        yield association
+    except BaseException:
+        if association.machine.is_established:
+            with suppress(Exception):
+                await association.release()
+        raise
+    await release(association, peer)
+    log.info("association with {peer} released", peer=str(peer))
+
+
+def require_context(association: ClientAssociation, peer: Peer, sop_class: str) -> None:
+    """Fail unless the peer accepted ``sop_class``, naming it as people know it."""
+    if not any(c.abstract_syntax == sop_class for c in association.contexts.values()):
+        raise CommandFailed(f"{peer} does not accept {UID(sop_class).name} ({sop_class})")
+
+
+async def answer(peer: Peer, waiting_for: str, request: Callable[[], defer.Deferred[T]]) -> T:
+    """The result of one DIMSE request, failing with `CommandFailed` that says why."""
+    try:
+        return await defer.maybeDeferred(request)
+    except Exception as failure:
+        raise CommandFailed(explain_failure(failure, peer, waiting_for)) from failure
+
+
+async def release(association: ClientAssociation, peer: Peer) -> None:
+    """A-RELEASE; a peer that never confirms it is reported like any other timeout.
+
+    As when associating, the client's own ACSE timeout looks like an abort
+    by the service user, and the time waited tells them apart.
+    """
+    clock = association.protocol.clock
+    started = clock.seconds()
+    try:
+        await association.release()
+    except AssociationAborted as failure:
+        timeout = peer.settings.acse_timeout
+        if (failure.source, failure.reason) == (0, 0) and clock.seconds() - started >= timeout:
+            raise CommandFailed(
+                f"timed out after {seconds(timeout)} waiting for {peer} to confirm the release"
+            ) from failure
+        raise CommandFailed(explain_failure(failure, peer, "the release")) from failure
+
+
+def run(
+    command: str,
+    arguments: argparse.Namespace,
+    work: Callable[[Any], Coroutine[Any, Any, int]],
+) -> int:
+    """Run ``work(reactor)`` to completion and return its exit status.
+
+    `CommandFailed` becomes its one line on stderr and status 1; so does
+    anything unexpected, whose traceback goes to the log (``-d`` shows it).
+    A reactor stopped before ``work`` finished (Ctrl-C) gives status 130.
+    """
+    start_logging(arguments)
+    statuses: list[int] = []
+
+    async def main(reactor: Any) -> None:
+        try:
+            statuses.append(await work(reactor))
+        except CommandFailed as failure:
+            error_line(command, str(failure))
+            statuses.append(1)
+        except Exception as failure:
+            log.failure("unexpected error in dicomd {command}", command=command)
+            error_line(command, f"unexpected error: {type(failure).__name__}: {failure}")
+            statuses.append(1)
+
+    with suppress(SystemExit):
+        task.react(main)
+    if not statuses:
+        error_line(command, "interrupted")
+        return INTERRUPTED
+    return statuses[0]
+
+
+def start_logging(arguments: argparse.Namespace) -> None:
+    """Send Twisted's log to stderr at the level asked for; without ``-v`` or ``-d``, nowhere.
+
+    Standard output is left alone: it carries the command's results.  ``-v``
+    shows what the command does; ``-d`` adds what Twisted and the protocol do.
+    """
+    observers: list[ILogObserver] = []
+    if arguments.verbose or arguments.debug:
+        predicate = LogLevelFilterPredicate(
+            defaultLogLevel=LogLevel.debug if arguments.debug else LogLevel.info
+        )
+        if not arguments.debug:
+            # Twisted's own info messages (factories starting and stopping) are noise here.
+            predicate.setLogLevelForNamespace("twisted", LogLevel.warn)
+        observers.append(FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate]))
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)

@@ -1,0 +1,16 @@
+"""What every subcommand writes the same way."""
+
+from __future__ import annotations
+
+import sys
+
+
+def error_line(command: str, message: str) -> None:
+    """One line on stderr, prefixed like every other tool's: ``dicomd echo: ...``."""
+    sys.stderr.write(f"dicomd {command}: {message}\n")
+    sys.stderr.flush()
+
+
+def seconds(value: float) -> str:
+    """A duration as people write it on a command line: ``5 s``, ``0.5 s``."""
+    return f"{value:g} s"
