@@ -38,6 +38,7 @@ COMMAND_TIMEOUT = 60.0
 STARTUP_DEADLINE = 20.0
 
 __all__ = [
+    "COMMAND_TIMEOUT",
     "LOCALHOST",
     "DcmtkPeer",
     "copies_of",

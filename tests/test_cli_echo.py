@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli_harness import LOCALHOST, dcmtk_peer, free_tcp_port, run_dicomd
-from tests.e2e.conftest import start_daemon
+from tests.cli_harness import COMMAND_TIMEOUT, LOCALHOST, dcmtk_peer, free_tcp_port, run_dicomd
+from tests.e2e.conftest import daemon_environment, start_daemon
 
 
 def success_line(called: str, port: int) -> re.Pattern[str]:
@@ -124,6 +127,30 @@ def test_a_peer_that_never_answers_times_out() -> None:
         f"dicomd echo: timed out after 1 s waiting for ANY-SCP at {LOCALHOST}:{port}"
         " to answer the association request\n"
     )
+
+
+def test_ctrl_c_is_one_line_and_the_shell_status_for_an_interrupt() -> None:
+    with socket.socket() as silent:
+        silent.bind((LOCALHOST, 0))
+        silent.listen()
+        silent.settimeout(COMMAND_TIMEOUT)
+        port = silent.getsockname()[1]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dicomd.cli", "echo", LOCALHOST, str(port)],
+            env=daemon_environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        connection, _ = silent.accept()  # the command is running and waits for an answer
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+        connection.close()
+
+    assert process.returncode == 130
+    assert stderr == "dicomd echo: interrupted\n"
+    assert stdout == ""
 
 
 def test_verbose_logs_to_stderr_and_keeps_stdout_for_results(daemon) -> None:

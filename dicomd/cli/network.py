@@ -321,16 +321,25 @@ def run(
 
     `CommandFailed` becomes its one line on stderr and status 1; so does
     anything unexpected, whose traceback goes to the log (``-d`` shows it).
-    A reactor stopped before ``work`` finished (Ctrl-C) gives status 130.
+    A reactor stopped before ``work`` finished (Ctrl-C) gives status 130 and
+    the line ``interrupted``: closing the connections on the way out fails the
+    association, but that is not what the user needs to hear.
     """
     start_logging(arguments)
     statuses: list[int] = []
+    interrupted: list[bool] = []
+
+    def stopping() -> None:
+        if not statuses:
+            interrupted.append(True)
 
     async def main(reactor: Any) -> None:
+        reactor.addSystemEventTrigger("before", "shutdown", stopping)
         try:
             statuses.append(await work(reactor))
         except CommandFailed as failure:
-            error_line(command, str(failure))
+            if not interrupted:
+                error_line(command, str(failure))
             statuses.append(1)
         except Exception as failure:
             log.failure("unexpected error in dicomd {command}", command=command)
@@ -339,7 +348,7 @@ def run(
 
     with suppress(SystemExit):
         task.react(main)
-    if not statuses:
+    if interrupted or not statuses:
         error_line(command, "interrupted")
         return INTERRUPTED
     return statuses[0]
