@@ -26,7 +26,7 @@ from tests.cli_harness import (
     pynetdicom_scp,
     run_dicomd,
 )
-from tests.e2e.conftest import RunningDaemon, daemon_environment, start_daemon
+from tests.e2e.conftest import RunningDaemon, daemon_environment, log_lines_with, start_daemon
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -183,8 +183,8 @@ def test_parallel_associations_to_the_dicomd_daemon(tmp_path: Path, daemon: Runn
     assert result.returncode == 0, result.stderr
     assert summary(result)["stored"] == 12
     assert received_instances(daemon.directory / "var" / "archive") == instance_uids(sent)
-    log = daemon.log_text()
-    assert len(re.findall(r"accepted", log, flags=re.IGNORECASE)) >= 3, log
+    log = daemon.wait_for_log(lambda text: len(log_lines_with(text, "accepted")) >= 3)
+    assert len(log_lines_with(log, "accepted")) >= 3, log
 
 
 def test_the_daemon_rejects_a_called_ae_title_it_does_not_have(
