@@ -7,6 +7,7 @@ what ``store`` runs in the archive's threads.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 import uuid
@@ -489,3 +490,50 @@ def test_a_copy_across_file_systems_is_renamed_into_place(tmp_path: Path) -> Non
 
     assert target.read_bytes() == source.read_bytes()
     assert [path.name for path in target.parent.iterdir()] == ["x.dcm"]
+
+
+def test_names_in_latin_1_and_utf_8_are_indexed_as_the_same_unicode(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    for n, charset in enumerate(("ISO_IR 100", "ISO_IR 192")):
+        ds = ct_dataset(
+            SpecificCharacterSet=charset,
+            PatientName="Ångström^Zoë",
+            PatientID=f"P{n}",
+            StudyInstanceUID=f"1.2.826.0.1.3680043.10.9.{n}.1",
+            SeriesInstanceUID=f"1.2.826.0.1.3680043.10.9.{n}.1.1",
+            SOPInstanceUID=f"1.2.826.0.1.3680043.10.9.{n}.1.1.1",
+        )
+        instance = received(archive_path, ds)
+        assert open_archive.archive(instance) == 0x0000
+        encoded = "Ångström".encode("latin-1" if n == 0 else "utf-8")
+        assert encoded in instance.path.read_bytes()
+
+    assert rows(open_archive, "SELECT PatientName FROM patients ORDER BY PatientID") == [
+        ("Ångström^Zoë",),
+        ("Ångström^Zoë",),
+    ]
+
+
+def test_a_full_index_is_out_of_resources_and_keeps_nothing_half(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    writer = open_archive.index._connection
+    assert writer is not None
+    (pages,) = writer.execute("PRAGMA page_count").fetchone()
+    writer.execute(f"PRAGMA max_page_count = {pages}")  # the index may not grow: it is full
+    instances = [
+        received(archive_path, ct_dataset(SOPInstanceUID=f"1.2.826.0.1.3680043.10.6.{n}"))
+        for n in range(100)
+    ]
+
+    with pytest.raises(OSError) as raised:
+        for instance in instances:
+            open_archive.archive(instance)
+
+    assert raised.value.errno == errno.ENOSPC
+    kept = [instance for instance in instances if instance.kept]
+    assert len(kept) < len(instances)
+    on_disk = {path.relative_to(archive_path).as_posix() for path in archive_path.rglob("*.dcm")}
+    assert on_disk == set(open_archive.index.paths())
+    assert len(on_disk) == len(kept)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -325,3 +326,17 @@ def test_an_index_from_a_newer_dicomd_is_refused(tmp_path: Path) -> None:
     newer.close()
     with pytest.raises(RuntimeError, match="schema version"):
         ArchiveIndex(path).open()
+
+
+def test_a_full_database_is_an_os_error(index: ArchiveIndex) -> None:
+    writer = index._connection
+    assert writer is not None
+    (pages,) = writer.execute("PRAGMA page_count").fetchone()
+    writer.execute(f"PRAGMA max_page_count = {pages}")  # the index may not grow: it is full
+
+    with pytest.raises(OSError) as raised:
+        for n in range(100):
+            index.add(record(SOPInstanceUID=f"1.2.3.{n}", path=f"{n}.dcm"))
+
+    assert raised.value.errno == errno.ENOSPC
+    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)

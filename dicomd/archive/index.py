@@ -22,6 +22,7 @@ columns without a table of its own.
 from __future__ import annotations
 
 import contextlib
+import errno
 import queue
 import sqlite3
 import threading
@@ -323,6 +324,8 @@ class ArchiveIndex:
     def remove_paths(self, paths: Iterable[str]) -> int:
         """Forget the instances kept at these relative paths, in one transaction; how many."""
         wanted = list(paths)
+        if not wanted:
+            return 0
         return self._submit(lambda connection: _remove_where(connection, "path", wanted))
 
     def lookup(self, sop_instance_uid: str) -> str | None:
@@ -367,7 +370,7 @@ class ArchiveIndex:
             self._queue.put(write)
         write.done.wait()
         if write.error is not None:
-            raise write.error
+            raise _as_os_error(write.error)
         return write.result
 
     def _write_batches(self) -> None:
@@ -413,6 +416,19 @@ class ArchiveIndex:
         finally:
             for write in batch:
                 write.done.set()
+
+
+_OS_ERRNO_OF_SQLITE: Final = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_IOERR: errno.EIO}
+
+
+def _as_os_error(error: BaseException) -> BaseException:
+    """A full or failing disk as the ``OSError`` it is, so callers answer "out of resources"."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _OS_ERRNO_OF_SQLITE:
+        return error
+    os_error = OSError(_OS_ERRNO_OF_SQLITE[code & 0xFF], f"index: {error}")
+    os_error.__cause__ = error
+    return os_error
 
 
 def _create_or_check_schema(connection: sqlite3.Connection) -> None:
