@@ -9,16 +9,20 @@ explained by what the daemon logged.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -26,6 +30,12 @@ from typing import Any
 
 import pytest
 import yaml
+from pydicom import Dataset, dcmwrite
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCALHOST = "127.0.0.1"
@@ -87,10 +97,14 @@ def daemon_command(config_path: Path) -> list[str]:
     return [*twistd_command(), "-n", "--logfile=-", "--pidfile=", "dicomd", "-c", str(config_path)]
 
 
-def daemon_environment() -> dict[str, str]:
-    """Make the checkout importable (and its ``twisted/plugins`` discoverable) from any cwd."""
+def daemon_environment(pythonpath: Sequence[Path] = ()) -> dict[str, str]:
+    """Make the checkout importable (and its ``twisted/plugins`` discoverable) from any cwd.
+
+    ``pythonpath`` adds folders, such as one holding a test's own plugin module.
+    """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    folders = [str(REPO_ROOT), *map(str, pythonpath), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, folders))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -222,15 +236,25 @@ def wait_until_listening(
     )
 
 
-def start_daemon(directory: Path, overrides: Mapping[str, Any]) -> RunningDaemon:
+def start_daemon(
+    directory: Path,
+    overrides: Mapping[str, Any],
+    pythonpath: Sequence[Path] = (),
+    command_prefix: Sequence[str] = (),
+) -> RunningDaemon:
+    """Start the daemon in ``directory``; ``command_prefix`` runs it under another command.
+
+    A prefix must ``exec`` the daemon, so that ``pid`` stays the daemon's own
+    (``unshare`` without ``--fork`` and ``sh -c '... exec "$@"'`` both do).
+    """
     port = free_tcp_port()
     config = deep_merge(DEFAULT_CONFIG, {"listen": f"tcp:{port}:interface={LOCALHOST}"})
     config = deep_merge(config, overrides)
     config_path = write_config(directory, config)
     process = subprocess.Popen(
-        daemon_command(config_path),
+        [*command_prefix, *daemon_command(config_path)],
         cwd=directory,
-        env=daemon_environment(),
+        env=daemon_environment(pythonpath),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -251,13 +275,19 @@ def start_daemon(directory: Path, overrides: Mapping[str, Any]) -> RunningDaemon
 def start_dicomd(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., RunningDaemon]]:
-    """Factory: ``start_dicomd(limits={"max_associations": 2})`` starts a daemon so configured."""
+    """Factory: ``start_dicomd(limits={"max_associations": 2})`` starts a daemon so configured.
+
+    Two keywords are not configuration: ``pythonpath`` (folders the daemon can
+    import plugins from) and ``command_prefix`` (see ``start_daemon``).
+    """
     started: list[RunningDaemon] = request.node.stash.setdefault(_DAEMONS, [])
 
-    def start(**overrides: Any) -> RunningDaemon:
+    def start(
+        *, pythonpath: Sequence[Path] = (), command_prefix: Sequence[str] = (), **overrides: Any
+    ) -> RunningDaemon:
         directory = tmp_path / f"daemon{len(started)}"
         directory.mkdir()
-        daemon = start_daemon(directory, overrides)
+        daemon = start_daemon(directory, overrides, pythonpath, command_prefix)
         started.append(daemon)
         return daemon
 
@@ -333,6 +363,7 @@ def run_dcmtk(
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
+        errors="replace",  # dcmdump prints values in their own character sets
         timeout=timeout,
     )
 
@@ -353,3 +384,210 @@ def echoscu() -> Callable[..., subprocess.CompletedProcess[str]]:
 def twistd() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``twistd(config_path)``: run the daemon to completion, for configs that must stop it."""
     return run_twistd
+
+
+# --------------------------------------------------------------------------
+# The storage service seen from outside: Part 10 bytes, the archive folder,
+# instances to send and a peer to send them with.
+
+INDEX_FILE_NAMES = frozenset(f"index.sqlite{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
+INCOMING = ".incoming"
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+
+
+def split_part10(data: bytes) -> tuple[bytes, bytes]:
+    """A Part 10 file's File Meta Information (group 0002) and its data set, as bytes.
+
+    The meta is walked element by element (explicit VR little endian,
+    PS3.10 7.1) rather than trusted to its group length, because some files
+    written by others have none; where a group length is present it must agree.
+    """
+    if data[128:132] != b"DICM":
+        raise AssertionError("not a Part 10 file: no DICM prefix after the preamble")
+    offset = 132
+    while offset + 8 <= len(data) and data[offset : offset + 2] == b"\x02\x00":
+        vr = data[offset + 4 : offset + 6]
+        if vr in _LONG_LENGTH_VRS:
+            offset += 12 + int.from_bytes(data[offset + 8 : offset + 12], "little")
+        else:
+            offset += 8 + int.from_bytes(data[offset + 6 : offset + 8], "little")
+    meta = data[132:offset]
+    if meta[:6] == b"\x02\x00\x00\x00UL":
+        group_length = int.from_bytes(meta[8:12], "little")
+        assert group_length == len(meta) - 12, "the meta group length disagrees with the meta"
+    return meta, data[offset:]
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set of a Part 10 file, exactly as stored after its File Meta Information."""
+    return split_part10(path.read_bytes())[1]
+
+
+def write_part10(
+    path: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, data_set: bytes
+) -> Path:
+    """A Part 10 file whose meta says what the test wants, before any data set bytes at all."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    with path.open("wb") as file:
+        file.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(file, meta, enforce_standard=True)
+        file.write(data_set)
+    return path
+
+
+@dataclass(frozen=True)
+class ArchiveView:
+    """What an archive folder holds, as the store tests judge it: files, index rows, leftovers."""
+
+    root: Path
+
+    def files(self) -> set[str]:
+        """Every file but the index and ``.incoming``, as relative POSIX paths."""
+        found = set()
+        for folder, subfolders, names in os.walk(self.root):
+            if Path(folder) == self.root:
+                subfolders[:] = [name for name in subfolders if name != INCOMING]
+                names = [name for name in names if name not in INDEX_FILE_NAMES]
+            found.update((Path(folder) / name).relative_to(self.root).as_posix() for name in names)
+        return found
+
+    def incoming(self) -> list[str]:
+        """What is left in the folder where instances are written as they arrive."""
+        folder = self.root / INCOMING
+        return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+    def partial_files(self) -> list[str]:
+        """Whatever is left in ``.incoming``, and temporary or hidden files among the instances."""
+        leftovers = [f"{INCOMING}/{name}" for name in self.incoming()]
+        leftovers += [
+            name
+            for name in self.files()
+            if name.endswith((".part", ".partial"))
+            or any(part.startswith(".") for part in name.split("/"))
+        ]
+        return sorted(leftovers)
+
+    def indexed(self) -> dict[str, str]:
+        """SOP Instance UID -> relative path, from the instances table of the index.
+
+        A copy of the index is read, not the index: the test then never holds
+        a lock the daemon waits on, and the archive may be seen through
+        ``/proc/PID/root``, a symbolic link SQLite would resolve to another
+        mount namespace.  Tests read it between stores, when it is quiet.
+        """
+        if not (self.root / "index.sqlite").exists():
+            return {}
+        with tempfile.TemporaryDirectory() as folder:
+            for name in ("index.sqlite", "index.sqlite-wal"):
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.copyfile(self.root / name, Path(folder) / name)
+            connection = sqlite3.connect(Path(folder) / "index.sqlite")
+            try:
+                return dict(connection.execute("SELECT SOPInstanceUID, path FROM instances"))
+            finally:
+                connection.close()
+
+    def file_of(self, sop_instance_uid: str) -> Path:
+        relative = self.indexed().get(sop_instance_uid)
+        assert relative is not None, f"{sop_instance_uid} is not in the index"
+        return self.root / relative
+
+    def assert_consistent(self) -> None:
+        """No temporary file anywhere, and the files are exactly the indexed paths."""
+        assert self.partial_files() == []
+        assert self.files() == set(self.indexed().values())
+
+
+def archive_of(daemon: RunningDaemon) -> ArchiveView:
+    """The archive of a daemon whose ``storage.path`` is relative to its working directory."""
+    return ArchiveView(daemon.directory / daemon.config["storage"]["path"])
+
+
+def archive_plugin(**options: Any) -> dict[str, Any]:
+    """The ``plugins:`` entry of the built-in archive."""
+    return {"plugin": "archive", "options": options}
+
+
+def pynetdicom_store(
+    daemon: RunningDaemon,
+    source: Path | Dataset,
+    sop_class_uid: str,
+    transfer_syntax: str,
+    calling_ae_title: str = "PYNETDICOM",
+) -> Dataset:
+    """One C-STORE on its own association, proposing exactly one SOP class and transfer syntax.
+
+    A file is streamed (``STORE_SEND_CHUNKED_DATASET``): its data set bytes
+    go out exactly as they are on disk, and the command carries the UIDs of
+    its File Meta Information.  Returns the response's status data set.
+    """
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(sop_class_uid, [transfer_syntax])
+    assoc = ae.associate(LOCALHOST, daemon.port, ae_title=daemon.ae_title)
+    assert assoc.is_established, f"association for {sop_class_uid} / {transfer_syntax} refused"
+    chunked = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        status = assoc.send_c_store(source)
+    finally:
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = chunked
+        assoc.release()
+    assert "Status" in status, f"no C-STORE response for {source}"
+    return status
+
+
+def ct_dataset(
+    study_uid: str,
+    series_uid: str,
+    number: int,
+    rows: int = 64,
+    columns: int = 64,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> Dataset:
+    """A small CT instance with random 16-bit pixels, an odd-length text and a sequence."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.PatientName, ds.PatientID = "Store^Test", "STORE1"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, number
+    ds.StudyDescription = "Odd"  # odd length: padded on the wire, kept as padded
+    ds.ReferencedImageSequence = [Dataset()]
+    ds.ReferencedImageSequence[0].ReferencedSOPClassUID = CTImageStorage
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = random.Random(number).randbytes(rows * columns * 2)
+    return ds
+
+
+def write_ct_files(
+    folder: Path,
+    count: int,
+    rows: int = 64,
+    columns: int = 64,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> list[Path]:
+    """``count`` CT instances of one new series, as Part 10 files in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    paths = []
+    for number in range(1, count + 1):
+        dataset = ct_dataset(study_uid, series_uid, number, rows, columns, transfer_syntax)
+        path = folder / f"{dataset.SOPInstanceUID}.dcm"
+        dcmwrite(path, dataset, enforce_file_format=True)
+        paths.append(path)
+    return paths
