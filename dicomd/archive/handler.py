@@ -201,9 +201,9 @@ class ArchiveHandler(Service):
             if isinstance(error, OSError) and error.errno is not None:
                 raise  # the disk failed us, not the peer
             # pydicom reports some malformed data as an OSError without errno
-            return status(Status.CANNOT_UNDERSTAND, f"cannot read the data set: {error}")
+            return _status(Status.CANNOT_UNDERSTAND, f"cannot read the data set: {error}")
         if relative.parts[0] in self._index_files:
-            return status(Status.CANNOT_UNDERSTAND, "the layout puts this instance on the index")
+            return _status(Status.CANNOT_UNDERSTAND, "the layout puts this instance on the index")
         with self._locks.hold(f"uid:{record.SOPInstanceUID}", f"path:{record.path}"):
             return self._keep(instance, record)
 
@@ -215,11 +215,11 @@ class ArchiveHandler(Service):
             existing = None  # its file is gone: this copy is the only one
         if existing is not None and self.duplicates == "keep-first":
             # B000 is the one warning C-STORE defines (PS3.4 B.2.3); its name says coercion
-            return status(
+            return _status(
                 Status.COERCION_OF_DATA_ELEMENTS, "duplicate SOP Instance UID; first copy kept"
             )
         if existing is not None and self.duplicates == "reject":
-            return status(
+            return _status(
                 Status.DUPLICATE_SOP_INSTANCE, "duplicate SOP Instance UID; already archived"
             )
         target = self.path / relative
@@ -229,7 +229,7 @@ class ArchiveHandler(Service):
                 uid=uid,
                 path=relative,
             )
-            return status(Status.CANNOT_UNDERSTAND, "another instance is kept at its layout path")
+            return _status(Status.CANNOT_UNDERSTAND, "another instance is kept at its layout path")
         self._place(instance.path, target)
         try:
             self.index.add(record)
@@ -300,7 +300,7 @@ class ArchiveHandler(Service):
         return counts
 
 
-def status(code: int, comment: str) -> Dataset:
+def _status(code: int, comment: str) -> Dataset:
     """A status with its Error Comment (an LO: one line, at most 64 characters)."""
     answer = Dataset()
     answer.Status = code
@@ -312,14 +312,14 @@ def _mismatch(dataset: Dataset, instance: ReceivedInstance) -> Dataset | None:
     """The failure status of a data set that lacks its UIDs or contradicts its command."""
     for keyword in REQUIRED_UIDS:
         if not dataset.get(keyword):
-            return status(Status.CANNOT_UNDERSTAND, f"the data set has no {keyword}")
+            return _status(Status.CANNOT_UNDERSTAND, f"the data set has no {keyword}")
     if dataset.SOPClassUID != instance.sop_class_uid:
-        return status(
+        return _status(
             Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             "SOP Class UID of the data set differs from the command's",
         )
     if dataset.SOPInstanceUID != instance.sop_instance_uid:
-        return status(
+        return _status(
             Status.INVALID_OBJECT_INSTANCE,
             "SOP Instance UID of the data set differs from the command's",
         )
