@@ -10,7 +10,7 @@ allows in the current state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -202,6 +202,7 @@ class Acceptor:
         self._assembler = MessageAssembler()
         self._incoming: _Incoming | None = None
         self._dimse_timer: IDelayedCall | None = None
+        self._cancellers: dict[int, Callable[[], None]] = {}
         self.ended = defer.Deferred[None]()
 
     @property
@@ -385,8 +386,10 @@ class Acceptor:
             self._protocol_error(f"unknown DIMSE command field 0x{field_value:04X}")
             return
         if field_value == CommandField.C_CANCEL_RQ:
-            # PS3.7 9.3.2.3: a cancel for nothing outstanding is ignored; our
-            # services answer each request before reading the next.
+            # PS3.7 9.3.2.3: a cancel for nothing outstanding is ignored.
+            cancel = self._cancellers.get(command.message_id_being_responded_to)  # type: ignore[arg-type]
+            if cancel is not None:
+                cancel()
             return
         if command.is_response:
             self._protocol_error(f"unexpected DIMSE response {CommandField(field_value).name}")
@@ -430,6 +433,14 @@ class Acceptor:
         if dataset is not None:
             response.command_data_set_type = 0x0000
         self.send(request.context.context_id, response, dataset)
+
+    def on_cancel(self, message_id: int, cancel: Callable[[], None]) -> None:
+        """Call ``cancel`` if the peer sends C-CANCEL for ``message_id`` (C-FIND, C-MOVE, C-GET)."""
+        self._cancellers[message_id] = cancel
+
+    def forget_cancel(self, message_id: int) -> None:
+        """The operation is over: a late C-CANCEL for it is ignored."""
+        self._cancellers.pop(message_id, None)
 
     def send(self, context_id: int, command: Command, dataset: bytes | None = None) -> None:
         """Send one DIMSE message, fragmented to the peer's maximum PDU length."""
@@ -481,6 +492,9 @@ class Acceptor:
 
     def _end(self) -> None:
         self._stop_dimse_timer()
+        for cancel in self._cancellers.values():
+            cancel()  # nobody is left to answer: stop the work
+        self._cancellers.clear()
         if self._incoming is not None:
             self._incoming.sink.discard()
             self._incoming = None

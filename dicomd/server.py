@@ -17,11 +17,13 @@ from dicomd.interfaces import (
     Accept,
     AssociationRequest,
     IAssociationValidator,
+    IFindHandler,
     IStoreHandler,
     Rejection,
 )
 from dicomd.protocol import UpperLayerProtocol
 from dicomd.services.echo import VerificationService
+from dicomd.services.find import FindService
 from dicomd.services.store import StorageService
 from dicomd.validation import AccessValidator
 
@@ -85,7 +87,7 @@ class DicomServerFactory(Factory):
                 AccessValidator(config.ae_title, config.access),
                 *config.plugins_providing(IAssociationValidator),
             ),
-            services=_services(config),
+            services=_services(config, reactor),
         )
 
     def buildProtocol(self, addr: IAddress) -> UpperLayerProtocol:
@@ -102,9 +104,12 @@ class DicomServerFactory(Factory):
         return protocol
 
 
-def _services(config: Config) -> ServiceRegistry:
-    """Verification always; Storage when at least one store handler is configured."""
+def _services(config: Config, clock: IReactorTime) -> ServiceRegistry:
+    """Verification always; Storage and Query when handlers for them are configured."""
     services: list[Service] = [VerificationService()]
+    find_handlers = config.plugins_providing(IFindHandler)
+    if find_handlers:
+        services.append(FindService(find_handlers, config.ae_title, clock))
     store_handlers = config.plugins_providing(IStoreHandler)
     storage = None
     if store_handlers:

@@ -45,6 +45,7 @@ class Peer:
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
         self.protocol = self.factory.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
+        self.last_command: tuple[Command, bytes | None] | None = None
 
     def send(self, data: bytes) -> None:
         self.protocol.dataReceived(data)
@@ -71,15 +72,27 @@ class Peer:
             self.send(pdu)
 
     def responses(self) -> list[Command]:
+        return [command for command, _ in self.messages()]
+
+    def messages(self) -> list[tuple[Command, bytes | None]]:
+        """Every DIMSE message the node sent since the last call: (command, data set bytes)."""
         assembler = MessageAssembler()
-        commands = []
+        messages: list[tuple[Command, bytes | None]] = []
+        chunks: list[bytes] = []
         for pdu in self.received():
             assert isinstance(pdu, PDataTF), pdu
             for pdv in pdu.pdvs:
-                commands += [
-                    e.command for e in assembler.feed(pdv.context_id, pdv.control, pdv.data)
-                ]
-        return commands
+                for event in assembler.feed(pdv.context_id, pdv.control, pdv.data):
+                    if hasattr(event, "command"):
+                        messages.append((event.command, None))
+                    else:
+                        chunks.append(event.data)
+                        if event.last:
+                            messages[-1] = (messages[-1][0], b"".join(chunks))
+                            chunks = []
+        if messages:
+            self.last_command = messages[-1]
+        return messages
 
     @property
     def closed(self) -> bool:

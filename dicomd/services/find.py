@@ -1,0 +1,235 @@
+"""Query (C-FIND) SCP, PS3.4 Annex C and K: ask the find handlers, stream their matches.
+
+The service owns everything the network side of C-FIND needs whatever the
+source of the matches: decoding the identifier, picking the handler for the
+information model, shaping each match to exactly the requested keys,
+choosing the character set of the answer, pacing a long result so that
+C-CANCEL and other associations get their turn, and the statuses.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydicom import Dataset
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import DataElement
+from pydicom.sequence import Sequence as DicomSequence
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dicomd import uids
+from dicomd.dimse import CommandField, DataSetError, decode_dataset, encode_dataset, error_comment
+from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier
+
+if TYPE_CHECKING:
+    from dicomd.association import Acceptor, Request
+
+_LEVELS = {
+    uids.PATIENT_ROOT_FIND: frozenset({"PATIENT", "STUDY", "SERIES", "IMAGE"}),
+    uids.STUDY_ROOT_FIND: frozenset({"STUDY", "SERIES", "IMAGE"}),
+}
+_QR_MODELS = frozenset(_LEVELS)
+_ADDED_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"})
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
+
+
+class Cancelled(Exception):
+    """The peer sent C-CANCEL for this query."""
+
+
+class FindService:
+    """C-FIND SCP for the models the configured find handlers answer."""
+
+    log = Logger()
+    operations = frozenset({CommandField.C_FIND_RQ})
+
+    def __init__(
+        self, handlers: Sequence[IFindHandler], ae_title: str, clock: IReactorTime
+    ) -> None:
+        self.ae_title = ae_title
+        # Matches go out a few at a time per reactor turn, on the node's clock.
+        self.cooperator = task.Cooperator(scheduler=lambda work: clock.callLater(0, work))
+        self.handlers: dict[str, IFindHandler] = {}
+        for handler in handlers:
+            for model in handler.models:
+                self.handlers.setdefault(model, handler)
+        self.abstract_syntaxes = frozenset(self.handlers)
+
+    def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None]:
+        model = request.context.abstract_syntax
+        syntax = request.context.transfer_syntax
+        try:
+            identifier = decode_dataset(request.data or b"", syntax)
+        except DataSetError as error:
+            association.respond(
+                request, uids.Status.CANNOT_UNDERSTAND, error_comment=error_comment(str(error))
+            )
+            return defer.succeed(None)
+        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        if model in _LEVELS and level not in _LEVELS[model]:
+            association.respond(
+                request,
+                uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                error_comment=error_comment(f"Query/Retrieve Level {level!r} is not in this model"),
+            )
+            return defer.succeed(None)
+        peer = association.protocol.transport.getPeer()
+        query = FindQuery(
+            identifier=identifier,
+            model=model,
+            level=level,
+            calling_ae_title=association.calling_ae_title,
+            called_ae_title=association.called_ae_title,
+            peer_host=getattr(peer, "host", ""),
+        )
+        handler = self.handlers[model]
+        answer = _Answer(self, association, request, query, _pending_status(handler, query))
+        return answer.run(handler)
+
+
+def _pending_status(handler: IFindHandler, query: FindQuery) -> int:
+    """FF01 when the identifier asks for keys the handler does not support (PS3.4 C.4.1.1.4)."""
+    supported_keys = getattr(handler, "supported_keys", None)
+    if supported_keys is None:
+        return uids.Status.PENDING
+    asked = {element.keyword for element in query.identifier} - _ADDED_KEYS
+    unsupported = asked - set(supported_keys(query.level))
+    return uids.Status.PENDING_WARNING if unsupported else uids.Status.PENDING
+
+
+class _Answer:
+    """One query being answered: streams matches until done, failed or cancelled."""
+
+    def __init__(
+        self,
+        service: FindService,
+        association: Acceptor,
+        request: Request,
+        query: FindQuery,
+        pending: int,
+    ) -> None:
+        self.service = service
+        self.association = association
+        self.request = request
+        self.query = query
+        self.pending = pending
+        self.cancelled = False
+        self.matches = 0
+
+    def run(self, handler: IFindHandler) -> defer.Deferred[None]:
+        message_id = self.request.command.message_id
+        self.association.on_cancel(message_id, self._cancel)
+        d = defer.maybeDeferred(handler.find, self.query)
+        d.addCallback(self._stream)
+        d.addCallbacks(self._finished, self._failed)
+        d.addBoth(lambda _: self.association.forget_cancel(message_id))
+        return d
+
+    def _cancel(self) -> None:
+        self.cancelled = True
+
+    def _stream(self, matches: Iterable[Dataset] | AsyncIterable[Dataset]) -> Any:
+        if isinstance(matches, AsyncIterable):
+            return defer.Deferred.fromCoroutine(self._stream_async(matches))
+        return self.service.cooperator.cooperate(self._send_each(iter(matches))).whenDone()
+
+    def _send_each(self, matches: Iterator[Dataset]) -> Iterator[None]:
+        """One match per turn of the reactor, so a cancel or another association gets in."""
+        for match in matches:
+            if self.cancelled:
+                raise Cancelled()
+            self._send(match)
+            yield None
+        if self.cancelled:
+            raise Cancelled()
+
+    async def _stream_async(self, matches: AsyncIterable[Dataset]) -> None:
+        async for match in matches:
+            if self.cancelled:
+                raise Cancelled()
+            self._send(match)
+        if self.cancelled:
+            raise Cancelled()
+
+    def _send(self, match: Dataset) -> None:
+        answer = shape(self.query, match, self.service.ae_title)
+        data = encode_dataset(answer, self.request.context.transfer_syntax)
+        self.association.respond(self.request, self.pending, data)
+        self.matches += 1
+
+    def _finished(self, _: object) -> None:
+        self.association.respond(self.request, uids.Status.SUCCESS)
+        self.service.log.debug(
+            "C-FIND {level} from {calling}: {matches} matches",
+            level=self.query.level,
+            calling=self.query.calling_ae_title,
+            matches=self.matches,
+        )
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(Cancelled):
+            self.association.respond(self.request, uids.Status.CANCEL)
+            return
+        if failure.check(InvalidIdentifier):
+            status = uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+        else:
+            self.service.log.failure(
+                "find handler failed on a query from {calling}",
+                failure,
+                calling=self.query.calling_ae_title,
+            )
+            status = uids.Status.UNABLE_TO_PROCESS
+        comment = error_comment(failure.getErrorMessage())
+        self.association.respond(self.request, status, error_comment=comment)
+
+
+def shape(query: FindQuery, match: Dataset, ae_title: str) -> Dataset:
+    """Exactly the requested keys, with the match's values (empty where it has none)."""
+    answer = Dataset()
+    for requested in query.identifier:
+        if requested.keyword in _ADDED_KEYS or requested.tag.element == 0:
+            continue
+        found = match.get(requested.tag)
+        if found is not None:
+            answer.add(found)
+        elif requested.VR == "SQ":
+            answer.add(DataElement(requested.tag, "SQ", DicomSequence()))
+        else:
+            answer.add(DataElement(requested.tag, requested.VR, None))
+    answer.QueryRetrieveLevel = query.level or None
+    if query.model in _QR_MODELS:
+        answer.RetrieveAETitle = ae_title
+    charset = _answer_charset(query.identifier, answer)
+    if charset:
+        answer.SpecificCharacterSet = charset
+    return answer
+
+
+def _answer_charset(identifier: Dataset, answer: Dataset) -> str | list[str] | None:
+    """The query's own character set when it can carry the answer, else UTF-8 (ISO_IR 192)."""
+    texts = [str(e.value) for e in answer.iterall() if e.VR in _TEXT_VRS and e.value]
+    if all(text.isascii() for text in texts):
+        return identifier.get("SpecificCharacterSet") or None
+    asked = identifier.get("SpecificCharacterSet")
+    if asked and _can_encode(asked, texts):
+        return asked
+    return "ISO_IR 192"
+
+
+def _can_encode(charset: str | list[str], texts: list[str]) -> bool:
+    names = [charset] if isinstance(charset, str) else list(charset)
+    encodings = convert_encodings(names)
+    if len(encodings) != 1:
+        return False  # code extension (ISO 2022): leave it to UTF-8
+    try:
+        encoder = codecs.lookup(encodings[0])
+        for text in texts:
+            encoder.encode(text)
+    except (LookupError, UnicodeEncodeError):
+        return False
+    return True
