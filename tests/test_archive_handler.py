@@ -227,9 +227,7 @@ def test_a_file_that_does_not_parse_is_cannot_understand(
     assert list(open_archive.index.paths()) == []
 
 
-@pytest.mark.parametrize(
-    "keyword", ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"]
-)
+@pytest.mark.parametrize("keyword", ["SOPInstanceUID", "SOPClassUID"])
 def test_a_data_set_without_one_of_its_uids_is_cannot_understand(
     open_archive: ArchiveHandler, archive_path: Path, keyword: str
 ) -> None:
@@ -257,11 +255,21 @@ def test_a_truncated_data_set_is_cannot_understand(
     )
 
 
-def test_an_empty_uid_counts_as_missing(open_archive: ArchiveHandler, archive_path: Path) -> None:
-    instance = received(archive_path, ct_dataset(SeriesInstanceUID=""))
-    assert status_of(open_archive.archive(instance)) == (
-        0xC000,
-        "the data set has no SeriesInstanceUID",
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
+def test_an_instance_without_study_or_series_uid_is_kept_and_indexed(
+    open_archive: ArchiveHandler, archive_path: Path, keyword: str
+) -> None:
+    """Real files lack them; an archive keeps what it was sent."""
+    first = received(archive_path, ct_dataset(**{keyword: ""}))
+    second_ds = ct_dataset(**{keyword: None})
+    second_ds.SOPInstanceUID = second_ds.SOPInstanceUID + ".2"
+    second = received(archive_path, second_ds)
+    assert status_of(open_archive.archive(first)) == (0x0000, "")
+    assert status_of(open_archive.archive(second)) == (0x0000, "")
+    assert first.kept and second.kept
+    assert "_" in first.path.relative_to(archive_path).parts
+    assert sorted(open_archive.index.paths()) == sorted(
+        str(p.path.relative_to(archive_path)) for p in (first, second)
     )
 
 

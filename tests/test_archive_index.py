@@ -102,11 +102,27 @@ def test_received_at_is_utc_iso() -> None:
     assert made.received_at == "2024-05-06T07:08:09+00:00"
 
 
-def test_a_record_needs_the_four_uids() -> None:
+def test_a_record_needs_the_sop_uids() -> None:
     ds = dcmread(CT_SMALL)
-    del ds.SeriesInstanceUID
-    with pytest.raises(ValueError, match="no SeriesInstanceUID"):
+    del ds.SOPClassUID
+    with pytest.raises(ValueError, match="no SOPClassUID"):
         record_from_dataset(ds, path="x", size=1, calling_ae_title="A")
+
+
+def test_instances_without_study_and_series_uids_get_rows_of_their_own(
+    index: ArchiveIndex,
+) -> None:
+    for number in (1, 2):
+        index.add(
+            record(
+                SOPInstanceUID=f"1.2.3.{number}",
+                StudyInstanceUID=None,
+                SeriesInstanceUID=None,
+                path=f"{number}.dcm",
+            )
+        )
+    assert query(index, "SELECT count(*) FROM studies WHERE StudyInstanceUID IS NULL") == [(2,)]
+    assert query(index, "SELECT count(*) FROM series WHERE SeriesInstanceUID IS NULL") == [(2,)]
 
 
 def test_a_name_in_latin_1_and_in_utf_8_is_stored_as_the_same_unicode(

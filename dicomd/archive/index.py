@@ -71,8 +71,13 @@ INSTANCE_KEYWORDS: Final = (
 )
 INSTANCE_FILE_COLUMNS: Final = ("path", "size", "received_at", "calling_ae_title")
 
-REQUIRED_UIDS: Final = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
-"""Without these an instance has no place in the patient/study/series/instance tree."""
+REQUIRED_UIDS: Final = ("SOPInstanceUID", "SOPClassUID")
+"""Without these an instance cannot be named, checked against its command, or found again.
+
+Study and Series Instance UIDs are not required: real files lack them (some
+of pydicom's own test files do), and an archive keeps what it was sent.  Such
+an instance gets study and series rows of its own, with no UID.
+"""
 
 _INTEGER_KEYWORDS: Final = frozenset({"SeriesNumber", "InstanceNumber"})
 
@@ -91,7 +96,7 @@ CREATE INDEX patients_by_name ON patients (PatientName);
 CREATE TABLE studies (
     pk INTEGER PRIMARY KEY,
     patient_pk INTEGER NOT NULL REFERENCES patients (pk),
-    StudyInstanceUID TEXT NOT NULL UNIQUE,
+    StudyInstanceUID TEXT UNIQUE,
     StudyDate TEXT,
     StudyTime TEXT,
     AccessionNumber TEXT,
@@ -106,7 +111,7 @@ CREATE INDEX studies_by_accession ON studies (AccessionNumber);
 CREATE TABLE series (
     pk INTEGER PRIMARY KEY,
     study_pk INTEGER NOT NULL REFERENCES studies (pk),
-    SeriesInstanceUID TEXT NOT NULL UNIQUE,
+    SeriesInstanceUID TEXT UNIQUE,
     Modality TEXT,
     SeriesNumber INTEGER,
     SeriesDescription TEXT,
