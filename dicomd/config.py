@@ -15,7 +15,7 @@ import math
 import re
 import reprlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -50,7 +50,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         ],
         "access": {"check_called_ae": True, "calling_aes": []},
         "store": {"accept_unknown_sop_classes": False},
-        "plugins": [],
+        "plugins": [{"plugin": "archive"}],
     }
 )
 
@@ -114,11 +114,14 @@ class Store:
 
 @dataclass(frozen=True, slots=True)
 class Plugin:
-    """A plugin as configured (``path``, ``options``) and as built (``instance``)."""
+    """A plugin as configured (``path``, ``options``) and as built (``instance``).
+
+    Two plugins are equal when configured alike, whatever objects they built.
+    """
 
     path: str
     options: Mapping[str, Any]
-    instance: object
+    instance: object = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,11 +32,12 @@ from dicomd.interfaces import IStoreHandler, ReceivedInstance
 from dicomd.part10 import read_header
 from dicomd.server import DicomServerFactory
 from dicomd.services.echo import VerificationService
+from tests.wire import bare_config
 
 
 def pair(settings: ClientSettings, contexts=None):
     clock = Clock()
-    config = default_config()
+    config = bare_config()
     server = DicomServerFactory(config, reactor=clock).buildProtocol(None)
     client, association = requestor_protocol(
         clock, settings, contexts or propose([uids.VERIFICATION])

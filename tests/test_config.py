@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zope.interface import Interface
 
+from dicomd.archive import ArchiveHandler
 from dicomd.config import _DEFAULTS as EMBEDDED_DEFAULTS
 from dicomd.config import (
     Access,
@@ -23,6 +24,7 @@ from dicomd.config import (
     Config,
     ConfigError,
     Limits,
+    Plugin,
     Store,
     Timeouts,
     default_config,
@@ -46,7 +48,7 @@ CONTRACT = {
         "1.2.840.10008.1.2.2",
     ],
     "access": {"check_called_ae": True, "calling_aes": []},
-    "plugins": [],
+    "plugins": [{"plugin": "archive"}],
 }
 """The keys and values that tools and tests outside the code base rely on."""
 
@@ -86,8 +88,9 @@ def test_default_config_has_the_documented_values() -> None:
         ),
         access=Access(check_called_ae=True, calling_aes=()),
         store=Store(accept_unknown_sop_classes=False),
-        plugins=(),
+        plugins=(Plugin("dicomd.archive.ArchiveHandler", {"path": "var/archive"}, None),),
     )
+    assert isinstance(default_config().plugins[0].instance, ArchiveHandler)
 
 
 def test_no_file_means_the_defaults() -> None:

@@ -31,7 +31,7 @@ from dicomd.pdu import (
     encode_pdata,
 )
 from dicomd.server import DicomServerFactory
-from tests.wire import EXPLICIT, IMPLICIT, Peer, request
+from tests.wire import EXPLICIT, IMPLICIT, Peer, bare_config, request
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -45,7 +45,7 @@ def echo_command(message_id: int = 1) -> Command:
 
 
 def configured(**changes: object) -> Config:
-    return dataclasses.replace(default_config(), **changes)
+    return bare_config(**changes)
 
 
 def test_echo_release_and_close() -> None:
@@ -78,7 +78,7 @@ def test_tcp_nodelay_is_set() -> None:
     transport = StringTransport()
     nodelay: list[bool] = []
     transport.setTcpNoDelay = nodelay.append  # type: ignore[method-assign]
-    factory = DicomServerFactory(default_config(), reactor=Clock())
+    factory = DicomServerFactory(bare_config(), reactor=Clock())
     factory.buildProtocol(None).makeConnection(transport)
     assert nodelay == [True]
 
@@ -120,21 +120,14 @@ def test_wrong_called_ae_is_rejected_permanently() -> None:
 
 
 def test_calling_ae_allow_list_with_host() -> None:
-    config = default_config()
     access = dataclasses.replace(
-        config.access,
-        calling_aes=(type(config.access.calling_aes)((_calling("ECHOSCU", "10.1.1.1"),))),
+        default_config().access, calling_aes=(CallingAE("ECHOSCU", "10.1.1.1"),)
     )
     peer = Peer(configured(access=access))
     peer.send(request().encode())
     assert peer.received() == [AAssociateRJ(1, 1, 3)]
     peer = Peer(configured(access=access), host="10.1.1.1")
     peer.associate()
-
-
-def _calling(ae: str, host: str | None):
-
-    return CallingAE(ae, host)
 
 
 def test_association_limit_rejects_transient() -> None:

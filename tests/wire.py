@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 from twisted.internet.address import IPv4Address
@@ -36,12 +37,17 @@ def request(
     return AAssociateRQ(called, "ECHOSCU", contexts, UserInformation(max_length=max_length, **info))
 
 
+def bare_config(**changes: object) -> Config:
+    """The default configuration without plugins: a node that serves Verification only."""
+    return dataclasses.replace(default_config(), **{"plugins": (), **changes})
+
+
 class Peer:
     """One connection to a node, seen from the wire."""
 
     def __init__(self, config: Config | None = None, host: str = "127.0.0.1") -> None:
         self.clock = Clock()
-        self.factory = DicomServerFactory(config or default_config(), reactor=self.clock)
+        self.factory = DicomServerFactory(config or bare_config(), reactor=self.clock)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
         self.protocol = self.factory.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
