@@ -1,0 +1,672 @@
+"""The archive's C-FIND engine: a query identifier made into one SQL statement over the index.
+
+The C-FIND service decodes the peer's identifier and streams the answers;
+this module only decides which entities match and what the index knows of
+them.  It blocks (SQLite), so the service calls it from a thread pool; each
+thread keeps its own read connection.
+
+What it accepts, beyond the letter of PS3.4 C.4.1.2.2.1 / C.4.1.3.1:
+
+* Hierarchy.  Below the top level the standard asks for the unique key of
+  every higher level with a single value; this engine asks only for the
+  immediate parent's (Patient ID at STUDY level of Patient Root, Study
+  Instance UID at SERIES level, Series Instance UID at IMAGE level), because
+  UIDs are unique on their own and dcmtk and pynetdicom peers often send just
+  that one.  Other keys of higher levels, unique or not, are matched like any
+  key of the query level.
+* Keys of lower levels than the query level, sequences, and attributes the
+  index does not hold are return keys: they never constrain the match, and
+  the service answers them empty.  ``supported_keys`` names what this engine
+  matches and returns, so that the service can say FF01 for the rest.
+* Several values in one key (``CT\\MR``) match when any of them matches: List
+  of UID Matching for UIDs and, since Multiple Value Matching is not
+  negotiated, the same "any" reading for every other key (PS3.4 C.2.2.2.8
+  leaves it undefined).  ``ModalitiesInStudy`` and ``SOPClassesInStudy``
+  match a study when any of its series or instances matches.
+* An empty value or one made of ``*`` only is Universal Matching for every
+  VR; otherwise ``*`` and ``?`` are wildcards for text and names, and make a
+  UID, date, time or number invalid (QueryError).  An entity without a value
+  never matches a key that is not universal.
+* Person names: a value's component groups (``alphabetic=ideographic=
+  phonetic``) each constrain the same group of the stored name, empty groups
+  constrain nothing, trailing ``^`` are insignificant.  With
+  ``case_insensitive_names`` both sides are case-folded and NFKC-normalised,
+  which PS3.4 C.2.2.2.1 permits for PN; such queries cannot use the name index.
+  Names are compared as Unicode: the identifier and the index are both
+  decoded, whatever character set either arrived in.
+* Times: a partial time stands for its whole span (``10`` is 10:00:00 to
+  10:59:59.999999, also as a single value); stored partial times count as
+  their first instant; ``HH:MM:SS`` is accepted.  Dates are ``YYYYMMDD``.
+* Combined date and time (C.2.2.2.5.1): when a date key and its time key
+  (``StudyDate``/``StudyTime``, ``SeriesDate``/``SeriesTime``) both hold one
+  range, they form one date-time range; a time bound counts only with the
+  date bound on the same side, and a stored date without a time matches when
+  any instant of that day is in the range.  This applies whether or not the
+  peer negotiated combined matching, which the service does not pass on.
+* Numbers (IS) match by value (PS3.4 leaves IS matching to the implementation).
+* Counts and lists computed over lower levels (``NumberOf...``,
+  ``ModalitiesInStudy``, ``SOPClassesInStudy``) are computed only when the
+  identifier names them; a value on a count is ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from functools import cache
+from typing import Any, Final
+
+from pydicom import Dataset, config
+from pydicom.datadict import dictionary_VR, keyword_dict
+from pydicom.dataelem import DataElement
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
+
+from dicomd.archive.index import (
+    INSTANCE_KEYWORDS,
+    PATIENT_KEYWORDS,
+    SERIES_KEYWORDS,
+    STUDY_KEYWORDS,
+)
+from dicomd.interfaces import FindQuery
+from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+
+
+class QueryError(ValueError):
+    """The identifier does not fit the information model or its level; the message says why."""
+
+
+_LEVELS: Final = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+_PATIENT, _STUDY, _SERIES, _IMAGE = range(4)
+
+_MODEL_LEVELS: Final = {
+    PATIENT_ROOT_FIND: (_PATIENT, _STUDY, _SERIES, _IMAGE),
+    STUDY_ROOT_FIND: (_STUDY, _SERIES, _IMAGE),
+}
+
+_PARENT_KEYS: Final = {
+    (PATIENT_ROOT_FIND, _STUDY): "PatientID",
+    (PATIENT_ROOT_FIND, _SERIES): "StudyInstanceUID",
+    (PATIENT_ROOT_FIND, _IMAGE): "SeriesInstanceUID",
+    (STUDY_ROOT_FIND, _SERIES): "StudyInstanceUID",
+    (STUDY_ROOT_FIND, _IMAGE): "SeriesInstanceUID",
+}
+"""The one unique key of a higher level that a query at a lower level must carry."""
+
+_TABLES: Final = (
+    "patients AS p",
+    "studies AS st JOIN patients AS p ON p.pk = st.patient_pk",
+    "series AS se JOIN studies AS st ON st.pk = se.study_pk "
+    "JOIN patients AS p ON p.pk = st.patient_pk",
+    "instances AS i JOIN series AS se ON se.pk = i.series_pk "
+    "JOIN studies AS st ON st.pk = se.study_pk JOIN patients AS p ON p.pk = st.patient_pk",
+)
+_ORDER: Final = (
+    "p.pk",
+    "st.StudyDate, st.StudyTime, st.pk",
+    "se.SeriesNumber, se.pk",
+    "i.InstanceNumber, i.pk",
+)
+_ALIASES: Final = ("p", "st", "se", "i")
+
+_INSTANCE_KEYS_RENAMED: Final = {"TransferSyntaxUID": "AvailableTransferSyntaxUID"}
+_NOT_KEYS: Final = frozenset({"SpecificCharacterSet"})
+"""Indexed columns that are no query keys: the character set belongs to the service."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    """An attribute the index holds in a column."""
+
+    keyword: str
+    level: int
+    sql: str
+    vr: str
+
+
+def _columns() -> dict[str, _Column]:
+    held = (PATIENT_KEYWORDS, STUDY_KEYWORDS, SERIES_KEYWORDS, INSTANCE_KEYWORDS)
+    columns = {}
+    for level, keywords in enumerate(held):
+        for name in keywords:
+            if name in _NOT_KEYS:
+                continue
+            keyword = _INSTANCE_KEYS_RENAMED.get(name, name) if level == _IMAGE else name
+            sql = f"{_ALIASES[level]}.{name}"
+            columns[keyword] = _Column(keyword, level, sql, dictionary_VR(keyword))
+    return columns
+
+
+_COLUMNS: Final = _columns()
+
+_STUDY_SERIES: Final = "series AS m WHERE m.study_pk = st.pk"
+_STUDY_INSTANCES: Final = (
+    "series AS m JOIN instances AS n ON n.series_pk = m.pk WHERE m.study_pk = st.pk"
+)
+_PATIENT_SERIES: Final = (
+    "studies AS k JOIN series AS m ON m.study_pk = k.pk WHERE k.patient_pk = p.pk"
+)
+_PATIENT_INSTANCES: Final = (
+    "studies AS k JOIN series AS m ON m.study_pk = k.pk "
+    "JOIN instances AS n ON n.series_pk = m.pk WHERE k.patient_pk = p.pk"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Computed:
+    """An attribute computed over lower levels, only when asked for.
+
+    ``source`` is the correlated ``FROM ... WHERE`` of the rows it is made of,
+    ``value`` what is taken of each: ``count(*)``, or a column for a list.
+    """
+
+    keyword: str
+    level: int
+    source: str
+    value: str | None = None
+
+    @property
+    def select(self) -> str:
+        if self.value is None:
+            return f"(SELECT count(*) FROM {self.source})"
+        return (
+            f"(SELECT group_concat(v, '\\') FROM (SELECT DISTINCT {self.value} AS v "
+            f"FROM {self.source} AND {self.value} IS NOT NULL))"
+        )
+
+
+_COMPUTED: Final = {
+    computed.keyword: computed
+    for computed in (
+        _Computed(
+            "NumberOfPatientRelatedStudies", _PATIENT, "studies AS k WHERE k.patient_pk = p.pk"
+        ),
+        _Computed("NumberOfPatientRelatedSeries", _PATIENT, _PATIENT_SERIES),
+        _Computed("NumberOfPatientRelatedInstances", _PATIENT, _PATIENT_INSTANCES),
+        _Computed("NumberOfStudyRelatedSeries", _STUDY, _STUDY_SERIES),
+        _Computed("NumberOfStudyRelatedInstances", _STUDY, _STUDY_INSTANCES),
+        _Computed(
+            "NumberOfSeriesRelatedInstances", _SERIES, "instances AS n WHERE n.series_pk = se.pk"
+        ),
+        _Computed("ModalitiesInStudy", _STUDY, _STUDY_SERIES, "m.Modality"),
+        _Computed("SOPClassesInStudy", _STUDY, _STUDY_INSTANCES, "n.SOPClassUID"),
+    )
+}
+
+_DATE_TIME_PAIRS: Final = tuple(
+    (column.keyword, column.keyword.removesuffix("Date") + "Time")
+    for column in _COLUMNS.values()
+    if column.vr == "DA"
+    and column.keyword.endswith("Date")
+    and column.keyword.removesuffix("Date") + "Time" in _COLUMNS
+)
+
+_TEXT_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
+_TIME: Final = re.compile(r"(\d\d)(?::?(\d\d)(?::?(\d\d)(?:\.(\d{1,6}))?)?)?")
+_DATE: Final = re.compile(r"\d{8}")
+_INTEGER: Final = re.compile(r"[+-]?\d+")
+_EARLIEST_TIME: Final = "000000000000"
+_LATEST_TIME: Final = "235959999999"
+
+
+class ArchiveQuery:
+    """Finds the entities of the archive index that match a C-FIND identifier.
+
+    ``connect`` opens a read connection to the index
+    (``ArchiveIndex.connect_reader``); each thread that calls ``find`` opens
+    one and keeps it until ``close``.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        case_insensitive_names: bool = False,
+    ) -> None:
+        self._connect = connect
+        self.case_insensitive_names = case_insensitive_names
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+
+    def find(self, query: FindQuery) -> list[Dataset]:
+        """The matches of ``query``, each with every attribute the index holds at its level and
+        above and the computed attributes the identifier asks for.  Blocks; raises
+        ``QueryError`` when the identifier does not fit the model or its level."""
+        statement = _Statement.build(query, fold_names=self.case_insensitive_names)
+        rows = self._connection().execute(statement.sql, statement.parameters).fetchall()
+        return [_dataset(statement.returned, row) for row in rows]
+
+    def supported_keys(self, level: str) -> frozenset[str]:
+        """The keywords this engine matches or returns at ``level`` (in any model).
+
+        Specific Character Set, Query/Retrieve Level and Retrieve AE Title are
+        the service's own and are not in it.
+        """
+        depth = _level_number(level)
+        return frozenset(
+            keyword
+            for keyword, attribute in (*_COLUMNS.items(), *_COMPUTED.items())
+            if attribute.level <= depth
+        )
+
+    def close(self) -> None:
+        """Close every connection opened so far; a later ``find`` opens new ones."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._local = threading.local()
+        for connection in connections:
+            connection.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            connection.create_function("dicomd_fold", 1, _fold_name, deterministic=True)
+            with self._lock:
+                self._connections.append(connection)
+                self._local.connection = connection
+        return connection
+
+
+def _fold_name(text: str | None) -> str | None:
+    """A name as case-insensitive matching compares it: case-folded, then NFKC-normalised."""
+    return None if text is None else unicodedata.normalize("NFKC", text.casefold())
+
+
+def _level_number(level: str) -> int:
+    try:
+        return _LEVELS.index(level)
+    except ValueError:
+        raise QueryError(f"unknown Query/Retrieve Level {level!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    """One SELECT: its text, its parameters and the keywords of its result columns."""
+
+    sql: str
+    parameters: tuple[Any, ...]
+    returned: tuple[str, ...]
+
+    @classmethod
+    def build(cls, query: FindQuery, *, fold_names: bool) -> _Statement:
+        depth = _query_level(query)
+        keys = _keys(query.identifier, depth)
+        parent = _PARENT_KEYS.get((query.model, depth))
+        if parent is not None:
+            _require_single_value(parent, keys.get(parent))
+        conditions = _Conditions(fold_names)
+        paired = conditions.add_date_time_ranges(keys)
+        for keyword, values in keys.items():
+            if keyword in paired:
+                continue
+            if keyword in _COLUMNS:
+                column = _COLUMNS[keyword]
+                conditions.add(column.sql, column.vr, keyword, values)
+            elif _COMPUTED[keyword].value is not None:
+                conditions.add_any_below(_COMPUTED[keyword], values)
+        held = [column for column in _COLUMNS.values() if column.level <= depth]
+        computed = [_COMPUTED[keyword] for keyword in keys if keyword in _COMPUTED]
+        select = [column.sql for column in held] + [attribute.select for attribute in computed]
+        sql = f"SELECT {', '.join(select)} FROM {_TABLES[depth]}"
+        if conditions.clauses:
+            sql += " WHERE " + " AND ".join(conditions.clauses)
+        sql += f" ORDER BY {_ORDER[depth]}"
+        returned = tuple(attribute.keyword for attribute in (*held, *computed))
+        return cls(sql, tuple(conditions.parameters), returned)
+
+
+def _query_level(query: FindQuery) -> int:
+    """The level asked for, checked against the model; ``query.level``, else the identifier's."""
+    levels = _MODEL_LEVELS.get(query.model)
+    if levels is None:
+        raise QueryError(f"{query.model} is not a Patient or Study Root C-FIND model")
+    level = query.level or query.identifier.get("QueryRetrieveLevel", "")
+    if not isinstance(level, str) or not level.strip():
+        raise QueryError("no Query/Retrieve Level")
+    depth = _level_number(level.strip())
+    if depth not in levels:
+        raise QueryError(f"{level.strip()} is not a level of this information model")
+    return depth
+
+
+def _keys(identifier: Dataset, depth: int) -> dict[str, list[str]]:
+    """The identifier's keys this engine knows at the query level and above, with their values.
+
+    A key with no value, or only empty values, maps to ``[]``; so does every count, whose
+    value is never read: it is a return key only.
+    """
+    keys = {}
+    for keyword in identifier.dir():
+        attribute = _COLUMNS.get(keyword) or _COMPUTED.get(keyword)
+        if attribute is None or attribute.level > depth:
+            continue
+        if isinstance(attribute, _Computed) and attribute.value is None:
+            keys[keyword] = []
+            continue
+        try:
+            value = identifier[keyword].value
+        except (ValueError, TypeError) as error:
+            raise QueryError(f"{keyword}: {error}") from None
+        keys[keyword] = _values(keyword, value)
+    return keys
+
+
+def _values(keyword: str, value: object) -> list[str]:
+    """The non-empty values of a key as stripped text; a NUL or a lone surrogate is refused."""
+    if value is None:
+        return []
+    items = value if isinstance(value, MultiValue | list | tuple) else [value]
+    values = []
+    for item in items:
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("ascii")
+            except UnicodeDecodeError:
+                raise QueryError(f"{keyword}: a value that is not text") from None
+        for text in str(item).split("\\"):
+            stripped = text.strip(" ")
+            if "\0" in stripped:
+                raise QueryError(f"{keyword}: a value holding NUL")
+            try:
+                stripped.encode("utf-8")
+            except UnicodeEncodeError:
+                raise QueryError(f"{keyword}: a value that is not Unicode text") from None
+            if stripped:
+                values.append(stripped)
+    return values
+
+
+def _require_single_value(keyword: str, values: list[str] | None) -> None:
+    if not values or len(values) != 1 or _is_universal(values[0]):
+        raise QueryError(f"a query at this level needs {keyword} with a single value")
+    if "*" in values[0] or "?" in values[0]:
+        raise QueryError(f"{keyword} must be a single value, not a wildcard")
+
+
+def _is_universal(value: str) -> bool:
+    return value.strip("*") == ""
+
+
+class _Conditions:
+    """The WHERE clauses of a statement and their parameters, all ANDed."""
+
+    def __init__(self, fold_names: bool) -> None:
+        self.fold_names = fold_names
+        self.clauses: list[str] = []
+        self.parameters: list[Any] = []
+
+    def add(self, sql: str, vr: str, keyword: str, values: list[str]) -> None:
+        """Constrain a column by a key; nothing if any value is universal."""
+        if not values or any(_is_universal(value) for value in values):
+            return
+        alternatives = [self._match(sql, vr, keyword, value) for value in values]
+        self.clauses.append(_any(alternatives))
+
+    def add_any_below(self, computed: _Computed, values: list[str]) -> None:
+        """A study-level list key: matches when a row it is computed from matches."""
+        if not values or any(_is_universal(value) for value in values):
+            return
+        assert computed.value is not None
+        keyword = computed.keyword
+        vr = dictionary_VR(keyword)
+        # The unary plus keeps SQLite from walking an index on the value (every CT series of
+        # the archive) rather than the few rows of the study.
+        column = f"+{computed.value}"
+        alternatives = [self._match(column, vr, keyword, value) for value in values]
+        self.clauses.append(f"EXISTS (SELECT 1 FROM {computed.source} AND {_any(alternatives)})")
+
+    def add_date_time_ranges(self, keys: dict[str, list[str]]) -> set[str]:
+        """Combined date-time matching for each date/time pair that both hold one range.
+
+        Returns the keys it has dealt with.
+        """
+        paired: set[str] = set()
+        for date_key, time_key in _DATE_TIME_PAIRS:
+            dates, times = keys.get(date_key), keys.get(time_key)
+            if not _is_single_range(dates) or not _is_single_range(times):
+                continue
+            assert dates is not None and times is not None
+            first_date, last_date = _date_range(date_key, dates[0])
+            first_time, last_time = _time_range(time_key, times[0])
+            date_sql, time_sql = _COLUMNS[date_key].sql, _time_sql(_COLUMNS[time_key].sql)
+            if first_date is not None:
+                self.clauses.append(
+                    f"{date_sql} >= ? AND {date_sql} || coalesce({time_sql}, ?) >= ?"
+                )
+                self.parameters += [
+                    first_date,
+                    _LATEST_TIME,
+                    first_date + (first_time or _EARLIEST_TIME),
+                ]
+            if last_date is not None:
+                self.clauses.append(
+                    f"{date_sql} <= ? AND {date_sql} || coalesce({time_sql}, ?) <= ?"
+                )
+                self.parameters += [
+                    last_date,
+                    _EARLIEST_TIME,
+                    last_date + (last_time or _LATEST_TIME),
+                ]
+            paired |= {date_key, time_key}
+        return paired
+
+    def _match(self, sql: str, vr: str, keyword: str, value: str) -> str:
+        """One value's condition on a column, its parameters appended."""
+        if vr == "PN":
+            return self._match_name(sql, keyword, value)
+        if vr in _TEXT_VRS:
+            return self._match_text(sql, value)
+        if "*" in value or "?" in value:
+            raise QueryError(f"{keyword}: no wildcards in a {vr} value")
+        if vr == "UI":
+            self.parameters.append(value)
+            return f"{sql} = ?"
+        if vr == "IS":
+            if not _INTEGER.fullmatch(value):
+                raise QueryError(f"{keyword}: {value!r} is not an integer")
+            self.parameters.append(int(value))
+            return f"{sql} = ?"
+        if vr == "DA":
+            first, last = _date_range(keyword, value)
+            return self._between(sql, first, last)
+        if vr == "TM":
+            first, last = _time_range(keyword, value)
+            return self._between(_time_sql(sql), first, last)
+        raise QueryError(f"{keyword}: matching on {vr} values is not supported")
+
+    def _match_text(self, sql: str, value: str) -> str:
+        if "*" not in value and "?" not in value:
+            self.parameters.append(value)
+            return f"{sql} = ?"
+        tokens = _tokens(value)
+        return f"({self._prefix_range(sql, tokens)} AND {self._glob(sql, tokens)})"
+
+    def _match_name(self, sql: str, keyword: str, value: str) -> str:
+        groups = value.split("=")
+        if len(groups) > 3:
+            raise QueryError(f"{keyword}: more than three component groups")
+        conditions = []
+        for number, group in enumerate(groups):
+            group = group.strip(" ").rstrip("^")
+            if _is_universal(group):
+                continue
+            stored = _name_group_sql(sql, number)
+            tokens = _tokens(group)
+            if self.fold_names:
+                stored = f"dicomd_fold({stored})"
+                tokens = [token if token in "*?" else _fold_name(token) or "" for token in tokens]
+            if number == 0 and not self.fold_names:
+                conditions.append(self._prefix_range(sql, tokens))
+            if any(token in "*?" for token in tokens):
+                conditions.append(self._glob(stored, tokens))
+            else:
+                self.parameters.append("".join(tokens))
+                conditions.append(f"{stored} = ?")
+        if not conditions:
+            return "1"
+        return "(" + " AND ".join(conditions) + ")"
+
+    def _glob(self, sql: str, tokens: list[str]) -> str:
+        self.parameters.append(
+            "".join(token if token in "*?" else _glob_literal(token) for token in tokens)
+        )
+        return f"{sql} GLOB ?"
+
+    def _prefix_range(self, sql: str, tokens: list[str]) -> str:
+        """The literal start of a value as a range on the column, or nothing (``1``).
+
+        The range is redundant with the match it comes with, but lets SQLite
+        walk an index on the column instead of the whole table.
+        """
+        prefix = "" if tokens[0] in "*?" else tokens[0]
+        after = _successor(prefix)
+        if after is None:
+            return "1"
+        self.parameters += [prefix, after]
+        return f"{sql} >= ? AND {sql} < ?"
+
+    def _between(self, sql: str, first: str | None, last: str | None) -> str:
+        if first is not None and last is not None:
+            self.parameters += [first, last]
+            return f"{sql} BETWEEN ? AND ?"
+        if first is not None:
+            self.parameters.append(first)
+            return f"{sql} >= ?"
+        self.parameters.append(last)
+        return f"{sql} <= ?"
+
+
+def _any(alternatives: list[str]) -> str:
+    return alternatives[0] if len(alternatives) == 1 else "(" + " OR ".join(alternatives) + ")"
+
+
+def _tokens(value: str) -> list[str]:
+    """A wildcard value split into ``*``, ``?`` and the literal runs between them."""
+    return [token for token in re.split(r"([*?])", value) if token]
+
+
+def _glob_literal(text: str) -> str:
+    """Text GLOB matches literally: its special characters each in a one-character class."""
+    return re.sub(r"([*?\[\]])", r"[\1]", text)
+
+
+def _successor(prefix: str) -> str | None:
+    """The least string after every string that starts with ``prefix``; ``None`` if none is."""
+    while prefix:
+        following = ord(prefix[-1]) + 1
+        if 0xD800 <= following <= 0xDFFF:
+            following = 0xE000
+        if following <= 0x10FFFF:
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
+
+
+def _name_group_sql(sql: str, number: int) -> str:
+    """SQL for one component group of a stored name, trailing ``^`` and spaces removed."""
+    rest = sql
+    for _ in range(number):
+        rest = f"substr({rest}, instr({rest} || '=', '=') + 1)"
+    return f"rtrim(substr({rest}, 1, instr({rest} || '=', '=') - 1), '^ ')"
+
+
+def _time_sql(sql: str) -> str:
+    """SQL for a stored TM as twelve digits ``HHMMSSFFFFFF``: colons dropped, partial values
+    padded with zeros, so that times compare as text."""
+    digits = f"replace({sql}, ':', '')"
+    dot = f"instr({digits}, '.')"
+    return (
+        f"(CASE WHEN {dot} > 0 "
+        f"THEN substr(substr({digits}, 1, {dot} - 1) || '000000', 1, 6) "
+        f"|| substr(substr({digits}, {dot} + 1) || '000000', 1, 6) "
+        f"ELSE substr({digits} || '000000', 1, 6) || '000000' END)"
+    )
+
+
+def _is_single_range(values: list[str] | None) -> bool:
+    return values is not None and len(values) == 1 and "-" in values[0]
+
+
+def _date_range(keyword: str, value: str) -> tuple[str | None, str | None]:
+    """A DA value or range as its first and last day, ``None`` for an open end."""
+    first, dash, last = value.partition("-")
+    first, last = first.strip(" "), last.strip(" ")
+    if not dash:
+        last = first
+    if (first and not _is_date(first)) or (last and not _is_date(last)) or not (first or last):
+        raise QueryError(f"{keyword}: {value!r} is neither a date nor a date range")
+    return first or None, last or None
+
+
+def _is_date(text: str) -> bool:
+    if not _DATE.fullmatch(text):
+        return False
+    try:
+        date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return False
+    return True
+
+
+def _time_range(keyword: str, value: str) -> tuple[str | None, str | None]:
+    """A TM value or range as its first and last instant (``HHMMSSFFFFFF``); ``None`` if open.
+
+    A partial time spans everything it leaves out: ``10`` runs to 10:59:59.999999.
+    """
+    first, dash, last = value.partition("-")
+    first, last = first.strip(" "), last.strip(" ")
+    if not dash:
+        last = first
+    if not (first or last):
+        raise QueryError(f"{keyword}: {value!r} is neither a time nor a time range")
+    return (
+        _time_bound(keyword, first, "0") if first else None,
+        _time_bound(keyword, last, "9") if last else None,
+    )
+
+
+def _time_bound(keyword: str, text: str, fill: str) -> str:
+    match = _TIME.fullmatch(text)
+    if match is None:
+        raise QueryError(f"{keyword}: {text!r} is not a time")
+    hours, minutes, seconds, fraction = match.groups()
+    if int(hours) > 23 or int(minutes or 0) > 59 or int(seconds or 0) > 60:
+        raise QueryError(f"{keyword}: {text!r} is not a time")
+    latest = fill == "9"
+    return (
+        hours
+        + (minutes or ("59" if latest else "00"))
+        + (seconds or ("59" if latest else "00"))
+        + (fraction or "").ljust(6, fill)
+    )
+
+
+def _dataset(keywords: Iterable[str], row: Iterable[Any]) -> Dataset:
+    """A match as a data set: every value the row holds, with its dictionary VR."""
+    elements = {}
+    for keyword, value in _present(keywords, row):
+        tag, vr = _tag_and_vr(keyword)
+        elements[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    return Dataset(elements)
+
+
+@cache
+def _tag_and_vr(keyword: str) -> tuple[BaseTag, str]:
+    tag = Tag(keyword_dict[keyword])
+    return tag, dictionary_VR(tag)
+
+
+def _present(keywords: Iterable[str], row: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    for keyword, value in zip(keywords, row, strict=True):
+        if value is None or value == "":
+            continue
+        if keyword in ("ModalitiesInStudy", "SOPClassesInStudy"):
+            value = sorted(value.split("\\"))
+        yield keyword, value
