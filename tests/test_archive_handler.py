@@ -23,7 +23,8 @@ from twisted.application.service import IService
 
 from dicomd.archive import ArchiveHandler
 from dicomd.archive.handler import _copy_durably
-from dicomd.interfaces import IStoreHandler, ReceivedInstance
+from dicomd.interfaces import FindQuery, IStoreHandler, ReceivedInstance
+from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 
@@ -545,3 +546,20 @@ def test_a_full_index_is_out_of_resources_and_keeps_nothing_half(
     on_disk = {path.relative_to(archive_path).as_posix() for path in archive_path.rglob("*.dcm")}
     assert on_disk == set(open_archive.index.paths())
     assert len(on_disk) == len(kept)
+
+
+def test_find_lists_no_study_that_has_no_uid(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    named = ct_dataset()
+    unnamed = ct_dataset(StudyInstanceUID=None)
+    unnamed.SOPInstanceUID = named.SOPInstanceUID + ".9"
+    unnamed.SeriesInstanceUID = named.SeriesInstanceUID + ".9"
+    for ds in (named, unnamed):
+        assert status_of(open_archive.archive(received(archive_path, ds)))[0] == 0x0000
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    query = FindQuery(identifier, STUDY_ROOT_FIND, "STUDY", "SCU", "DICOMD", "127.0.0.1")
+    assert [m.StudyInstanceUID for m in open_archive.query.find(query)] == [named.StudyInstanceUID]
+    assert open_archive.models == (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)

@@ -38,8 +38,9 @@ from dicomd.archive.index import (
     record_from_dataset,
 )
 from dicomd.archive.layout import Layout
-from dicomd.interfaces import IStoreHandler, ReceivedInstance
-from dicomd.uids import Status
+from dicomd.archive.query import ArchiveQuery
+from dicomd.interfaces import FindQuery, IFindHandler, IStoreHandler, ReceivedInstance
+from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, Status
 
 DEFAULT_LAYOUT: Final = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 DUPLICATE_POLICIES: Final = ("keep-first", "overwrite", "reject")
@@ -63,7 +64,7 @@ class Reconciliation:
     empty_folders: int
 
 
-@implementer(IStoreHandler)
+@implementer(IStoreHandler, IFindHandler)
 class ArchiveHandler(Service):
     """Keeps received instances under ``path`` at their ``layout`` path, indexed in SQLite.
 
@@ -75,7 +76,10 @@ class ArchiveHandler(Service):
       ``keep-first`` (warning B000, the first copy stays), ``overwrite``
       (the new copy replaces it) or ``reject`` (failure 0111);
     - ``index``: the file name of the SQLite index inside ``path``;
-    - ``threads``: how many instances are filed at once.
+    - ``threads``: how many instances are filed (or queries answered) at once;
+    - ``case_insensitive_names``: C-FIND matches person names ignoring case.
+
+    It answers C-FIND (Patient Root and Study Root) from its index too.
 
     The constructor only checks its options; the folder, the index and the
     threads come to life in ``startService``.  ``open``, ``archive`` and
@@ -83,6 +87,7 @@ class ArchiveHandler(Service):
     """
 
     log = Logger()
+    models = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 
     def __init__(
         self,
@@ -91,6 +96,7 @@ class ArchiveHandler(Service):
         duplicates: str = "keep-first",
         index: str = "index.sqlite",
         threads: int = 8,
+        case_insensitive_names: bool = False,
         reactor: Any = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike) or not str(path):
@@ -113,10 +119,17 @@ class ArchiveHandler(Service):
             raise ValueError(f"index: {index!r} cannot be a file name")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: expected a whole number of at least 1, got {threads!r}")
+        if not isinstance(case_insensitive_names, bool):
+            raise ValueError(
+                f"case_insensitive_names: expected true or false, got {case_insensitive_names!r}"
+            )
         self.path = Path(path)
         self.duplicates = duplicates
         self.threads = threads
         self.index = ArchiveIndex(self.path / index)
+        self.query = ArchiveQuery(
+            self.index.connect_reader, case_insensitive_names=case_insensitive_names
+        )
         self._index_files = frozenset(index + suffix for suffix in _SQLITE_COMPANIONS)
         self._reactor = reactor
         self._pool: ThreadPool | None = None
@@ -145,13 +158,25 @@ class ArchiveHandler(Service):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.stop()
+        self.query.close()
         self.close()
 
     def store(self, instance: ReceivedInstance) -> Deferred[int | Dataset]:
         """File one instance in the archive's own threads (``IStoreHandler``)."""
+        return deferToThreadPool(self._reactor, self._started_pool(), self.archive, instance)
+
+    def find(self, query: FindQuery) -> Deferred[list[Dataset]]:
+        """Search the index in the archive's threads (``IFindHandler``)."""
+        return deferToThreadPool(self._reactor, self._started_pool(), self.query.find, query)
+
+    def supported_keys(self, level: str) -> frozenset[str]:
+        """The keys the index can match and return at ``level`` (for FF01 answers)."""
+        return self.query.supported_keys(level)
+
+    def _started_pool(self) -> ThreadPool:
         if self._pool is None:
             raise RuntimeError(f"the archive {self.path} is not started")
-        return deferToThreadPool(self._reactor, self._pool, self.archive, instance)
+        return self._pool
 
     # -- the blocking work ------------------------------------------------------------------
 

@@ -73,11 +73,11 @@ from dicomd.archive.index import (
     SERIES_KEYWORDS,
     STUDY_KEYWORDS,
 )
-from dicomd.interfaces import FindQuery
+from dicomd.interfaces import FindQuery, InvalidIdentifier
 from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 
 
-class QueryError(ValueError):
+class QueryError(InvalidIdentifier):
     """The identifier does not fit the information model or its level; the message says why."""
 
 
@@ -113,6 +113,10 @@ _ORDER: Final = (
     "i.InstanceNumber, i.pk",
 )
 _ALIASES: Final = ("p", "st", "se", "i")
+_HAS_UID: Final = {
+    1: "st.StudyInstanceUID IS NOT NULL",
+    2: "se.SeriesInstanceUID IS NOT NULL",
+}
 
 _INSTANCE_KEYS_RENAMED: Final = {"TransferSyntaxUID": "AvailableTransferSyntaxUID"}
 _NOT_KEYS: Final = frozenset({"SpecificCharacterSet"})
@@ -302,6 +306,9 @@ class _Statement:
         if parent is not None:
             _require_single_value(parent, keys.get(parent))
         conditions = _Conditions(fold_names)
+        # Studies and series of instances that carried no UID for them are
+        # archived, but cannot be named in a query or a retrieve: not listed.
+        conditions.clauses += [_HAS_UID[level] for level in range(1, min(depth, 2) + 1)]
         paired = conditions.add_date_time_ranges(keys)
         for keyword, values in keys.items():
             if keyword in paired:
