@@ -243,11 +243,11 @@ def test_lookup_paths_and_remove(index: ArchiveIndex) -> None:
         assert query(index, f"SELECT count(*) FROM {table}") == [(0,)]
 
 
-def test_the_database_is_wal_with_full_synchronous_commits(index: ArchiveIndex) -> None:
+def test_the_database_is_wal_with_normal_synchronous_commits(index: ArchiveIndex) -> None:
     assert query(index, "PRAGMA journal_mode") == [("wal",)]
     writer = index._connection
     assert writer is not None
-    assert writer.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    assert writer.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL: files are the truth
     assert query(index, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 

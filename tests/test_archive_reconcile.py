@@ -63,7 +63,11 @@ def test_reconcile_removes_what_a_crash_left(tmp_path: Path) -> None:
         counts = handler.open()
     try:
         assert counts == Reconciliation(
-            incoming_files=2, rows_without_file=1, files_without_row=3, empty_folders=4
+            incoming_files=2,
+            rows_without_file=1,
+            files_reindexed=0,
+            unreadable_files=3,
+            empty_folders=4,
         )
         assert sorted(handler.index.paths()) == sorted([kept[2], kept[3]])
         assert handler.index.lookup(uid(1)) is None
@@ -91,8 +95,35 @@ def test_reconcile_removes_what_a_crash_left(tmp_path: Path) -> None:
     ]
     assert line == (
         f"archive {archive_path}: 2 instances indexed; removed 2 incoming files, "
-        "1 index rows without a file, 3 files without a row, 4 empty folders"
+        "1 index rows without a file, 3 unreadable files, 4 empty folders; "
+        "indexed 0 files again"
     )
+
+
+def test_a_whole_file_whose_row_was_lost_is_indexed_again(tmp_path: Path) -> None:
+    """A power cut may lose the last commits; the files, fsync'd, bring them back."""
+    archive_path = tmp_path / "archive"
+    handler = opened(archive_path)
+    instance = received(archive_path, ct_dataset(SOPInstanceUID=uid(7)))
+    assert handler.archive(instance) == 0x0000
+    relative = instance.path.relative_to(archive_path).as_posix()
+    stale = archive_path / "1.2.9.8" / "1.2.9.8.1" / f"{uid(7)}.dcm"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(instance.path.read_bytes())  # a second copy of a kept instance
+    assert handler.index.remove(uid(7))
+    handler.close()
+
+    handler = ArchiveHandler(archive_path)
+    counts = handler.open()
+    try:
+        assert (counts.files_reindexed, counts.unreadable_files) == (1, 1)
+        assert handler.index.lookup(uid(7)) in (
+            relative,
+            stale.relative_to(archive_path).as_posix(),
+        )
+        assert len(list(handler.index.paths())) == 1
+    finally:
+        handler.close()
 
 
 def test_a_clean_archive_loses_nothing(tmp_path: Path) -> None:
@@ -104,7 +135,7 @@ def test_a_clean_archive_loses_nothing(tmp_path: Path) -> None:
 
     handler = ArchiveHandler(archive_path)
     try:
-        assert handler.open() == Reconciliation(0, 0, 0, 0)
+        assert handler.open() == Reconciliation(0, 0, 0, 0, 0)
         assert list(handler.index.paths()) == [instance.path.relative_to(archive_path).as_posix()]
         assert instance.path.is_file()
     finally:
@@ -157,7 +188,7 @@ os.kill(os.getpid(), signal.SIGKILL)
     handler = ArchiveHandler(archive_path)
     counts = handler.open()
     try:
-        assert counts == Reconciliation(1, 0, 0, 0)
+        assert counts == Reconciliation(1, 0, 0, 0, 0)
         assert sorted(handler.index.lookup(uid(n)) is not None for n in range(20)) == [True] * 20
     finally:
         handler.close()
@@ -183,7 +214,7 @@ def test_a_new_archive_may_start_with_leftover_incoming_files(tmp_path: Path) ->
 
     handler = ArchiveHandler(archive_path)
     try:
-        assert handler.open() == Reconciliation(1, 0, 0, 0)
+        assert handler.open() == Reconciliation(1, 0, 0, 0, 0)
     finally:
         handler.close()
     assert os.listdir(archive_path / ".incoming") == []

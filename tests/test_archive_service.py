@@ -61,7 +61,7 @@ class ArchiveServiceTests(unittest.TestCase):
             )
             self.assertFalse(duplicate.kept)
             reopened = ArchiveHandler(self.archive_path)
-            self.assertEqual(reopened.open(), Reconciliation(1, 0, 0, 0))  # the duplicate's file
+            self.assertEqual(reopened.open(), Reconciliation(1, 0, 0, 0, 0))  # the duplicate's file
             self.assertEqual(len(list(reopened.index.paths())), 12)
             reopened.close()
 

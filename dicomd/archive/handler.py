@@ -2,12 +2,13 @@
 
 A success status must mean the instance survives a power cut, so the file is
 fsync'd before it is renamed into place, every folder created for it and the
-folder it lands in are fsync'd too, and the index row is committed (with its
-own fsync, shared with other instances by group commit) before the status is
-given.  The order file-then-row means that a crash can leave a file without a
-row or, with ``overwrite``, a row whose file was replaced; never a row
-pointing to nothing that was announced as stored.  Reconciliation at start-up
-removes whatever such a crash left behind.
+folder it lands in are fsync'd too, and the index row is committed before
+the status is given (a commit lost to a power cut is redone from the file at
+start-up, see `dicomd.archive.index`).  The order file-then-row means that a
+crash can leave a file without a row or, with ``overwrite``, a row whose file
+was replaced; never a row pointing to nothing that was announced as stored.
+Reconciliation at start-up indexes such files again and removes whatever else
+a crash left behind.
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ class ArchiveError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
-    """What reconciliation at start-up removed."""
+    """What reconciliation at start-up found and did."""
 
     incoming_files: int
     rows_without_file: int
-    files_without_row: int
+    files_reindexed: int
+    unreadable_files: int
     empty_folders: int
 
 
@@ -292,15 +294,24 @@ class ArchiveHandler(Service):
             _fsync(new_folder.parent)
 
     def _reconcile(self) -> Reconciliation:
-        """Make the folder and the index agree again after a crash (or a SIGKILL)."""
+        """Make the folder and the index agree again after a crash (or a SIGKILL).
+
+        A file in the archive tree was fsync'd before it was renamed there, so
+        it is whole: one without a row (its commit was lost) is indexed again.
+        Anything there that does not read as an instance is removed.
+        """
         incoming_files = _empty_folder(self.path / INCOMING)
         on_disk, folders = _walk(self.path, self._index_files)
         indexed = set(self.index.paths())
         rows_without_file = self.index.remove_paths(indexed - on_disk)
-        files_without_row = on_disk - indexed
-        for relative in files_without_row:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.path, relative))
+        reindexed = unreadable = 0
+        for relative in sorted(on_disk - indexed):
+            if self._reindex(relative):
+                reindexed += 1
+            else:
+                unreadable += 1
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.path, relative))
         empty_folders = 0
         for relative in reversed(folders):  # every folder comes after its parent
             try:
@@ -309,20 +320,39 @@ class ArchiveHandler(Service):
             except OSError:
                 pass  # not empty
         counts = Reconciliation(
-            incoming_files, rows_without_file, len(files_without_row), empty_folders
+            incoming_files, rows_without_file, reindexed, unreadable, empty_folders
         )
         self.log.info(
             "archive {path}: {indexed} instances indexed; removed {incoming} incoming files, "
-            "{rows} index rows without a file, {files} files without a row, "
-            "{folders} empty folders",
+            "{rows} index rows without a file, {unreadable} unreadable files, "
+            "{folders} empty folders; indexed {reindexed} files again",
             path=str(self.path),
-            indexed=len(indexed) - rows_without_file,
+            indexed=len(indexed) - rows_without_file + reindexed,
             incoming=counts.incoming_files,
             rows=counts.rows_without_file,
-            files=counts.files_without_row,
+            unreadable=counts.unreadable_files,
             folders=counts.empty_folders,
+            reindexed=counts.files_reindexed,
         )
         return counts
+
+    def _reindex(self, relative: str) -> bool:
+        """Index a whole file found without a row; False if it is no instance of ours."""
+        path = self.path / relative
+        try:
+            dataset = dcmread(path, stop_before_pixels=True)
+            record = record_from_dataset(
+                dataset,
+                path=relative,
+                size=path.stat().st_size,
+                calling_ae_title="",
+            )
+        except Exception:  # whatever does not parse is not an instance
+            return False
+        if self.index.lookup(record.SOPInstanceUID) is not None:
+            return False  # a stale copy of an instance kept elsewhere
+        self.index.add(record)
+        return True
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -1,13 +1,14 @@
 """The archive's index: one SQLite table per query level, written with group commit.
 
 The index is what C-FIND searches and what tells the archive whether an
-instance is already kept.  It must be durable when a store is answered with
-success, so every commit is synchronous (``synchronous=FULL`` in WAL mode);
-that costs one fsync per commit, and with many associations storing at once
-a commit per instance would make the disk the bottleneck.  So a single writer
-thread takes every write queued so far, performs them in one transaction and
-commits once for all of them: callers block in ``add`` until their write is
-committed, and eight concurrent associations share their fsyncs.
+instance is already kept.  The files are the archive's truth: each is
+fsync'd before it is renamed into place, and a file found without a row at
+start-up is indexed again from its own content.  So a commit need not be
+fsync'd before a store is answered (``synchronous=NORMAL`` in WAL mode: a
+power cut may lose the last commits, never corrupt the database), which
+saves one disk flush per instance.  Writes still go through a single writer
+thread that takes every write queued so far and performs them in one
+transaction: callers block in ``add`` until their write is committed.
 
 Readers never wait for the writer: WAL lets each read-only connection see the
 last commit while the next one is being written.
@@ -282,7 +283,7 @@ class ArchiveIndex:
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA foreign_keys=ON")
             _create_or_check_schema(connection)
         except BaseException:
