@@ -50,6 +50,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         ],
         "access": {"check_called_ae": True, "calling_aes": []},
         "store": {"accept_unknown_sop_classes": False},
+        "destinations": {},
         "plugins": [{"plugin": "archive"}],
     }
 )
@@ -113,6 +114,16 @@ class Store:
 
 
 @dataclass(frozen=True, slots=True)
+class Destination:
+    """A known AE that C-MOVE may send to."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Plugin:
     """A plugin as configured (``path``, ``options``) and as built (``instance``).
 
@@ -134,6 +145,7 @@ class Config:
     transfer_syntaxes: tuple[str, ...]
     access: Access
     store: Store
+    destinations: Mapping[str, Destination]
     plugins: tuple[Plugin, ...]
 
     def plugins_providing(self, interface: InterfaceClass) -> list[object]:
@@ -217,6 +229,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
                 store["accept_unknown_sop_classes"], "store.accept_unknown_sop_classes"
             )
         ),
+        destinations=_destinations(settings["destinations"], "destinations"),
         plugins=tuple(
             _plugin(entry, f"plugins[{index}]", storage_path)
             for index, entry in enumerate(_list(settings["plugins"], "plugins"))
@@ -312,15 +325,35 @@ def _calling_ae(value: object, key: str) -> CallingAE:
     return CallingAE(_ae_title(ae_title, key), _host(host, key))
 
 
-def _host(text: str, key: str) -> str:
+def _host(text: str, key: str, where: str = " after '@'") -> str:
     """An IP address in its canonical form, or a host name in lower case."""
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         pass
     if not _HOST_NAME.fullmatch(text):
-        raise ConfigError(key, f"{text!r} after '@' is neither an IP address nor a host name")
+        raise ConfigError(key, f"{text!r}{where} is neither an IP address nor a host name")
     return text.lower()
+
+
+def _destinations(value: object, key: str) -> Mapping[str, Destination]:
+    """AE title -> {host, port, tls}: where C-MOVE may send."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping of AE titles, got {_show(value)}")
+    destinations: dict[str, Destination] = {}
+    for name, entry in value.items():
+        entry_key = _join(key, name)
+        ae_title = _ae_title(name, entry_key)
+        fields = _with_defaults(entry, entry_key, {"host": None, "port": None, "tls": False})
+        if fields["host"] is None or fields["port"] is None:
+            raise ConfigError(entry_key, "needs both host and port")
+        destinations[ae_title] = Destination(
+            ae_title=ae_title,
+            host=_host(_text(fields["host"], f"{entry_key}.host"), f"{entry_key}.host", ""),
+            port=_integer(fields["port"], f"{entry_key}.port", (1, 65535)),
+            tls=_boolean(fields["tls"], f"{entry_key}.tls"),
+        )
+    return MappingProxyType(destinations)
 
 
 def _plugin(value: object, key: str, storage_path: Path) -> Plugin:

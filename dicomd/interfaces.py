@@ -191,4 +191,39 @@ class IFindHandler(Interface):
         """The matches of ``query``, streamed to the peer as they come."""
 
 
-PLUGIN_INTERFACES: Final = (IAssociationValidator, IStoreHandler, IFindHandler)
+@dataclass(frozen=True, slots=True)
+class RetrieveItem:
+    """One instance to send for a C-MOVE or C-GET: a Part 10 file and what it holds."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+class IRetrieveSource(Interface):
+    """Where C-MOVE and C-GET find the instances to send, and who may have them.
+
+    ``models`` names the Query/Retrieve MOVE and GET SOP classes it serves.
+    ``instances`` returns the `RetrieveItem`s the identifier selects (a list,
+    or a Deferred of one); `InvalidIdentifier` answers A900.  ``may_move``
+    is the policy: whether the calling AE may send these to ``destination``
+    (for C-GET, the destination is the calling AE itself); False answers
+    0124 (not authorized).
+    """
+
+    models = Attribute("The SOP Class UIDs of the MOVE and GET models this source serves.")
+
+    def instances(query: FindQuery) -> list[RetrieveItem]:
+        """The instances ``query`` selects."""
+
+    def may_move(query: FindQuery, destination: str) -> bool:
+        """Whether ``query.calling_ae_title`` may have them sent to ``destination``."""
+
+
+PLUGIN_INTERFACES: Final = (
+    IAssociationValidator,
+    IStoreHandler,
+    IFindHandler,
+    IRetrieveSource,
+)

@@ -23,6 +23,7 @@ from dicomd.config import (
     CallingAE,
     Config,
     ConfigError,
+    Destination,
     Limits,
     Plugin,
     Store,
@@ -48,6 +49,7 @@ CONTRACT = {
         "1.2.840.10008.1.2.2",
     ],
     "access": {"check_called_ae": True, "calling_aes": []},
+    "destinations": {},
     "plugins": [{"plugin": "archive"}],
 }
 """The keys and values that tools and tests outside the code base rely on."""
@@ -88,6 +90,7 @@ def test_default_config_has_the_documented_values() -> None:
         ),
         access=Access(check_called_ae=True, calling_aes=()),
         store=Store(accept_unknown_sop_classes=False),
+        destinations={},
         plugins=(Plugin("dicomd.archive.ArchiveHandler", {"path": "var/archive"}, None),),
     )
     assert isinstance(default_config().plugins[0].instance, ArchiveHandler)
@@ -114,7 +117,7 @@ def test_example_file_and_embedded_defaults_agree() -> None:
 def test_every_key_in_the_example_file_has_a_comment_above_it() -> None:
     lines = EXAMPLE_FILE.read_text().splitlines()
     keys = [n for n, line in enumerate(lines) if re.match(r"\s*[a-z_]+:", line)]
-    assert len(keys) == 19
+    assert len(keys) == 20
     for number in keys:
         assert lines[number - 1].lstrip().startswith("#"), lines[number]
 
@@ -699,7 +702,7 @@ def test_plugin_that_provides_no_dicomd_interface(plugin_module) -> None:
     error = plugins_error_of([{"plugin": f"{module}.Useless"}])
     assert str(error) == (
         f"plugins[0].plugin: {module}.Useless(**options) made an object that provides none of: "
-        "IAssociationValidator, IStoreHandler, IFindHandler"
+        "IAssociationValidator, IStoreHandler, IFindHandler, IRetrieveSource"
     )
 
 
@@ -711,3 +714,32 @@ def test_plugins_are_not_imported_when_other_settings_are_wrong(
     error = error_of({"limits": {"max_associations": 0}, "plugins": [{"plugin": f"{module}.X"}]})
     assert error.key == "limits.max_associations"
     assert not marker.exists()
+
+
+def test_destinations_are_known_aes_with_host_and_port() -> None:
+    config = parse_config(
+        {
+            "destinations": {
+                "STORESCP": {"host": "127.0.0.1", "port": 11113},
+                "PACS": {"host": "Pacs.Example.org", "port": 2762, "tls": True},
+            }
+        }
+    )
+    assert config.destinations == {
+        "STORESCP": Destination("STORESCP", "127.0.0.1", 11113, False),
+        "PACS": Destination("PACS", "pacs.example.org", 2762, True),
+    }
+
+
+@pytest.mark.parametrize(
+    ("destinations", "message"),
+    [
+        ([], "destinations: expected a mapping of AE titles, got []"),
+        ({"X": {"host": "h"}}, "destinations.X: needs both host and port"),
+        ({"X": {"host": "h", "port": 0}}, "destinations.X.port: "),
+        ({"X": {"host": "h", "port": 1, "colour": 1}}, "destinations.X.colour: "),
+        ({"X": {"host": "no way", "port": 1}}, "destinations.X.host: 'no way' is neither"),
+    ],
+)
+def test_bad_destinations_name_the_key(destinations: object, message: str) -> None:
+    assert str(error_of({"destinations": destinations})).startswith(message)
