@@ -23,8 +23,9 @@ from twisted.application.service import IService
 
 from dicomd.archive import ArchiveHandler
 from dicomd.archive.handler import _copy_durably
+from dicomd.archive.query import QueryError
 from dicomd.interfaces import FindQuery, IStoreHandler, ReceivedInstance
-from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, STUDY_ROOT_MOVE
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 
@@ -562,4 +563,35 @@ def test_find_lists_no_study_that_has_no_uid(
     identifier.StudyInstanceUID = ""
     query = FindQuery(identifier, STUDY_ROOT_FIND, "STUDY", "SCU", "DICOMD", "127.0.0.1")
     assert [m.StudyInstanceUID for m in open_archive.query.find(query)] == [named.StudyInstanceUID]
-    assert open_archive.models == (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
+    assert {PATIENT_ROOT_FIND, STUDY_ROOT_FIND} <= set(open_archive.models)
+
+
+def test_retrieve_selects_instances_by_the_unique_key_of_the_level(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    datasets = [ct_dataset() for _ in range(3)]
+    for number, ds in enumerate(datasets):
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{number}"
+        ds.SeriesInstanceUID = f"{ds.SeriesInstanceUID}.{number % 2}"
+        assert status_of(open_archive.archive(received(archive_path, ds)))[0] == 0x0000
+
+    def selected(level: str, **keys: object) -> list[str]:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = level
+        for keyword, value in keys.items():
+            setattr(identifier, keyword, value)
+        query = FindQuery(identifier, STUDY_ROOT_MOVE, level, "SCU", "DICOMD", "127.0.0.1")
+        items = open_archive._instances(query)
+        assert all(item.path.is_file() for item in items)
+        return sorted(item.sop_instance_uid for item in items)
+
+    uids_all = sorted(ds.SOPInstanceUID for ds in datasets)
+    assert selected("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID) == uids_all
+    assert selected("SERIES", SeriesInstanceUID=datasets[1].SeriesInstanceUID) == [uids_all[1]]
+    assert selected("IMAGE", SOPInstanceUID=[uids_all[0], uids_all[2]]) == [
+        uids_all[0],
+        uids_all[2],
+    ]
+    assert selected("PATIENT", PatientID=datasets[0].PatientID) == uids_all
+    with pytest.raises(QueryError, match="needs SeriesInstanceUID"):
+        selected("SERIES", StudyInstanceUID=datasets[0].StudyInstanceUID)

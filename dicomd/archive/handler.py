@@ -40,8 +40,23 @@ from dicomd.archive.index import (
 )
 from dicomd.archive.layout import Layout
 from dicomd.archive.query import ArchiveQuery
-from dicomd.interfaces import FindQuery, IFindHandler, IStoreHandler, ReceivedInstance
-from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, Status
+from dicomd.interfaces import (
+    FindQuery,
+    IFindHandler,
+    IRetrieveSource,
+    IStoreHandler,
+    ReceivedInstance,
+    RetrieveItem,
+)
+from dicomd.uids import (
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    Status,
+)
 
 DEFAULT_LAYOUT: Final = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 DUPLICATE_POLICIES: Final = ("keep-first", "overwrite", "reject")
@@ -66,7 +81,7 @@ class Reconciliation:
     empty_folders: int
 
 
-@implementer(IStoreHandler, IFindHandler)
+@implementer(IStoreHandler, IFindHandler, IRetrieveSource)
 class ArchiveHandler(Service):
     """Keeps received instances under ``path`` at their ``layout`` path, indexed in SQLite.
 
@@ -81,7 +96,8 @@ class ArchiveHandler(Service):
     - ``threads``: how many instances are filed (or queries answered) at once;
     - ``case_insensitive_names``: C-FIND matches person names ignoring case.
 
-    It answers C-FIND (Patient Root and Study Root) from its index too.
+    It answers C-FIND (Patient Root and Study Root) from its index too, and
+    is the source of C-MOVE and C-GET.
 
     The constructor only checks its options; the folder, the index and the
     threads come to life in ``startService``.  ``open``, ``archive`` and
@@ -89,7 +105,14 @@ class ArchiveHandler(Service):
     """
 
     log = Logger()
-    models = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
+    models = (
+        PATIENT_ROOT_FIND,
+        STUDY_ROOT_FIND,
+        PATIENT_ROOT_MOVE,
+        STUDY_ROOT_MOVE,
+        PATIENT_ROOT_GET,
+        STUDY_ROOT_GET,
+    )
 
     def __init__(
         self,
@@ -170,6 +193,21 @@ class ArchiveHandler(Service):
     def find(self, query: FindQuery) -> Deferred[list[Dataset]]:
         """Search the index in the archive's threads (``IFindHandler``)."""
         return deferToThreadPool(self._reactor, self._started_pool(), self.query.find, query)
+
+    def instances(self, query: FindQuery) -> Deferred[list[RetrieveItem]]:
+        """The archived instances a C-MOVE or C-GET selects (``IRetrieveSource``)."""
+        return deferToThreadPool(self._reactor, self._started_pool(), self._instances, query)
+
+    def _instances(self, query: FindQuery) -> list[RetrieveItem]:
+        rows = self.query.instances(query.level, query.identifier)
+        return [
+            RetrieveItem(self.path / path, sop_class, sop_instance, syntax or "")
+            for path, sop_class, sop_instance, syntax in rows
+        ]
+
+    def may_move(self, query: FindQuery, destination: str) -> bool:
+        """Anyone who may associate may retrieve, to any configured destination."""
+        return True
 
     def supported_keys(self, level: str) -> frozenset[str]:
         """The keys the index can match and return at ``level`` (for FF01 answers)."""

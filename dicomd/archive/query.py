@@ -113,6 +113,12 @@ _ORDER: Final = (
     "i.InstanceNumber, i.pk",
 )
 _ALIASES: Final = ("p", "st", "se", "i")
+_RETRIEVE_KEYS: Final = (
+    ("PatientID", "p.PatientID"),
+    ("StudyInstanceUID", "st.StudyInstanceUID"),
+    ("SeriesInstanceUID", "se.SeriesInstanceUID"),
+    ("SOPInstanceUID", "i.SOPInstanceUID"),
+)
 _HAS_UID: Final = {
     1: "st.StudyInstanceUID IS NOT NULL",
     2: "se.SeriesInstanceUID IS NOT NULL",
@@ -245,6 +251,28 @@ class ArchiveQuery:
         statement = _Statement.build(query, fold_names=self.case_insensitive_names)
         rows = self._connection().execute(statement.sql, statement.parameters).fetchall()
         return [_dataset(statement.returned, row) for row in rows]
+
+    def instances(self, level: str, identifier: Dataset) -> list[tuple[str, str, str, str]]:
+        """The instances a C-MOVE or C-GET identifier selects, by the unique key of its level.
+
+        Rows of (path, SOPClassUID, SOPInstanceUID, TransferSyntaxUID).  The
+        key may hold a list of values (PS3.4 C.4.2.2.1); it is required: a
+        retrieve never means "everything".
+        """
+        depth = _level_number(level)
+        keyword, column = _RETRIEVE_KEYS[depth]
+        raw = identifier.get(keyword)
+        given = raw if isinstance(raw, MultiValue) else [raw]
+        values = [str(value).strip() for value in given if value and str(value).strip()]
+        if not values:
+            raise QueryError(f"a {level} retrieve needs {keyword}")
+        placeholders = ", ".join("?" * len(values))
+        sql = (
+            "SELECT i.path, i.SOPClassUID, i.SOPInstanceUID, i.TransferSyntaxUID "
+            f"FROM {_TABLES[3]} WHERE {column} IN ({placeholders}) "
+            "ORDER BY st.pk, se.SeriesNumber, se.pk, i.InstanceNumber, i.pk"
+        )
+        return self._connection().execute(sql, values).fetchall()
 
     def supported_keys(self, level: str) -> frozenset[str]:
         """The keywords this engine matches or returns at ``level`` (in any model).

@@ -34,6 +34,7 @@ _LEVELS = {
     uids.STUDY_ROOT_FIND: frozenset({"STUDY", "SERIES", "IMAGE"}),
 }
 _QR_MODELS = frozenset(_LEVELS)
+_RETRIEVE_MODELS = uids.MOVE_SOP_CLASSES | uids.GET_SOP_CLASSES
 _ADDED_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"})
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
 
@@ -57,7 +58,8 @@ class FindService:
         self.handlers: dict[str, IFindHandler] = {}
         for handler in handlers:
             for model in handler.models:
-                self.handlers.setdefault(model, handler)
+                if model not in _RETRIEVE_MODELS:  # a source of retrieves may list those too
+                    self.handlers.setdefault(model, handler)
         self.abstract_syntaxes = frozenset(self.handlers)
 
     def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None]:
