@@ -192,23 +192,33 @@ class _Answer:
 
 def shape(query: FindQuery, match: Dataset, ae_title: str) -> Dataset:
     """Exactly the requested keys, with the match's values (empty where it has none)."""
-    answer = Dataset()
-    for requested in query.identifier:
-        if requested.keyword in _ADDED_KEYS or requested.tag.element == 0:
-            continue
-        found = match.get(requested.tag)
-        if found is not None:
-            answer.add(found)
-        elif requested.VR == "SQ":
-            answer.add(DataElement(requested.tag, "SQ", DicomSequence()))
-        else:
-            answer.add(DataElement(requested.tag, requested.VR, None))
-    answer.QueryRetrieveLevel = query.level or None
+    answer = _requested(query.identifier, match)
     if query.model in _QR_MODELS:
+        answer.QueryRetrieveLevel = query.level
         answer.RetrieveAETitle = ae_title
     charset = _answer_charset(query.identifier, answer)
     if charset:
         answer.SpecificCharacterSet = charset
+    return answer
+
+
+def _requested(identifier: Dataset, match: Dataset) -> Dataset:
+    """The keys of ``identifier`` with the values of ``match``; sequence items key by key too
+    (PS3.4 C.2.2.2.6: the item of a sequence key lists the keys wanted inside it)."""
+    answer = Dataset()
+    for requested in identifier:
+        if requested.keyword in _ADDED_KEYS or requested.tag.element == 0:
+            continue
+        found = match.get(requested.tag)
+        if requested.VR == "SQ":
+            wanted = requested.value[0] if requested.value else None
+            items = found.value if found is not None and found.VR == "SQ" else []
+            shaped = [_requested(wanted, item) if wanted else item for item in items]
+            answer.add(DataElement(requested.tag, "SQ", DicomSequence(shaped)))
+        elif found is not None:
+            answer.add(found)
+        else:
+            answer.add(DataElement(requested.tag, requested.VR, None))
     return answer
 
 
