@@ -29,7 +29,6 @@ from dicomd.dimse import (
     CommandReceived,
     MessageAssembler,
     error_comment,
-    fragment,
 )
 from dicomd.fsm import State, StateMachine
 from dicomd.interfaces import (
@@ -42,6 +41,7 @@ from dicomd.interfaces import (
     UserIdentity,
 )
 from dicomd.negotiation import AcceptedContext, negotiate
+from dicomd.outbox import FileData, Outbox
 from dicomd.pdu import (
     AAssociateAC,
     AAssociateRJ,
@@ -50,6 +50,7 @@ from dicomd.pdu import (
     AbortSource,
     AsyncOperationsWindow,
     PDataTF,
+    RoleSelection,
     UserIdentityAC,
     UserInformation,
 )
@@ -146,7 +147,15 @@ class ServiceRegistry:
         for service in services:
             self._by_syntax.update(dict.fromkeys(service.abstract_syntaxes, service))
         self._default_syntaxes = tuple(transfer_syntaxes)
+        self._other_syntaxes = tuple(sorted(uids.KNOWN_TRANSFER_SYNTAXES - set(transfer_syntaxes)))
         self._fallback = fallback
+
+    @property
+    def serves_get(self) -> bool:
+        """Whether some service answers C-GET: then peers may take the SCP role for storage."""
+        return any(
+            CommandField.C_GET_RQ in service.operations for service in self._by_syntax.values()
+        )
 
     def service_for(self, abstract_syntax: str) -> Service | None:
         service = self._by_syntax.get(abstract_syntax)
@@ -157,6 +166,9 @@ class ServiceRegistry:
     def transfer_syntaxes_for(self, abstract_syntax: str) -> Sequence[str]:
         service = self.service_for(abstract_syntax)
         if service is None:
+            if self.serves_get and abstract_syntax in uids.STORAGE_SOP_CLASSES:
+                # A C-GET requester proposes the storage contexts we send on.
+                return self._default_syntaxes + self._other_syntaxes
             return ()
         return getattr(service, "transfer_syntaxes", self._default_syntaxes)
 
@@ -187,6 +199,10 @@ class _Incoming:
     service: Service | None
 
 
+class AssociationEnded(Exception):
+    """A request of ours had no response: the association ended first."""
+
+
 class Acceptor:
     """The service user of one accepted (or being accepted) association."""
 
@@ -203,6 +219,10 @@ class Acceptor:
         self._incoming: _Incoming | None = None
         self._dimse_timer: IDelayedCall | None = None
         self._cancellers: dict[int, Callable[[], None]] = {}
+        self._requests: dict[int, defer.Deferred[Command]] = {}
+        self._message_id = 0
+        self._outbox: Outbox | None = None
+        self.peer_scp_roles: frozenset[str] = frozenset()
         self.ended = defer.Deferred[None]()
 
     @property
@@ -249,6 +269,14 @@ class Acceptor:
         proposed_info = request.user_information
         self.peer_max_pdu_length = proposed_info.max_length or 0
         identity = proposed_info.user_identity_rq
+        roles = self._roles(proposed_info.role_selections)
+        self.peer_scp_roles = frozenset(role.sop_class_uid for role in roles if role.scp_role)
+        self._outbox = Outbox(
+            self._send_pdu,
+            self.protocol.transport,
+            lambda: self.peer_max_pdu_length,
+            self._unreadable,
+        )
         info = UserInformation(
             max_length=self.settings.max_pdu_length,
             implementation_class_uid=uids.IMPLEMENTATION_CLASS_UID,
@@ -260,6 +288,7 @@ class Acceptor:
             user_identity_ac=(
                 UserIdentityAC(b"") if identity and identity.positive_response_requested else None
             ),
+            role_selections=roles,
         )
         accept = AAssociateAC(
             called_ae_title=request.called_ae_title,
@@ -276,6 +305,23 @@ class Acceptor:
             called=self.called_ae_title,
             accepted=len(self.contexts),
             proposed=len(request.presentation_contexts),
+        )
+
+    def _roles(self, proposed: Sequence[RoleSelection]) -> tuple[RoleSelection, ...]:
+        """Our answer to SCP/SCU role selection (PS3.7 D.3.3.4).
+
+        A peer that wants to receive instances on this association (C-GET)
+        proposes the SCP role for storage SOP classes; we agree when we serve
+        C-GET.  Every other proposal gets the default roles back.
+        """
+        serves_get = self.settings.services.serves_get
+        return tuple(
+            RoleSelection(
+                role.sop_class_uid,
+                role.scu_role,
+                role.scp_role and serves_get and role.sop_class_uid in uids.STORAGE_SOP_CLASSES,
+            )
+            for role in proposed
         )
 
     def _reject(self, rejection: Rejection) -> None:
@@ -392,7 +438,12 @@ class Acceptor:
                 cancel()
             return
         if command.is_response:
-            self._protocol_error(f"unexpected DIMSE response {CommandField(field_value).name}")
+            waiting = self._requests.pop(command.message_id_being_responded_to, None)  # type: ignore[arg-type]
+            if waiting is None:
+                name = CommandField(field_value).name
+                self._protocol_error(f"DIMSE response {name} to no request of ours")
+                return
+            waiting.callback(command)
             return
         if service is None:
             self.respond(request, uids.Status.UNRECOGNIZED_OPERATION)
@@ -442,12 +493,39 @@ class Acceptor:
         """The operation is over: a late C-CANCEL for it is ignored."""
         self._cancellers.pop(message_id, None)
 
-    def send(self, context_id: int, command: Command, dataset: bytes | None = None) -> None:
-        """Send one DIMSE message, fragmented to the peer's maximum PDU length."""
-        if self.machine.state not in _CAN_SEND:
+    def send(
+        self, context_id: int, command: Command, dataset: bytes | FileData | None = None
+    ) -> None:
+        """Send one DIMSE message, in order, fragmented to the peer's maximum PDU length."""
+        if self.machine.state not in _CAN_SEND or self._outbox is None:
             return  # released or aborted meanwhile: nobody to answer
-        for pdu in fragment(context_id, command.encode(), dataset, self.peer_max_pdu_length):
+        self._outbox.send(context_id, command.encode(), dataset)
+
+    def request(
+        self, context_id: int, command: Command, dataset: bytes | FileData | None
+    ) -> defer.Deferred[Command]:
+        """Send a request of our own (a C-STORE of a C-GET); fires with its response.
+
+        The message ID is ours to choose; it fails with `AssociationEnded`
+        if the association ends first.
+        """
+        command.message_id = self._next_message_id()
+        waiting: defer.Deferred[Command] = defer.Deferred()
+        self._requests[command.message_id] = waiting
+        self.send(context_id, command, dataset)
+        return waiting
+
+    def _next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+    def _send_pdu(self, pdu: bytes) -> None:
+        if self.machine.state in _CAN_SEND:
             self.machine.data_request(pdu)
+
+    def _unreadable(self, error: OSError) -> None:
+        """A file being sent could not be read to its end: its message cannot be finished."""
+        self._protocol_error(f"cannot read a file being sent: {error}")
 
     # -- A-RELEASE and A-ABORT --------------------------------------------
 
@@ -492,6 +570,11 @@ class Acceptor:
 
     def _end(self) -> None:
         self._stop_dimse_timer()
+        if self._outbox is not None:
+            self._outbox.close()
+        requests, self._requests = self._requests, {}
+        for waiting in requests.values():
+            waiting.errback(AssociationEnded("the association ended before the response"))
         for cancel in self._cancellers.values():
             cancel()  # nobody is left to answer: stop the work
         self._cancellers.clear()

@@ -4,23 +4,36 @@
 with a `ClientAssociation` once the peer accepts, or fails with an exception
 that carries the peer's answer (`AssociationRejected`, `AssociationAborted`).
 The association object sends DIMSE requests and matches responses to them by
-message ID; a failure status is a result, not an exception.
+message ID; a failure status is a result, not an exception.  `cfind` is the
+one-shot form (associate, find, release) that does raise, `FindFailed`, on a
+failure status.
+
+Failing to connect is not an association error: Twisted's own
+`twisted.internet.error.ConnectionRefusedError`, `TimeoutError` (no
+connection within ``acse_timeout``) and `DNSLookupError` pass through
+unchanged.  Once connected, every failure is an `AssociationError`, and our
+own timers are told apart from what the peer did: `AssociationTimeout` (no
+answer to A-ASSOCIATE-RQ or A-RELEASE-RQ) and `DimseTimeout` (no response).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.filewriter import correct_ambiguous_vr
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dicomd import part10, uids
 from dicomd.dimse import (
@@ -76,12 +89,40 @@ class AssociationAborted(AssociationError):
         self.source, self.reason = source, reason
 
 
+class AssociationTimeout(AssociationAborted):
+    """Our ACSE timer ran out: the peer did not answer A-ASSOCIATE-RQ or A-RELEASE-RQ in time.
+
+    We then aborted the association ourselves (A-ABORT, source 0 service
+    user, reason 0), so this is an `AssociationAborted` with those numbers
+    too: code that only asks whether the association was aborted keeps
+    working, and code that asks why can tell our timeout from a peer's
+    A-ABORT, which carries the same numbers.
+    """
+
+    def __init__(self, waiting_for: str, timeout: float) -> None:
+        super().__init__(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED)
+        self.waiting_for, self.timeout = waiting_for, timeout
+
+    def __str__(self) -> str:
+        return f"no answer to {self.waiting_for} within {self.timeout:g} s; association aborted"
+
+
 class NoAcceptedContext(AssociationError):
     """The peer accepted no presentation context for the abstract syntax asked for."""
 
 
 class DimseTimeout(AssociationError):
     """No DIMSE response within the DIMSE timeout; the association was aborted."""
+
+
+class FindFailed(Exception):
+    """A C-FIND ended with a failure status (A700, A900, Cxxx...), raised by `cfind` and
+    `ClientAssociation.find_iter`; `ClientAssociation.find` returns it as its result instead."""
+
+    def __init__(self, status: int, error_comment: str | None = None) -> None:
+        comment = f": {error_comment}" if error_comment else ""
+        super().__init__(f"C-FIND failed with status 0x{status:04X}{comment}")
+        self.status, self.error_comment = status, error_comment
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +165,9 @@ class _Operation:
         self.done: defer.Deferred[Any] = defer.Deferred()
         self.timer: IDelayedCall | None = None
 
-    def response(self, command: Command, data: bytes | None) -> bool:
-        """Take one response; True when it is the last."""
-        self.done.callback(command)
-        return True
+    def response(self, command: Command, data: bytes | None) -> Any:
+        """Take one response: what ``done`` fires with when it is the last, else `_MORE`."""
+        return command
 
 
 class _FindOperation(_Operation):
@@ -138,19 +178,20 @@ class _FindOperation(_Operation):
         self.on_match = on_match
         self.matches: list[Dataset] = []
 
-    def response(self, command: Command, data: bytes | None) -> bool:
+    def response(self, command: Command, data: bytes | None) -> Any:
         if command.status in _PENDING:
             if data is not None:
                 match = decode_dataset(data, self.context.transfer_syntax)
                 self.matches.append(match)
                 if self.on_match is not None:
                     self.on_match(match)
-            return False
-        self.done.callback(FindResult(command.status, self.matches, command.error_comment))
-        return True
+            return _MORE
+        return FindResult(command.status, self.matches, command.error_comment)
 
 
 _PENDING = frozenset({uids.Status.PENDING, uids.Status.PENDING_WARNING})
+_MORE = object()
+"""What `_Operation.response` returns while more responses are to come."""
 
 
 class ClientAssociation:
@@ -223,38 +264,79 @@ class ClientAssociation:
         d = self._invoke(_FindOperation(context, on_match), command, data)
         return FindOperation(d, lambda: self._cancel(context, message_id))
 
-    def store(self, source: str | Path | Dataset, priority: int = 0) -> defer.Deferred[StoreResult]:
+    async def find_iter(
+        self, sop_class_uid: str, identifier: Dataset, priority: int = 0
+    ) -> AsyncIterator[Dataset]:
+        """C-FIND as an asynchronous iterator of matches, for ``async for`` in a coroutine.
+
+        The request goes out when iteration begins; iteration ends with the
+        final status, or raises `FindFailed` for a failure status.  Leaving
+        the loop early (``break``, an exception) sends C-CANCEL when the
+        iterator is closed: at once in CPython, deterministically with
+        ``contextlib.aclosing``.  Matches arriving faster than the loop
+        takes them wait in memory.
+        """
+        arrivals: defer.DeferredQueue[Dataset | _FindEnded] = defer.DeferredQueue()
+        operation = self.find(sop_class_uid, identifier, arrivals.put, priority)
+        operation.result.addBoth(lambda outcome: arrivals.put(_FindEnded(outcome)))
+        ended = False
+        try:
+            while not isinstance(arrival := await arrivals.get(), _FindEnded):
+                yield arrival
+            ended = True
+            _raise_for_failure(arrival.outcome)
+        finally:
+            if not ended:
+                operation.cancel()
+
+    def store(
+        self,
+        source: str | Path | Dataset,
+        priority: int = 0,
+        move_originator: tuple[str, int] | None = None,
+    ) -> defer.Deferred[StoreResult]:
         """C-STORE a Part 10 file (streamed from disk) or a Dataset.
 
         A file goes as it is when the peer accepted its transfer syntax; an
         uncompressed one is re-encoded for another uncompressed syntax the
-        peer accepted; otherwise `NoAcceptedContext` says why not.
+        peer accepted; otherwise `NoAcceptedContext` says why not.  A data
+        set is taken to be in the syntax of its ``file_meta`` (explicit VR
+        little endian without one) and is not changed.  ``move_originator``
+        (AE title, message ID) marks a C-STORE made for a C-MOVE.
         """
-        if isinstance(source, Dataset):
-            sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
-            syntax = _syntax_of(source)
-            context = self._context_for_syntax(sop_class, syntax)
-            data: bytes | FileData = encode_dataset(source, context.transfer_syntax)
-        else:
-            header = part10.read_header(source)
-            sop_class, sop_instance = header.sop_class_uid, header.sop_instance_uid
-            context = self._context_for_syntax(sop_class, header.transfer_syntax)
-            if context.transfer_syntax == header.transfer_syntax:
-                data = FileData(Path(source), header.data_set_offset, header.data_set_length)
-            else:
-                data = encode_dataset(dcmread(source), context.transfer_syntax)
-        command = Command(
-            command_field=CommandField.C_STORE_RQ,
-            message_id=self._next_id(),
-            affected_sop_class_uid=sop_class,
-            affected_sop_instance_uid=sop_instance,
-            priority=priority,
-            command_data_set_type=DATA_SET_PRESENT,
-        )
+        context, command, data = store_request(self.contexts.values(), source, priority)
+        command.message_id = self._next_id()
+        sop_instance = command.affected_sop_instance_uid or ""
+        if move_originator is not None:
+            ae_title, message_id = move_originator
+            command.move_originator_application_entity_title = ae_title
+            command.move_originator_message_id = message_id
         d = self._invoke(_Operation(context), command, data)
         return d.addCallback(
             lambda response: StoreResult(response.status, sop_instance, response.error_comment)
         )
+
+    async def __aenter__(self) -> ClientAssociation:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Leaving ``async with`` releases the association, or aborts it if the block raised.
+
+        An exception means the work stopped half-way (a cancelled Deferred,
+        a failure the caller did not expect): an A-ABORT ends it at once,
+        where a release could wait ``acse_timeout`` for a peer in trouble.
+        """
+        if not self.machine.is_established:
+            return
+        if error is None:
+            await self.release()
+        else:
+            self.abort()
 
     def release(self) -> defer.Deferred[None]:
         """A-RELEASE; fires once the peer confirms."""
@@ -277,23 +359,6 @@ class ClientAssociation:
             if context.abstract_syntax == abstract_syntax:
                 return context
         raise NoAcceptedContext(f"no accepted presentation context for {abstract_syntax}")
-
-    def _context_for_syntax(self, abstract_syntax: str, syntax: str) -> AcceptedContext:
-        """The context to send data in ``syntax`` on: the same syntax, or any uncompressed one."""
-        fallback = None
-        for context in self.contexts.values():
-            if context.abstract_syntax != abstract_syntax:
-                continue
-            if context.transfer_syntax == syntax:
-                return context
-            if not is_encapsulated(syntax) and not is_encapsulated(context.transfer_syntax):
-                fallback = fallback or context
-        if fallback is None:
-            raise NoAcceptedContext(
-                f"the peer accepted no presentation context for {abstract_syntax}"
-                f" in {syntax} or one it can be converted to"
-            )
-        return fallback
 
     def _invoke(
         self, operation: _Operation, command: Command, data: bytes | FileData | None
@@ -321,6 +386,17 @@ class ClientAssociation:
     def _cancel(self, context: AcceptedContext, message_id: int) -> None:
         if message_id not in self._operations:
             return
+        for waiting in self._waiting_room:
+            if waiting[0] == message_id:
+                # Never sent, so nothing to cancel on the wire: it ends as the peer would end it.
+                self._waiting_room.remove(waiting)
+                cancelled = Command(
+                    command_field=CommandField.C_FIND_RSP,
+                    message_id_being_responded_to=message_id,
+                    status=uids.Status.CANCEL,
+                )
+                self._responded(cancelled, None)
+                return
         command = Command(
             command_field=CommandField.C_CANCEL_RQ, message_id_being_responded_to=message_id
         )
@@ -396,11 +472,15 @@ class ClientAssociation:
             return
         if operation.timer is not None and operation.timer.active():
             operation.timer.reset(self.settings.dimse_timeout)
-        if operation.response(command, data):
-            if operation.timer is not None and operation.timer.active():
-                operation.timer.cancel()
-            del self._operations[message_id]  # type: ignore[arg-type]
-            self._admit_waiting()
+        outcome = operation.response(command, data)
+        if outcome is _MORE:
+            return
+        if operation.timer is not None and operation.timer.active():
+            operation.timer.cancel()
+        del self._operations[message_id]  # type: ignore[arg-type]
+        self._admit_waiting()
+        # Last: whatever the caller does when told (abort, even) finds the books closed.
+        operation.done.callback(outcome)
 
     def _admit_waiting(self) -> None:
         while self._waiting_room and (
@@ -424,8 +504,14 @@ class ClientAssociation:
 
     # -- timers and failures ---------------------------------------------
 
-    def _abandon(self, failure: object) -> object:
-        """The connection never opened: stop the ACSE timer and pass the error on."""
+    def _connected(self, protocol: object) -> defer.Deferred[ClientAssociation]:
+        """The connection is open and A-ASSOCIATE-RQ sent: ``acse_timeout`` for the answer."""
+        if self.machine.state is State.STA5:
+            self._start_acse_timer()
+        return self.established
+
+    def _abandon(self, failure: Failure) -> Failure:
+        """The connection never opened: stop the ACSE timer and pass the error on unchanged."""
         self._stop_acse_timer()
         return failure
 
@@ -459,20 +545,41 @@ class ClientAssociation:
         self._acse_timer = None
 
     def _acse_expired(self) -> None:
+        """No answer in time: abort, unless still connecting, which the endpoint times itself."""
         self._acse_timer = None
+        if self.machine.state is State.STA4:
+            return
+        waiting_for = "A-RELEASE-RQ" if self._released is not None else "A-ASSOCIATE-RQ"
         self.machine.abort_request()
-        self._fail_all(AssociationAborted(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED))
+        self._fail_all(AssociationTimeout(waiting_for, self.settings.acse_timeout))
 
     def _dimse_expired(self, message_id: int) -> None:
+        """Abort first, so that whoever hears of the timeout finds the association gone."""
         operation = self._operations.pop(message_id, None)
         if operation is None:
             return
+        self.abort()
         operation.done.errback(
             DimseTimeout(
                 f"no response to message {message_id} within {self.settings.dimse_timeout}s"
             )
         )
-        self.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class _FindEnded:
+    """The last thing `find_iter` takes from its queue: the `FindResult`, or why there is none."""
+
+    outcome: FindResult | Failure
+
+
+def _raise_for_failure(outcome: FindResult | Failure) -> FindResult:
+    """The result of a C-FIND, raising what stopped it or `FindFailed` for a failure status."""
+    if isinstance(outcome, Failure):
+        outcome.raiseException()
+    if uids.status_category(outcome.status) == "failure":
+        raise FindFailed(outcome.status, outcome.error_comment)
+    return outcome
 
 
 class FindOperation:
@@ -487,10 +594,111 @@ class FindOperation:
         self._cancel()
 
 
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+"""Bytes per value of the VRs whose values pydicom keeps as the bytes it read."""
+
+
+def _reencoded(dataset: Dataset, syntax: str, target: str) -> bytes:
+    """``dataset``, read in ``syntax``, encoded for ``target``; ``dataset`` itself is not changed.
+
+    pydicom writes OW, OF, OL, OD and OV values back as the bytes it read,
+    whatever the byte order asked for; between little and big endian, a
+    copy gets the bytes of each of their words reversed first.  UN values
+    (whose word size nobody knows) go as they are.
+    """
+    little_endian = syntax != uids.EXPLICIT_VR_BIG_ENDIAN
+    if little_endian != (target != uids.EXPLICIT_VR_BIG_ENDIAN):
+        dataset = copy.deepcopy(dataset)
+        correct_ambiguous_vr(dataset, little_endian)  # OB or OW, by Bits Allocated
+        for element in dataset.iterall():
+            size = _WORD_SIZES.get(element.VR)
+            if size and isinstance(element.value, bytes) and len(element.value) % size == 0:
+                element.value = _reverse_words(element.value, size)
+    return encode_dataset(dataset, target)
+
+
+def _reverse_words(value: bytes, size: int) -> bytes:
+    swapped = bytearray(len(value))
+    for offset in range(size):
+        swapped[offset::size] = value[size - 1 - offset :: size]
+    return bytes(swapped)
+
+
 def _syntax_of(dataset: Dataset) -> str:
     meta = getattr(dataset, "file_meta", None)
     syntax = getattr(meta, "TransferSyntaxUID", None)
     return str(syntax) if syntax else uids.EXPLICIT_VR_LITTLE_ENDIAN
+
+
+def store_request(
+    contexts: Iterable[AcceptedContext], source: str | Path | Dataset, priority: int = 0
+) -> tuple[AcceptedContext, Command, bytes | FileData]:
+    """The C-STORE-RQ (without its message ID) and data for ``source`` on one of ``contexts``.
+
+    A file goes as it is when a context has its transfer syntax, streamed
+    from disk; an uncompressed one is re-encoded for another uncompressed
+    syntax; otherwise `NoAcceptedContext` says why not.  A data set is taken
+    to be in the syntax of its ``file_meta`` (explicit VR little endian
+    without one).
+    """
+    if isinstance(source, Dataset):
+        sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
+        syntax = _syntax_of(source)
+        context = _context_for_syntax(contexts, sop_class, syntax)
+        data: bytes | FileData = _reencoded(source, syntax, context.transfer_syntax)
+    else:
+        header = part10.read_header(source)
+        sop_class, sop_instance = header.sop_class_uid, header.sop_instance_uid
+        context = _context_for_syntax(contexts, sop_class, header.transfer_syntax)
+        if context.transfer_syntax == header.transfer_syntax:
+            data = FileData(Path(source), header.data_set_offset, header.data_set_length)
+        else:
+            data = _reencoded(dcmread(source), header.transfer_syntax, context.transfer_syntax)
+    command = Command(
+        command_field=CommandField.C_STORE_RQ,
+        affected_sop_class_uid=sop_class,
+        affected_sop_instance_uid=sop_instance,
+        priority=priority,
+        command_data_set_type=DATA_SET_PRESENT,
+    )
+    return context, command, data
+
+
+def _context_for_syntax(
+    contexts: Iterable[AcceptedContext], abstract_syntax: str, syntax: str
+) -> AcceptedContext:
+    """The context to send data in ``syntax`` on: the same syntax, or any uncompressed one."""
+    fallback = None
+    for context in contexts:
+        if context.abstract_syntax != abstract_syntax:
+            continue
+        if context.transfer_syntax == syntax:
+            return context
+        if not is_encapsulated(syntax) and not is_encapsulated(context.transfer_syntax):
+            fallback = fallback or context
+    if fallback is None:
+        raise NoAcceptedContext(
+            f"the peer accepted no presentation context for {abstract_syntax}"
+            f" in {syntax} or one it can be converted to"
+        )
+    return fallback
+
+
+def storage_contexts(kinds: Iterable[tuple[str, str]]) -> tuple[PresentationContextRQ, ...]:
+    """One context for each (SOP class, transfer syntax) among the instances to send.
+
+    Each proposes the instances' own syntax first, so that they can go as
+    they are; an uncompressed syntax also offers the other uncompressed ones,
+    which `ClientAssociation.store` converts to when the peer prefers them (a
+    compressed one cannot be converted).
+    """
+    contexts = []
+    for index, (sop_class, syntax) in enumerate(dict.fromkeys(kinds)):
+        syntaxes = [syntax]
+        if not is_encapsulated(syntax):
+            syntaxes += [other for other in DEFAULT_SYNTAXES if other != syntax]
+        contexts.append(PresentationContextRQ(2 * index + 1, sop_class, tuple(syntaxes)))
+    return tuple(contexts)
 
 
 def propose(
@@ -549,9 +757,44 @@ def associate(
     settings: ClientSettings,
     contexts: Sequence[PresentationContextRQ] = propose([uids.VERIFICATION]),
 ) -> defer.Deferred[ClientAssociation]:
-    """Connect and negotiate; fires with the association or fails with the reason."""
+    """Connect and negotiate; fires with the association or fails with the reason.
+
+    Connecting may take ``settings.acse_timeout``, and so may the answer to
+    the request once connected.  A connection that cannot be made fails with
+    Twisted's error as it is (`ConnectionRefusedError`, `TimeoutError`,
+    `DNSLookupError` from `twisted.internet.error`); after that, the failure
+    is `AssociationRejected`, `AssociationAborted` or `AssociationTimeout`.
+    """
     protocol, association = requestor_protocol(reactor, settings, contexts)  # type: ignore[arg-type]
     endpoint = HostnameEndpoint(reactor, host, port, timeout=settings.acse_timeout)
     connected = connectProtocol(endpoint, protocol)
     connected.addErrback(association._abandon)
-    return connected.addCallback(lambda _: association.established)
+    return connected.addCallback(association._connected)
+
+
+def cfind(
+    reactor: IReactorTCP,
+    host: str,
+    port: int,
+    called_ae_title: str,
+    calling_ae_title: str,
+    sop_class_uid: str,
+    identifier: Dataset,
+    **settings: Any,
+) -> defer.Deferred[list[Dataset]]:
+    """One C-FIND on an association of its own: associate, find, release; fires with the matches.
+
+    ``settings`` are the other fields of `ClientSettings` (``acse_timeout``,
+    ``max_pdu_length``...).  A failure status raises `FindFailed` (after the
+    release); any other failure is that of `associate` or of the find, and
+    the association is aborted.  Cancelling the Deferred aborts it too.
+    """
+    options = ClientSettings(called_ae_title, calling_ae_title, **settings)
+
+    async def one_shot() -> list[Dataset]:
+        association = await associate(reactor, host, port, options, propose([sop_class_uid]))
+        async with association:
+            outcome = await association.find(sop_class_uid, identifier).result
+        return _raise_for_failure(outcome).matches
+
+    return defer.ensureDeferred(one_shot())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
@@ -9,6 +11,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dicomd.association import Acceptor, AcceptorSettings, Service, ServiceRegistry
+from dicomd.client import ClientSettings
 from dicomd.config import Config
 from dicomd.fsm import State
 from dicomd.interfaces import (
@@ -18,12 +21,14 @@ from dicomd.interfaces import (
     AssociationRequest,
     IAssociationValidator,
     IFindHandler,
+    IRetrieveSource,
     IStoreHandler,
     Rejection,
 )
 from dicomd.protocol import UpperLayerProtocol
 from dicomd.services.echo import VerificationService
 from dicomd.services.find import FindService
+from dicomd.services.retrieve import GetService, MoveService
 from dicomd.services.store import StorageService
 from dicomd.validation import AccessValidator
 
@@ -115,5 +120,26 @@ def _services(config: Config, clock: IReactorTime) -> ServiceRegistry:
     if store_handlers:
         storage = StorageService(config.storage_path, store_handlers, config.transfer_syntaxes)
         services.append(storage)
+    sources = config.plugins_providing(IRetrieveSource)
+    if sources:
+        services.append(MoveService(sources[0], config.destinations, clock, _client(config)))
+        services.append(GetService(sources[0]))
     fallback = storage if config.store.accept_unknown_sop_classes else None
     return ServiceRegistry(services, config.transfer_syntaxes, fallback)
+
+
+def _client(config: Config) -> Callable[[str], ClientSettings]:
+    """The settings of the associations the node opens itself (C-MOVE destinations)."""
+    timeouts = config.timeouts
+
+    def settings(called_ae_title: str) -> ClientSettings:
+        return ClientSettings(
+            called_ae_title=called_ae_title,
+            calling_ae_title=config.ae_title,
+            max_pdu_length=config.limits.max_pdu_length,
+            acse_timeout=timeouts.acse,
+            dimse_timeout=timeouts.dimse,
+            network_idle_timeout=timeouts.network_idle,
+        )
+
+    return settings

@@ -33,6 +33,7 @@ from dicomd.cli.output import error_line, seconds
 from dicomd.client import (
     AssociationAborted,
     AssociationRejected,
+    AssociationTimeout,
     ClientAssociation,
     ClientSettings,
     DimseTimeout,
@@ -193,13 +194,8 @@ class Peer:
         return f"{self.settings.called_ae_title} at {self.address}"
 
 
-def explain_association_failure(failure: BaseException, peer: Peer, waited: float) -> str:
-    """Why `associate` failed, in one sentence; ``waited`` is how long it had been trying.
-
-    The client reports its own ACSE timeout as an A-ABORT from the service
-    user without a reason, which is also what a peer may send; only the time
-    waited tells them apart.
-    """
+def explain_association_failure(failure: BaseException, peer: Peer) -> str:
+    """Why `associate` failed, in one sentence."""
     acse_timeout = peer.settings.acse_timeout
     match failure:
         case error.ConnectionRefusedError():
@@ -213,7 +209,7 @@ def explain_association_failure(failure: BaseException, peer: Peer, waited: floa
         case AssociationRejected(result=result, source=source, reason=reason):
             meaning = describe_rejection(result, source, reason)
             return f"association rejected by {peer.settings.called_ae_title}: {meaning}"
-        case AssociationAborted(source=0, reason=0) if waited >= acse_timeout:
+        case AssociationTimeout():
             return (
                 f"timed out after {seconds(acse_timeout)} waiting for {peer}"
                 " to answer the association request"
@@ -250,12 +246,10 @@ async def associated(
         calling=peer.settings.calling_ae_title,
         count=len(contexts),
     )
-    started = reactor.seconds()
     try:
         association = await associate(reactor, peer.host, peer.port, peer.settings, contexts)
     except Exception as failure:
-        waited = reactor.seconds() - started
-        raise CommandFailed(explain_association_failure(failure, peer, waited)) from failure
+        raise CommandFailed(explain_association_failure(failure, peer)) from failure
     log.info(
         "association accepted, {accepted} of {count} presentation contexts",
         accepted=len(association.contexts),
@@ -294,21 +288,14 @@ async def answer(peer: Peer, waiting_for: str, request: Callable[[], defer.Defer
 
 
 async def release(association: ClientAssociation, peer: Peer) -> None:
-    """A-RELEASE; a peer that never confirms it is reported like any other timeout.
-
-    As when associating, the client's own ACSE timeout looks like an abort
-    by the service user, and the time waited tells them apart.
-    """
-    clock = association.protocol.clock
-    started = clock.seconds()
+    """A-RELEASE; a peer that never confirms it is reported like any other timeout."""
     try:
         await association.release()
+    except AssociationTimeout as failure:
+        raise CommandFailed(
+            f"timed out after {seconds(failure.timeout)} waiting for {peer} to confirm the release"
+        ) from failure
     except AssociationAborted as failure:
-        timeout = peer.settings.acse_timeout
-        if (failure.source, failure.reason) == (0, 0) and clock.seconds() - started >= timeout:
-            raise CommandFailed(
-                f"timed out after {seconds(timeout)} waiting for {peer} to confirm the release"
-            ) from failure
         raise CommandFailed(explain_failure(failure, peer, "the release")) from failure
 
 

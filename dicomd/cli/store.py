@@ -36,12 +36,12 @@ from dicomd.cli.network import (
 from dicomd.cli.output import error_line
 from dicomd.cli.progress import Progress, rates
 from dicomd.client import (
-    DEFAULT_SYNTAXES,
     AssociationAborted,
     ClientAssociation,
     DimseTimeout,
     NoAcceptedContext,
     StoreResult,
+    storage_contexts,
 )
 from dicomd.describe import describe_status
 from dicomd.part10 import Part10Error, read_header
@@ -112,21 +112,8 @@ class Instance:
 
 
 def propose_for(instances: Iterable[Instance]) -> tuple[PresentationContextRQ, ...]:
-    """One context for each SOP class and transfer syntax among ``instances``.
-
-    Each proposes the files' own syntax first, so that they can go as they
-    are; an uncompressed syntax also offers the other uncompressed ones, which
-    the client converts to when the peer prefers them (a compressed one
-    cannot be converted).
-    """
-    kinds = list(dict.fromkeys(instance.kind for instance in instances))
-    contexts = []
-    for index, (sop_class, syntax) in enumerate(kinds):
-        syntaxes = [syntax]
-        if not uids.is_encapsulated(syntax):
-            syntaxes += [other for other in DEFAULT_SYNTAXES if other != syntax]
-        contexts.append(PresentationContextRQ(2 * index + 1, sop_class, tuple(syntaxes)))
-    return tuple(contexts)
+    """One context for each SOP class and transfer syntax among ``instances``."""
+    return storage_contexts(instance.kind for instance in instances)
 
 
 def batches(instances: Sequence[Instance]) -> list[list[Instance]]:

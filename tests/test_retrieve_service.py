@@ -1,0 +1,235 @@
+"""C-GET and C-MOVE in memory: role selection, sub-operations over the wire, counts, statuses."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from zope.interface import implementer
+
+from dicomd import uids
+from dicomd.config import Destination, Plugin
+from dicomd.dimse import Command, CommandField, decode_dataset, encode_dataset
+from dicomd.interfaces import FindQuery, IRetrieveSource, RetrieveItem
+from dicomd.part10 import read_header
+from dicomd.pdu import PresentationContextRQ, RoleSelection
+from tests.wire import EXPLICIT, Peer, bare_config, request
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+CT = Path(get_testdata_file("CT_small.dcm"))
+MR = Path(get_testdata_file("MR_small.dcm"))
+
+
+@implementer(IRetrieveSource)
+class Files:
+    """A retrieve source over a fixed list of files."""
+
+    models = (uids.STUDY_ROOT_MOVE, uids.STUDY_ROOT_GET)
+
+    def __init__(self, *paths: Path, allow: bool = True) -> None:
+        self.paths = paths
+        self.allow = allow
+        self.queries: list[FindQuery] = []
+
+    def instances(self, query: FindQuery) -> list[RetrieveItem]:
+        self.queries.append(query)
+        items = []
+        for path in self.paths:
+            header = read_header(path)
+            items.append(
+                RetrieveItem(
+                    path, header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax
+                )
+            )
+        return items
+
+    def may_move(self, query: FindQuery, destination: str) -> bool:
+        return self.allow
+
+
+def node(source: Files, **destinations: Destination) -> Peer:
+    config = dataclasses.replace(
+        bare_config(),
+        plugins=(Plugin("tests.files", {}, source),),
+        destinations=destinations,
+    )
+    return Peer(config)
+
+
+def get_association(peer: Peer, scp_classes: tuple[str, ...] = (CT_IMAGE,)) -> dict[str, int]:
+    """Associate proposing C-GET and CT/MR storage; take the SCP role for ``scp_classes``."""
+    syntaxes = (EXPLICIT, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+    contexts = (
+        PresentationContextRQ(1, uids.STUDY_ROOT_GET, (EXPLICIT,)),
+        PresentationContextRQ(3, CT_IMAGE, syntaxes),
+        PresentationContextRQ(5, MR_IMAGE, syntaxes),
+        PresentationContextRQ(7, uids.STUDY_ROOT_MOVE, (EXPLICIT,)),
+    )
+    roles = tuple(
+        RoleSelection(uid, False, True) for uid in (CT_IMAGE, MR_IMAGE) if uid in scp_classes
+    )
+    ac = peer.associate(request(contexts=contexts, role_selections=roles))
+    answered = {role.sop_class_uid: role.scp_role for role in ac.user_information.role_selections}
+    assert answered == dict.fromkeys(scp_classes, True)
+    return {c.abstract_syntax: c.context_id for c in contexts}
+
+
+def retrieve_command(field: int, model: str, message_id: int = 7, **fields: object) -> Command:
+    return Command(
+        command_field=field,
+        message_id=message_id,
+        affected_sop_class_uid=model,
+        priority=0,
+        command_data_set_type=0x0001,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def study_identifier(level: str = "STUDY") -> bytes:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    identifier.StudyInstanceUID = "1.2.3"
+    return encode_dataset(identifier, EXPLICIT)
+
+
+def answer_stores(peer: Peer, status: int = 0x0000) -> list[tuple[Command, bytes | None]]:
+    """Answer every C-STORE-RQ the node sent; return every message seen."""
+    messages = peer.messages()
+    respond_to_stores(peer, messages, status)
+    return messages
+
+
+def respond_to_stores(
+    peer: Peer, messages: list[tuple[Command, bytes | None]], status: int = 0x0000
+) -> None:
+    for command, _ in messages:
+        if command.command_field == CommandField.C_STORE_RQ:
+            response = Command(
+                command_field=CommandField.C_STORE_RSP,
+                message_id_being_responded_to=command.message_id,
+                affected_sop_class_uid=command.affected_sop_class_uid,
+                affected_sop_instance_uid=command.affected_sop_instance_uid,
+                status=status,
+            )
+            peer.send_command(3 if command.affected_sop_class_uid == CT_IMAGE else 5, response)
+
+
+def run_get(peer: Peer, status: int = 0x0000) -> list[tuple[Command, bytes | None]]:
+    seen = []
+    for _ in range(10):
+        messages = answer_stores(peer, status)
+        seen += messages
+        if any(
+            m[0].command_field == CommandField.C_GET_RSP and m[0].status != 0xFF00 for m in messages
+        ):
+            break
+    return seen
+
+
+def test_c_get_sends_each_instance_back_as_it_is_then_success() -> None:
+    peer = node(Files(CT, CT))
+    get_association(peer)
+    peer.send_command(
+        1, retrieve_command(CommandField.C_GET_RQ, uids.STUDY_ROOT_GET), study_identifier()
+    )
+    seen = run_get(peer)
+    stores = [(c, d) for c, d in seen if c.command_field == CommandField.C_STORE_RQ]
+    assert len(stores) == 2
+    header = read_header(CT)
+    original = CT.read_bytes()[header.data_set_offset :]
+    for command, data in stores:
+        assert command.affected_sop_instance_uid == header.sop_instance_uid
+        assert data == original  # explicit VR LE both sides: no conversion
+    responses = [c for c, _ in seen if c.command_field == CommandField.C_GET_RSP]
+    assert [(r.status, r.number_of_remaining_suboperations) for r in responses] == [
+        (0xFF00, 1),
+        (0x0000, None),
+    ]
+    assert (
+        responses[-1].number_of_completed_suboperations,
+        responses[-1].number_of_failed_suboperations,
+    ) == (2, 0)
+
+
+def test_an_instance_the_requester_cannot_take_counts_as_failed() -> None:
+    peer = node(Files(CT, MR))
+    get_association(peer, scp_classes=(CT_IMAGE,))  # no SCP role for MR
+    peer.send_command(
+        1, retrieve_command(CommandField.C_GET_RQ, uids.STUDY_ROOT_GET), study_identifier()
+    )
+    seen = run_get(peer)
+    final, data = [(c, d) for c, d in seen if c.command_field == CommandField.C_GET_RSP][-1]
+    assert final.status == 0xB000
+    assert (final.number_of_completed_suboperations, final.number_of_failed_suboperations) == (1, 1)
+    failed = decode_dataset(data, EXPLICIT).FailedSOPInstanceUIDList
+    assert failed == dcmread(MR).SOPInstanceUID
+
+
+def test_failure_statuses_of_the_requester_are_counted() -> None:
+    peer = node(Files(CT))
+    get_association(peer)
+    peer.send_command(
+        1, retrieve_command(CommandField.C_GET_RQ, uids.STUDY_ROOT_GET), study_identifier()
+    )
+    seen = run_get(peer, status=0xA700)
+    final = [c for c, _ in seen if c.command_field == CommandField.C_GET_RSP][-1]
+    assert (final.status, final.number_of_failed_suboperations) == (0xB000, 1)
+
+
+def test_c_cancel_stops_between_instances_with_fe00() -> None:
+    peer = node(Files(CT, CT, CT))
+    get_association(peer)
+    peer.send_command(
+        1, retrieve_command(CommandField.C_GET_RQ, uids.STUDY_ROOT_GET, 9), study_identifier()
+    )
+    first = peer.messages()
+    assert [c.command_field for c, _ in first] == [CommandField.C_STORE_RQ]
+    cancel = Command(command_field=CommandField.C_CANCEL_RQ, message_id_being_responded_to=9)
+    peer.send_command(1, cancel)
+    respond_to_stores(peer, first)  # the cancel arrived while the first was on its way
+    seen = run_get(peer)
+    final = [c for c, _ in seen if c.command_field == CommandField.C_GET_RSP][-1]
+    assert final.status == 0xFE00
+    assert final.number_of_completed_suboperations == 1
+    assert final.number_of_remaining_suboperations == 2
+
+
+@pytest.mark.parametrize(("level", "status"), [("PATIENT", 0xA900), ("FRAME", 0xA900)])
+def test_a_level_outside_the_model_is_a900(level: str, status: int) -> None:
+    source = Files(CT)
+    peer = node(source)
+    get_association(peer)
+    peer.send_command(
+        1, retrieve_command(CommandField.C_GET_RQ, uids.STUDY_ROOT_GET), study_identifier(level)
+    )
+    ((final, _),) = peer.messages()
+    assert final.status == status
+    assert source.queries == []
+
+
+def test_a_move_to_an_unknown_destination_is_a801() -> None:
+    peer = node(Files(CT))
+    get_association(peer)
+    move = retrieve_command(
+        CommandField.C_MOVE_RQ, uids.STUDY_ROOT_MOVE, move_destination="NOWHERE"
+    )
+    peer.send_command(7, move, study_identifier())
+    ((final, _),) = peer.messages()
+    assert final.command_field == CommandField.C_MOVE_RSP
+    assert final.status == 0xA801
+    assert "NOWHERE" in final.error_comment
+
+
+def test_the_policy_may_refuse_with_0124() -> None:
+    peer = node(Files(CT, allow=False), STORESCP=Destination("STORESCP", "127.0.0.1", 1))
+    get_association(peer)
+    move = retrieve_command(
+        CommandField.C_MOVE_RQ, uids.STUDY_ROOT_MOVE, move_destination="STORESCP"
+    )
+    peer.send_command(7, move, study_identifier())
+    ((final, _),) = peer.messages()
+    assert final.status == 0x0124
