@@ -13,8 +13,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from .conftest import archive_plugin, run_echoscu
 from .test_find_archive import SUCCESS, assert_success, findscu, raw_name
 
