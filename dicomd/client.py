@@ -614,7 +614,22 @@ def _reencoded(dataset: Dataset, syntax: str, target: str) -> bytes:
             size = _WORD_SIZES.get(element.VR)
             if size and isinstance(element.value, bytes) and len(element.value) % size == 0:
                 element.value = _reverse_words(element.value, size)
-    return encode_dataset(dataset, target)
+    return _even(encode_dataset(dataset, target))
+
+
+def _even(data: bytes) -> bytes:
+    """``data`` padded with a NUL to an even length, as a PDV must be.
+
+    Only a deflated data set can be odd (a deflate stream ends on any byte);
+    pydicom and pynetdicom pad theirs so, and dcmtk refuses an odd fragment.
+    """
+    return data + b"\0" if len(data) % 2 else data
+
+
+def _data_set_of(path: Path, offset: int, length: int) -> bytes:
+    with path.open("rb") as file:
+        file.seek(offset)
+        return file.read(length)
 
 
 def _reverse_words(value: bytes, size: int) -> bytes:
@@ -636,8 +651,9 @@ def store_request(
     """The C-STORE-RQ (without its message ID) and data for ``source`` on one of ``contexts``.
 
     A file goes as it is when a context has its transfer syntax, streamed
-    from disk; an uncompressed one is re-encoded for another uncompressed
-    syntax; otherwise `NoAcceptedContext` says why not.  A data set is taken
+    from disk (a deflated one of odd length is read and padded with a NUL);
+    an uncompressed one is re-encoded for another uncompressed syntax;
+    otherwise `NoAcceptedContext` says why not.  A data set is taken
     to be in the syntax of its ``file_meta`` (explicit VR little endian
     without one).
     """
@@ -650,10 +666,12 @@ def store_request(
         header = part10.read_header(source)
         sop_class, sop_instance = header.sop_class_uid, header.sop_instance_uid
         context = _context_for_syntax(contexts, sop_class, header.transfer_syntax)
-        if context.transfer_syntax == header.transfer_syntax:
-            data = FileData(Path(source), header.data_set_offset, header.data_set_length)
-        else:
+        if context.transfer_syntax != header.transfer_syntax:
             data = _reencoded(dcmread(source), header.transfer_syntax, context.transfer_syntax)
+        elif header.data_set_length % 2:  # a deflated stream that ends on an odd byte
+            data = _even(_data_set_of(Path(source), header.data_set_offset, header.data_set_length))
+        else:
+            data = FileData(Path(source), header.data_set_offset, header.data_set_length)
     command = Command(
         command_field=CommandField.C_STORE_RQ,
         affected_sop_class_uid=sop_class,
