@@ -188,26 +188,15 @@ class _RetrieveService:
                 result = await storer.store(
                     item.path, move_originator=self.originator(reply, message_id)
                 )
-            except NoAcceptedContext as error:
-                self.log.info(
-                    "retrieve: {uid} cannot be sent: {error}",
-                    uid=item.sop_instance_uid,
-                    error=str(error),
-                )
-                progress.fail([item])
-                reply.pending(progress)
-                continue
-            except (AssociationError, AssociationEnded) as error:
-                self.log.warn(
-                    "retrieve: the sub-operations' association ended: {error}", error=str(error)
-                )
-                progress.fail(items[number:])
-                return
             except Exception as error:
+                if isinstance(error, AssociationError | AssociationEnded) and not isinstance(
+                    error, NoAcceptedContext
+                ):
+                    self.log.warn("retrieve: the sub-operations' association ended: {e}", e=error)
+                    progress.fail(items[number:])
+                    return
                 self.log.warn(
-                    "retrieve: cannot send {uid}: {error}",
-                    uid=item.sop_instance_uid,
-                    error=str(error),
+                    "retrieve: cannot send {uid}: {e}", uid=item.sop_instance_uid, e=error
                 )
                 progress.fail([item])
                 reply.pending(progress)
