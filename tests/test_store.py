@@ -18,8 +18,9 @@ from dicomd import uids
 from dicomd.config import Config, Plugin, Store, default_config
 from dicomd.dimse import Command, CommandField, encode_dataset
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
+from dicomd.part10 import PREAMBLE, file_meta
 from dicomd.pdu import AAbort, PresentationContextRQ, encode_pdata
-from dicomd.services.store import INCOMING, PREAMBLE, file_meta
+from dicomd.services.store import INCOMING
 from tests.wire import EXPLICIT, IMPLICIT, Peer, request
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

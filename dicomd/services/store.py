@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import struct
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,130 +26,12 @@ from dicomd.association import DiscardSink
 from dicomd.dimse import Command, CommandField, error_comment
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
 from dicomd.negotiation import AcceptedContext
+from dicomd.part10 import IncomingFile, file_meta
 
 if TYPE_CHECKING:
     from dicomd.association import Acceptor, Request
 
-PREAMBLE = b"\x00" * 128 + b"DICM"
 INCOMING = ".incoming"
-
-
-class IncomingFile:
-    """The data sink of one C-STORE: a temporary Part 10 file, written as data arrives.
-
-    A write error (a full disk, most often) is remembered rather than raised:
-    the rest of the data set must still be read off the association, and the
-    peer gets A700 once it is complete.
-    """
-
-    def __init__(self, folder: Path, meta: bytes) -> None:
-        self.path = folder / f"{uuid.uuid4().hex}.part"
-        self.size = 0
-        self.error: OSError | None = None
-        self._file: BinaryIO | None = None
-        try:
-            self._file = self._create(folder)
-            self._file.write(PREAMBLE + meta)
-        except OSError as error:
-            self._fail(error)
-
-    def _create(self, folder: Path) -> BinaryIO:
-        # Unbuffered: fragments arrive in large pieces, and a per-file buffer
-        # costs more to allocate than the copies it would save.
-        try:
-            return open(self.path, "wb", buffering=0)
-        except FileNotFoundError:
-            folder.mkdir(parents=True, exist_ok=True)
-            return open(self.path, "wb", buffering=0)
-
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self._file is None:
-            return
-        try:
-            self._file.write(data)
-        except OSError as error:
-            self._fail(error)
-
-    def finish(self) -> IncomingFile:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError as error:
-                self._fail(error)
-            self._file = None
-        return self
-
-    def discard(self) -> None:
-        """The association ended mid-instance: nothing of it may remain."""
-        self._close_quietly()
-        self.remove()
-
-    def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            self.path.unlink()
-
-    def _fail(self, error: OSError) -> None:
-        self.error = error
-        self._close_quietly()
-        self.remove()
-
-    def _close_quietly(self) -> None:
-        """Close after a failure: the first error is the one worth reporting."""
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
-
-
-def file_meta(command: Command, transfer_syntax: str, source_ae_title: str) -> bytes:
-    """Our File Meta Information for a received instance (PS3.10 7.1).
-
-    pydicom encodes it; only the two elements that change with every
-    instance, the group length and the Media Storage SOP Instance UID, are
-    put in by hand around pydicom's cached encoding of the rest, because
-    building a pydicom data set per instance costs more than receiving it.
-    """
-    assert command.affected_sop_class_uid and command.affected_sop_instance_uid
-    before, after = _meta_around_instance_uid(
-        command.affected_sop_class_uid, transfer_syntax, source_ae_title
-    )
-    uid = command.affected_sop_instance_uid.encode("ascii")
-    if len(uid) % 2:
-        uid += b"\0"
-    instance = _EXPLICIT_SHORT.pack(0x0002, 0x0003, b"UI", len(uid)) + uid
-    length = len(before) + len(instance) + len(after)
-    return _GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, length) + before + instance + after
-
-
-_EXPLICIT_SHORT = struct.Struct("<HH2sH")
-_GROUP_LENGTH = struct.Struct("<HH2sHL")
-
-
-@functools.lru_cache(maxsize=256)
-def _meta_around_instance_uid(
-    sop_class_uid: str, transfer_syntax: str, source_ae_title: str
-) -> tuple[bytes, bytes]:
-    """pydicom's encoding of the meta elements before and after (0002,0003)."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
-    if source_ae_title:
-        meta.SourceApplicationEntityTitle = source_ae_title
-    before, after = Dataset(), Dataset()
-    for element in meta:
-        (before if element.tag < 0x00020003 else after).add(element)
-    return _encode_explicit_little(before), _encode_explicit_little(after)
-
-
-def _encode_explicit_little(elements: Dataset) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, elements)
-    return buffer.getvalue()
 
 
 class StorageService:
