@@ -52,6 +52,7 @@ from dicomd.dimse import (
 from dicomd.fsm import State, StateMachine
 from dicomd.negotiation import AcceptedContext
 from dicomd.outbox import FileData, Outbox
+from dicomd.part10 import IncomingFile, file_meta
 from dicomd.pdu import (
     AAssociateAC,
     AAssociateRJ,
@@ -61,6 +62,7 @@ from dicomd.pdu import (
     AsyncOperationsWindow,
     PDataTF,
     PresentationContextRQ,
+    RoleSelection,
     UserInformation,
 )
 from dicomd.protocol import UpperLayerProtocol
@@ -116,8 +118,12 @@ class DimseTimeout(AssociationError):
 
 
 class FindFailed(Exception):
-    """A C-FIND ended with a failure status (A700, A900, Cxxx...), raised by `cfind` and
-    `ClientAssociation.find_iter`; `ClientAssociation.find` returns it as its result instead."""
+    """A C-FIND ended with a failure status (A700, A900, Cxxx...).
+
+    Raised by `cfind` and `ClientAssociation.find_iter`, whose callers have
+    no result to look at; `ClientAssociation.find` gives the status in its
+    `FindResult` instead.
+    """
 
     def __init__(self, status: int, error_comment: str | None = None) -> None:
         comment = f": {error_comment}" if error_comment else ""
@@ -157,6 +163,28 @@ class StoreResult:
     error_comment: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RetrieveResult:
+    """The end of a C-MOVE or C-GET: final status and sub-operation counts."""
+
+    status: int
+    completed: int
+    failed: int
+    warning: int
+    failed_sop_instance_uids: tuple[str, ...] = ()
+    error_comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveProgress:
+    """One pending C-MOVE or C-GET response: the sub-operations so far."""
+
+    remaining: int
+    completed: int
+    failed: int
+    warning: int
+
+
 class _Operation:
     """One request waiting for its response(s)."""
 
@@ -189,6 +217,33 @@ class _FindOperation(_Operation):
         return FindResult(command.status, self.matches, command.error_comment)
 
 
+class _RetrieveOperation(_Operation):
+    def __init__(
+        self, context: AcceptedContext, on_progress: Callable[[RetrieveProgress], object] | None
+    ) -> None:
+        super().__init__(context)
+        self.on_progress = on_progress
+
+    def response(self, command: Command, data: bytes | None) -> Any:
+        counts = (
+            command.number_of_completed_suboperations or 0,
+            command.number_of_failed_suboperations or 0,
+            command.number_of_warning_suboperations or 0,
+        )
+        if command.status in _PENDING:
+            if self.on_progress is not None:
+                remaining = command.number_of_remaining_suboperations or 0
+                self.on_progress(RetrieveProgress(remaining, *counts))
+            return _MORE
+        failed: tuple[str, ...] = ()
+        if data:
+            listed = decode_dataset(data, self.context.transfer_syntax).get(
+                "FailedSOPInstanceUIDList", []
+            )
+            failed = (listed,) if isinstance(listed, str) else tuple(listed)
+        return RetrieveResult(command.status, *counts, failed, command.error_comment)
+
+
 _PENDING = frozenset({uids.Status.PENDING, uids.Status.PENDING_WARNING})
 _MORE = object()
 """What `_Operation.response` returns while more responses are to come."""
@@ -218,6 +273,9 @@ class ClientAssociation:
         self._operations: dict[int, _Operation] = {}
         self._waiting_room: deque[tuple[int, bytes, bytes | FileData | None]] = deque()
         self._response: tuple[Command, list[bytes]] | None = None
+        self._receive_folder: Path | None = None
+        self._incoming: IncomingFile | None = None
+        self._incoming_request: tuple[int, Command] | None = None
         self._acse_timer: IDelayedCall | None = None
         self._outbox: Outbox | None = None
 
@@ -315,6 +373,60 @@ class ClientAssociation:
         return d.addCallback(
             lambda response: StoreResult(response.status, sop_instance, response.error_comment)
         )
+
+    def move(
+        self,
+        sop_class_uid: str,
+        identifier: Dataset,
+        destination: str,
+        on_progress: Callable[[RetrieveProgress], object] | None = None,
+        priority: int = 0,
+    ) -> defer.Deferred[RetrieveResult]:
+        """C-MOVE: the peer sends what ``identifier`` selects to the AE ``destination``."""
+        return self._retrieve(
+            CommandField.C_MOVE_RQ, sop_class_uid, identifier, on_progress, priority, destination
+        )
+
+    def get(
+        self,
+        sop_class_uid: str,
+        identifier: Dataset,
+        folder: str | Path,
+        on_progress: Callable[[RetrieveProgress], object] | None = None,
+        priority: int = 0,
+    ) -> defer.Deferred[RetrieveResult]:
+        """C-GET: the peer sends what ``identifier`` selects back over this association.
+
+        Each instance lands in ``folder`` as ``<SOP Instance UID>.dcm``, a
+        Part 10 file with the data set as it was sent.  The association must
+        have been opened with `retrieve_contexts` and the SCP role for the
+        storage classes expected (``roles`` of `associate`).
+        """
+        self._receive_folder = Path(folder)
+        return self._retrieve(
+            CommandField.C_GET_RQ, sop_class_uid, identifier, on_progress, priority
+        )
+
+    def _retrieve(
+        self,
+        field: int,
+        sop_class_uid: str,
+        identifier: Dataset,
+        on_progress: Callable[[RetrieveProgress], object] | None,
+        priority: int,
+        destination: str | None = None,
+    ) -> defer.Deferred[RetrieveResult]:
+        context = self._context_for(sop_class_uid)
+        command = Command(
+            command_field=field,
+            message_id=self._next_id(),
+            affected_sop_class_uid=sop_class_uid,
+            priority=priority,
+            move_destination=destination,
+            command_data_set_type=DATA_SET_PRESENT,
+        )
+        data = encode_dataset(identifier, context.transfer_syntax)
+        return self._invoke(_RetrieveOperation(context, on_progress), command, data)
 
     async def __aenter__(self) -> ClientAssociation:
         return self
@@ -452,10 +564,18 @@ class ClientAssociation:
 
     def _message_event(self, event: CommandReceived | DataReceived) -> None:
         if isinstance(event, CommandReceived):
-            if event.command.has_data_set:
-                self._response = (event.command, [])
+            command = event.command
+            if not command.is_response:
+                self._request_received(event.context_id, command)
+            elif command.has_data_set:
+                self._response = (command, [])
             else:
-                self._responded(event.command, None)
+                self._responded(command, None)
+            return
+        if self._incoming is not None:
+            self._incoming.write(event.data)
+            if event.last:
+                self._store_received()
             return
         assert self._response is not None, "the assembler yields data only after a command"
         self._response[1].append(event.data)
@@ -463,6 +583,46 @@ class ClientAssociation:
             command, chunks = self._response
             self._response = None
             self._responded(command, b"".join(chunks))
+
+    def _request_received(self, context_id: int, command: Command) -> None:
+        """A request from the peer: only the C-STOREs of a C-GET are expected."""
+        context = self.contexts.get(context_id)
+        folder = self._receive_folder
+        if command.command_field != CommandField.C_STORE_RQ or folder is None or context is None:
+            self.log.warn(
+                "unexpected request {field:04X} from the peer", field=command.command_field
+            )
+            self.machine.abort_request(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED)
+            self._fail_all(AssociationAborted(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED))
+            return
+        meta = file_meta(command, context.transfer_syntax, self.request.called_ae_title)
+        self._incoming = IncomingFile(folder, meta)
+        self._incoming_request = (context_id, command)
+
+    def _store_received(self) -> None:
+        """The last fragment of a C-GET's instance: keep the file and answer the C-STORE."""
+        received = self._incoming.finish()  # type: ignore[union-attr]
+        context_id, command = self._incoming_request  # type: ignore[misc]
+        self._incoming = None
+        status = uids.Status.SUCCESS
+        if received.error is not None:
+            status = uids.Status.OUT_OF_RESOURCES
+        else:
+            target = received.path.with_name(f"{_file_name(command.affected_sop_instance_uid)}.dcm")
+            try:
+                received.path.replace(target)
+            except OSError:
+                received.remove()
+                status = uids.Status.OUT_OF_RESOURCES
+        response = Command(
+            command_field=CommandField.C_STORE_RSP,
+            message_id_being_responded_to=command.message_id,
+            affected_sop_class_uid=command.affected_sop_class_uid,
+            affected_sop_instance_uid=command.affected_sop_instance_uid,
+            status=status,
+        )
+        assert self._outbox is not None
+        self._outbox.send(context_id, response.encode(), None)
 
     def _responded(self, command: Command, data: bytes | None) -> None:
         message_id = command.message_id_being_responded_to
@@ -702,6 +862,24 @@ def _context_for_syntax(
     return fallback
 
 
+def _file_name(uid: str | None) -> str:
+    """A SOP Instance UID as a file name: digits and dots only."""
+    cleaned = "".join(c for c in (uid or "") if c.isdigit() or c == ".").strip(".")
+    return cleaned or "unnamed"
+
+
+def retrieve_contexts(
+    model: str, storage_classes: Iterable[str] = ()
+) -> tuple[PresentationContextRQ, ...]:
+    """The contexts of a C-MOVE or C-GET association: the model, and for C-GET the storage
+    classes to receive, each offering every transfer syntax we can keep as it comes."""
+    syntaxes = (*DEFAULT_SYNTAXES, *sorted(uids.KNOWN_TRANSFER_SYNTAXES - set(DEFAULT_SYNTAXES)))
+    contexts = [PresentationContextRQ(1, model, DEFAULT_SYNTAXES)]
+    for index, sop_class in enumerate(dict.fromkeys(storage_classes), start=1):
+        contexts.append(PresentationContextRQ(2 * index + 1, sop_class, syntaxes))
+    return tuple(contexts)
+
+
 def storage_contexts(kinds: Iterable[tuple[str, str]]) -> tuple[PresentationContextRQ, ...]:
     """One context for each (SOP class, transfer syntax) among the instances to send.
 
@@ -730,9 +908,15 @@ def propose(
 
 
 def association_request(
-    settings: ClientSettings, contexts: Sequence[PresentationContextRQ]
+    settings: ClientSettings,
+    contexts: Sequence[PresentationContextRQ],
+    scp_roles: Iterable[str] = (),
 ) -> AAssociateRQ:
-    """The A-ASSOCIATE-RQ for ``settings``, announcing our implementation."""
+    """The A-ASSOCIATE-RQ for ``settings``, announcing our implementation.
+
+    ``scp_roles`` are the SOP classes we take the SCP role for (PS3.7
+    D.3.3.4): the storage classes a C-GET is to bring back.
+    """
     return AAssociateRQ(
         called_ae_title=settings.called_ae_title,
         calling_ae_title=settings.calling_ae_title,
@@ -746,15 +930,19 @@ def association_request(
                 if settings.max_operations > 1
                 else None
             ),
+            role_selections=tuple(RoleSelection(uid, False, True) for uid in scp_roles),
         ),
     )
 
 
 def requestor_protocol(
-    clock: IReactorTime, settings: ClientSettings, contexts: Sequence[PresentationContextRQ]
+    clock: IReactorTime,
+    settings: ClientSettings,
+    contexts: Sequence[PresentationContextRQ],
+    scp_roles: Iterable[str] = (),
 ) -> tuple[UpperLayerProtocol, ClientAssociation]:
     """A protocol ready to be connected, whose association starts on connection."""
-    request = association_request(settings, contexts)
+    request = association_request(settings, contexts, scp_roles)
     protocol = UpperLayerProtocol(
         lambda p: ClientAssociation(p, request, settings),
         clock,
@@ -774,8 +962,11 @@ def associate(
     port: int,
     settings: ClientSettings,
     contexts: Sequence[PresentationContextRQ] = propose([uids.VERIFICATION]),
+    scp_roles: Iterable[str] = (),
 ) -> defer.Deferred[ClientAssociation]:
     """Connect and negotiate; fires with the association or fails with the reason.
+
+    ``scp_roles`` (for C-GET) are the SOP classes we take the SCP role for.
 
     Connecting may take ``settings.acse_timeout``, and so may the answer to
     the request once connected.  A connection that cannot be made fails with
@@ -783,7 +974,7 @@ def associate(
     `DNSLookupError` from `twisted.internet.error`); after that, the failure
     is `AssociationRejected`, `AssociationAborted` or `AssociationTimeout`.
     """
-    protocol, association = requestor_protocol(reactor, settings, contexts)  # type: ignore[arg-type]
+    protocol, association = requestor_protocol(reactor, settings, contexts, scp_roles)  # type: ignore[arg-type]
     endpoint = HostnameEndpoint(reactor, host, port, timeout=settings.acse_timeout)
     connected = connectProtocol(endpoint, protocol)
     connected.addErrback(association._abandon)

@@ -8,14 +8,24 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from twisted.internet.task import Clock
+from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
 
 from dicomd import uids
+from dicomd.client import (
+    ClientSettings,
+    RetrieveProgress,
+    RetrieveResult,
+    requestor_protocol,
+    retrieve_contexts,
+)
 from dicomd.config import Destination, Plugin
 from dicomd.dimse import Command, CommandField, decode_dataset, encode_dataset
 from dicomd.interfaces import FindQuery, IRetrieveSource, RetrieveItem
 from dicomd.part10 import read_header
 from dicomd.pdu import PresentationContextRQ, RoleSelection
+from dicomd.server import DicomServerFactory
 from tests.wire import EXPLICIT, Peer, bare_config, request
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -233,3 +243,62 @@ def test_the_policy_may_refuse_with_0124() -> None:
     peer.send_command(7, move, study_identifier())
     ((final, _),) = peer.messages()
     assert final.status == 0x0124
+
+
+# -- our own client as the requester, in memory -----------------------------------------------
+
+
+def client_pair(source: Files, scp_roles: tuple[str, ...], contexts):
+    clock = Clock()
+    config = dataclasses.replace(bare_config(), plugins=(Plugin("tests.files", {}, source),))
+    server = DicomServerFactory(config, reactor=clock).buildProtocol(None)
+    client, association = requestor_protocol(
+        clock, ClientSettings("DICOMD", "GETSCU"), contexts, scp_roles
+    )
+    pump = connect(
+        server, FakeTransport(server, isServer=True), client, FakeTransport(client, isServer=False)
+    )
+    pump.flush()
+    return pump, association
+
+
+def fired(d):
+    outcome: list[object] = []
+    d.addBoth(outcome.append)
+    assert outcome, "the Deferred has not fired"
+    return outcome[0]
+
+
+def test_client_get_keeps_each_instance_as_sent(tmp_path: Path) -> None:
+    contexts = retrieve_contexts(uids.STUDY_ROOT_GET, [CT_IMAGE])
+    pump, association = client_pair(Files(CT), (CT_IMAGE,), contexts)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = "1.2.3"
+    progress: list[RetrieveProgress] = []
+    got = association.get(uids.STUDY_ROOT_GET, identifier, tmp_path, progress.append)
+    pump.flush()
+    result = fired(got)
+    assert isinstance(result, RetrieveResult), result
+    assert (result.status, result.completed, result.failed) == (0x0000, 1, 0)
+    header = read_header(CT)
+    (kept,) = tmp_path.glob("*.dcm")
+    assert kept.name == f"{header.sop_instance_uid}.dcm"
+    kept_header = read_header(kept)
+    assert (
+        kept.read_bytes()[kept_header.data_set_offset :]
+        == (CT.read_bytes()[header.data_set_offset :])
+    )
+
+
+def test_client_move_reports_the_failure_status_as_a_result() -> None:
+    contexts = retrieve_contexts(uids.STUDY_ROOT_MOVE)
+    pump, association = client_pair(Files(CT), (), contexts)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = "1.2.3"
+    moved = association.move(uids.STUDY_ROOT_MOVE, identifier, "NOWHERE")
+    pump.flush()
+    result = fired(moved)
+    assert (result.status, result.completed) == (0xA801, 0)
+    assert "NOWHERE" in result.error_comment
