@@ -14,18 +14,21 @@ import sys
 from collections.abc import Sequence
 
 from dicomd import __version__
-from dicomd.cli import dump, echo, find, store
+from dicomd.cli import dump, echo, find, retrieve, store
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomd",
-        description="DICOM tools: dump Part 10 files, and echo, find and store against a peer.",
+        description=(
+            "DICOM tools: dump Part 10 files, and echo, find, store, move and get against a peer."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"dicomd {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for command in (dump, echo, find, store):
         command.add_parser(subparsers)
+    retrieve.add_parsers(subparsers)
     return parser
 
 

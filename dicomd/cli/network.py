@@ -232,9 +232,14 @@ def explain_failure(failure: BaseException, peer: Peer, waiting_for: str) -> str
 
 @asynccontextmanager
 async def associated(
-    reactor: Any, peer: Peer, contexts: Sequence[PresentationContextRQ]
+    reactor: Any,
+    peer: Peer,
+    contexts: Sequence[PresentationContextRQ],
+    scp_roles: Sequence[str] = (),
 ) -> AsyncIterator[ClientAssociation]:
     """An association for the ``async with`` block, released when the block ends.
+
+    ``scp_roles``: the storage classes a C-GET is to bring back.
 
     Failing to associate raises `CommandFailed` that says why.  When the
     block fails while the association still stands, it is released all the
@@ -247,7 +252,9 @@ async def associated(
         count=len(contexts),
     )
     try:
-        association = await associate(reactor, peer.host, peer.port, peer.settings, contexts)
+        association = await associate(
+            reactor, peer.host, peer.port, peer.settings, contexts, scp_roles
+        )
     except Exception as failure:
         raise CommandFailed(explain_association_failure(failure, peer)) from failure
     log.info(
