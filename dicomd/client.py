@@ -868,12 +868,17 @@ def _file_name(uid: str | None) -> str:
     return cleaned or "unnamed"
 
 
+_MAX_SYNTAXES_PER_CONTEXT = 32
+"""dcmtk refuses an association whose contexts propose more transfer syntaxes than that."""
+
+
 def retrieve_contexts(
     model: str, storage_classes: Iterable[str] = ()
 ) -> tuple[PresentationContextRQ, ...]:
     """The contexts of a C-MOVE or C-GET association: the model, and for C-GET the storage
-    classes to receive, each offering every transfer syntax we can keep as it comes."""
-    syntaxes = (*DEFAULT_SYNTAXES, *sorted(uids.KNOWN_TRANSFER_SYNTAXES - set(DEFAULT_SYNTAXES)))
+    classes to receive, each offering the current transfer syntaxes we keep as they come."""
+    others = sorted(uids.ALL_TRANSFER_SYNTAXES - set(DEFAULT_SYNTAXES))
+    syntaxes = (*DEFAULT_SYNTAXES, *others)[:_MAX_SYNTAXES_PER_CONTEXT]
     contexts = [PresentationContextRQ(1, model, DEFAULT_SYNTAXES)]
     for index, sop_class in enumerate(dict.fromkeys(storage_classes), start=1):
         contexts.append(PresentationContextRQ(2 * index + 1, sop_class, syntaxes))
