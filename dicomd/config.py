@@ -120,7 +120,6 @@ class Destination:
     ae_title: str
     host: str
     port: int
-    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,21 +336,20 @@ def _host(text: str, key: str, where: str = " after '@'") -> str:
 
 
 def _destinations(value: object, key: str) -> Mapping[str, Destination]:
-    """AE title -> {host, port, tls}: where C-MOVE may send."""
+    """AE title -> {host, port}: where C-MOVE may send."""
     if not isinstance(value, Mapping):
         raise ConfigError(key, f"expected a mapping of AE titles, got {_show(value)}")
     destinations: dict[str, Destination] = {}
     for name, entry in value.items():
         entry_key = _join(key, name)
         ae_title = _ae_title(name, entry_key)
-        fields = _with_defaults(entry, entry_key, {"host": None, "port": None, "tls": False})
+        fields = _with_defaults(entry, entry_key, {"host": None, "port": None})
         if fields["host"] is None or fields["port"] is None:
             raise ConfigError(entry_key, "needs both host and port")
         destinations[ae_title] = Destination(
             ae_title=ae_title,
             host=_host(_text(fields["host"], f"{entry_key}.host"), f"{entry_key}.host", ""),
             port=_integer(fields["port"], f"{entry_key}.port", (1, 65535)),
-            tls=_boolean(fields["tls"], f"{entry_key}.tls"),
         )
     return MappingProxyType(destinations)
 

@@ -721,13 +721,13 @@ def test_destinations_are_known_aes_with_host_and_port() -> None:
         {
             "destinations": {
                 "STORESCP": {"host": "127.0.0.1", "port": 11113},
-                "PACS": {"host": "Pacs.Example.org", "port": 2762, "tls": True},
+                "PACS": {"host": "Pacs.Example.org", "port": 2762},
             }
         }
     )
     assert config.destinations == {
-        "STORESCP": Destination("STORESCP", "127.0.0.1", 11113, False),
-        "PACS": Destination("PACS", "pacs.example.org", 2762, True),
+        "STORESCP": Destination("STORESCP", "127.0.0.1", 11113),
+        "PACS": Destination("PACS", "pacs.example.org", 2762),
     }
 
 
@@ -737,7 +737,7 @@ def test_destinations_are_known_aes_with_host_and_port() -> None:
         ([], "destinations: expected a mapping of AE titles, got []"),
         ({"X": {"host": "h"}}, "destinations.X: needs both host and port"),
         ({"X": {"host": "h", "port": 0}}, "destinations.X.port: "),
-        ({"X": {"host": "h", "port": 1, "colour": 1}}, "destinations.X.colour: "),
+        ({"X": {"host": "h", "port": 1, "tls": True}}, "destinations.X.tls: "),
         ({"X": {"host": "no way", "port": 1}}, "destinations.X.host: 'no way' is neither"),
     ],
 )
