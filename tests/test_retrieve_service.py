@@ -187,7 +187,7 @@ def test_failure_statuses_of_the_requester_are_counted() -> None:
     )
     seen = run_get(peer, status=0xA700)
     final = [c for c, _ in seen if c.command_field == CommandField.C_GET_RSP][-1]
-    assert (final.status, final.number_of_failed_suboperations) == (0xB000, 1)
+    assert (final.status, final.number_of_failed_suboperations) == (0xA702, 1)
 
 
 def test_c_cancel_stops_between_instances_with_fe00() -> None:

@@ -9,10 +9,10 @@ instance as it is stored (C-STORE sub-operations carrying the move
 originator), and reports progress after each with a pending response
 holding the sub-operation counts.  The requesting association is never
 harmed by what the destination does: a refusal or an abort there only turns
-the remaining sub-operations into failures.  The final status is A702 only
-when no sub-operation could be attempted (the destination cannot be reached);
-failures one by one (refused, not offered, cut short) are counted and
-answered B000 with the Failed SOP Instance UID List.
+the remaining sub-operations into failures.  The final status is B000 when
+some sub-operations failed and others did not, A702 when every one failed
+(or none could be attempted: the destination cannot be reached), always with
+the Failed SOP Instance UID List.
 """
 
 from __future__ import annotations
@@ -147,6 +147,9 @@ class _RetrieveService:
             self.done(storer)
         if reply.cancelled:
             reply.final(uids.Status.CANCEL, progress)
+        elif progress.failed and not (progress.completed or progress.warning):
+            # Warning (B000) says some sub-operations succeeded; none did (PS3.4 C.4.2.1.5).
+            reply.final(uids.Status.OUT_OF_RESOURCES_UNABLE_TO_PERFORM_SUB_OPERATIONS, progress)
         elif progress.failed or progress.warning:
             reply.final(uids.Status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES, progress)
         else:

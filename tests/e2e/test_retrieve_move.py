@@ -578,14 +578,8 @@ def assert_success(responses: Sequence[RetrieveResponse], total: int) -> None:
 def assert_every_sub_operation_failed(final: RetrieveResponse, total: int) -> None:
     """The final response of a retrieve none of whose sub-operations succeeded: its counts,
     and a Failure status, A702 (PS3.4 C.4.2.2.1 and C.4.3.2: Warning means that one or more
-    completed).  The daemon's known deviation, B000, is an expected failure until fixed."""
-    assert final == RetrieveResponse(final.status, None, 0, total, 0)
-    if final.status == WARNING:
-        pytest.xfail(
-            "daemon bug: when every sub-operation was attempted and failed, the final status "
-            "is B000 (Warning) instead of a Failure; dcmqrscp and pynetdicom answer A702"
-        )
-    assert final.status == UNABLE_TO_PERFORM_SUB_OPERATIONS
+    completed)."""
+    assert final == RetrieveResponse(UNABLE_TO_PERFORM_SUB_OPERATIONS, None, 0, total, 0)
 
 
 def uids_of(instances: Iterable[Instance]) -> set[str]:
