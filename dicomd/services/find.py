@@ -141,7 +141,8 @@ class _Answer:
         return self.service.cooperator.cooperate(self._send_each(iter(matches))).whenDone()
 
     def _send_each(self, matches: Iterator[Dataset]) -> Iterator[None]:
-        """One match per turn of the reactor, so a cancel or another association gets in."""
+        """A match per step; the cooperator yields to the reactor every few milliseconds,
+        so that a cancel or another association gets in."""
         for match in matches:
             if self.cancelled:
                 raise Cancelled()
