@@ -629,6 +629,40 @@ class PynetdicomTests(PeerTestCase):
         await association.release()
 
     @scenario
+    async def test_cancelling_a_find_still_waiting_its_turn_sends_nothing(self) -> None:
+        """With one operation at a time, a second find waits; cancelled, it never leaves."""
+        asked: list[str] = []
+
+        def answer(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+            asked.append(event.identifier.PatientID)
+            for number in range(200):
+                if event.is_cancelled:
+                    yield 0xFE00, None
+                    return
+                yield 0xFF00, matches_of(f"P{number}")[0]
+                threading.Event().wait(0.02)
+            yield SUCCESS, None
+
+        port = self.scp([uids.STUDY_ROOT_FIND], [(evt.EVT_C_FIND, answer)])
+        association = await connect(port, "PYNETDICOM", uids.STUDY_ROOT_FIND)
+        answering: defer.Deferred[None] = defer.Deferred()
+        first = association.find(
+            uids.STUDY_ROOT_FIND,
+            study_query(PatientID="FIRST"),
+            on_match=lambda match: answering.called or answering.callback(None),
+        )
+        second = association.find(uids.STUDY_ROOT_FIND, study_query(PatientID="SECOND"))
+        second.cancel()
+        waited = await second.result
+        await answering  # a C-CANCEL pynetdicom gets before its handler starts goes unseen
+        first.cancel()
+        ended = await first.result
+        await association.release()
+        assert (waited.status, waited.matches) == (0xFE00, [])
+        assert ended.status == 0xFE00
+        assert asked == ["FIRST"]
+
+    @scenario
     async def test_leaving_async_with_by_an_exception_aborts(self) -> None:
         aborted = threading.Event()
         port = self.scp([uids.VERIFICATION], [(evt.EVT_ABORTED, lambda event: aborted.set())])
