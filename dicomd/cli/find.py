@@ -75,6 +75,26 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     add_network_options(parser)
+    query = add_query_arguments(
+        parser,
+        "query",
+        worklist=True,
+        key_help="a matching key (with a value) or return key (without); repeat for more",
+    )
+    query.add_argument(
+        "--json", action="store_true", help="print a JSON array of DICOM JSON models (PS3.18 F)"
+    )
+    add_address(parser)
+    parser.set_defaults(run=main)
+
+
+def add_query_arguments(
+    parser: argparse.ArgumentParser, title: str, *, worklist: bool, key_help: str
+) -> argparse._ArgumentGroup:
+    """The model (-P, -S and perhaps -W), the level (-L) and the keys (-k), as findscu has them.
+
+    Returns the group of the level and keys, for the command to add its own.
+    """
     model = parser.add_argument_group("query model").add_mutually_exclusive_group()
     model.add_argument(
         "-P",
@@ -92,16 +112,17 @@ def add_parser(subparsers: Any) -> None:
         const="study",
         help="Study Root model, the default (default level STUDY)",
     )
-    model.add_argument(
-        "-W",
-        "--worklist",
-        dest="model",
-        action="store_const",
-        const="worklist",
-        help="Modality Worklist model (no query/retrieve level)",
-    )
+    if worklist:
+        model.add_argument(
+            "-W",
+            "--worklist",
+            dest="model",
+            action="store_const",
+            const="worklist",
+            help="Modality Worklist model (no query/retrieve level)",
+        )
     parser.set_defaults(model="study")
-    query = parser.add_argument_group("query")
+    query = parser.add_argument_group(title)
     query.add_argument(
         "-L",
         "--level",
@@ -118,13 +139,9 @@ def add_parser(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="KEY[=VALUE]",
-        help="a matching key (with a value) or return key (without); repeat for more",
+        help=key_help,
     )
-    query.add_argument(
-        "--json", action="store_true", help="print a JSON array of DICOM JSON models (PS3.18 F)"
-    )
-    add_address(parser)
-    parser.set_defaults(run=main)
+    return query
 
 
 def main(arguments: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Final
 from pydicom import uid as pydicom_uid
 
 from dicomd import uids
-from dicomd.cli.find import LEVELS, query_key
+from dicomd.cli.find import add_query_arguments
 from dicomd.cli.network import (
     CommandFailed,
     Peer,
@@ -101,42 +101,11 @@ def add_parser(subparsers: Any, command: str) -> None:
         )
     parser = subparsers.add_parser(command, help=summary, description=description)
     add_network_options(parser)
-    model = parser.add_argument_group("query model").add_mutually_exclusive_group()
-    model.add_argument(
-        "-P",
-        "--patient",
-        dest="model",
-        action="store_const",
-        const="patient",
-        help="Patient Root model (default level PATIENT)",
-    )
-    model.add_argument(
-        "-S",
-        "--study",
-        dest="model",
-        action="store_const",
-        const="study",
-        help="Study Root model, the default (default level STUDY)",
-    )
-    parser.set_defaults(model="study")
-    query = parser.add_argument_group("what to retrieve")
-    query.add_argument(
-        "-L",
-        "--level",
-        type=str.upper,
-        choices=LEVELS,
-        metavar="LEVEL",
-        help="QueryRetrieveLevel: PATIENT, STUDY, SERIES or IMAGE",
-    )
-    query.add_argument(
-        "-k",
-        "--key",
-        dest="keys",
-        type=query_key,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="the unique key of the level, e.g. -k StudyInstanceUID=1.2.3",
+    query = add_query_arguments(
+        parser,
+        "what to retrieve",
+        worklist=False,
+        key_help="the unique key of the level, e.g. -k StudyInstanceUID=1.2.3",
     )
     if command == "move":
         query.add_argument(
