@@ -30,8 +30,14 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pydicom.filewriter import correct_ambiguous_vr
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -968,10 +974,13 @@ def associate(
     settings: ClientSettings,
     contexts: Sequence[PresentationContextRQ] = propose([uids.VERIFICATION]),
     scp_roles: Iterable[str] = (),
+    tls: IOpenSSLClientConnectionCreator | None = None,
 ) -> defer.Deferred[ClientAssociation]:
     """Connect and negotiate; fires with the association or fails with the reason.
 
     ``scp_roles`` (for C-GET) are the SOP classes we take the SCP role for.
+    ``tls`` (from `twisted.internet.ssl.optionsForClientTLS`) runs the
+    association over DICOM TLS (PS3.15 B.1).
 
     Connecting may take ``settings.acse_timeout``, and so may the answer to
     the request once connected.  A connection that cannot be made fails with
@@ -980,7 +989,11 @@ def associate(
     is `AssociationRejected`, `AssociationAborted` or `AssociationTimeout`.
     """
     protocol, association = requestor_protocol(reactor, settings, contexts, scp_roles)  # type: ignore[arg-type]
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=settings.acse_timeout)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        reactor, host, port, timeout=settings.acse_timeout
+    )
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
     connected = connectProtocol(endpoint, protocol)
     connected.addErrback(association._abandon)
     return connected.addCallback(association._connected)

@@ -120,6 +120,9 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    max_associations: int | None = None
+    tls: bool = False
+    ca_certificates: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,21 +338,54 @@ def _host(text: str, key: str, where: str = " after '@'") -> str:
     return text.lower()
 
 
+def _certificates(value: object, key: str) -> Path | None:
+    """A PEM file of the certificates to trust, or None for the system's own."""
+    if value is None:
+        return None
+    path = Path(_text(value, key))
+    if not path.is_file():
+        raise ConfigError(key, f"no such file: {path}")
+    return path
+
+
 def _destinations(value: object, key: str) -> Mapping[str, Destination]:
-    """AE title -> {host, port}: where C-MOVE may send."""
+    """AE title -> {host, port, max_associations, tls, ca_certificates}: where C-MOVE may send."""
     if not isinstance(value, Mapping):
         raise ConfigError(key, f"expected a mapping of AE titles, got {_show(value)}")
     destinations: dict[str, Destination] = {}
     for name, entry in value.items():
         entry_key = _join(key, name)
         ae_title = _ae_title(name, entry_key)
-        fields = _with_defaults(entry, entry_key, {"host": None, "port": None})
+        fields = _with_defaults(
+            entry,
+            entry_key,
+            {
+                "host": None,
+                "port": None,
+                "max_associations": None,
+                "tls": False,
+                "ca_certificates": None,
+            },
+        )
         if fields["host"] is None or fields["port"] is None:
             raise ConfigError(entry_key, "needs both host and port")
         destinations[ae_title] = Destination(
             ae_title=ae_title,
             host=_host(_text(fields["host"], f"{entry_key}.host"), f"{entry_key}.host", ""),
             port=_integer(fields["port"], f"{entry_key}.port", (1, 65535)),
+            max_associations=(
+                None
+                if fields["max_associations"] is None
+                else _integer(
+                    fields["max_associations"],
+                    f"{entry_key}.max_associations",
+                    MAX_ASSOCIATIONS_RANGE,
+                )
+            ),
+            tls=_boolean(fields["tls"], f"{entry_key}.tls"),
+            ca_certificates=_certificates(
+                fields["ca_certificates"], f"{entry_key}.ca_certificates"
+            ),
         )
     return MappingProxyType(destinations)
 

@@ -729,6 +729,10 @@ def test_destinations_are_known_aes_with_host_and_port() -> None:
         "STORESCP": Destination("STORESCP", "127.0.0.1", 11113),
         "PACS": Destination("PACS", "pacs.example.org", 2762),
     }
+    limited = parse_config(
+        {"destinations": {"P": {"host": "h", "port": 1, "max_associations": 2, "tls": True}}}
+    )
+    assert limited.destinations["P"] == Destination("P", "h", 1, 2, True, None)
 
 
 @pytest.mark.parametrize(
@@ -737,7 +741,15 @@ def test_destinations_are_known_aes_with_host_and_port() -> None:
         ([], "destinations: expected a mapping of AE titles, got []"),
         ({"X": {"host": "h"}}, "destinations.X: needs both host and port"),
         ({"X": {"host": "h", "port": 0}}, "destinations.X.port: "),
-        ({"X": {"host": "h", "port": 1, "tls": True}}, "destinations.X.tls: "),
+        ({"X": {"host": "h", "port": 1, "tls": "yes"}}, "destinations.X.tls: "),
+        (
+            {"X": {"host": "h", "port": 1, "max_associations": 0}},
+            "destinations.X.max_associations: ",
+        ),
+        (
+            {"X": {"host": "h", "port": 1, "ca_certificates": "/no/such.pem"}},
+            "destinations.X.ca_certificates: no such file: /no/such.pem",
+        ),
         ({"X": {"host": "no way", "port": 1}}, "destinations.X.host: 'no way' is neither"),
     ],
 )

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydicom import Dataset
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTCP
+from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -236,6 +237,13 @@ class MoveService(_RetrieveService):
         self.destinations = destinations
         self.reactor = reactor
         self.settings = settings
+        # A destination's max_associations: moves to it beyond that wait their turn.
+        self._turns = {
+            name: defer.DeferredSemaphore(destination.max_associations)
+            for name, destination in destinations.items()
+            if destination.max_associations
+        }
+        self._holding: dict[Storer, defer.DeferredSemaphore] = {}
 
     def destination(self, association: Acceptor, request: Request, reply: _Replier) -> str | None:
         name = (request.command.move_destination or "").strip()
@@ -256,15 +264,21 @@ class MoveService(_RetrieveService):
     ) -> Storer | None:
         destination = self.destinations[(request.command.move_destination or "").strip()]
         kinds = [(item.sop_class_uid, item.transfer_syntax) for item in items]
+        turn = self._turns.get(destination.ae_title)
+        if turn is not None:
+            await turn.acquire()
         try:
-            return await associate(
+            sub = await associate(
                 self.reactor,
                 destination.host,
                 destination.port,
                 self.settings(destination.ae_title),
                 storage_contexts(kinds),
+                tls=_tls(destination),
             )
         except Exception as error:
+            if turn is not None:
+                turn.release()
             self.log.warn(
                 "C-MOVE to {destination}: cannot associate: {error}",
                 destination=destination.ae_title,
@@ -273,14 +287,34 @@ class MoveService(_RetrieveService):
             progress.fail(items)
             reply.final(uids.Status.OUT_OF_RESOURCES_UNABLE_TO_PERFORM_SUB_OPERATIONS, progress)
             return None
+        if turn is not None:
+            self._holding[sub] = turn
+        return sub
 
     def done(self, storer: Storer) -> None:
         sub: ClientAssociation = storer  # type: ignore[assignment]
-        if sub.machine.is_established:
+        released = (
             sub.release().addErrback(lambda _: None)
+            if sub.machine.is_established
+            else defer.succeed(None)
+        )
+        turn = self._holding.pop(storer, None)
+        if turn is not None:
+            released.addBoth(lambda _: turn.release())
 
     def originator(self, reply: _Replier, message_id: int) -> tuple[str, int] | None:
         return (reply.calling_ae_title, message_id)
+
+
+def _tls(destination: Destination) -> IOpenSSLClientConnectionCreator | None:
+    """Client TLS options for a destination that asks for TLS, checking its certificate."""
+    if not destination.tls:
+        return None
+    if destination.ca_certificates is None:
+        trust = platformTrust()
+    else:
+        trust = Certificate.loadPEM(destination.ca_certificates.read_bytes())
+    return optionsForClientTLS(destination.host, trustRoot=trust)
 
 
 class GetService(_RetrieveService):
