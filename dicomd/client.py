@@ -280,6 +280,7 @@ class ClientAssociation:
         self._waiting_room: deque[tuple[int, bytes, bytes | FileData | None]] = deque()
         self._response: tuple[Command, list[bytes]] | None = None
         self._receive_folder: Path | None = None
+        self._on_instance: Callable[[Path], int | None] | None = None
         self._incoming: IncomingFile | None = None
         self._incoming_request: tuple[int, Command] | None = None
         self._acse_timer: IDelayedCall | None = None
@@ -400,15 +401,19 @@ class ClientAssociation:
         folder: str | Path,
         on_progress: Callable[[RetrieveProgress], object] | None = None,
         priority: int = 0,
+        on_instance: Callable[[Path], int | None] | None = None,
     ) -> defer.Deferred[RetrieveResult]:
         """C-GET: the peer sends what ``identifier`` selects back over this association.
 
         Each instance lands in ``folder`` as ``<SOP Instance UID>.dcm``, a
-        Part 10 file with the data set as it was sent.  The association must
-        have been opened with `retrieve_contexts` and the SCP role for the
-        storage classes expected (``roles`` of `associate`).
+        Part 10 file with the data set as it was sent, and is then handed to
+        ``on_instance``, whose answer (an int; None means success) is the
+        status of that C-STORE.  The association must have been opened with
+        `retrieve_contexts` and the SCP role for the storage classes expected
+        (``scp_roles`` of `associate`).
         """
         self._receive_folder = Path(folder)
+        self._on_instance = on_instance
         return self._retrieve(
             CommandField.C_GET_RQ, sop_class_uid, identifier, on_progress, priority
         )
@@ -605,6 +610,17 @@ class ClientAssociation:
         self._incoming = IncomingFile(folder, meta)
         self._incoming_request = (context_id, command)
 
+    def _hand_over(self, path: Path) -> int:
+        """The C-GET caller's say on an instance it received; an error in it is C000."""
+        if self._on_instance is None:
+            return uids.Status.SUCCESS
+        try:
+            answer = self._on_instance(path)
+        except Exception:
+            self.log.failure("the C-GET instance handler failed on {path}", path=str(path))
+            return uids.Status.CANNOT_UNDERSTAND
+        return uids.Status.SUCCESS if answer is None else int(answer)
+
     def _store_received(self) -> None:
         """The last fragment of a C-GET's instance: keep the file and answer the C-STORE."""
         received = self._incoming.finish()  # type: ignore[union-attr]
@@ -620,6 +636,8 @@ class ClientAssociation:
             except OSError:
                 received.remove()
                 status = uids.Status.OUT_OF_RESOURCES
+            else:
+                status = self._hand_over(target)
         response = Command(
             command_field=CommandField.C_STORE_RSP,
             message_id_being_responded_to=command.message_id,

@@ -193,12 +193,23 @@ class IFindHandler(Interface):
 
 @dataclass(frozen=True, slots=True)
 class RetrieveItem:
-    """One instance to send for a C-MOVE or C-GET: a Part 10 file and what it holds."""
+    """One instance to send for a C-MOVE or C-GET: a Part 10 file, or a pydicom Dataset
+    (``path`` None) taken to be in ``transfer_syntax``, and what it holds."""
 
-    path: Path
+    path: Path | None
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
+    dataset: Dataset | None = None
+
+    @property
+    def source(self) -> Path | Dataset:
+        """What a C-STORE sends: the file, or else the data set."""
+        if self.path is not None:
+            return self.path
+        if self.dataset is None:
+            raise ValueError(f"retrieve item {self.sop_instance_uid} has neither path nor dataset")
+        return self.dataset
 
 
 class IRetrieveSource(Interface):
@@ -206,7 +217,8 @@ class IRetrieveSource(Interface):
 
     ``models`` names the Query/Retrieve MOVE and GET SOP classes it serves.
     ``instances`` returns the `RetrieveItem`s the identifier selects (a list,
-    or a Deferred of one); `InvalidIdentifier` answers A900.  ``may_move``
+    or a Deferred of one), as files or as data sets; `InvalidIdentifier`
+    answers A900.  ``may_move``
     is the policy: whether the calling AE may send these to ``destination``
     (for C-GET, the destination is the calling AE itself); False answers
     0124 (not authorized).

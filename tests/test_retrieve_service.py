@@ -302,3 +302,37 @@ def test_client_move_reports_the_failure_status_as_a_result() -> None:
     result = fired(moved)
     assert (result.status, result.completed) == (0xA801, 0)
     assert "NOWHERE" in result.error_comment
+
+
+@implementer(IRetrieveSource)
+class Datasets:
+    """A retrieve source that holds data sets, not files."""
+
+    models = (uids.STUDY_ROOT_GET,)
+
+    def instances(self, query: FindQuery) -> list[RetrieveItem]:
+        ds = dcmread(CT)
+        return [RetrieveItem(None, ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT, dataset=ds)]
+
+    def may_move(self, query: FindQuery, destination: str) -> bool:
+        return True
+
+
+def test_client_get_of_data_sets_hands_each_file_to_the_callback(tmp_path: Path) -> None:
+    contexts = retrieve_contexts(uids.STUDY_ROOT_GET, [CT_IMAGE])
+    pump, association = client_pair(Datasets(), (CT_IMAGE,), contexts)  # type: ignore[arg-type]
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = "1.2.3"
+    handed: list[Path] = []
+
+    def keep(path: Path) -> int:
+        handed.append(path)
+        return 0xB000  # a warning, to see it counted
+
+    got = association.get(uids.STUDY_ROOT_GET, identifier, tmp_path, on_instance=keep)
+    pump.flush()
+    result = fired(got)
+    assert (result.status, result.completed, result.warning) == (0xB000, 0, 1)
+    (path,) = handed
+    assert dcmread(path).PatientName == dcmread(CT).PatientName

@@ -190,7 +190,7 @@ class _RetrieveService:
                 return
             try:
                 result = await storer.store(
-                    item.path, move_originator=self.originator(reply, message_id)
+                    item.source, move_originator=self.originator(reply, message_id)
                 )
             except Exception as error:
                 if isinstance(error, AssociationError | AssociationEnded) and not isinstance(
@@ -341,7 +341,7 @@ class Storer(Protocol):
     """Whatever sends one C-STORE sub-operation."""
 
     def store(
-        self, source: Path, move_originator: tuple[str, int] | None = None
+        self, source: Path | Dataset, move_originator: tuple[str, int] | None = None
     ) -> defer.Deferred[StoreResult]: ...
 
 
@@ -353,7 +353,7 @@ class _BackToRequester:
         self.association = association
 
     def store(
-        self, source: Path, move_originator: tuple[str, int] | None = None
+        self, source: Path | Dataset, move_originator: tuple[str, int] | None = None
     ) -> defer.Deferred[StoreResult]:
         association = self.association
         roles = association.peer_scp_roles
