@@ -54,6 +54,7 @@ from dicomd.dimse import (
     MessageAssembler,
     decode_dataset,
     encode_dataset,
+    even_length,
 )
 from dicomd.fsm import State, StateMachine
 from dicomd.negotiation import AcceptedContext
@@ -798,16 +799,7 @@ def _reencoded(dataset: Dataset, syntax: str, target: str) -> bytes:
             size = _WORD_SIZES.get(element.VR)
             if size and isinstance(element.value, bytes) and len(element.value) % size == 0:
                 element.value = _reverse_words(element.value, size)
-    return _even(encode_dataset(dataset, target))
-
-
-def _even(data: bytes) -> bytes:
-    """``data`` padded with a NUL to an even length, as a PDV must be.
-
-    Only a deflated data set can be odd (a deflate stream ends on any byte);
-    pydicom and pynetdicom pad theirs so, and dcmtk refuses an odd fragment.
-    """
-    return data + b"\0" if len(data) % 2 else data
+    return encode_dataset(dataset, target)
 
 
 def _data_set_of(path: Path, offset: int, length: int) -> bytes:
@@ -853,7 +845,9 @@ def store_request(
         if context.transfer_syntax != header.transfer_syntax:
             data = _reencoded(dcmread(source), header.transfer_syntax, context.transfer_syntax)
         elif header.data_set_length % 2:  # a deflated stream that ends on an odd byte
-            data = _even(_data_set_of(Path(source), header.data_set_offset, header.data_set_length))
+            data = even_length(
+                _data_set_of(Path(source), header.data_set_offset, header.data_set_length)
+            )
         else:
             data = FileData(Path(source), header.data_set_offset, header.data_set_length)
     command = Command(

@@ -450,8 +450,17 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
     encoded = fp.getvalue()
     if deflated:
         compressor = zlib.compressobj(wbits=-15)
-        encoded = compressor.compress(encoded) + compressor.flush()
+        encoded = even_length(compressor.compress(encoded) + compressor.flush())
     return encoded
+
+
+def even_length(data: bytes) -> bytes:
+    """``data`` padded with a NUL to an even length, as a PDV's value must be.
+
+    Only a deflated data set can be odd (a deflate stream ends on any byte);
+    pydicom and pynetdicom pad theirs so, and dcmtk refuses an odd fragment.
+    """
+    return data + b"\0" if len(data) % 2 else data
 
 
 def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:

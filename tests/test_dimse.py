@@ -791,3 +791,13 @@ def test_decode_dataset_raises_only_data_set_error(data, ts):
     except DataSetError:
         return
     assert isinstance(ds, Dataset)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ^", max_size=40))
+def test_deflated_data_sets_are_padded_to_an_even_length(name):
+    ds = Dataset()
+    ds.PatientName = name
+    encoded = encode_dataset(ds, uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+    assert len(encoded) % 2 == 0
+    assert decode_dataset(encoded, uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN).PatientName == name
