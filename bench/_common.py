@@ -9,7 +9,9 @@ SIGTERM (see ``exit_on_sigterm``) or an exception.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -22,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -420,6 +422,256 @@ def _ct_instance(spec: CTSet, index: int):  # -> pydicom.FileDataset
     ds.PixelData = bytes(samples)
     ds["PixelData"].VR = "OW"
     return ds
+
+
+# --- throughput benchmarks (store.py, scu.py) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ThroughputRow:
+    """One measured scenario of sending a set; ``problem`` is empty for a valid one.
+
+    ``program`` names what is compared: the receiver in ``store.py``, the
+    sender in ``scu.py``.  ``peak_rss_kib`` and ``cpu_seconds`` are of that
+    program's processes.
+    """
+
+    data: CTSet
+    concurrency: int
+    program: str
+    files: int
+    seconds: float = 0.0
+    megabytes: float = 0.0
+    peak_rss_kib: int = 0
+    cpu_seconds: float = 0.0
+    spread: float = 0.0
+    """(slowest - fastest) / median wall time of the runs behind this row."""
+    problem: str = ""
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files / self.seconds if self.seconds and not self.problem else 0.0
+
+    def summary(self) -> str:
+        """One progress line."""
+        where = f"{self.data.name} x{self.concurrency} {self.program}"
+        if self.problem:
+            return f"{where}: {self.problem}"
+        return f"{where}: {self.seconds:.2f} s, {self.files_per_second:.0f} files/s"
+
+    def cells(self, *, cpu_first: bool = False) -> list[str]:
+        """The table row; the peak RSS and CPU columns swap places with ``cpu_first``."""
+        head = [self.data.name, str(self.concurrency), self.program, str(self.files)]
+        if self.problem.startswith("unavailable"):
+            return [*head, "-", "-", "-", "-", "-", "-", self.problem]
+        resources = [f"{self.peak_rss_kib / 1024:.0f}", f"{self.cpu_seconds:.1f}"]
+        return [
+            *head,
+            f"{self.seconds:.2f}",
+            f"{self.spread:.0%}",
+            f"{self.files / self.seconds:.0f}" if self.seconds else "-",
+            f"{self.megabytes / self.seconds:.1f}" if self.seconds else "-",
+            *(reversed(resources) if cpu_first else resources),
+            f"FAILED: {self.problem}" if self.problem else "ok",
+        ]
+
+
+def typical(runs: Sequence[ThroughputRow]) -> ThroughputRow:
+    """The run of median wall time, with the highest peak RSS of all; a failed run, if any.
+
+    ``runs`` must not be empty.
+    """
+    failed = [row for row in runs if row.problem]
+    if failed:
+        return failed[0]
+    by_time = sorted(runs, key=lambda row: row.seconds)
+    median = by_time[len(runs) // 2]
+    return dataclasses.replace(
+        median,
+        peak_rss_kib=max(row.peak_rss_kib for row in runs),
+        spread=(by_time[-1].seconds - by_time[0].seconds) / median.seconds,
+    )
+
+
+def add_throughput_arguments(
+    parser: argparse.ArgumentParser, names: Sequence[str], what: str, storage_help: str
+) -> None:
+    """Add ``--quick``, ``--only`` (of ``names``, each a ``what``), ``--repeat``, ``--storage``."""
+    parser.add_argument("--quick", action="store_true", help="a few files per set, for development")
+    parser.add_argument(
+        "--only",
+        default=",".join(names),
+        type=lambda text: set(filter(None, text.split(","))),
+        help=f"comma-separated {what}s to run (default: all of %(default)s)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each scenario; the table shows the median (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help=storage_help,
+    )
+
+
+def check_throughput_arguments(
+    parser: argparse.ArgumentParser,
+    arguments: argparse.Namespace,
+    names: Sequence[str],
+    what: str,
+) -> None:
+    """Exit through ``parser.error`` if what ``add_throughput_arguments`` added is wrong."""
+    if not arguments.storage.is_dir():
+        parser.error(f"--storage: {arguments.storage} is not a folder")
+    if arguments.repeat < 1:
+        parser.error("--repeat: at least 1")
+    unknown = arguments.only - set(names)
+    if unknown or not arguments.only:
+        parser.error(f"--only: unknown {what}(s) {', '.join(sorted(unknown)) or '(none given)'}")
+
+
+def ct_sets(sets: Sequence[CTSet]) -> Iterator[tuple[CTSet, Path, float]]:
+    """Each set with its folder (made if need be) and its size in MB, saying so on stderr."""
+    for data in sets:
+        started = time.perf_counter()
+        root = cached_ct_set(data)
+        progress(f"set {data.name}: {data.count} files in {root} ({since(started)})")
+        yield data, root, set_bytes(root) / 1e6
+
+
+def split_batches(root: Path, concurrency: int) -> list[list[Path]]:
+    """The folders each association gets: all of them, or every ``concurrency``-th part folder."""
+    if concurrency == 1:
+        return [[root]]
+    parts = part_folders(root)
+    return [parts[index::concurrency] for index in range(concurrency)]
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A storage SCP that ``serving`` started: it stores under ``storage``, writes to ``output``."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    storage: Path
+    output: Path
+
+
+@contextlib.contextmanager
+def serving(
+    processes: Processes,
+    command: Callable[[int, Path, Path], tuple[list[str], dict[str, str]]],
+    ae_title: str,
+    work: Path,
+) -> Iterator[Server]:
+    """A storage SCP in ``work`` that answers C-ECHO, stopped when the block ends.
+
+    ``command(port, storage, work)`` gives its argv and environment.  Raises
+    ``ServerUnavailable`` if it exits or does not answer.
+    """
+    storage = work / "storage"
+    storage.mkdir()
+    port = free_port()
+    argv, env = command(port, storage, work)
+    output = work / "server.out"
+    with output.open("wb") as sink:
+        process = processes.start(argv, output=sink, env=env, cwd=work)
+    try:
+        wait_until_ready(process, port, ae_title, output)
+        yield Server(process, port, storage, output)
+    finally:
+        processes.stop(process)
+
+
+def wait_all(
+    processes: Processes, children: Sequence[subprocess.Popen[bytes]], timeout: float
+) -> list[int | None]:
+    """Exit codes of ``children``, all given ``timeout`` seconds from now (None: stopped then)."""
+    deadline = time.monotonic() + timeout
+    codes: list[int | None] = []
+    for child in children:
+        try:
+            codes.append(child.wait(timeout=max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            processes.stop(child)
+            codes.append(None)
+    return codes
+
+
+def throughput_problem(
+    codes: Sequence[int | None],
+    logs: Sequence[Path],
+    stored: int,
+    expected: int,
+    server: Server,
+    *,
+    sender: str,
+    timeout: float,
+    quote_senders: bool = False,
+) -> str:
+    """Why a scenario does not count, or ``""``; ``sender`` names the senders in the reasons.
+
+    With ``quote_senders``, a short count of stored files adds the senders' last lines.
+    """
+    problems = []
+    for code, log in zip(codes, logs, strict=True):
+        if code is None:
+            problems.append(f"{sender} killed after {timeout:g} s")
+        elif code != 0:
+            problems.append(f"{sender} exit {code}: {last_line(log)}")
+    if stored != expected:
+        said = "; ".join(filter(None, map(last_line, logs))) if quote_senders else ""
+        problems.append(f"{stored} of {expected} files stored" + (f" ({said})" if said else ""))
+    if server.process.poll() is not None:
+        returncode = server.process.returncode
+        problems.append(f"receiver exited ({returncode}): {last_line(server.output)}")
+    return "; ".join(dict.fromkeys(problems))
+
+
+def report_throughput(
+    rows: Sequence[ThroughputRow], headers: Sequence[str], notes: str, *, cpu_first: bool = False
+) -> None:
+    """Print the table of ``rows``, ``notes`` under it, then dicomd's files/s against the others."""
+    print(format_table(headers, [row.cells(cpu_first=cpu_first) for row in rows]))
+    print()
+    print(notes)
+    print()
+    rates = {(row.data.name, row.concurrency, row.program): row.files_per_second for row in rows}
+    scenarios = list(dict.fromkeys((row.data.name, row.concurrency) for row in rows))
+
+    def ratio(scenario: tuple[str, int], other: str) -> str:
+        ours, theirs = rates.get((*scenario, "dicomd"), 0.0), rates.get((*scenario, other), 0.0)
+        return f"{ours / theirs:.2f}" if ours and theirs else "-"
+
+    print("files/s ratios (above 1: dicomd is faster)")
+    print(
+        format_table(
+            ["set", "assocs", "dicomd/dcmtk", "dicomd/pynetdicom"],
+            [
+                [
+                    name,
+                    str(count),
+                    ratio((name, count), "dcmtk"),
+                    ratio((name, count), "pynetdicom"),
+                ]
+                for name, count in scenarios
+            ],
+        )
+    )
+
+
+def progress(text: str) -> None:
+    """A line on stderr, at once."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def since(started: float) -> str:
+    """Seconds since ``time.perf_counter()`` gave ``started``, for a progress line."""
+    return f"{time.perf_counter() - started:.1f} s"
 
 
 # --- reporting -------------------------------------------------------------------------------

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,22 +33,26 @@ from _common import (
     PeakMemory,
     Processes,
     ServerUnavailable,
-    cached_ct_set,
+    ThroughputRow,
+    add_throughput_arguments,
+    check_throughput_arguments,
     count_files,
     cpu_seconds,
+    ct_sets,
     dcmtk_environment,
     dicomd_command,
     dicomd_environment,
     exit_on_sigterm,
     filesystem_of,
-    format_table,
-    free_port,
-    last_line,
     machine_summary,
-    part_folders,
+    progress,
+    report_throughput,
     scratch_folder,
-    set_bytes,
-    wait_until_ready,
+    serving,
+    split_batches,
+    throughput_problem,
+    typical,
+    wait_all,
     write_dicomd_config,
 )
 
@@ -87,6 +89,20 @@ PresentationContexts = CTExplicitLittle
 ``storescu -xe`` would propose every uncompressed transfer syntax; the
 association profile is the only way to propose exactly one.
 """
+
+HEADERS: Final = (
+    "set",
+    "assocs",
+    "receiver",
+    "files",
+    "wall s",
+    "spread",
+    "files/s",
+    "MB/s",
+    "peak RSS MiB",
+    "rx CPU s",
+    "status",
+)
 
 TABLE_NOTES: Final = """\
 Each row is the run of median wall time out of --repeat runs, each with a fresh receiver;
@@ -158,49 +174,6 @@ RECEIVERS: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One measured scenario; ``problem`` is empty for a valid one."""
-
-    data: CTSet
-    concurrency: int
-    receiver: str
-    files: int
-    seconds: float = 0.0
-    megabytes: float = 0.0
-    peak_rss_kib: int = 0
-    cpu_seconds: float = 0.0
-    spread: float = 0.0
-    """(slowest - fastest) / median wall time of the runs behind this row."""
-    problem: str = ""
-
-    @property
-    def files_per_second(self) -> float:
-        return self.files / self.seconds if self.seconds and not self.problem else 0.0
-
-    def summary(self) -> str:
-        """One progress line."""
-        where = f"{self.data.name} x{self.concurrency} {self.receiver}"
-        if self.problem:
-            return f"{where}: {self.problem}"
-        return f"{where}: {self.seconds:.2f} s, {self.files_per_second:.0f} files/s"
-
-    def cells(self) -> list[str]:
-        head = [self.data.name, str(self.concurrency), self.receiver, str(self.files)]
-        if self.problem.startswith("unavailable"):
-            return [*head, "-", "-", "-", "-", "-", "-", self.problem]
-        return [
-            *head,
-            f"{self.seconds:.2f}",
-            f"{self.spread:.0%}",
-            f"{self.files / self.seconds:.0f}" if self.seconds else "-",
-            f"{self.megabytes / self.seconds:.1f}" if self.seconds else "-",
-            f"{self.peak_rss_kib / 1024:.0f}",
-            f"{self.cpu_seconds:.1f}",
-            f"FAILED: {self.problem}" if self.problem else "ok",
-        ]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parse(argv)
     exit_on_sigterm()
@@ -219,18 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"storage:    under {arguments.storage} ({filesystem_of(arguments.storage)})")
     print()
 
-    rows: list[Row] = []
+    rows: list[ThroughputRow] = []
     unavailable: dict[str, str] = {}
     with Processes() as processes, scratch_folder("dicomd-bench-store-") as work:
         profile = work / "storescu.cfg"
         profile.write_text(STORESCU_PROFILE)
-        for data in sets:
-            started = time.perf_counter()
-            root = cached_ct_set(data)
-            _progress(f"set {data.name}: {data.count} files in {root} ({_since(started)})")
-            megabytes = set_bytes(root) / 1e6
+        for data, root, megabytes in ct_sets(sets):
             for concurrency in CONCURRENCY:
-                runs: dict[str, list[Row]] = {receiver.name: [] for receiver in receivers}
+                runs: dict[str, list[ThroughputRow]] = {receiver.name: [] for receiver in receivers}
                 for _ in range(arguments.repeat):  # receivers take turns, so drift hits all alike
                     for receiver in receivers:
                         if receiver.name in unavailable:
@@ -248,63 +217,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if row.problem.startswith("unavailable"):
                             unavailable[receiver.name] = row.problem
                         runs[receiver.name].append(row)
-                        _progress(f"  {row.summary()}")
+                        progress(f"  {row.summary()}")
                 for receiver in receivers:
-                    unmeasured = Row(data, concurrency, receiver.name, data.count)
+                    measured = runs[receiver.name]
                     rows.append(
-                        _typical(runs[receiver.name])
-                        or dataclasses.replace(unmeasured, problem=unavailable[receiver.name])
+                        typical(measured)
+                        if measured
+                        else ThroughputRow(
+                            data,
+                            concurrency,
+                            receiver.name,
+                            data.count,
+                            problem=unavailable[receiver.name],
+                        )
                     )
-    _report(rows)
-    return 1 if any(row.problem and row.receiver not in unavailable for row in rows) else 0
-
-
-def _typical(runs: list[Row]) -> Row | None:
-    """The run of median wall time, with the highest peak RSS of all; a failed run, if any."""
-    if not runs:
-        return None
-    failed = [row for row in runs if row.problem]
-    if failed:
-        return failed[0]
-    by_time = sorted(runs, key=lambda row: row.seconds)
-    median = by_time[len(runs) // 2]
-    return dataclasses.replace(
-        median,
-        peak_rss_kib=max(row.peak_rss_kib for row in runs),
-        spread=(by_time[-1].seconds - by_time[0].seconds) / median.seconds,
-    )
+    report_throughput(rows, HEADERS, TABLE_NOTES)
+    return 1 if any(row.problem and row.program not in unavailable for row in rows) else 0
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few files per set, for development")
-    parser.add_argument(
-        "--only",
-        default=",".join(receiver.name for receiver in RECEIVERS),
-        type=lambda text: set(filter(None, text.split(","))),
-        help="comma-separated receivers to run (default: all of %(default)s)",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=3,
-        help="runs of each scenario; the table shows the median (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--storage",
-        type=Path,
-        default=Path(tempfile.gettempdir()),
-        help="folder under which the receivers store (default: %(default)s); /dev/shm takes"
-        " the disk out of the measurement",
+    names = [receiver.name for receiver in RECEIVERS]
+    add_throughput_arguments(
+        parser,
+        names,
+        "receiver",
+        storage_help="folder under which the receivers store (default: %(default)s); /dev/shm"
+        " takes the disk out of the measurement",
     )
     arguments = parser.parse_args(argv)
-    if not arguments.storage.is_dir():
-        parser.error(f"--storage: {arguments.storage} is not a folder")
-    if arguments.repeat < 1:
-        parser.error("--repeat: at least 1")
-    unknown = arguments.only - {receiver.name for receiver in RECEIVERS}
-    if unknown or not arguments.only:
-        parser.error(f"--only: unknown receiver(s) {', '.join(sorted(unknown)) or '(none given)'}")
+    check_throughput_arguments(parser, arguments, names, "receiver")
     return arguments
 
 
@@ -317,44 +259,36 @@ def _measure(
     *,
     profile: Path,
     storage_parent: Path,
-) -> Row:
+) -> ThroughputRow:
     """Start ``receiver``, send the set over ``concurrency`` associations, check, stop it."""
-    row = Row(data, concurrency, receiver.name, data.count)
+    row = ThroughputRow(data, concurrency, receiver.name, data.count)
     with scratch_folder(f"dicomd-bench-{receiver.name}-", storage_parent) as work:
-        storage = work / "storage"
-        storage.mkdir()
-        port = free_port()
-        argv, env = receiver.command(port, storage, work)
-        server_output = work / "server.out"
-        with server_output.open("wb") as sink:
-            server = processes.start(argv, output=sink, env=env, cwd=work)
         try:
-            try:
-                wait_until_ready(server, port, receiver.ae_title, server_output)
-            except ServerUnavailable as error:
-                return dataclasses.replace(row, problem=f"unavailable: {error}")
-            batches = _batches(root, concurrency)
-            with PeakMemory(server.pid) as memory:
-                cpu_before = cpu_seconds(server.pid)
-                started = time.perf_counter()
-                codes, logs = _send(processes, work, receiver.ae_title, port, profile, batches)
-                seconds = time.perf_counter() - started
-                cpu = cpu_seconds(server.pid) - cpu_before
-            stored = count_files(storage, receiver.stored)
-            problem = _problem(codes, logs, stored, data.count, server, server_output)
-        finally:
-            processes.stop(server)
+            with serving(processes, receiver.command, receiver.ae_title, work) as server:
+                batches = split_batches(root, concurrency)
+                with PeakMemory(server.process.pid) as memory:
+                    cpu_before = cpu_seconds(server.process.pid)
+                    started = time.perf_counter()
+                    codes, logs = _send(
+                        processes, work, receiver.ae_title, server.port, profile, batches
+                    )
+                    seconds = time.perf_counter() - started
+                    cpu = cpu_seconds(server.process.pid) - cpu_before
+                stored = count_files(server.storage, receiver.stored)
+                problem = throughput_problem(
+                    codes,
+                    logs,
+                    stored,
+                    data.count,
+                    server,
+                    sender="storescu",
+                    timeout=SEND_TIMEOUT,
+                )
+        except ServerUnavailable as error:
+            return dataclasses.replace(row, problem=f"unavailable: {error}")
     return dataclasses.replace(
         row, seconds=seconds, peak_rss_kib=memory.peak_kib, cpu_seconds=cpu, problem=problem
     )
-
-
-def _batches(root: Path, concurrency: int) -> list[list[Path]]:
-    """The folders each sender gets: all of them, or every ``concurrency``-th part folder."""
-    if concurrency == 1:
-        return [[root]]
-    parts = part_folders(root)
-    return [parts[index::concurrency] for index in range(concurrency)]
 
 
 def _send(
@@ -378,92 +312,12 @@ def _send(
                     env=dcmtk_environment(),
                 )
             )
-    deadline = time.monotonic() + SEND_TIMEOUT
-    codes: list[int | None] = []
-    for sender in senders:
-        try:
-            codes.append(sender.wait(timeout=max(0.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            processes.stop(sender)
-            codes.append(None)
-    return codes, logs
-
-
-def _problem(
-    codes: list[int | None],
-    logs: list[Path],
-    stored: int,
-    expected: int,
-    server: subprocess.Popen[bytes],
-    server_output: Path,
-) -> str:
-    """Why a scenario does not count, or ``""``."""
-    problems = []
-    for code, log in zip(codes, logs, strict=True):
-        if code is None:
-            problems.append(f"storescu killed after {SEND_TIMEOUT:g} s")
-        elif code != 0:
-            problems.append(f"storescu exit {code}: {last_line(log)}")
-    if stored != expected:
-        problems.append(f"{stored} of {expected} files stored")
-    if server.poll() is not None:
-        problems.append(f"receiver exited ({server.returncode}): {last_line(server_output)}")
-    return "; ".join(dict.fromkeys(problems))
-
-
-def _report(rows: list[Row]) -> None:
-    headers = [
-        "set",
-        "assocs",
-        "receiver",
-        "files",
-        "wall s",
-        "spread",
-        "files/s",
-        "MB/s",
-        "peak RSS MiB",
-        "rx CPU s",
-        "status",
-    ]
-    print(format_table(headers, [row.cells() for row in rows]))
-    print()
-    print(TABLE_NOTES)
-    print()
-    rates = {(row.data.name, row.concurrency, row.receiver): row.files_per_second for row in rows}
-    scenarios = list(dict.fromkeys((row.data.name, row.concurrency) for row in rows))
-
-    def ratio(scenario: tuple[str, int], other: str) -> str:
-        ours, theirs = rates.get((*scenario, "dicomd"), 0.0), rates.get((*scenario, other), 0.0)
-        return f"{ours / theirs:.2f}" if ours and theirs else "-"
-
-    print("files/s ratios (above 1: dicomd is faster)")
-    print(
-        format_table(
-            ["set", "assocs", "dicomd/dcmtk", "dicomd/pynetdicom"],
-            [
-                [
-                    name,
-                    str(count),
-                    ratio((name, count), "dcmtk"),
-                    ratio((name, count), "pynetdicom"),
-                ]
-                for name, count in scenarios
-            ],
-        )
-    )
-
-
-def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _since(started: float) -> str:
-    return f"{time.perf_counter() - started:.1f} s"
+    return wait_all(processes, senders, SEND_TIMEOUT), logs
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        _progress("interrupted: every receiver and sender was stopped")
+        progress("interrupted: every receiver and sender was stopped")
         sys.exit(130)
