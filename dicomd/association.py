@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.uid import UID
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -54,6 +53,7 @@ from dicomd.pdu import (
     UserIdentityAC,
     UserInformation,
 )
+from dicomd.timer import Timer
 
 if TYPE_CHECKING:
     from dicomd.protocol import UpperLayerProtocol
@@ -217,7 +217,7 @@ class Acceptor:
         self.peer_max_pdu_length = 0
         self._assembler = MessageAssembler()
         self._incoming: _Incoming | None = None
-        self._dimse_timer: IDelayedCall | None = None
+        self._dimse_timer = Timer(protocol.clock, settings.dimse_timeout, self._dimse_expired)
         self._cancellers: dict[int, Callable[[], None]] = {}
         self._requests: dict[int, defer.Deferred[Command]] = {}
         self._message_id = 0
@@ -397,7 +397,7 @@ class Acceptor:
                 self._incoming = _Incoming(
                     context, command, self._open_sink(service, context, command), service
                 )
-                self._start_dimse_timer()
+                self._dimse_timer.start()
             else:
                 self._dispatch(Request(context, command, None), service)
             return
@@ -406,7 +406,7 @@ class Acceptor:
         incoming.sink.write(event.data)  # type: ignore[attr-defined]
         if event.last:  # type: ignore[attr-defined]
             self._incoming = None
-            self._stop_dimse_timer()
+            self._dimse_timer.stop()
             request = Request(incoming.context, incoming.command, incoming.sink.finish())
             self._dispatch(request, incoming.service)
 
@@ -569,7 +569,7 @@ class Acceptor:
         )
 
     def _end(self) -> None:
-        self._stop_dimse_timer()
+        self._dimse_timer.stop()
         if self._outbox is not None:
             self._outbox.close()
         requests, self._requests = self._requests, {}
@@ -586,19 +586,7 @@ class Acceptor:
 
     # -- DIMSE timeout ----------------------------------------------------
 
-    def _start_dimse_timer(self) -> None:
-        self._stop_dimse_timer()
-        self._dimse_timer = self.protocol.clock.callLater(
-            self.settings.dimse_timeout, self._dimse_expired
-        )
-
-    def _stop_dimse_timer(self) -> None:
-        if self._dimse_timer is not None and self._dimse_timer.active():
-            self._dimse_timer.cancel()
-        self._dimse_timer = None
-
     def _dimse_expired(self) -> None:
-        self._dimse_timer = None
         self.log.warn(
             "{calling} at {peer} sent a command but not its data set within {seconds}s; aborting",
             calling=self.calling_ae_title,

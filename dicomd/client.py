@@ -73,6 +73,7 @@ from dicomd.pdu import (
     UserInformation,
 )
 from dicomd.protocol import UpperLayerProtocol
+from dicomd.timer import Timer
 from dicomd.uids import is_encapsulated
 
 DEFAULT_SYNTAXES = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
@@ -284,7 +285,7 @@ class ClientAssociation:
         self._on_instance: Callable[[Path], int | None] | None = None
         self._incoming: IncomingFile | None = None
         self._incoming_request: tuple[int, Command] | None = None
-        self._acse_timer: IDelayedCall | None = None
+        self._acse_timer = Timer(protocol.clock, settings.acse_timeout, self._acse_expired)
         self._outbox: Outbox | None = None
 
     @property
@@ -293,7 +294,7 @@ class ClientAssociation:
 
     def begin(self) -> None:
         """A-ASSOCIATE request (Evt1): the machine sends it once the transport connects."""
-        self._start_acse_timer()
+        self._acse_timer.start()
         self.machine.associate_request(self.request)
 
     # -- operations ------------------------------------------------------
@@ -465,7 +466,7 @@ class ClientAssociation:
     def release(self) -> defer.Deferred[None]:
         """A-RELEASE; fires once the peer confirms."""
         self._released = defer.Deferred()
-        self._start_acse_timer()
+        self._acse_timer.start()
         self.machine.release_request()
         return self._released
 
@@ -530,7 +531,7 @@ class ClientAssociation:
     # -- user port of the state machine ----------------------------------
 
     def associate_accepted(self, accept: AAssociateAC) -> None:
-        self._stop_acse_timer()
+        self._acse_timer.stop()
         proposed = {c.context_id: c.abstract_syntax for c in self.request.presentation_contexts}
         self.contexts = {
             c.context_id: AcceptedContext(c.context_id, proposed[c.context_id], c.transfer_syntax)
@@ -556,7 +557,7 @@ class ClientAssociation:
         self.established.callback(self)
 
     def associate_rejected(self, reject: AAssociateRJ) -> None:
-        self._stop_acse_timer()
+        self._acse_timer.stop()
         self.established.errback(AssociationRejected(reject.result, reject.source, reject.reason))
 
     def associate_indication(self, request: AAssociateRQ) -> None:
@@ -679,12 +680,12 @@ class ClientAssociation:
         self.machine.release_response()
 
     def release_confirmation(self) -> None:
-        self._stop_acse_timer()
+        self._acse_timer.stop()
         if self._released is not None and not self._released.called:
             self._released.callback(None)
 
     def abort_indication(self, source: int, reason: int) -> None:
-        self._stop_acse_timer()
+        self._acse_timer.stop()
         self._fail_all(AssociationAborted(source, reason))
 
     # -- timers and failures ---------------------------------------------
@@ -692,12 +693,12 @@ class ClientAssociation:
     def _connected(self, protocol: object) -> defer.Deferred[ClientAssociation]:
         """The connection is open and A-ASSOCIATE-RQ sent: ``acse_timeout`` for the answer."""
         if self.machine.state is State.STA5:
-            self._start_acse_timer()
+            self._acse_timer.start()
         return self.established
 
     def _abandon(self, failure: Failure) -> Failure:
         """The connection never opened: stop the ACSE timer and pass the error on unchanged."""
-        self._stop_acse_timer()
+        self._acse_timer.stop()
         return failure
 
     def _unreadable(self, error: OSError) -> None:
@@ -718,20 +719,8 @@ class ClientAssociation:
             if d is not None and not d.called:
                 d.errback(error)
 
-    def _start_acse_timer(self) -> None:
-        self._stop_acse_timer()
-        self._acse_timer = self.protocol.clock.callLater(
-            self.settings.acse_timeout, self._acse_expired
-        )
-
-    def _stop_acse_timer(self) -> None:
-        if self._acse_timer is not None and self._acse_timer.active():
-            self._acse_timer.cancel()
-        self._acse_timer = None
-
     def _acse_expired(self) -> None:
         """No answer in time: abort, unless still connecting, which the endpoint times itself."""
-        self._acse_timer = None
         if self.machine.state is State.STA4:
             return
         waiting_for = "A-RELEASE-RQ" if self._released is not None else "A-ASSOCIATE-RQ"

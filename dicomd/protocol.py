@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +26,7 @@ from dicomd.pdu import (
     decode_pdu,
     parse_header,
 )
+from dicomd.timer import Timer
 
 # The largest A-ASSOCIATE-RQ/AC we take.  Our maximum PDU length bounds only
 # P-DATA-TF (PS3.8 9.3.1); an association request proposing 128 contexts of
@@ -74,8 +75,8 @@ class UpperLayerProtocol(Protocol):
         self.machine = StateMachine(self, self.user, requestor=requestor)
         self._buffer = bytearray()
         self._discarding = False
-        self._artim: IDelayedCall | None = None
-        self._idle: IDelayedCall | None = None
+        self._artim = Timer(clock, artim_timeout, self._artim_expired)
+        self._idle = Timer(clock, idle_timeout, self._idle_expired)
 
     # -- Twisted Protocol ------------------------------------------------
 
@@ -83,7 +84,7 @@ class UpperLayerProtocol(Protocol):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        self._idle = self.clock.callLater(self.idle_timeout, self._idle_expired)
+        self._idle.start()
         if self.machine.requestor:
             self.machine.connection_confirmed()
         else:
@@ -92,8 +93,7 @@ class UpperLayerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
             return
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(self.idle_timeout)
+        self._idle.push_back()
         buffer = self._buffer
         buffer += data
         while len(buffer) >= HEADER_LENGTH and not self._discarding:
@@ -128,15 +128,14 @@ class UpperLayerProtocol(Protocol):
             self.machine.pdu_received(pdu)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancel_idle()
+        self._idle.stop()
         self.stop_artim()
         self.machine.connection_closed()
 
     # -- provider port of the state machine -------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(self.idle_timeout)
+        self._idle.push_back()
         self.transport.write(data)
 
     def open_transport(self) -> None:
@@ -144,17 +143,14 @@ class UpperLayerProtocol(Protocol):
 
     def close_transport(self) -> None:
         self._discarding = True
-        self._cancel_idle()
+        self._idle.stop()
         self.transport.loseConnection()
 
     def start_artim(self) -> None:
-        self.stop_artim()
-        self._artim = self.clock.callLater(self.artim_timeout, self._artim_expired)
+        self._artim.start()
 
     def stop_artim(self) -> None:
-        if self._artim is not None and self._artim.active():
-            self._artim.cancel()
-        self._artim = None
+        self._artim.stop()
 
     # -- internals --------------------------------------------------------
 
@@ -178,12 +174,10 @@ class UpperLayerProtocol(Protocol):
         self.machine.invalid_pdu_received(reason)
 
     def _artim_expired(self) -> None:
-        self._artim = None
         self.log.info("ARTIM expired for {peer}; closing", peer=self._peer())
         self.machine.artim_expired()
 
     def _idle_expired(self) -> None:
-        self._idle = None
         state = self.machine.state
         if state in (State.STA1, State.STA2, State.STA4, State.STA13):
             return  # ARTIM or the transport owns these moments
@@ -193,11 +187,6 @@ class UpperLayerProtocol(Protocol):
             seconds=self.idle_timeout,
         )
         self.machine.abort_request(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
-
-    def _cancel_idle(self) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
 
     def _peer(self) -> str:
         peer = self.transport.getPeer() if self.transport is not None else None

@@ -1,0 +1,32 @@
+"""The restartable timeout every timer of dicomd is made of."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from dicomd.timer import Timer
+
+
+def test_start_stop_restart_and_push_back() -> None:
+    clock = Clock()
+    fired: list[float] = []
+    timer = Timer(clock, 10, lambda: fired.append(clock.seconds()))
+    timer.push_back()  # a stopped timer stays stopped
+    clock.advance(20)
+    assert fired == [] and not timer.running
+
+    timer.start()
+    clock.advance(6)
+    timer.push_back()  # counts from now: due at 16
+    clock.advance(9)
+    assert fired == []
+    clock.advance(1)
+    assert fired == [16] and not timer.running
+
+    timer.start()
+    clock.advance(5)
+    timer.start()  # starting over: due at 31
+    clock.advance(9)
+    timer.stop()
+    clock.advance(100)
+    assert fired == [16]
