@@ -15,18 +15,18 @@ def test_start_stop_restart_and_push_back() -> None:
     clock.advance(20)
     assert fired == [] and not timer.running
 
-    timer.start()
+    timer.start()  # at 20: due at 30
     clock.advance(6)
-    timer.push_back()  # counts from now: due at 16
+    timer.push_back()  # at 26, counting from now: due at 36
     clock.advance(9)
     assert fired == []
     clock.advance(1)
-    assert fired == [16] and not timer.running
+    assert fired == [36] and not timer.running
 
     timer.start()
     clock.advance(5)
-    timer.start()  # starting over: due at 31
+    timer.start()  # at 41, starting over: due at 51
     clock.advance(9)
     timer.stop()
     clock.advance(100)
-    assert fired == [16]
+    assert fired == [36]
