@@ -10,8 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
+from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from dicomd.config import Config, ConfigError, load_config
@@ -54,12 +56,28 @@ def _create_storage(path: Path) -> None:
         raise ConfigError("storage.path", f"cannot create {path}: {error.strerror}") from None
 
 
+class _Listener(StreamServerEndpointService):
+    """The listening port; one that cannot be had stops twistd with one line, like a bad config."""
+
+    _raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            where = f"{error.interface or '*'}:{error.port}"
+            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+            sys.stderr.write(f"dicomd: listen: cannot listen on {where}: {reason}\n")
+            raise SystemExit(1) from None
+
+
 def _service_tree(config: Config, reactor: object) -> MultiService:
     """Plugins that are services (the archive opens its index) start before the listener."""
     root = MultiService()
     for plugin in config.plugins_providing(IService):
         plugin.setServiceParent(root)  # type: ignore[attr-defined]
-    listener = strports.service(config.listen, DicomServerFactory(config, reactor=reactor), reactor)
+    endpoint = endpoints.serverFromString(reactor, config.listen)
+    listener = _Listener(endpoint, DicomServerFactory(config, reactor=reactor))
     listener.setName("dicom")
     listener.setServiceParent(root)
     return root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import site
+import socket
 import subprocess
 import sys
 import zipfile
@@ -160,6 +161,21 @@ def test_twistd_with_a_missing_config_file(tmp_path: Path) -> None:
     result = twistd("-n", "--pidfile=", "dicomd", "-c", "nowhere.yaml", cwd=tmp_path)
     assert result.returncode == 1
     assert (result.stdout, result.stderr) == ("", "dicomd: nowhere.yaml: file not found\n")
+
+
+def test_twistd_on_a_port_in_use_exits_non_zero_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        write(tmp_path / "site.yaml", f"listen: tcp:{port}:interface=127.0.0.1\nplugins: []\n")
+        result = twistd(
+            "-n", "--pidfile=", "--logfile=-", "dicomd", "-c", "site.yaml", cwd=tmp_path
+        )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert f"dicomd: listen: cannot listen on 127.0.0.1:{port}: Address already in use" in output
+    assert "Traceback" not in output
 
 
 # The wheel
