@@ -302,6 +302,27 @@ def dicomd(start_dicomd: Callable[..., RunningDaemon]) -> RunningDaemon:
     return start_dicomd()
 
 
+@pytest.fixture(scope="module")
+def module_daemons() -> Iterator[list[RunningDaemon]]:
+    """The daemons a module starts for all its tests, stopped at its end."""
+    daemons: list[RunningDaemon] = []
+    yield daemons
+    for daemon in daemons:
+        daemon.stop()
+
+
+@pytest.fixture
+def report_module_daemons(
+    request: pytest.FixtureRequest, module_daemons: list[RunningDaemon]
+) -> None:
+    """A failing test's report carries the log of the module's daemons, as for other e2e tests.
+
+    A module whose daemons serve all its tests uses it for each of them:
+    ``pytestmark = pytest.mark.usefixtures("report_module_daemons")``.
+    """
+    request.node.stash[_DAEMONS] = module_daemons
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield

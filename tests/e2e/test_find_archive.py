@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,6 @@ from pynetdicom.sop_class import (
 )
 
 from .conftest import (
-    _DAEMONS,
     LOCALHOST,
     ArchiveView,
     RunningDaemon,
@@ -46,6 +45,8 @@ from .conftest import (
     run_dcmtk,
     start_daemon,
 )
+
+pytestmark = pytest.mark.usefixtures("report_module_daemons")
 
 PENDING, PENDING_WARNING, SUCCESS, CANCELLED = 0xFF00, 0xFF01, 0x0000, 0xFE00
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
@@ -250,23 +251,6 @@ def store_archive(daemon: RunningDaemon, folder: Path, series: Sequence[Series])
     assert set(indexed) == expected
 
 
-@pytest.fixture(scope="module")
-def module_daemons() -> Iterator[list[RunningDaemon]]:
-    """The daemons this module starts, stopped at its end."""
-    daemons: list[RunningDaemon] = []
-    yield daemons
-    for daemon in daemons:
-        daemon.stop()
-
-
-@pytest.fixture(autouse=True)
-def report_module_daemons(
-    request: pytest.FixtureRequest, module_daemons: list[RunningDaemon]
-) -> None:
-    """A failing test's report carries the log of the module's daemons, as for other e2e tests."""
-    request.node.stash[_DAEMONS] = module_daemons
-
-
 def start_archive(
     module_daemons: list[RunningDaemon], folder: Path, series: Sequence[Series], **options: object
 ) -> RunningDaemon:
@@ -345,6 +329,14 @@ def findscu(
 def assert_success(answer: FindAnswer, pending: int = PENDING) -> None:
     """Every match came with ``pending`` and the query ended with success."""
     assert answer.statuses == [pending] * len(answer.matches) + [SUCCESS]
+
+
+def the_only_match(answer: FindAnswer, pending: int = PENDING) -> Dataset:
+    """The one match of an answer that ``assert_success`` accepts; fails unless there is
+    exactly one."""
+    assert_success(answer, pending)
+    [match] = answer.matches
+    return match
 
 
 def patient_query(*keys: str | bytes) -> tuple[str | bytes, ...]:
@@ -638,13 +630,13 @@ def test_a_value_on_a_count_does_not_constrain(archive):
 
 
 def test_the_answer_holds_exactly_the_requested_keys(archive):
-    answer = findscu(
-        archive,
-        "-S",
-        *study_query(f"StudyInstanceUID={CHEST.uid}", "PatientName", "StudyDate", "PatientID"),
+    match = the_only_match(
+        findscu(
+            archive,
+            "-S",
+            *study_query(f"StudyInstanceUID={CHEST.uid}", "PatientName", "StudyDate", "PatientID"),
+        )
     )
-    assert_success(answer)
-    [match] = answer.matches
     assert set(match.dir()) == {
         "QueryRetrieveLevel",
         "RetrieveAETitle",
@@ -663,19 +655,20 @@ def test_the_answer_holds_exactly_the_requested_keys(archive):
 
 
 def test_keys_the_archive_cannot_answer_come_back_empty_with_ff01(archive):
-    answer = findscu(
-        archive,
-        "-S",
-        *study_query(
-            f"StudyInstanceUID={CHEST.uid}",
-            "InstitutionName",  # in every stored file, but not indexed
-            "PatientAge",  # in none
-            "Modality",  # a key of the series level
-            "StudyDate",
+    match = the_only_match(
+        findscu(
+            archive,
+            "-S",
+            *study_query(
+                f"StudyInstanceUID={CHEST.uid}",
+                "InstitutionName",  # in every stored file, but not indexed
+                "PatientAge",  # in none
+                "Modality",  # a key of the series level
+                "StudyDate",
+            ),
         ),
+        pending=PENDING_WARNING,
     )
-    assert_success(answer, pending=PENDING_WARNING)
-    [match] = answer.matches
     assert set(match.dir()) == {
         "QueryRetrieveLevel",
         "RetrieveAETitle",
@@ -712,22 +705,22 @@ def raw_name(match: Dataset) -> bytes:
 
 
 def test_a_latin1_name_is_answered_in_utf8_to_a_query_without_character_set(archive):
-    answer = findscu(archive, "-P", *patient_query("PatientName=M*"))
-    assert_success(answer)
-    [match] = answer.matches
+    match = the_only_match(findscu(archive, "-P", *patient_query("PatientName=M*")))
     assert match.SpecificCharacterSet == "ISO_IR 192"
     assert raw_name(match) == "Müller^Jürgen".encode()
     assert match.PatientID == "LATIN1"
 
 
 def test_a_latin1_query_finds_a_name_stored_in_utf8_and_is_answered_in_latin1(archive):
-    answer = findscu(
-        archive,
-        "-P",
-        *patient_query("SpecificCharacterSet=ISO_IR 100", "PatientName=Gómez*".encode("latin-1")),
+    match = the_only_match(
+        findscu(
+            archive,
+            "-P",
+            *patient_query(
+                "SpecificCharacterSet=ISO_IR 100", "PatientName=Gómez*".encode("latin-1")
+            ),
+        )
     )
-    assert_success(answer)
-    [match] = answer.matches
     assert match.PatientID == "UTF8"
     assert match.SpecificCharacterSet == "ISO_IR 100"
     assert raw_name(match) == "Gómez^José".encode("latin-1")
@@ -735,13 +728,13 @@ def test_a_latin1_query_finds_a_name_stored_in_utf8_and_is_answered_in_latin1(ar
 
 
 def test_a_utf8_query_finds_a_name_stored_in_latin1(archive):
-    answer = findscu(
-        archive,
-        "-P",
-        *patient_query("SpecificCharacterSet=ISO_IR 192", "PatientName=Müller^Jürgen".encode()),
+    match = the_only_match(
+        findscu(
+            archive,
+            "-P",
+            *patient_query("SpecificCharacterSet=ISO_IR 192", "PatientName=Müller^Jürgen".encode()),
+        )
     )
-    assert_success(answer)
-    [match] = answer.matches
     assert (match.PatientID, match.SpecificCharacterSet) == ("LATIN1", "ISO_IR 192")
     assert raw_name(match) == "Müller^Jürgen".encode()
 
@@ -763,13 +756,13 @@ def test_a_latin1_query_gets_utf8_for_names_latin1_cannot_carry(archive):
 
 
 def test_a_japanese_name_is_found_by_its_ideographic_group(archive):
-    answer = findscu(
-        archive,
-        "-P",
-        *patient_query("SpecificCharacterSet=ISO_IR 192", "PatientName==山田^太郎".encode()),
+    match = the_only_match(
+        findscu(
+            archive,
+            "-P",
+            *patient_query("SpecificCharacterSet=ISO_IR 192", "PatientName==山田^太郎".encode()),
+        )
     )
-    assert_success(answer)
-    [match] = answer.matches
     assert match.PatientID == "JAPANESE"
     assert match.SpecificCharacterSet == "ISO_IR 192"
     assert str(match.PatientName) == JAPANESE.name
@@ -782,9 +775,7 @@ def test_a_japanese_query_in_iso_2022_finds_the_name_and_is_answered_in_utf8(arc
     query.QueryRetrieveLevel = "PATIENT"
     query.PatientID = ""
     query.PatientName = "*=山田*=やまだ*"
-    answer = findscu(archive, "-P", query=query)
-    assert_success(answer)
-    [match] = answer.matches
+    match = the_only_match(findscu(archive, "-P", query=query))
     assert match.PatientID == "JAPANESE"
     assert match.SpecificCharacterSet == "ISO_IR 192"
     assert str(match.PatientName) == JAPANESE.name

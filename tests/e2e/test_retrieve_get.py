@@ -28,15 +28,14 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, RTDoseStorage
-from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom import StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelGet,
-    Verification,
 )
 
-from .conftest import _DAEMONS, LOCALHOST, RunningDaemon, dataset_bytes, run_dcmtk
+from .conftest import LOCALHOST, RunningDaemon, dataset_bytes, run_dcmtk
 from .test_retrieve_move import (
     BULK_SIZE,
     CANCELLED,
@@ -55,37 +54,24 @@ from .test_retrieve_move import (
     assert_progress,
     assert_serves,
     assert_success,
+    associated,
     collect,
     dcmtk_responses,
     identifier,
     image_identifier,
     keys,
     pynetdicom_response,
+    retrieve_ae,
     start_archive,
     study_identifier,
     uids_of,
 )
 
+pytestmark = pytest.mark.usefixtures("report_module_daemons")
+
 PATIENT_ROOT = PatientRootQueryRetrieveInformationModelGet
 STUDY_ROOT = StudyRootQueryRetrieveInformationModelGet
 GET_MODELS = {"-P": PATIENT_ROOT, "-S": STUDY_ROOT}
-
-
-@pytest.fixture(scope="module")
-def module_daemons() -> Iterator[list[RunningDaemon]]:
-    """The daemons this module starts, stopped at its end."""
-    daemons: list[RunningDaemon] = []
-    yield daemons
-    for daemon in daemons:
-        daemon.stop()
-
-
-@pytest.fixture(autouse=True)
-def report_module_daemons(
-    request: pytest.FixtureRequest, module_daemons: list[RunningDaemon]
-) -> None:
-    """A failing test's report carries the log of the module's daemons, as for other e2e tests."""
-    request.node.stash[_DAEMONS] = module_daemons
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +127,7 @@ def requester(
 ) -> Iterator[tuple[Association, dict[str, Received]]]:
     """A pynetdicom association proposing both C-GET models, Verification and ``storage``,
     taking the SCP role for ``scp_roles``; the dict fills with what the daemon stores to it."""
-    ae = AE(ae_title="GETTER")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    for abstract_syntax in (PATIENT_ROOT, STUDY_ROOT, Verification):
-        ae.add_requested_context(abstract_syntax)
+    ae = retrieve_ae("GETTER", (PATIENT_ROOT, STUDY_ROOT))
     for abstract_syntax, syntaxes in storage:
         ae.add_requested_context(abstract_syntax, list(syntaxes))
     roles = [build_role(sop_class, scp_role=True) for sop_class in dict.fromkeys(scp_roles)]
@@ -162,20 +145,9 @@ def requester(
         time.sleep(store_delay)
         return SUCCESS
 
-    daemon = archive.daemon
-    assoc = ae.associate(
-        LOCALHOST,
-        daemon.port,
-        ae_title=daemon.ae_title,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, store)],
-    )
-    assert assoc.is_established
-    try:
+    handlers = [(evt.EVT_C_STORE, store)]
+    with associated(archive, ae, ext_neg=roles, evt_handlers=handlers) as assoc:
         yield assoc, received
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def assert_received_as_sent(received: dict[str, Received], expected: Sequence[Instance]) -> None:

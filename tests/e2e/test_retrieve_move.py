@@ -58,7 +58,6 @@ from pynetdicom.sop_class import (
 from tests.testdata import part10_test_files
 
 from .conftest import (
-    _DAEMONS,
     LOCALHOST,
     STARTUP_DEADLINE,
     RunningDaemon,
@@ -72,6 +71,8 @@ from .conftest import (
     run_dcmtk,
     start_daemon,
 )
+
+pytestmark = pytest.mark.usefixtures("report_module_daemons")
 
 PENDING, SUCCESS, WARNING, CANCELLED = 0xFF00, 0x0000, 0xB000, 0xFE00
 UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA702
@@ -423,23 +424,6 @@ def destinations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Destinati
             scp.stop()
 
 
-@pytest.fixture(scope="module")
-def module_daemons() -> Iterator[list[RunningDaemon]]:
-    """The daemons a module starts, stopped at its end."""
-    daemons: list[RunningDaemon] = []
-    yield daemons
-    for daemon in daemons:
-        daemon.stop()
-
-
-@pytest.fixture(autouse=True)
-def report_module_daemons(
-    request: pytest.FixtureRequest, module_daemons: list[RunningDaemon]
-) -> None:
-    """A failing test's report carries the log of the module's daemons, as for other e2e tests."""
-    request.node.stash[_DAEMONS] = module_daemons
-
-
 @dataclass(frozen=True)
 class Archive:
     """A daemon whose archive holds ``content``, stored through C-STORE."""
@@ -653,21 +637,34 @@ def image_identifier(instance: Instance) -> Dataset:
     )
 
 
-@contextmanager
-def requester(archive: Archive, calling_ae_title: str = "MOVER") -> Iterator[Association]:
-    """A pynetdicom association proposing both C-MOVE models and Verification."""
-    ae = AE(ae_title=calling_ae_title)
+def retrieve_ae(ae_title: str, models: Iterable[str]) -> AE:
+    """A pynetdicom AE proposing the retrieve ``models`` and Verification."""
+    ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    for abstract_syntax in (PATIENT_ROOT, STUDY_ROOT, Verification):
+    for abstract_syntax in (*models, Verification):
         ae.add_requested_context(abstract_syntax)
+    return ae
+
+
+@contextmanager
+def associated(archive: Archive, ae: AE, **options: Any) -> Iterator[Association]:
+    """``ae``'s association with the archive's daemon (``options`` go to ``associate``),
+    released at the end unless it is over already."""
     daemon = archive.daemon
-    assoc = ae.associate(LOCALHOST, daemon.port, ae_title=daemon.ae_title)
+    assoc = ae.associate(LOCALHOST, daemon.port, ae_title=daemon.ae_title, **options)
     assert assoc.is_established
     try:
         yield assoc
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+@contextmanager
+def requester(archive: Archive, calling_ae_title: str = "MOVER") -> Iterator[Association]:
+    """A pynetdicom association proposing both C-MOVE models and Verification."""
+    with associated(archive, retrieve_ae(calling_ae_title, (PATIENT_ROOT, STUDY_ROOT))) as assoc:
+        yield assoc
 
 
 def assert_serves(assoc: Association) -> None:
