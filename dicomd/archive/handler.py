@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from pydicom import Dataset, dcmread
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -33,6 +35,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from dicomd.archive.index import (
+    INDEXED_KEYWORDS,
     REQUIRED_UIDS,
     ArchiveIndex,
     InstanceRecord,
@@ -48,7 +51,12 @@ from dicomd.interfaces import (
     ReceivedInstance,
     RetrieveItem,
 )
+from dicomd.part10 import read_header_from
 from dicomd.uids import (
+    ALL_TRANSFER_SYNTAXES,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
@@ -56,6 +64,7 @@ from dicomd.uids import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
     Status,
+    is_encapsulated,
 )
 
 DEFAULT_LAYOUT: Final = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
@@ -64,6 +73,14 @@ INCOMING: Final = ".incoming"
 """Where the store service writes instances as they arrive; nothing in it survives a restart."""
 
 _SQLITE_COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
+_READABLE_IN_PLACE: Final = {
+    # transfer syntax: (implicit VR, little endian) of the data set as stored
+    IMPLICIT_VR_LITTLE_ENDIAN: (True, True),
+    EXPLICIT_VR_BIG_ENDIAN: (False, False),
+    **{syntax: (False, True) for syntax in ALL_TRANSFER_SYNTAXES if is_encapsulated(syntax)},
+    EXPLICIT_VR_LITTLE_ENDIAN: (False, True),
+}
+"""Transfer syntaxes whose data set pydicom reads straight from the file: all but deflated."""
 
 
 class ArchiveError(Exception):
@@ -159,6 +176,9 @@ class ArchiveHandler(Service):
         self._reactor = reactor
         self._pool: ThreadPool | None = None
         self._locks = _KeyedLocks()
+        self._last_needed_tag = max(
+            Tag(keyword) for keyword in (*INDEXED_KEYWORDS, *self.layout.keywords())
+        )
 
     # -- the Twisted service ----------------------------------------------------------------
 
@@ -250,7 +270,7 @@ class ArchiveHandler(Service):
         here, with C000.
         """
         try:
-            dataset = dcmread(instance.path, stop_before_pixels=True)
+            dataset = self._read(instance)
             problem = _mismatch(dataset, instance)
             if problem is not None:
                 return problem
@@ -271,6 +291,26 @@ class ArchiveHandler(Service):
             return _status(Status.CANNOT_UNDERSTAND, "the layout puts this instance on the index")
         with self._locks.hold(f"uid:{record.SOPInstanceUID}", f"path:{record.path}"):
             return self._keep(instance, record)
+
+    def _read(self, instance: ReceivedInstance) -> Dataset:
+        """The data set of a received file, as far as the index and the layout need it.
+
+        Our own file meta is not parsed again (its end is found by hand), and
+        reading stops after the last attribute anyone here asks for: the
+        pixel module, overlays and large private groups are never decoded.
+        A deflated data set is read whole by pydicom.
+        """
+        syntax = instance.transfer_syntax
+        if syntax not in _READABLE_IN_PLACE:
+            return dcmread(instance.path, stop_before_pixels=True)
+        implicit, little_endian = _READABLE_IN_PLACE[syntax]
+        with open(instance.path, "rb") as file:
+            header = read_header_from(file, os.fstat(file.fileno()).st_size)
+            file.seek(header.data_set_offset)
+            return read_dataset(file, implicit, little_endian, stop_when=self._past_what_is_needed)
+
+    def _past_what_is_needed(self, tag: BaseTag, vr: str | None, length: int) -> bool:
+        return tag > self._last_needed_tag
 
     def _keep(self, instance: ReceivedInstance, record: InstanceRecord) -> int | Dataset:
         """Under the locks of its UID and path: apply the duplicate policy, move, index."""

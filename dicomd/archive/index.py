@@ -82,6 +82,9 @@ an instance gets study and series rows of its own, with no UID.
 
 _INTEGER_KEYWORDS: Final = frozenset({"SeriesNumber", "InstanceNumber"})
 
+INDEXED_KEYWORDS: Final = (*PATIENT_KEYWORDS, *STUDY_KEYWORDS, *SERIES_KEYWORDS, *INSTANCE_KEYWORDS)
+"""Every attribute the index keeps; a reader of the data set need go no further."""
+
 _SCHEMA: Final = """
 CREATE TABLE patients (
     pk INTEGER PRIMARY KEY,
@@ -208,7 +211,7 @@ def record_from_dataset(
         keyword: _integer(dataset, keyword)
         if keyword in _INTEGER_KEYWORDS
         else _text(dataset, keyword)
-        for keyword in (*PATIENT_KEYWORDS, *STUDY_KEYWORDS, *SERIES_KEYWORDS, *INSTANCE_KEYWORDS)
+        for keyword in INDEXED_KEYWORDS
         if keyword != "TransferSyntaxUID"
     }
     values["PatientID"] = values["PatientID"] or ""
