@@ -36,6 +36,8 @@ from typing import Any, Final
 from pydicom import Dataset
 from pydicom.multival import MultiValue
 
+from dicomd.archive.layout import value_of
+
 SCHEMA_VERSION: Final = 1
 
 PATIENT_KEYWORDS: Final = (
@@ -228,7 +230,7 @@ def record_from_dataset(
 
 def _text(dataset: Dataset, keyword: str) -> str | None:
     """An element's value as text: decoded, several values joined with ``\\``, ``None`` if empty."""
-    value = dataset.get(keyword)
+    value = value_of(dataset, keyword)
     if value is None:
         return None
     if isinstance(value, MultiValue | list | tuple):

@@ -10,14 +10,16 @@ so that no data set can make a bad template fail later.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from pathlib import PurePosixPath
-from typing import Final
+from typing import Any, Final
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
 
 MAX_VALUE_LENGTH: Final = 64
 """Longest sanitised value: the longest UI, LO or SH value (PS3.5 6.2)."""
@@ -81,11 +83,27 @@ class Layout:
         # fields alternate literal text and keywords: (text, keyword, text, keyword, ..., text)
         parts = list(fields)
         for index in range(1, len(parts), 2):
-            parts[index] = sanitise(_value_text(dataset.get(parts[index])))
+            parts[index] = sanitise(_value_text(value_of(dataset, parts[index])))
         return "".join(parts)
 
     def __repr__(self) -> str:
         return f"Layout({self.template!r})"
+
+
+@functools.cache
+def _tag(keyword: str) -> BaseTag:
+    return Tag(keyword)
+
+
+def value_of(dataset: Dataset, keyword: str) -> Any:
+    """The value of the element named ``keyword``, or None if there is none.
+
+    The same as ``dataset.get(keyword)``, without the keyword lookup and the
+    AttributeError pydicom raises and catches for every missing element:
+    filing an instance asks for some forty of them.
+    """
+    tag = _tag(keyword)
+    return dataset[tag].value if tag in dataset else None
 
 
 def _split(template: str) -> list[str]:
