@@ -15,7 +15,7 @@ from typing import Any, Final
 from pydicom import uid as pydicom_uid
 
 from dicomd import uids
-from dicomd.cli.find import add_query_arguments
+from dicomd.cli.find import DEFAULT_LEVELS, add_query_arguments
 from dicomd.cli.network import (
     CommandFailed,
     Peer,
@@ -34,7 +34,6 @@ MODELS: Final = {
     "move": {"patient": uids.PATIENT_ROOT_MOVE, "study": uids.STUDY_ROOT_MOVE},
     "get": {"patient": uids.PATIENT_ROOT_GET, "study": uids.STUDY_ROOT_GET},
 }
-DEFAULT_LEVELS: Final = {"patient": "PATIENT", "study": "STUDY"}
 
 GET_STORAGE_CLASSES: Final = tuple(
     str(getattr(pydicom_uid, name))

@@ -29,11 +29,7 @@ from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier
 if TYPE_CHECKING:
     from dicomd.association import Acceptor, Request
 
-_LEVELS = {
-    uids.PATIENT_ROOT_FIND: frozenset({"PATIENT", "STUDY", "SERIES", "IMAGE"}),
-    uids.STUDY_ROOT_FIND: frozenset({"STUDY", "SERIES", "IMAGE"}),
-}
-_QR_MODELS = frozenset(_LEVELS)
+_QR_MODELS = frozenset({uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND})
 _RETRIEVE_MODELS = uids.MOVE_SOP_CLASSES | uids.GET_SOP_CLASSES
 _ADDED_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"})
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
@@ -73,7 +69,7 @@ class FindService:
             )
             return defer.succeed(None)
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
-        if model in _LEVELS and level not in _LEVELS[model]:
+        if model in _QR_MODELS and level not in uids.QUERY_RETRIEVE_LEVELS[model]:
             association.respond(
                 request,
                 uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,

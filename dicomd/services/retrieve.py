@@ -48,15 +48,6 @@ from dicomd.interfaces import FindQuery, InvalidIdentifier, IRetrieveSource, Ret
 if TYPE_CHECKING:
     from dicomd.association import Acceptor, Request
 
-_PATIENT_ROOT_LEVELS = frozenset({"PATIENT", "STUDY", "SERIES", "IMAGE"})
-_STUDY_ROOT_LEVELS = frozenset({"STUDY", "SERIES", "IMAGE"})
-_LEVELS = {
-    uids.PATIENT_ROOT_MOVE: _PATIENT_ROOT_LEVELS,
-    uids.STUDY_ROOT_MOVE: _STUDY_ROOT_LEVELS,
-    uids.PATIENT_ROOT_GET: _PATIENT_ROOT_LEVELS,
-    uids.STUDY_ROOT_GET: _STUDY_ROOT_LEVELS,
-}
-
 
 @dataclass(slots=True)
 class Progress:
@@ -104,7 +95,7 @@ class _RetrieveService:
             return
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         model = request.context.abstract_syntax
-        if level not in _LEVELS[model]:
+        if level not in uids.QUERY_RETRIEVE_LEVELS[model]:
             reply.final(
                 uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                 comment=f"Query/Retrieve Level {level!r} is not in this model",
