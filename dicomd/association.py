@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydicom import Dataset
 from pydicom.uid import UID
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -34,6 +35,7 @@ from dicomd.interfaces import (
     REJECT_NO_REASON,
     Accept,
     AssociationRequest,
+    FindQuery,
     IAssociationValidator,
     ProposedContext,
     Rejection,
@@ -230,6 +232,25 @@ class Acceptor:
         return self.protocol._peer()
 
     @property
+    def peer_host(self) -> str:
+        return getattr(self.protocol.transport.getPeer(), "host", "")
+
+    @property
+    def peer_port(self) -> int:
+        return getattr(self.protocol.transport.getPeer(), "port", 0)
+
+    def find_query(self, identifier: Dataset, model: str, level: str) -> FindQuery:
+        """A query or retrieve request as handlers see it, from this association."""
+        return FindQuery(
+            identifier,
+            model,
+            level,
+            self.calling_ae_title,
+            self.called_ae_title,
+            self.peer_host,
+        )
+
+    @property
     def machine(self) -> StateMachine:
         return self.protocol.machine
 
@@ -340,14 +361,13 @@ class Acceptor:
         self.machine.associate_response(reject)
 
     def _describe(self, request: AAssociateRQ) -> AssociationRequest:
-        peer = self.protocol.transport.getPeer()
         info = request.user_information
         identity = info.user_identity_rq
         return AssociationRequest(
             called_ae_title=request.called_ae_title,
             calling_ae_title=request.calling_ae_title,
-            peer_host=getattr(peer, "host", ""),
-            peer_port=getattr(peer, "port", 0),
+            peer_host=self.peer_host,
+            peer_port=self.peer_port,
             presentation_contexts=tuple(
                 ProposedContext(c.context_id, c.abstract_syntax, c.transfer_syntaxes)
                 for c in request.presentation_contexts

@@ -76,15 +76,7 @@ class FindService:
                 error_comment=error_comment(f"Query/Retrieve Level {level!r} is not in this model"),
             )
             return defer.succeed(None)
-        peer = association.protocol.transport.getPeer()
-        query = FindQuery(
-            identifier=identifier,
-            model=model,
-            level=level,
-            calling_ae_title=association.calling_ae_title,
-            called_ae_title=association.called_ae_title,
-            peer_host=getattr(peer, "host", ""),
-        )
+        query = association.find_query(identifier, model, level)
         handler = self.handlers[model]
         answer = _Answer(self, association, request, query, _pending_status(handler, query))
         return answer.run(handler)

@@ -43,7 +43,7 @@ from dicomd.client import (
 )
 from dicomd.config import Destination
 from dicomd.dimse import CommandField, DataSetError, decode_dataset, encode_dataset, error_comment
-from dicomd.interfaces import FindQuery, InvalidIdentifier, IRetrieveSource, RetrieveItem
+from dicomd.interfaces import InvalidIdentifier, IRetrieveSource, RetrieveItem
 
 if TYPE_CHECKING:
     from dicomd.association import Acceptor, Request
@@ -104,15 +104,7 @@ class _RetrieveService:
         destination = self.destination(association, request, reply)
         if destination is None:
             return
-        peer = association.protocol.transport.getPeer()
-        query = FindQuery(
-            identifier,
-            model,
-            level,
-            association.calling_ae_title,
-            association.called_ae_title,
-            getattr(peer, "host", ""),
-        )
+        query = association.find_query(identifier, model, level)
         if not self.source.may_move(query, destination):
             reply.final(uids.Status.NOT_AUTHORIZED, comment=f"may not retrieve to {destination}")
             return

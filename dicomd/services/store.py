@@ -73,12 +73,11 @@ class StorageService:
             return self._respond(association, request, status)
         if received.error is not None:
             return self._respond(association, request, _out_of_resources(received.error))
-        peer = association.protocol.transport.getPeer()
         instance = ReceivedInstance(
             calling_ae_title=association.calling_ae_title,
             called_ae_title=association.called_ae_title,
-            peer_host=getattr(peer, "host", ""),
-            peer_port=getattr(peer, "port", 0),
+            peer_host=association.peer_host,
+            peer_port=association.peer_port,
             sop_class_uid=command.affected_sop_class_uid or "",
             sop_instance_uid=command.affected_sop_instance_uid or "",
             transfer_syntax=request.context.transfer_syntax,
