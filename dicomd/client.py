@@ -42,25 +42,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import part10, uids
-from dicomd.dimse import (
-    DATA_SET_PRESENT,
-    AssemblyError,
-    Command,
-    CommandError,
-    CommandField,
-    CommandReceived,
-    DataReceived,
-    DataSetError,
-    MessageAssembler,
-    decode_dataset,
-    encode_dataset,
-    even_length,
-)
-from dicomd.fsm import State, StateMachine
-from dicomd.negotiation import AcceptedContext
-from dicomd.outbox import FileData, Outbox
+from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandError, CommandField
+from dicomd.dimse.datasets import DataSetError, decode_dataset, encode_dataset, even_length
+from dicomd.dimse.messages import AssemblyError, CommandReceived, DataReceived, MessageAssembler
+from dicomd.dimse.negotiation import AcceptedContext
+from dicomd.dimse.outbox import FileData, Outbox
 from dicomd.part10 import IncomingFile, file_meta
-from dicomd.pdu import (
+from dicomd.uids import is_encapsulated
+from dicomd.ul.fsm import State, StateMachine
+from dicomd.ul.pdu import (
     AAssociateAC,
     AAssociateRJ,
     AAssociateRQ,
@@ -72,9 +62,8 @@ from dicomd.pdu import (
     RoleSelection,
     UserInformation,
 )
-from dicomd.protocol import UpperLayerProtocol
-from dicomd.timer import Timer
-from dicomd.uids import is_encapsulated
+from dicomd.ul.protocol import UpperLayerProtocol
+from dicomd.ul.timer import Timer
 
 DEFAULT_SYNTAXES = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
 
@@ -608,7 +597,12 @@ class ClientAssociation:
             self.machine.abort_request(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED)
             self._fail_all(AssociationAborted(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED))
             return
-        meta = file_meta(command, context.transfer_syntax, self.request.called_ae_title)
+        meta = file_meta(
+            command.affected_sop_class_uid or "",
+            command.affected_sop_instance_uid or "",
+            context.transfer_syntax,
+            self.request.called_ae_title,
+        )
         self._incoming = IncomingFile(folder, meta)
         self._incoming_request = (context_id, command)
 

@@ -28,7 +28,6 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from dicomd import uids
-from dicomd.dimse import Command
 
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
@@ -178,7 +177,9 @@ class IncomingFile:
             self._file = None
 
 
-def file_meta(command: Command, transfer_syntax: str, source_ae_title: str) -> bytes:
+def file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae_title: str
+) -> bytes:
     """Our File Meta Information for a received instance (PS3.10 7.1).
 
     pydicom encodes it; only the two elements that change with every
@@ -186,11 +187,8 @@ def file_meta(command: Command, transfer_syntax: str, source_ae_title: str) -> b
     put in by hand around pydicom's cached encoding of the rest, because
     building a pydicom data set per instance costs more than receiving it.
     """
-    assert command.affected_sop_class_uid and command.affected_sop_instance_uid
-    before, after = _meta_around_instance_uid(
-        command.affected_sop_class_uid, transfer_syntax, source_ae_title
-    )
-    uid = command.affected_sop_instance_uid.encode("ascii")
+    before, after = _meta_around_instance_uid(sop_class_uid, transfer_syntax, source_ae_title)
+    uid = sop_instance_uid.encode("ascii")
     if len(uid) % 2:
         uid += b"\0"
     instance = _EXPLICIT_SHORT.pack(0x0002, 0x0003, b"UI", len(uid)) + uid

@@ -17,7 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from dicomd.config import Config, ConfigError, load_config
-from dicomd.server import DicomServerFactory
+from dicomd.node.factory import DicomServerFactory
 
 
 class Options(usage.Options):

@@ -36,7 +36,7 @@ from dicomd.archive.index import (
     record_from_dataset,
 )
 from dicomd.archive.query import ArchiveQuery, QueryError
-from dicomd.dimse import decode_dataset, encode_dataset
+from dicomd.dimse.datasets import decode_dataset, encode_dataset
 from dicomd.interfaces import FindQuery
 from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 

@@ -14,7 +14,6 @@ from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
 
 from dicomd import uids
-from dicomd.association import ServiceRegistry
 from dicomd.client import (
     AssociationAborted,
     AssociationRejected,
@@ -26,12 +25,14 @@ from dicomd.client import (
     requestor_protocol,
 )
 from dicomd.config import Plugin, default_config
-from dicomd.dimse import CommandField, decode_dataset, encode_dataset
-from dicomd.fsm import State
+from dicomd.dimse.command import CommandField
+from dicomd.dimse.datasets import decode_dataset, encode_dataset
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
+from dicomd.node.acceptor import ServiceRegistry
+from dicomd.node.factory import DicomServerFactory
+from dicomd.node.services.echo import VerificationService
 from dicomd.part10 import read_header
-from dicomd.server import DicomServerFactory
-from dicomd.services.echo import VerificationService
+from dicomd.ul.fsm import State
 from tests.wire import bare_config
 
 

@@ -62,7 +62,7 @@ from dicomd.client import (
     cfind,
     propose,
 )
-from dicomd.pdu import (
+from dicomd.ul.pdu import (
     AAssociateAC,
     AAssociateRQ,
     PDUType,

@@ -19,21 +19,15 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
 from dicomd import uids
-from dicomd.dimse import (
-    DATA_SET_PRESENT,
-    NO_DATA_SET,
+from dicomd.dimse.command import DATA_SET_PRESENT, NO_DATA_SET, Command, CommandError, CommandField
+from dicomd.dimse.datasets import DataSetError, decode_dataset, encode_dataset
+from dicomd.dimse.messages import (
     PDV_COMMAND,
     PDV_LAST,
     AssemblyError,
-    Command,
-    CommandError,
-    CommandField,
     CommandReceived,
     DataReceived,
-    DataSetError,
     MessageAssembler,
-    decode_dataset,
-    encode_dataset,
     fragment,
 )
 

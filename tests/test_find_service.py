@@ -12,9 +12,10 @@ from zope.interface import implementer
 
 from dicomd import uids
 from dicomd.config import Plugin, default_config
-from dicomd.dimse import Command, CommandField, decode_dataset, encode_dataset
+from dicomd.dimse.command import Command, CommandField
+from dicomd.dimse.datasets import decode_dataset, encode_dataset
 from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier
-from dicomd.pdu import PresentationContextRQ
+from dicomd.ul.pdu import PresentationContextRQ
 from tests.wire import EXPLICIT, IMPLICIT, Peer, request
 
 STUDY_ROOT = uids.STUDY_ROOT_FIND

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicomd.fsm import (
+from dicomd.ul.fsm import (
     NEXT_STATE,
     TRANSITIONS,
     Event,
@@ -12,7 +12,7 @@ from dicomd.fsm import (
     State,
     StateMachine,
 )
-from dicomd.pdu import (
+from dicomd.ul.pdu import (
     AAbort,
     AAssociateAC,
     AAssociateRJ,

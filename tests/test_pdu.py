@@ -1,4 +1,4 @@
-"""Tests for dicomd.pdu: byte-exact vectors from PS3.8 9.3 and PS3.7 D.3.3,
+"""Tests for dicomd.ul.pdu: byte-exact vectors from PS3.8 9.3 and PS3.7 D.3.3,
 round trips, robustness against malformed bytes, and a cross-check with
 pynetdicom's independent codec."""
 
@@ -16,7 +16,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-from dicomd.pdu import (
+from dicomd.ul.pdu import (
     HEADER_LENGTH,
     PDU,
     AAbort,

@@ -15,10 +15,11 @@ from zope.interface import implementer
 
 from dicomd import uids
 from dicomd.config import CallingAE, Config, Plugin, default_config
-from dicomd.dimse import Command, CommandField
-from dicomd.fsm import State
+from dicomd.dimse.command import Command, CommandField
 from dicomd.interfaces import ACCEPT, IAssociationValidator, Rejection
-from dicomd.pdu import (
+from dicomd.node.factory import DicomServerFactory
+from dicomd.ul.fsm import State
+from dicomd.ul.pdu import (
     AAbort,
     AAssociateAC,
     AAssociateRJ,
@@ -30,7 +31,6 @@ from dicomd.pdu import (
     decode,
     encode_pdata,
 )
-from dicomd.server import DicomServerFactory
 from tests.wire import EXPLICIT, IMPLICIT, Peer, bare_config, request
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -21,11 +21,12 @@ from dicomd.client import (
     retrieve_contexts,
 )
 from dicomd.config import Destination, Plugin
-from dicomd.dimse import Command, CommandField, decode_dataset, encode_dataset
+from dicomd.dimse.command import Command, CommandField
+from dicomd.dimse.datasets import decode_dataset, encode_dataset
 from dicomd.interfaces import FindQuery, IRetrieveSource, RetrieveItem
+from dicomd.node.factory import DicomServerFactory
 from dicomd.part10 import read_header
-from dicomd.pdu import PresentationContextRQ, RoleSelection
-from dicomd.server import DicomServerFactory
+from dicomd.ul.pdu import PresentationContextRQ, RoleSelection
 from tests.wire import EXPLICIT, Peer, bare_config, request
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"

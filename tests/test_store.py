@@ -16,11 +16,12 @@ from zope.interface import implementer
 
 from dicomd import uids
 from dicomd.config import Config, Plugin, Store, default_config
-from dicomd.dimse import Command, CommandField, encode_dataset
+from dicomd.dimse.command import Command, CommandField
+from dicomd.dimse.datasets import encode_dataset
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
+from dicomd.node.services.store import INCOMING
 from dicomd.part10 import PREAMBLE, file_meta
-from dicomd.pdu import AAbort, PresentationContextRQ, encode_pdata
-from dicomd.services.store import INCOMING
+from dicomd.ul.pdu import AAbort, PresentationContextRQ, encode_pdata
 from tests.wire import EXPLICIT, IMPLICIT, Peer, request
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -290,5 +291,4 @@ def test_file_meta_is_what_pydicom_writes(instance_uid: str, source_ae: str) -> 
         meta.SourceApplicationEntityTitle = source_ae
     expected = BytesIO()
     write_file_meta_info(expected, meta, enforce_standard=True)
-    command = store_command(instance_uid)
-    assert file_meta(command, JPEG_BASELINE, source_ae) == expected.getvalue()
+    assert file_meta(CT_STORAGE, instance_uid, JPEG_BASELINE, source_ae) == expected.getvalue()

@@ -17,7 +17,7 @@ from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.testing import MemoryReactorClock
 
 from dicomd.config import default_config
-from dicomd.server import DicomServerFactory
+from dicomd.node.factory import DicomServerFactory
 from dicomd.tap import Options, makeService
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from dicomd.timer import Timer
+from dicomd.ul.timer import Timer
 
 
 def test_start_stop_restart_and_push_back() -> None:

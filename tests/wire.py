@@ -11,8 +11,10 @@ from twisted.internet.testing import StringTransport
 
 from dicomd import uids
 from dicomd.config import Config, default_config
-from dicomd.dimse import Command, MessageAssembler, fragment
-from dicomd.pdu import (
+from dicomd.dimse.command import Command
+from dicomd.dimse.messages import MessageAssembler, fragment
+from dicomd.node.factory import DicomServerFactory
+from dicomd.ul.pdu import (
     AAssociateAC,
     AAssociateRQ,
     PDataTF,
@@ -20,7 +22,6 @@ from dicomd.pdu import (
     UserInformation,
     decode,
 )
-from dicomd.server import DicomServerFactory
 
 IMPLICIT = uids.IMPLICIT_VR_LITTLE_ENDIAN
 EXPLICIT = uids.EXPLICIT_VR_LITTLE_ENDIAN

@@ -41,7 +41,7 @@ from dicomd.client import (
     associate,
 )
 from dicomd.describe import describe_abort, describe_rejection
-from dicomd.pdu import PresentationContextRQ
+from dicomd.ul.pdu import PresentationContextRQ
 
 T = TypeVar("T")
 

@@ -45,7 +45,7 @@ from dicomd.client import (
 )
 from dicomd.describe import describe_status
 from dicomd.part10 import Part10Error, read_header
-from dicomd.pdu import PresentationContextRQ
+from dicomd.ul.pdu import PresentationContextRQ
 
 COMMAND = "store"
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from dicomd.dimse import DATA_SET_PRESENT, PDV_COMMAND, PDV_LAST, Command, CommandField
-from dicomd.pdu import (
+from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
+from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
+from dicomd.ul.pdu import (
     AAbort,
     AAssociateAC,
     AAssociateRQ,

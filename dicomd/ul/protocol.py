@@ -1,9 +1,9 @@
 """The Twisted side of the Upper Layer: bytes in, PDUs out, timers.
 
 `UpperLayerProtocol` only frames and decodes PDUs, feeds them to the state
-machine of `dicomd.fsm`, and implements the machine's provider port (write,
+machine of `dicomd.ul.fsm`, and implements the machine's provider port (write,
 close, ARTIM) on a Twisted transport with an injectable clock.  What an
-association *does* lives in the service user it is given (`dicomd.association`
+association *does* lives in the service user it is given (`dicomd.node.acceptor`
 for the acceptor), so that parsing, protocol rules and services stay apart.
 """
 
@@ -16,8 +16,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dicomd.fsm import State, StateMachine, UserPort
-from dicomd.pdu import (
+from dicomd.ul.fsm import State, StateMachine, UserPort
+from dicomd.ul.pdu import (
     HEADER_LENGTH,
     AbortReason,
     AbortSource,
@@ -26,7 +26,7 @@ from dicomd.pdu import (
     decode_pdu,
     parse_header,
 )
-from dicomd.timer import Timer
+from dicomd.ul.timer import Timer
 
 # The largest A-ASSOCIATE-RQ/AC we take.  Our maximum PDU length bounds only
 # P-DATA-TF (PS3.8 9.3.1); an association request proposing 128 contexts of

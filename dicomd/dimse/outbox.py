@@ -17,8 +17,8 @@ from typing import BinaryIO
 from twisted.internet.interfaces import IConsumer, IPullProducer
 from zope.interface import implementer
 
-from dicomd.dimse import PDV_LAST, fragment
-from dicomd.pdu import encode_pdata
+from dicomd.dimse.messages import PDV_LAST, fragment
+from dicomd.ul.pdu import encode_pdata
 
 # With no limit from the peer, data still leaves in pieces this big, so that
 # memory stays bounded and other associations get their turn.

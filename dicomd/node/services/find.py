@@ -23,11 +23,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.dimse import CommandField, DataSetError, decode_dataset, encode_dataset, error_comment
+from dicomd.dimse.command import CommandField
+from dicomd.dimse.datasets import DataSetError, decode_dataset, encode_dataset, error_comment
 from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier
 
 if TYPE_CHECKING:
-    from dicomd.association import Acceptor, Request
+    from dicomd.node.acceptor import Acceptor, Request
 
 _QR_MODELS = frozenset({uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND})
 _RETRIEVE_MODELS = uids.MOVE_SOP_CLASSES | uids.GET_SOP_CLASSES

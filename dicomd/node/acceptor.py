@@ -21,16 +21,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.dimse import (
-    AssemblyError,
-    Command,
-    CommandError,
-    CommandField,
-    CommandReceived,
-    MessageAssembler,
-    error_comment,
-)
-from dicomd.fsm import State, StateMachine
+from dicomd.dimse.command import Command, CommandError, CommandField
+from dicomd.dimse.datasets import error_comment
+from dicomd.dimse.messages import AssemblyError, CommandReceived, MessageAssembler
+from dicomd.dimse.negotiation import AcceptedContext, negotiate
+from dicomd.dimse.outbox import FileData, Outbox
 from dicomd.interfaces import (
     REJECT_NO_REASON,
     Accept,
@@ -41,9 +36,8 @@ from dicomd.interfaces import (
     Rejection,
     UserIdentity,
 )
-from dicomd.negotiation import AcceptedContext, negotiate
-from dicomd.outbox import FileData, Outbox
-from dicomd.pdu import (
+from dicomd.ul.fsm import State, StateMachine
+from dicomd.ul.pdu import (
     AAssociateAC,
     AAssociateRJ,
     AAssociateRQ,
@@ -55,10 +49,10 @@ from dicomd.pdu import (
     UserIdentityAC,
     UserInformation,
 )
-from dicomd.timer import Timer
+from dicomd.ul.timer import Timer
 
 if TYPE_CHECKING:
-    from dicomd.protocol import UpperLayerProtocol
+    from dicomd.ul.protocol import UpperLayerProtocol
 
 DICOM_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 _REJECT_APPLICATION_CONTEXT = Rejection(1, 1, 2, "application context name not supported")

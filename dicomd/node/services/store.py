@@ -22,14 +22,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.association import DiscardSink
-from dicomd.dimse import Command, CommandField, error_comment
+from dicomd.dimse.command import Command, CommandField
+from dicomd.dimse.datasets import error_comment
+from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
-from dicomd.negotiation import AcceptedContext
+from dicomd.node.acceptor import DiscardSink
 from dicomd.part10 import IncomingFile, file_meta
 
 if TYPE_CHECKING:
-    from dicomd.association import Acceptor, Request
+    from dicomd.node.acceptor import Acceptor, Request
 
 INCOMING = ".incoming"
 
@@ -60,7 +61,12 @@ class StorageService:
     ) -> IncomingFile | DiscardSink:
         if not (command.affected_sop_class_uid and command.affected_sop_instance_uid):
             return DiscardSink()  # answered in handle(): there is nothing to name the file by
-        meta = file_meta(command, context.transfer_syntax, association.calling_ae_title)
+        meta = file_meta(
+            command.affected_sop_class_uid,
+            command.affected_sop_instance_uid,
+            context.transfer_syntax,
+            association.calling_ae_title,
+        )
         return IncomingFile(self.incoming, meta)
 
     def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None] | None:

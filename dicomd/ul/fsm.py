@@ -5,7 +5,7 @@ dictionary from (state, event) to action, and the actions of Tables 9-6 to
 9-9 as methods.  It never touches a socket or a clock: it reaches the outside
 only through two narrow ports, the *provider* (write bytes, close or open the
 transport, start and stop ARTIM) and the *user* (the indications and
-confirmations the standard's service user receives).  `dicomd.protocol`
+confirmations the standard's service user receives).  `dicomd.ul.protocol`
 implements the provider port on a Twisted transport; the association object
 implements the user port.
 
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from enum import Enum, IntEnum
 from typing import Any, Protocol
 
-from dicomd.pdu import (
+from dicomd.ul.pdu import (
     PDU,
     AAbort,
     AAssociateAC,

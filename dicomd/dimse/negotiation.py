@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from dicomd.pdu import ContextResult, PresentationContextAC, PresentationContextRQ
+from dicomd.ul.pdu import ContextResult, PresentationContextAC, PresentationContextRQ
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dicomd.association import Acceptor, AcceptorSettings, Service, ServiceRegistry
 from dicomd.client import ClientSettings
 from dicomd.config import Config
-from dicomd.fsm import State
 from dicomd.interfaces import (
     ACCEPT,
     REJECT_LOCAL_LIMIT,
@@ -25,12 +23,14 @@ from dicomd.interfaces import (
     IStoreHandler,
     Rejection,
 )
-from dicomd.protocol import UpperLayerProtocol
-from dicomd.services.echo import VerificationService
-from dicomd.services.find import FindService
-from dicomd.services.retrieve import GetService, MoveService
-from dicomd.services.store import StorageService
-from dicomd.validation import AccessValidator
+from dicomd.node.acceptor import Acceptor, AcceptorSettings, Service, ServiceRegistry
+from dicomd.node.services.echo import VerificationService
+from dicomd.node.services.find import FindService
+from dicomd.node.services.retrieve import GetService, MoveService
+from dicomd.node.services.store import StorageService
+from dicomd.node.validation import AccessValidator
+from dicomd.ul.fsm import State
+from dicomd.ul.protocol import UpperLayerProtocol
 
 # States in which a connection holds, or is about to hold, an association.
 _ASSOCIATED = frozenset(

@@ -30,7 +30,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.association import AssociationEnded
 from dicomd.client import (
     AssociationError,
     ClientAssociation,
@@ -42,11 +41,13 @@ from dicomd.client import (
     store_request,
 )
 from dicomd.config import Destination
-from dicomd.dimse import CommandField, DataSetError, decode_dataset, encode_dataset, error_comment
+from dicomd.dimse.command import CommandField
+from dicomd.dimse.datasets import DataSetError, decode_dataset, encode_dataset, error_comment
 from dicomd.interfaces import InvalidIdentifier, IRetrieveSource, RetrieveItem
+from dicomd.node.acceptor import AssociationEnded
 
 if TYPE_CHECKING:
-    from dicomd.association import Acceptor, Request
+    from dicomd.node.acceptor import Acceptor, Request
 
 
 @dataclass(slots=True)

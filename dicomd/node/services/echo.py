@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dicomd import uids
-from dicomd.dimse import CommandField
+from dicomd.dimse.command import CommandField
 
 if TYPE_CHECKING:
-    from dicomd.association import Acceptor, Request
+    from dicomd.node.acceptor import Acceptor, Request
 
 
 class VerificationService:

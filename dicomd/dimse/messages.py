@@ -1,0 +1,160 @@
+"""DIMSE messages on the wire: fragmentation into PDVs and reassembly (PS3.8 Annex E).
+
+A DIMSE message is a command set optionally followed by a data set; both
+travel as fragments in P-DATA-TF PDUs.  Nothing here touches a socket:
+:func:`fragment` turns a message into PDUs to write, and
+:class:`MessageAssembler` turns received PDVs into events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from dicomd.dimse.command import Command
+from dicomd.ul.pdu import encode_pdata
+
+PDV_COMMAND: Final = 0x01
+"""Message control header bit 0: the fragment belongs to a command set (PS3.8 E.2)."""
+PDV_LAST: Final = 0x02
+"""Message control header bit 1: the fragment is the last of its command or data set."""
+
+_PDV_OVERHEAD: Final = 6  # item length (4) + context id (1) + control header (1)
+
+
+def fragment(
+    context_id: int, command: bytes, data: bytes | None, max_pdu_length: int
+) -> Iterator[bytes]:
+    """Yield the P-DATA-TF PDUs, one PDV each, that carry one DIMSE message.
+
+    ``max_pdu_length`` is the peer's maximum length received, the bound on
+    each PDU's length field; 0 means no limit.  Every fragment but the last
+    has even length: the standard does not ask for it, but it keeps the
+    fragments of an even-length encoding even, the least surprising thing to
+    send, at the cost of at most one byte per PDU.  ``max_pdu_length`` must
+    therefore leave room for two bytes after the PDV header.
+    """
+    if max_pdu_length == 0:
+        chunk = None
+    elif max_pdu_length < _PDV_OVERHEAD + 2:
+        raise ValueError(f"max_pdu_length {max_pdu_length} leaves no room for data")
+    else:
+        chunk = (max_pdu_length - _PDV_OVERHEAD) & ~1
+    yield from _fragments(context_id, PDV_COMMAND, command, chunk)
+    if data is not None:
+        yield from _fragments(context_id, 0, data, chunk)
+
+
+def _fragments(context_id: int, kind: int, payload: bytes, chunk: int | None) -> Iterator[bytes]:
+    if chunk is None or len(payload) <= chunk:
+        yield encode_pdata(context_id, kind | PDV_LAST, payload)
+        return
+    view = memoryview(payload)
+    size = len(view)
+    for start in range(0, size, chunk):
+        stop = start + chunk
+        yield encode_pdata(context_id, kind | (PDV_LAST if stop >= size else 0), view[start:stop])
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    """A complete command set arrived on a presentation context."""
+
+    context_id: int
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    """One fragment of the data set that follows the last command; ``last`` ends it."""
+
+    context_id: int
+    data: bytes
+    last: bool
+
+
+class AssemblyError(ValueError):
+    """PDVs that break the fragment order of PS3.8 E.2 and PS3.7 section 6."""
+
+
+class MessageAssembler:
+    """Turns a stream of PDVs into DIMSE events; knows nothing of sockets.
+
+    Command fragments are small and are joined, then decoded once the last
+    one arrives.  Data fragments are passed on as they come, never joined: a
+    data set may be a gigabyte on its way to disk.  Any fragment length is
+    accepted, odd or empty, and a data set may be split at any byte.
+
+    A fragment that breaks the order raises :class:`AssemblyError` and leaves
+    the assembler as it was; a command set that does not decode raises
+    :class:`CommandError` and leaves it ready for the next command.  Either
+    way the caller is expected to abort the association.
+    """
+
+    __slots__ = ("_command_context", "_command_fragments", "_data_context")
+
+    def __init__(self) -> None:
+        self._command_context: int | None = None
+        self._command_fragments: list[bytes] = []
+        self._data_context: int | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Whether no message is half received: the next PDV must start a command."""
+        return self._command_context is None and self._data_context is None
+
+    def feed(
+        self, context_id: int, control: int, data: bytes
+    ) -> list[CommandReceived | DataReceived]:
+        """Take one PDV (its context id, message control header and fragment)."""
+        last = bool(control & PDV_LAST)
+        if control & PDV_COMMAND:
+            return self._command_fragment(context_id, last, data)
+        return self._data_fragment(context_id, last, data)
+
+    def _command_fragment(
+        self, context_id: int, last: bool, data: bytes
+    ) -> list[CommandReceived | DataReceived]:
+        if self._data_context is not None:
+            raise AssemblyError(
+                f"command fragment on context {context_id} while the data set"
+                f" on context {self._data_context} is incomplete"
+            )
+        if self._command_context is None:
+            self._command_context = context_id
+        elif context_id != self._command_context:
+            raise AssemblyError(
+                f"command fragment on context {context_id} while the command"
+                f" on context {self._command_context} is incomplete"
+            )
+        self._command_fragments.append(data)
+        if not last:
+            return []
+        encoded = b"".join(self._command_fragments)
+        self._command_context = None
+        self._command_fragments = []
+        command = Command.decode(encoded)
+        if command.has_data_set:
+            self._data_context = context_id
+        return [CommandReceived(context_id, command)]
+
+    def _data_fragment(
+        self, context_id: int, last: bool, data: bytes
+    ) -> list[CommandReceived | DataReceived]:
+        if self._command_context is not None:
+            raise AssemblyError(
+                f"data fragment on context {context_id} while a command set is incomplete"
+            )
+        if self._data_context is None:
+            raise AssemblyError(
+                f"data fragment on context {context_id} but no command announced a data set"
+            )
+        if context_id != self._data_context:
+            raise AssemblyError(
+                f"data fragment on context {context_id} but the command announced"
+                f" its data set on context {self._data_context}"
+            )
+        if last:
+            self._data_context = None
+        return [DataReceived(context_id, data, last)]
