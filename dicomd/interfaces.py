@@ -9,13 +9,13 @@ that a plugin author imports one module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncIterable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Final
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from zope.interface import Attribute, Interface
 
 
@@ -101,16 +101,16 @@ class IAssociationValidator(Interface):
         """Return ``ACCEPT`` or a ``Rejection`` (or a Deferred firing with one)."""
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class ReceivedInstance:
-    """One instance received by C-STORE, as store handlers see it.
+    """One instance received by C-STORE, as store handlers see it: read-only.
 
     ``path`` is a complete Part 10 file: our File Meta Information followed by
-    the data set exactly as the peer sent it.  Until a handler keeps it (the
-    archive moves it into ``storage.path`` and sets ``kept``), it lies in a
-    temporary folder and is removed once every handler has answered.
-    ``dataset`` parses the file with pydicom on first use; it blocks, so a
-    handler that needs it on a busy node reads it in a thread.
+    the data set exactly as the peer sent it.  It lies in a temporary folder
+    and is removed once every handler has answered, unless a handler took it
+    by answering `Kept`; the handlers after that one see it at its new path.
+    Reading the file blocks: a handler that parses it (``dcmread(path)``)
+    does so in a thread, as the built-in ``print`` handler does.
     """
 
     calling_ae_title: str
@@ -122,14 +122,20 @@ class ReceivedInstance:
     transfer_syntax: str
     path: Path
     size: int
-    kept: bool = False
-    _dataset: Dataset | None = None
 
-    @property
-    def dataset(self) -> Dataset:
-        if self._dataset is None:
-            self._dataset = dcmread(self.path)
-        return self._dataset
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """A store handler's answer when it has taken the received file for good.
+
+    The file now lives at ``path`` and belongs to the handler: the store
+    service does not remove it, and later handlers see it there.  ``status``
+    is the handler's status, as any handler answers it (an ``int`` or a
+    ``Dataset`` with ``Status``).
+    """
+
+    status: int | Dataset
+    path: Path
 
 
 class IStoreHandler(Interface):
@@ -141,10 +147,11 @@ class IStoreHandler(Interface):
     status stops the chain and goes to the peer; otherwise the peer gets the
     last warning, or success.  An ``OSError`` raised by a handler answers A700
     (out of resources), any other exception C000 (cannot understand), with the
-    error as comment; the association stays up either way.
+    error as comment; the association stays up either way.  A handler that
+    moves the file somewhere for good answers `Kept` with its new path.
     """
 
-    def store(instance: ReceivedInstance) -> int | Dataset:
+    def store(instance: ReceivedInstance) -> int | Dataset | Kept:
         """Handle one received instance and answer its status."""
 
 
@@ -180,15 +187,28 @@ class IFindHandler(Interface):
     requested keys (plus Specific Character Set, Query/Retrieve Level and
     Retrieve AE Title), empty where a match has no value.  `InvalidIdentifier`
     answers A900; any other exception a C000-range failure, with the error
-    as comment.  A handler may also offer ``supported_keys(level)``: when the
-    identifier asks for keys outside it, matches go out as FF01 (pending,
-    optional keys not supported) instead of FF00.
+    as comment.  A handler that also provides `ISupportedKeys` has matches
+    to a query asking for other keys go out as FF01 instead of FF00.
     """
 
-    models = Attribute("The SOP Class UIDs of the information models this handler answers.")
+    find_models = Attribute(
+        "The SOP Class UIDs of the information models this handler answers"
+        " (Patient Root, Study Root, Modality Worklist FIND...)."
+    )
 
     def find(query: FindQuery) -> Iterable[Dataset] | AsyncIterable[Dataset]:
         """The matches of ``query``, streamed to the peer as they come."""
+
+
+class ISupportedKeys(Interface):
+    """Optional, beside `IFindHandler`: the keys a find handler can match and return."""
+
+    def supported_keys(level: str) -> Collection[str]:
+        """The keywords supported at Query/Retrieve ``level`` (or a Deferred firing with them).
+
+        When the identifier asks for others, matches go out as FF01 (pending,
+        optional keys not supported, PS3.4 C.4.1.1.4) instead of FF00.
+        """
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +235,8 @@ class RetrieveItem:
 class IRetrieveSource(Interface):
     """Where C-MOVE and C-GET find the instances to send, and who may have them.
 
-    ``models`` names the Query/Retrieve MOVE and GET SOP classes it serves.
+    ``retrieve_models`` names the Query/Retrieve MOVE and GET SOP classes it
+    serves.
     ``instances`` returns the `RetrieveItem`s the identifier selects (a list,
     or a Deferred of one), as files or as data sets; `InvalidIdentifier`
     answers A900.  ``may_move``
@@ -224,13 +245,16 @@ class IRetrieveSource(Interface):
     0124 (not authorized).
     """
 
-    models = Attribute("The SOP Class UIDs of the MOVE and GET models this source serves.")
+    retrieve_models = Attribute(
+        "The SOP Class UIDs of the MOVE and GET models this source serves."
+    )
 
     def instances(query: FindQuery) -> list[RetrieveItem]:
         """The instances ``query`` selects."""
 
     def may_move(query: FindQuery, destination: str) -> bool:
-        """Whether ``query.calling_ae_title`` may have them sent to ``destination``."""
+        """Whether ``query.calling_ae_title`` may have them sent to ``destination``
+        (or a Deferred firing with that)."""
 
 
 PLUGIN_INTERFACES: Final = (

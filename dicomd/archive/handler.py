@@ -48,6 +48,8 @@ from dicomd.interfaces import (
     IFindHandler,
     IRetrieveSource,
     IStoreHandler,
+    ISupportedKeys,
+    Kept,
     ReceivedInstance,
     RetrieveItem,
 )
@@ -98,7 +100,7 @@ class Reconciliation:
     empty_folders: int
 
 
-@implementer(IStoreHandler, IFindHandler, IRetrieveSource)
+@implementer(IStoreHandler, IFindHandler, ISupportedKeys, IRetrieveSource)
 class ArchiveHandler(Service):
     """Keeps received instances under ``path`` at their ``layout`` path, indexed in SQLite.
 
@@ -122,14 +124,8 @@ class ArchiveHandler(Service):
     """
 
     log = Logger()
-    models = (
-        PATIENT_ROOT_FIND,
-        STUDY_ROOT_FIND,
-        PATIENT_ROOT_MOVE,
-        STUDY_ROOT_MOVE,
-        PATIENT_ROOT_GET,
-        STUDY_ROOT_GET,
-    )
+    find_models = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
+    retrieve_models = (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_GET)
 
     def __init__(
         self,
@@ -206,7 +202,7 @@ class ArchiveHandler(Service):
         self.query.close()
         self.close()
 
-    def store(self, instance: ReceivedInstance) -> Deferred[int | Dataset]:
+    def store(self, instance: ReceivedInstance) -> Deferred[int | Dataset | Kept]:
         """File one instance in the archive's own threads (``IStoreHandler``)."""
         return deferToThreadPool(self._reactor, self._started_pool(), self.archive, instance)
 
@@ -262,7 +258,7 @@ class ArchiveHandler(Service):
     def close(self) -> None:
         self.index.close()
 
-    def archive(self, instance: ReceivedInstance) -> int | Dataset:
+    def archive(self, instance: ReceivedInstance) -> int | Dataset | Kept:
         """Check, file and index one instance; the status for the peer.
 
         Blocking.  An ``OSError`` from the file system propagates (the store
@@ -312,7 +308,7 @@ class ArchiveHandler(Service):
     def _past_what_is_needed(self, tag: BaseTag, vr: str | None, length: int) -> bool:
         return tag > self._last_needed_tag
 
-    def _keep(self, instance: ReceivedInstance, record: InstanceRecord) -> int | Dataset:
+    def _keep(self, instance: ReceivedInstance, record: InstanceRecord) -> int | Dataset | Kept:
         """Under the locks of its UID and path: apply the duplicate policy, move, index."""
         uid, relative = record.SOPInstanceUID, record.path
         existing = self.index.lookup(uid)
@@ -341,11 +337,9 @@ class ArchiveHandler(Service):
         except BaseException:
             target.unlink(missing_ok=True)
             raise
-        instance.path = target
-        instance.kept = True
         if existing is not None and existing != relative:
             (self.path / existing).unlink(missing_ok=True)
-        return Status.SUCCESS
+        return Kept(Status.SUCCESS, target)
 
     def _place(self, received: Path, target: Path) -> None:
         """Move the received file to ``target``, durably."""
