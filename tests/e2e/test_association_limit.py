@@ -8,7 +8,8 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
-from .conftest import LOCALHOST, log_lines_with
+from tests.support.daemons import log_lines_with
+from tests.support.processes import LOCALHOST
 
 REJECTED_TRANSIENT = 2
 SOURCE_PRESENTATION = 3

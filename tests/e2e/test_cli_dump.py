@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from tests.cli_harness import run_dicomd
+from tests.support.daemons import run_dicomd
 from tests.test_dump import SAMPLE_LISTING, write_sample
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_harness import COMMAND_TIMEOUT, LOCALHOST, dcmtk_peer, free_tcp_port, run_dicomd
-from tests.e2e.conftest import daemon_environment, start_daemon
+from tests.support.daemons import COMMAND_TIMEOUT, run_dicomd, start_daemon
+from tests.support.dcmtk import dcmtk_peer
+from tests.support.processes import LOCALHOST, daemon_environment, free_tcp_port
 
 
 def success_line(called: str, port: int) -> re.Pattern[str]:

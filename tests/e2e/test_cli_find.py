@@ -15,8 +15,10 @@ from pydicom.sequence import Sequence
 from pynetdicom import evt
 
 from dicomd.uids import STUDY_ROOT_FIND
-from tests.cli_harness import LOCALHOST, DcmtkPeer, dcmtk_peer, pynetdicom_scp, run_dicomd
-from tests.e2e.conftest import run_dcmtk
+from tests.support.daemons import run_dicomd
+from tests.support.dcmtk import DcmtkPeer, dcmtk_peer, run_dcmtk
+from tests.support.processes import LOCALHOST
+from tests.support.pynetdicom_peers import pynetdicom_scp
 
 ARCHIVE_AE = "ARCHIVE"
 WORKLIST_AE = "WORKLIST"

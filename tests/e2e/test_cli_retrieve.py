@@ -11,8 +11,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from dicomd.part10 import read_header
-from tests.cli_harness import LOCALHOST, DcmtkPeer, dcmtk_peer, run_dicomd
-from tests.e2e.conftest import RunningDaemon, run_dcmtk, start_daemon
+from tests.support.daemons import RunningDaemon, run_dicomd, start_daemon
+from tests.support.dcmtk import DcmtkPeer, dcmtk_peer, run_dcmtk
+from tests.support.processes import LOCALHOST
 
 ARCHIVE_AE = "ARCHIVE"
 CT = Path(get_testdata_file("CT_small.dcm"))

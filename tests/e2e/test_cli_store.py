@@ -18,15 +18,11 @@ from pynetdicom import evt
 
 from dicomd.cli.progress import Progress, clock_time
 from dicomd.cli.store import Instance, batches, propose_for, share_out
-from tests.cli_harness import (
-    LOCALHOST,
-    copies_of,
-    dcmtk_peer,
-    free_tcp_port,
-    pynetdicom_scp,
-    run_dicomd,
-)
-from tests.e2e.conftest import RunningDaemon, daemon_environment, log_lines_with, start_daemon
+from tests.support.daemons import RunningDaemon, log_lines_with, run_dicomd, start_daemon
+from tests.support.datasets import copies_of
+from tests.support.dcmtk import dcmtk_peer
+from tests.support.processes import LOCALHOST, daemon_environment, free_tcp_port
+from tests.support.pynetdicom_peers import pynetdicom_scp
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"

@@ -39,10 +39,11 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRBigEndian, MediaStorageDirectoryStorage
 
 from dicomd.part10 import read_header
-from tests.cli_harness import LOCALHOST, dcmtk_peer, run_dicomd
+from tests.support.daemons import run_dicomd
+from tests.support.datasets import dataset_bytes
+from tests.support.dcmtk import dcmtk_peer, run_dcmtk
+from tests.support.processes import LOCALHOST
 from tests.testdata import part10_test_files
-
-from .conftest import dataset_bytes, run_dcmtk
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on odd test files
 

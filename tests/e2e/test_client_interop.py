@@ -10,7 +10,7 @@ leaves a timer or a connection behind, so every test checks as well that
 the client cleans up after itself.
 
 The peers are real programs: dcmtk tools in subprocesses
-(``tests.cli_harness.dcmtk_peer``) and pynetdicom AEs on threads of this
+(``tests.support.dcmtk.dcmtk_peer``) and pynetdicom AEs on threads of this
 process, whose event handlers record what arrived.  Starting a peer blocks
 the reactor thread for a moment before the scenario talks to it, which
 nothing minds.
@@ -71,8 +71,10 @@ from dicomd.ul.pdu import (
     decode_pdu,
     parse_header,
 )
-from tests.cli_harness import LOCALHOST, DcmtkPeer, dcmtk_peer, free_tcp_port, pynetdicom_scp
-from tests.e2e.conftest import ct_dataset, dataset_bytes, run_dcmtk, write_ct_files
+from tests.support.datasets import ct_dataset, dataset_bytes, write_ct_files
+from tests.support.dcmtk import DcmtkPeer, dcmtk_peer, run_dcmtk
+from tests.support.processes import LOCALHOST, free_tcp_port
+from tests.support.pynetdicom_peers import pynetdicom_scp
 
 CALLING_AE = "INTEROP"
 ARCHIVE_AE = "ARCHIVE"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import DEFAULT_CONFIG, deep_merge, write_config
+from tests.support.daemons import DEFAULT_CONFIG, deep_merge, write_config
 
 
 @pytest.mark.parametrize(

@@ -36,15 +36,11 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from .conftest import (
-    LOCALHOST,
-    ArchiveView,
-    RunningDaemon,
-    archive_plugin,
-    pynetdicom_store,
-    run_dcmtk,
-    start_daemon,
-)
+from tests.support.archive import ArchiveView, archive_plugin
+from tests.support.daemons import RunningDaemon, start_daemon
+from tests.support.dcmtk import run_dcmtk
+from tests.support.processes import LOCALHOST
+from tests.support.pynetdicom_peers import pynetdicom_store
 
 pytestmark = pytest.mark.usefixtures("report_module_daemons")
 

@@ -13,7 +13,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .conftest import archive_plugin, run_echoscu
+from tests.support.archive import archive_plugin
+from tests.support.dcmtk import run_echoscu
+
 from .test_find_archive import SUCCESS, assert_success, findscu, raw_name
 
 UNABLE_TO_PROCESS = 0xC000

@@ -13,7 +13,8 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .conftest import LOCALHOST, RunningDaemon, log_lines_with
+from tests.support.daemons import RunningDaemon, log_lines_with
+from tests.support.processes import LOCALHOST
 
 A_ASSOCIATE_RQ = 0x01
 A_ASSOCIATE_AC = 0x02

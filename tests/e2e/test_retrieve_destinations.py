@@ -13,8 +13,10 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, StoragePresentationContexts, evt
 
 from dicomd.part10 import read_header
-from tests.cli_harness import LOCALHOST, DcmtkPeer, dcmtk_peer
-from tests.e2e.conftest import RunningDaemon, dataset_bytes, free_tcp_port, run_dcmtk
+from tests.support.daemons import RunningDaemon
+from tests.support.datasets import dataset_bytes
+from tests.support.dcmtk import DcmtkPeer, dcmtk_peer, run_dcmtk
+from tests.support.processes import LOCALHOST, free_tcp_port
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"

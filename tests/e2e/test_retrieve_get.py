@@ -35,7 +35,11 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-from .conftest import LOCALHOST, RunningDaemon, dataset_bytes, run_dcmtk
+from tests.support.daemons import RunningDaemon
+from tests.support.datasets import dataset_bytes
+from tests.support.dcmtk import run_dcmtk
+from tests.support.processes import LOCALHOST
+
 from .test_retrieve_move import (
     BULK_SIZE,
     CANCELLED,

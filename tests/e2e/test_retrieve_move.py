@@ -55,22 +55,12 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from tests.support.archive import archive_of, archive_plugin
+from tests.support.daemons import RunningDaemon, start_daemon
+from tests.support.datasets import ct_dataset, dataset_bytes
+from tests.support.dcmtk import dcmtk_executable, run_dcmtk
+from tests.support.processes import LOCALHOST, STARTUP_DEADLINE, free_tcp_port, is_listening
 from tests.testdata import part10_test_files
-
-from .conftest import (
-    LOCALHOST,
-    STARTUP_DEADLINE,
-    RunningDaemon,
-    archive_of,
-    archive_plugin,
-    ct_dataset,
-    dataset_bytes,
-    dcmtk_executable,
-    free_tcp_port,
-    is_listening,
-    run_dcmtk,
-    start_daemon,
-)
 
 pytestmark = pytest.mark.usefixtures("report_module_daemons")
 

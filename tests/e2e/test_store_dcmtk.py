@@ -23,18 +23,11 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from .conftest import (
-    LOCALHOST,
-    STARTUP_DEADLINE,
-    archive_of,
-    archive_plugin,
-    dataset_bytes,
-    dcmtk_executable,
-    free_tcp_port,
-    is_listening,
-    run_dcmtk,
-    write_ct_files,
-)
+from tests.support.archive import archive_of, archive_plugin
+from tests.support.datasets import dataset_bytes, write_ct_files
+from tests.support.dcmtk import dcmtk_executable, run_dcmtk
+from tests.support.processes import LOCALHOST, STARTUP_DEADLINE, free_tcp_port, is_listening
+
 from .test_store_pydicom_files import bundled_part10_files, dcmdump_reads
 
 UNCOMPRESSED = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian)

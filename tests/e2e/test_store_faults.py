@@ -20,19 +20,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from .conftest import (
-    LOCALHOST,
-    ArchiveView,
-    RunningDaemon,
-    archive_plugin,
-    dataset_bytes,
-    dcmtk_executable,
-    log_lines_with,
-    pynetdicom_store,
-    run_dcmtk,
-    run_echoscu,
-    write_ct_files,
-)
+from tests.support.archive import ArchiveView, archive_plugin
+from tests.support.daemons import RunningDaemon, log_lines_with
+from tests.support.datasets import dataset_bytes, write_ct_files
+from tests.support.dcmtk import dcmtk_executable, run_dcmtk, run_echoscu
+from tests.support.processes import LOCALHOST
+from tests.support.pynetdicom_peers import pynetdicom_store
 
 
 def assert_only_whole_instances(archive: ArchiveView, originals: dict[str, Path]) -> None:

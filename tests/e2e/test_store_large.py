@@ -14,16 +14,11 @@ from pathlib import Path
 from pydicom import dcmwrite
 from pydicom.uid import generate_uid
 
-from .conftest import (
-    LOCALHOST,
-    RunningDaemon,
-    archive_of,
-    archive_plugin,
-    ct_dataset,
-    run_dcmtk,
-    run_echoscu,
-    split_part10,
-)
+from tests.support.archive import archive_of, archive_plugin
+from tests.support.daemons import RunningDaemon
+from tests.support.datasets import ct_dataset, split_part10
+from tests.support.dcmtk import run_dcmtk, run_echoscu
+from tests.support.processes import LOCALHOST
 
 ROWS = COLUMNS = 16384
 FRAMES = 2

@@ -10,15 +10,12 @@ from pathlib import Path
 
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from .conftest import (
-    LOCALHOST,
-    archive_of,
-    archive_plugin,
-    log_lines_with,
-    pynetdicom_store,
-    run_dcmtk,
-    write_ct_files,
-)
+from tests.support.archive import archive_of, archive_plugin
+from tests.support.daemons import log_lines_with
+from tests.support.datasets import write_ct_files
+from tests.support.dcmtk import run_dcmtk
+from tests.support.processes import LOCALHOST
+from tests.support.pynetdicom_peers import pynetdicom_store
 
 SITE_PLUGINS = '''
 """A site's own store handlers."""

@@ -33,17 +33,11 @@ from pynetdicom.dsutils import encode
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from .conftest import (
-    ArchiveView,
-    RunningDaemon,
-    archive_of,
-    archive_plugin,
-    ct_dataset,
-    dataset_bytes,
-    pynetdicom_store,
-    run_dcmtk,
-    write_part10,
-)
+from tests.support.archive import ArchiveView, archive_of, archive_plugin
+from tests.support.daemons import RunningDaemon
+from tests.support.datasets import ct_dataset, dataset_bytes, write_part10
+from tests.support.dcmtk import run_dcmtk
+from tests.support.pynetdicom_peers import pynetdicom_store
 
 BUNDLED_FOLDER = Path(DATA_ROOT) / "test_files"
 SUCCESS = 0x0000

@@ -16,17 +16,11 @@ import pytest
 from pydicom import dcmwrite
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from .conftest import (
-    ArchiveView,
-    RunningDaemon,
-    archive_of,
-    archive_plugin,
-    ct_dataset,
-    dataset_bytes,
-    pynetdicom_store,
-    run_echoscu,
-    write_part10,
-)
+from tests.support.archive import ArchiveView, archive_of, archive_plugin
+from tests.support.daemons import RunningDaemon
+from tests.support.datasets import ct_dataset, dataset_bytes, write_part10
+from tests.support.dcmtk import run_echoscu
+from tests.support.pynetdicom_peers import pynetdicom_store
 
 
 def assert_nothing_kept(daemon: RunningDaemon) -> None:

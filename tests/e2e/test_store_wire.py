@@ -32,17 +32,11 @@ from dicomd.ul.pdu import (
     UserInformation,
     decode,
 )
-
-from .conftest import (
-    LOCALHOST,
-    ArchiveView,
-    RunningDaemon,
-    archive_of,
-    archive_plugin,
-    dataset_bytes,
-    run_echoscu,
-    write_ct_files,
-)
+from tests.support.archive import ArchiveView, archive_of, archive_plugin
+from tests.support.daemons import RunningDaemon
+from tests.support.datasets import dataset_bytes, write_ct_files
+from tests.support.dcmtk import run_echoscu
+from tests.support.processes import LOCALHOST
 
 CONTEXT_ID = 1
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import log_lines_with as lines_with
+from tests.support.daemons import log_lines_with as lines_with
 
 
 def test_echo_is_accepted_and_released(dicomd, echoscu):

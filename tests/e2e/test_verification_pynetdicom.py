@@ -5,7 +5,7 @@ from __future__ import annotations
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from .conftest import LOCALHOST
+from tests.support.processes import LOCALHOST
 
 UNKNOWN_SOP_CLASS = "1.2.826.0.1.3680043.9.9999.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"

@@ -1,0 +1,15 @@
+"""Helpers shared by the end-to-end tests (``tests/e2e``) and the benchmarks (``bench/``).
+
+One module per job:
+
+- ``processes``: free ports, listening checks, draining a child's output, the
+  environment that makes this checkout importable;
+- ``daemons``: the daemon under ``twistd`` and the ``dicomd`` command;
+- ``dcmtk``: dcmtk's tools, as commands and as SCPs;
+- ``pynetdicom_peers``: pynetdicom as an SCP and as a store SCU;
+- ``datasets``: CT instances and Part 10 bytes;
+- ``archive``: an archive folder as the store tests judge it.
+
+Unit tests (``tests/test_*.py``) use none of this: they start no process and
+open no socket.
+"""

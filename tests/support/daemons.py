@@ -1,0 +1,207 @@
+"""The daemon under ``twistd``, and the ``dicomd`` command, each in a subprocess."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.processes import (
+    LOCALHOST,
+    OutputCollector,
+    daemon_environment,
+    free_tcp_port,
+    stop_process,
+    wait_until_listening,
+)
+
+AE_TITLE = "DICOMD"
+COMMAND_TIMEOUT = 60.0
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "ae_title": AE_TITLE,
+    "storage": {"path": "./var/archive"},
+    "limits": {"max_pdu_length": 262144, "max_associations": 32},
+    "timeouts": {"acse": 30, "dimse": 60, "network_idle": 300, "artim": 30},
+    "transfer_syntaxes": [
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.2",
+    ],
+    "access": {"check_called_ae": True, "calling_aes": []},
+    "plugins": [],
+}
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` applied; nested dicts merge, anything else replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def twistd_command() -> list[str]:
+    """The ``twistd`` of the running interpreter's environment.
+
+    ``python -m twisted`` is the newer ``twist`` runner, which has no ``-n``,
+    ``--logfile`` or ``--pidfile``; the script installed beside the interpreter
+    is the real ``twistd``, and ``twisted.scripts.twistd.run`` is its fallback.
+    """
+    beside_interpreter = Path(sys.executable).parent / "twistd"
+    if beside_interpreter.exists():
+        return [sys.executable, str(beside_interpreter)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def daemon_command(config_path: Path, logfile: str = "-") -> list[str]:
+    return [
+        *twistd_command(),
+        "-n",
+        f"--logfile={logfile}",
+        "--pidfile=",
+        "dicomd",
+        "-c",
+        str(config_path),
+    ]
+
+
+def write_config(directory: Path, config: Mapping[str, Any], name: str = "dicomd.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    return path
+
+
+@dataclass
+class RunningDaemon:
+    """A daemon process that accepts connections on ``port``."""
+
+    process: subprocess.Popen[str]
+    port: int
+    ae_title: str
+    config: dict[str, Any]
+    directory: Path
+    output: OutputCollector = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_text(self) -> str:
+        """Everything the daemon wrote to stdout and stderr so far."""
+        return self.output.text()
+
+    def wait_for_log(self, condition: Callable[[str], bool], timeout: float = 5.0) -> str:
+        """Wait until ``condition(log_text)`` holds; log lines may trail the event they record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            if condition(text) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
+
+    def is_running(self) -> bool:
+        return self.process.poll() is None
+
+    def rss_kib(self) -> int:
+        """Resident set size from ``/proc`` (psutil is not a dependency)."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError(f"no VmRSS in /proc/{self.pid}/status")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.output.join(5.0)
+
+
+def log_lines_with(text: str, *words: str) -> list[str]:
+    """Log lines that mention every word (case-insensitive): log phrasing is not a contract."""
+    return [
+        line for line in text.splitlines() if all(word.lower() in line.lower() for word in words)
+    ]
+
+
+def start_daemon(
+    directory: Path,
+    overrides: Mapping[str, Any],
+    pythonpath: Sequence[Path] = (),
+    command_prefix: Sequence[str] = (),
+) -> RunningDaemon:
+    """Start the daemon in ``directory``; ``command_prefix`` runs it under another command.
+
+    A prefix must ``exec`` the daemon, so that ``pid`` stays the daemon's own
+    (``unshare`` without ``--fork`` and ``sh -c '... exec "$@"'`` both do).
+    """
+    port = free_tcp_port()
+    config = deep_merge(DEFAULT_CONFIG, {"listen": f"tcp:{port}:interface={LOCALHOST}"})
+    config = deep_merge(config, overrides)
+    config_path = write_config(directory, config)
+    process = subprocess.Popen(
+        [*command_prefix, *daemon_command(config_path)],
+        cwd=directory,
+        env=daemon_environment(pythonpath),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
+    output = OutputCollector(process.stdout)
+    daemon = RunningDaemon(process, port, config["ae_title"], config, directory, output)
+    try:
+        wait_until_listening(process, port, output)
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+def run_twistd(config_path: Path, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+    """Run the daemon to completion (for configurations that must stop it)."""
+    try:
+        return subprocess.run(
+            daemon_command(config_path),
+            cwd=config_path.parent,
+            env=daemon_environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as still_running:
+        output = b"".join(filter(None, [still_running.stdout, still_running.stderr]))
+        pytest.fail(
+            f"the daemon was still running after {timeout} s:\n{output.decode(errors='replace')}"
+        )
+
+
+def run_dicomd(
+    *arguments: str, timeout: float = COMMAND_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """``dicomd ARGUMENTS`` as a shell runs it, from any directory."""
+    return subprocess.run(
+        [sys.executable, "-m", "dicomd.cli", *arguments],
+        env=daemon_environment(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def stderr_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return result.stderr.splitlines()
