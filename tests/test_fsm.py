@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from dicomd.ul import fsm
 from dicomd.ul.fsm import (
-    NEXT_STATE,
     TRANSITIONS,
+    ByRole,
     Event,
+    Input,
     InvalidPrimitive,
     State,
     StateMachine,
@@ -113,9 +115,103 @@ def test_table_covers_every_pdu_event_in_every_connected_state() -> None:
         assert missing == [], f"Evt{event} has no action in {missing}"
 
 
-def test_every_action_has_a_next_state() -> None:
-    actions = {a for row in TRANSITIONS.values() for a in row.values()}
-    assert actions - set(NEXT_STATE) == {"AR_8"}
+# The state each action leads to, from PS3.8 Tables 9-6 to 9-9; AR-8 alone
+# depends on the role (Sta9 for the requestor, Sta10 for the acceptor).
+STANDARD_NEXT_STATE: dict[str, State | ByRole] = {
+    "AE_1": State.STA4,
+    "AE_2": State.STA5,
+    "AE_3": State.STA6,
+    "AE_4": State.STA1,
+    "AE_5": State.STA2,
+    "AE_6": State.STA3,
+    "AE_7": State.STA6,
+    "AE_8": State.STA13,
+    "DT_1": State.STA6,
+    "DT_2": State.STA6,
+    "AR_1": State.STA7,
+    "AR_2": State.STA8,
+    "AR_3": State.STA1,
+    "AR_4": State.STA13,
+    "AR_5": State.STA1,
+    "AR_6": State.STA7,
+    "AR_7": State.STA8,
+    "AR_8": ByRole(requestor=State.STA9, acceptor=State.STA10),
+    "AR_9": State.STA11,
+    "AR_10": State.STA12,
+    "AA_1": State.STA13,
+    "AA_2": State.STA1,
+    "AA_3": State.STA1,
+    "AA_4": State.STA1,
+    "AA_5": State.STA1,
+    "AA_6": State.STA13,
+    "AA_7": State.STA13,
+    "AA_8": State.STA13,
+}
+
+
+def test_every_cell_leads_to_the_state_its_action_prescribes() -> None:
+    wrong = [
+        (event.name, state.name, action.__name__, next_state)
+        for event, row in TRANSITIONS.items()
+        for state, (action, next_state) in row.items()
+        if STANDARD_NEXT_STATE[action.__name__] != next_state
+    ]
+    assert wrong == []
+
+
+def test_the_table_binds_action_functions_not_names() -> None:
+    """Each cell holds the action function of the module itself, nothing looked up by name."""
+    actions = {action for row in TRANSITIONS.values() for action, _ in row.values()}
+    assert all(callable(action) for action in actions)
+    assert {action.__name__ for action in actions} == set(STANDARD_NEXT_STATE)
+    assert all(getattr(fsm, action.__name__) is action for action in actions)
+    assert not any(hasattr(StateMachine, action.__name__) for action in actions)
+
+
+def test_an_input_carries_its_data_to_the_action() -> None:
+    """An action reads its input, not the machine: calling one directly changes no field."""
+    machine, rec = machine_in(State.STA2)
+    before = dict(vars(machine))
+    fsm.AE_6(machine, Input(Event.EVT6, pdu=RQ))
+    fsm.AA_8(machine, Input(Event.EVT19, abort=AAbort(2, 6)))
+    assert vars(machine) == before
+    assert rec.take() == [
+        ("stop_artim",),
+        ("associate_indication", RQ),
+        ("write", AAbort(2, 6)),
+        ("abort_indication", 2, 6),
+        ("start_artim",),
+    ]
+    with pytest.raises(AttributeError):
+        Input(Event.EVT10, pdu=PDATA).pdu = RQ  # type: ignore[misc]
+
+
+def test_interleaved_machines_keep_their_own_data() -> None:
+    """Inputs fed alternately to two machines reach each one's actions unmixed."""
+    other_rq = AAssociateRQ("OTHER", "PEER", RQ.presentation_contexts, RQ.user_information)
+    one, rec_one = machine_in(State.STA1, requestor=True)
+    two, rec_two = machine_in(State.STA1, requestor=True)
+    one.associate_request(RQ)
+    two.associate_request(other_rq)
+    two.connection_confirmed()
+    one.connection_confirmed()
+    assert rec_one.take() == [("open",), ("write", RQ)]
+    assert rec_two.take() == [("open",), ("write", other_rq)]
+
+    one.pdu_received(AC)
+    two.pdu_received(RQ)  # unexpected in Sta5: AA-8 with the provider's reason
+    one.invalid_pdu_received(6)
+    assert rec_one.take() == [
+        ("accepted", AC),
+        ("write", AAbort(2, 6)),
+        ("abort_indication", 2, 6),
+        ("start_artim",),
+    ]
+    assert rec_two.take() == [
+        ("write", AAbort(2, 2)),
+        ("abort_indication", 2, 2),
+        ("start_artim",),
+    ]
 
 
 def test_acceptor_happy_path() -> None:
