@@ -24,7 +24,7 @@ from twisted.application.service import IService
 from dicomd.archive import ArchiveHandler
 from dicomd.archive.handler import _copy_durably
 from dicomd.archive.query import QueryError
-from dicomd.interfaces import FindQuery, IStoreHandler, ReceivedInstance
+from dicomd.interfaces import FindQuery, IStoreHandler, Kept, ReceivedInstance
 from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, STUDY_ROOT_MOVE
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
@@ -78,10 +78,19 @@ def rows(handler: ArchiveHandler, sql: str, *parameters: object) -> list[tuple]:
         reader.close()
 
 
-def status_of(answer: int | Dataset) -> tuple[int, str]:
+def status_of(answer: int | Dataset | Kept) -> tuple[int, str]:
+    if isinstance(answer, Kept):
+        answer = answer.status
     if isinstance(answer, Dataset):
         return answer.Status, answer.get("ErrorComment", "")
     return answer, ""
+
+
+def kept_path(answer: int | Dataset | Kept) -> Path:
+    """Where the archive keeps an instance it answered success for."""
+    assert isinstance(answer, Kept), answer
+    assert answer.status == 0x0000
+    return answer.path
 
 
 @pytest.fixture
@@ -149,11 +158,10 @@ def test_an_instance_lands_at_its_layout_path_with_identical_bytes(
     temporary = instance.path
     sent = temporary.read_bytes()
 
-    assert open_archive.archive(instance) == 0x0000
+    answer = open_archive.archive(instance)
 
     final = archive_path / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
-    assert instance.kept
-    assert instance.path == final
+    assert answer == Kept(0x0000, final)
     assert final.read_bytes() == sent
     assert not temporary.exists()
     assert (
@@ -167,7 +175,7 @@ def test_the_index_row_describes_the_instance(
     ds = ct_dataset()
     instance = received(archive_path, ds, calling_ae_title="CT01")
     before = datetime.now(UTC)
-    open_archive.archive(instance)
+    final = kept_path(open_archive.archive(instance))
 
     [row] = rows(
         open_archive,
@@ -182,8 +190,8 @@ def test_the_index_row_describes_the_instance(
         "1.2.840.10008.1.2.1",
         "ISO_IR 100",
     )
-    assert archive_path / path == instance.path
-    assert size == instance.path.stat().st_size
+    assert archive_path / path == final
+    assert size == final.stat().st_size
     assert before <= datetime.fromisoformat(received_at) <= datetime.now(UTC)
     assert datetime.fromisoformat(received_at).utcoffset().total_seconds() == 0
     assert calling == "CT01"
@@ -224,7 +232,7 @@ def test_a_file_that_does_not_parse_is_cannot_understand(
 
     assert code == 0xC000
     assert comment.startswith("cannot read the data set")
-    assert not instance.kept
+    assert instance.path.is_file()
     assert instance.path.parent.name == ".incoming"
     assert list(open_archive.index.paths()) == []
 
@@ -242,7 +250,7 @@ def test_a_data_set_without_one_of_its_uids_is_cannot_understand(
     )
 
     assert status_of(open_archive.archive(instance)) == (0xC000, f"the data set has no {keyword}")
-    assert not instance.kept
+    assert instance.path.is_file()
 
 
 def test_a_truncated_data_set_is_cannot_understand(
@@ -266,12 +274,10 @@ def test_an_instance_without_study_or_series_uid_is_kept_and_indexed(
     second_ds = ct_dataset(**{keyword: None})
     second_ds.SOPInstanceUID = second_ds.SOPInstanceUID + ".2"
     second = received(archive_path, second_ds)
-    assert status_of(open_archive.archive(first)) == (0x0000, "")
-    assert status_of(open_archive.archive(second)) == (0x0000, "")
-    assert first.kept and second.kept
-    assert "_" in first.path.relative_to(archive_path).parts
+    kept = [kept_path(open_archive.archive(instance)) for instance in (first, second)]
+    assert "_" in kept[0].relative_to(archive_path).parts
     assert sorted(open_archive.index.paths()) == sorted(
-        str(p.path.relative_to(archive_path)) for p in (first, second)
+        str(path.relative_to(archive_path)) for path in kept
     )
 
 
@@ -284,7 +290,7 @@ def test_a_sop_class_other_than_the_command_s_is_a900(
 
     assert code == 0xA900
     assert "SOP Class UID" in comment
-    assert not instance.kept
+    assert instance.path.is_file()
 
 
 def test_a_sop_instance_other_than_the_command_s_is_0117(
@@ -296,7 +302,7 @@ def test_a_sop_instance_other_than_the_command_s_is_0117(
 
     assert code == 0x0117
     assert "SOP Instance UID" in comment
-    assert not instance.kept
+    assert instance.path.is_file()
 
 
 def test_keep_first_warns_and_keeps_the_first_copy(
@@ -304,15 +310,15 @@ def test_keep_first_warns_and_keeps_the_first_copy(
 ) -> None:
     first = received(archive_path, ct_dataset(), calling_ae_title="FIRST")
     first_bytes = first.path.read_bytes()
-    open_archive.archive(first)
+    first_path = kept_path(open_archive.archive(first))
     second = received(archive_path, ct_dataset(PatientName="Other^Name"), calling_ae_title="SECOND")
 
     assert status_of(open_archive.archive(second)) == (
         0xB000,
         "duplicate SOP Instance UID; first copy kept",
     )
-    assert not second.kept
-    assert first.path.read_bytes() == first_bytes
+    assert second.path.is_file()
+    assert first_path.read_bytes() == first_bytes
     assert rows(open_archive, "SELECT calling_ae_title FROM instances") == [("FIRST",)]
     assert rows(open_archive, "SELECT PatientName FROM patients") == [("CompressedSamples^CT1",)]
 
@@ -321,16 +327,14 @@ def test_overwrite_replaces_the_file_and_the_row(archive_path: Path) -> None:
     handler = opened(archive_path, duplicates="overwrite")
     try:
         first = received(archive_path, ct_dataset(), calling_ae_title="FIRST")
-        handler.archive(first)
+        first_path = kept_path(handler.archive(first))
         second = received(
             archive_path, ct_dataset(PatientName="New^Name"), calling_ae_title="SECOND"
         )
         second_bytes = second.path.read_bytes()
 
-        assert handler.archive(second) == 0x0000
-        assert second.kept
-        assert second.path == first.path
-        assert second.path.read_bytes() == second_bytes
+        assert handler.archive(second) == Kept(0x0000, first_path)
+        assert first_path.read_bytes() == second_bytes
         assert rows(handler, "SELECT calling_ae_title FROM instances") == [("SECOND",)]
         assert rows(handler, "SELECT PatientName FROM patients") == [("New^Name",)]
     finally:
@@ -341,12 +345,13 @@ def test_overwrite_to_another_layout_path_removes_the_old_file(archive_path: Pat
     handler = opened(archive_path, duplicates="overwrite", layout="{PatientID}/{SOPInstanceUID}")
     try:
         first = received(archive_path, ct_dataset(PatientID="OLD"))
-        handler.archive(first)
+        first_path = kept_path(handler.archive(first))
         second = received(archive_path, ct_dataset(PatientID="NEW"))
 
-        assert handler.archive(second) == 0x0000
-        assert not first.path.exists()
-        assert second.path == archive_path / "NEW" / ct_dataset().SOPInstanceUID
+        assert handler.archive(second) == Kept(
+            0x0000, archive_path / "NEW" / ct_dataset().SOPInstanceUID
+        )
+        assert not first_path.exists()
         assert list(handler.index.paths()) == [f"NEW/{ct_dataset().SOPInstanceUID}"]
         assert rows(handler, "SELECT PatientID FROM patients") == [("NEW",)]
     finally:
@@ -363,7 +368,7 @@ def test_reject_fails_with_0111(archive_path: Path) -> None:
 
         assert code == 0x0111
         assert "duplicate SOP Instance UID" in comment
-        assert not second.kept
+        assert second.path.is_file()
     finally:
         handler.close()
 
@@ -372,12 +377,10 @@ def test_a_row_whose_file_is_gone_is_no_duplicate(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
     first = received(archive_path, ct_dataset())
-    open_archive.archive(first)
-    first.path.unlink()
+    kept_path(open_archive.archive(first)).unlink()
     again = received(archive_path, ct_dataset())
 
-    assert open_archive.archive(again) == 0x0000
-    assert again.path.exists()
+    assert kept_path(open_archive.archive(again)).exists()
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
@@ -385,16 +388,16 @@ def test_two_uids_that_sanitise_alike_never_share_a_file(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
     first = received(archive_path, ct_dataset(SOPInstanceUID="1.2.3/4"))
-    open_archive.archive(first)
     first_bytes = first.path.read_bytes()
+    first_path = kept_path(open_archive.archive(first))
     second = received(archive_path, ct_dataset(SOPInstanceUID="1.2.3_4"))
 
     code, comment = status_of(open_archive.archive(second))
 
     assert code == 0xC000
     assert "another instance" in comment
-    assert not second.kept
-    assert first.path.read_bytes() == first_bytes
+    assert second.path.is_file()
+    assert first_path.read_bytes() == first_bytes
     assert open_archive.index.lookup("1.2.3_4") is None
 
 
@@ -428,7 +431,6 @@ def test_an_index_failure_leaves_nothing_kept(
     with pytest.raises(sqlite3.IntegrityError, match="refused"):
         open_archive.archive(instance)
 
-    assert not instance.kept
     assert not any(archive_path.rglob("*.dcm"))
     assert not instance.path.exists()
     assert list(open_archive.index.paths()) == []
@@ -442,7 +444,7 @@ def test_an_os_error_propagates(open_archive: ArchiveHandler, archive_path: Path
     with pytest.raises(OSError):
         open_archive.archive(instance)
 
-    assert not instance.kept
+    assert instance.path.is_file()
     assert open_archive.index.lookup(ds.SOPInstanceUID) is None
 
 
@@ -452,18 +454,17 @@ def test_the_same_uid_from_eight_threads_is_kept_once(
     instances = [received(archive_path, ct_dataset(), calling_ae_title=f"AE{n}") for n in range(8)]
     start = threading.Barrier(8)
 
-    def archive(instance: ReceivedInstance) -> int:
+    def archive(instance: ReceivedInstance) -> int | Dataset | Kept:
         start.wait()
-        return status_of(open_archive.archive(instance))[0]
+        return open_archive.archive(instance)
 
     with ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(archive, instances))
+        answers = list(pool.map(archive, instances))
 
-    assert sorted(codes) == [0x0000] + [0xB000] * 7
-    assert sum(instance.kept for instance in instances) == 1
-    [kept] = [instance for instance in instances if instance.kept]
+    assert sorted(status_of(answer)[0] for answer in answers) == [0x0000] + [0xB000] * 7
+    [kept] = [n for n, answer in enumerate(answers) if isinstance(answer, Kept)]
     assert rows(open_archive, "SELECT calling_ae_title FROM instances") == [
-        (kept.calling_ae_title,)
+        (instances[kept].calling_ae_title,)
     ]
     assert len(list(archive_path.rglob("*.dcm"))) == 1
 
@@ -482,10 +483,9 @@ def test_eight_threads_of_different_instances_are_all_kept(
     ]
 
     with ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(open_archive.archive, instances))
+        answers = list(pool.map(open_archive.archive, instances))
 
-    assert codes == [0x0000] * 64
-    assert all(instance.kept and instance.path.exists() for instance in instances)
+    assert all(kept_path(answer).exists() for answer in answers)
     assert rows(open_archive, "SELECT count(*) FROM instances") == [(64,)]
     assert rows(open_archive, "SELECT count(*) FROM series") == [(3,)]
 
@@ -515,9 +515,9 @@ def test_names_in_latin_1_and_utf_8_are_indexed_as_the_same_unicode(
             SOPInstanceUID=f"1.2.826.0.1.3680043.10.9.{n}.1.1.1",
         )
         instance = received(archive_path, ds)
-        assert open_archive.archive(instance) == 0x0000
+        path = kept_path(open_archive.archive(instance))
         encoded = "Ångström".encode("latin-1" if n == 0 else "utf-8")
-        assert encoded in instance.path.read_bytes()
+        assert encoded in path.read_bytes()
 
     assert rows(open_archive, "SELECT PatientName FROM patients ORDER BY PatientID") == [
         ("Ångström^Zoë",),
@@ -537,12 +537,12 @@ def test_a_full_index_is_out_of_resources_and_keeps_nothing_half(
         for n in range(100)
     ]
 
+    kept = []
     with pytest.raises(OSError) as raised:
         for instance in instances:
-            open_archive.archive(instance)
+            kept.append(kept_path(open_archive.archive(instance)))
 
     assert raised.value.errno == errno.ENOSPC
-    kept = [instance for instance in instances if instance.kept]
     assert len(kept) < len(instances)
     on_disk = {path.relative_to(archive_path).as_posix() for path in archive_path.rglob("*.dcm")}
     assert on_disk == set(open_archive.index.paths())
@@ -563,7 +563,7 @@ def test_find_lists_no_study_that_has_no_uid(
     identifier.StudyInstanceUID = ""
     query = FindQuery(identifier, STUDY_ROOT_FIND, "STUDY", "SCU", "DICOMD", "127.0.0.1")
     assert [m.StudyInstanceUID for m in open_archive.query.find(query)] == [named.StudyInstanceUID]
-    assert {PATIENT_ROOT_FIND, STUDY_ROOT_FIND} <= set(open_archive.models)
+    assert {PATIENT_ROOT_FIND, STUDY_ROOT_FIND} <= set(open_archive.find_models)
 
 
 def test_retrieve_selects_instances_by_the_unique_key_of_the_level(

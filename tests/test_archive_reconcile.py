@@ -14,7 +14,7 @@ from twisted.logger import capturedLogs, formatEvent
 
 from dicomd.archive import ArchiveHandler
 from dicomd.archive.handler import ArchiveError, Reconciliation
-from tests.test_archive_handler import ct_dataset, opened, received
+from tests.test_archive_handler import ct_dataset, kept_path, opened, received
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -37,8 +37,7 @@ def test_reconcile_removes_what_a_crash_left(tmp_path: Path) -> None:
     kept = {}
     for n, study in ((1, "1.2.9.1"), (2, "1.2.9.1"), (3, "1.2.9.2")):
         instance = received(archive_path, ct_dataset(SOPInstanceUID=uid(n), StudyInstanceUID=study))
-        assert handler.archive(instance) == 0x0000
-        kept[n] = instance.path.relative_to(archive_path).as_posix()
+        kept[n] = kept_path(handler.archive(instance)).relative_to(archive_path).as_posix()
     handler.close()
 
     # The crash: files being received, a file whose row was committed but whose
@@ -105,11 +104,11 @@ def test_a_whole_file_whose_row_was_lost_is_indexed_again(tmp_path: Path) -> Non
     archive_path = tmp_path / "archive"
     handler = opened(archive_path)
     instance = received(archive_path, ct_dataset(SOPInstanceUID=uid(7)))
-    assert handler.archive(instance) == 0x0000
-    relative = instance.path.relative_to(archive_path).as_posix()
+    path = kept_path(handler.archive(instance))
+    relative = path.relative_to(archive_path).as_posix()
     stale = archive_path / "1.2.9.8" / "1.2.9.8.1" / f"{uid(7)}.dcm"
     stale.parent.mkdir(parents=True)
-    stale.write_bytes(instance.path.read_bytes())  # a second copy of a kept instance
+    stale.write_bytes(path.read_bytes())  # a second copy of a kept instance
     assert handler.index.remove(uid(7))
     handler.close()
 
@@ -129,15 +128,14 @@ def test_a_whole_file_whose_row_was_lost_is_indexed_again(tmp_path: Path) -> Non
 def test_a_clean_archive_loses_nothing(tmp_path: Path) -> None:
     archive_path = tmp_path / "archive"
     handler = opened(archive_path)
-    instance = received(archive_path, ct_dataset())
-    handler.archive(instance)
+    path = kept_path(handler.archive(received(archive_path, ct_dataset())))
     handler.close()
 
     handler = ArchiveHandler(archive_path)
     try:
         assert handler.open() == Reconciliation(0, 0, 0, 0, 0)
-        assert list(handler.index.paths()) == [instance.path.relative_to(archive_path).as_posix()]
-        assert instance.path.is_file()
+        assert list(handler.index.paths()) == [path.relative_to(archive_path).as_posix()]
+        assert path.is_file()
     finally:
         handler.close()
 
@@ -170,8 +168,8 @@ handler = ArchiveHandler(sys.argv[1])
 handler.open()
 for fields in json.loads(sys.argv[2]):
     fields["path"] = Path(fields["path"])
-    status = handler.archive(ReceivedInstance("SCU", "DICOMD", "127.0.0.1", 1, **fields))
-    assert status == 0, status
+    answer = handler.archive(ReceivedInstance("SCU", "DICOMD", "127.0.0.1", 1, **fields))
+    assert answer.status == 0, answer
 Path(sys.argv[1], ".incoming").mkdir()
 Path(sys.argv[1], ".incoming", "in-flight.part").write_bytes(b"half an instance")
 os.kill(os.getpid(), signal.SIGKILL)

@@ -41,7 +41,8 @@ class Journal:
         with self.journal.open("a") as lines:
             lines.write(
                 f"{self.label} {instance.calling_ae_title} {instance.sop_instance_uid} "
-                f"{instance.path.is_file()} {instance.kept} {instance.path.resolve()}\\n"
+                f"{instance.path.is_file()} {'.incoming' not in instance.path.parts} "
+                f"{instance.path.resolve()}\\n"
             )
         return 0
 
