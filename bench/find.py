@@ -38,22 +38,19 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (
-    CT_IMAGE_STORAGE,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    LOCALHOST,
+from _data import CT_IMAGE_STORAGE, EXPLICIT_VR_LITTLE_ENDIAN
+from _processes import (
     Processes,
     ServerUnavailable,
-    dcmtk_environment,
-    dicomd_command,
-    dicomd_environment,
     exit_on_sigterm,
-    format_table,
-    free_port,
-    machine_summary,
     wait_until_ready,
     write_dicomd_config,
 )
+from _report import format_table, machine_summary
+
+from tests.support.daemons import daemon_command
+from tests.support.dcmtk import dcmtk_environment
+from tests.support.processes import LOCALHOST, daemon_environment, free_tcp_port
 
 STUDY_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.2.1"
 SENDERS: Final = 8
@@ -249,7 +246,7 @@ class Server:
             write_dicomd_config(
                 config, port=port, storage=self.cache / "archive", extra=DICOMD_SETTINGS
             )
-            return dicomd_command(config, work / "dicomd.log"), dicomd_environment()
+            return daemon_command(config, work / "dicomd.log"), daemon_environment()
         argv = [sys.executable, "-m", "pynetdicom", "qrscp", "-aet", self.ae_title]
         argv += ["-ba", LOCALHOST, "--port", str(port)]
         argv += ["--database-location", str(self.cache / "instances.sqlite")]
@@ -370,7 +367,7 @@ class _running:
         self.work = Path(tempfile.mkdtemp(prefix=f"dicomd-bench-find-{server.name}-"))
 
     def __enter__(self) -> int:
-        port = free_port()
+        port = free_tcp_port()
         argv, env = self.server.command(port, self.work)
         self.output = self.work / "server.out"
         with self.output.open("wb") as sink:
@@ -523,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = cached_find_set(spec)
     _progress(f"set: {files} ({time.perf_counter() - started:.0f} s)")
     timings: list[Timing] = []
-    nobody = findscu_argv(free_port(), "NOBODY", QUERY_KINDS[0].identifier_keys())
+    nobody = findscu_argv(free_tcp_port(), "NOBODY", QUERY_KINDS[0].identifier_keys())
     floors = [("-", "findscu, nobody listening", time_process(nobody, arguments.runs, check=False))]
     unavailable: dict[str, str] = {}
     with Processes() as processes:

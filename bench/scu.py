@@ -41,33 +41,25 @@ from pathlib import Path
 from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (
-    LOCALHOST,
-    CTSet,
-    PeakMemory,
+from _arguments import add_throughput_arguments, check_throughput_arguments
+from _data import CTSet, count_files, ct_sets, split_batches
+from _memory import PeakMemory
+from _processes import (
     Processes,
     ServerUnavailable,
-    ThroughputRow,
-    add_throughput_arguments,
-    check_throughput_arguments,
-    count_files,
-    ct_sets,
-    dcmtk_environment,
-    dicomd_environment,
     exit_on_sigterm,
-    filesystem_of,
-    machine_summary,
-    progress,
-    report_throughput,
     scratch_folder,
     serving,
-    split_batches,
-    throughput_problem,
-    typical,
     wait_all,
 )
+from _report import filesystem_of, machine_summary, progress, report_throughput
+from _stats import ThroughputRow, throughput_problem, typical
 from store import FULL_SETS, QUICK_SETS, RECEIVERS, SEND_TIMEOUT, STORESCU_PROFILE
+
+from tests.support.dcmtk import dcmtk_environment
+from tests.support.processes import LOCALHOST, daemon_environment
 
 CONCURRENCY: Final = (1, 8)
 RECEIVER: Final = next(receiver for receiver in RECEIVERS if receiver.name == "dcmtk")
@@ -136,7 +128,7 @@ SENDERS: Final = (
         "python -m dicomd.cli store --no-progress [-j 8] -aec STORESCP HOST PORT <folders>"
         " (one process; -j 8: 8 associations sharing the files by size)",
         _dicomd,
-        dicomd_environment,
+        daemon_environment,
     ),
     Sender(
         "dcmtk",

@@ -26,35 +26,26 @@ from pathlib import Path
 from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (
-    LOCALHOST,
-    CTSet,
-    PeakMemory,
+from _arguments import add_throughput_arguments, check_throughput_arguments
+from _data import CTSet, count_files, ct_sets, split_batches
+from _memory import PeakMemory, cpu_seconds
+from _processes import (
     Processes,
     ServerUnavailable,
-    ThroughputRow,
-    add_throughput_arguments,
-    check_throughput_arguments,
-    count_files,
-    cpu_seconds,
-    ct_sets,
-    dcmtk_environment,
-    dicomd_command,
-    dicomd_environment,
     exit_on_sigterm,
-    filesystem_of,
-    machine_summary,
-    progress,
-    report_throughput,
     scratch_folder,
     serving,
-    split_batches,
-    throughput_problem,
-    typical,
     wait_all,
     write_dicomd_config,
 )
+from _report import filesystem_of, machine_summary, progress, report_throughput
+from _stats import ThroughputRow, throughput_problem, typical
+
+from tests.support.daemons import daemon_command
+from tests.support.dcmtk import dcmtk_environment
+from tests.support.processes import LOCALHOST, daemon_environment
 
 FULL_SETS: Final = (
     CTSet(name="34 KB", count=1000, rows=128, columns=128),
@@ -133,7 +124,7 @@ class Receiver:
 def _dicomd(port: int, storage: Path, work: Path) -> tuple[list[str], dict[str, str]]:
     config = work / "dicomd.yaml"
     write_dicomd_config(config, port=port, storage=storage, extra=DICOMD_SETTINGS)
-    return dicomd_command(config, work / "dicomd.log"), dicomd_environment()
+    return daemon_command(config, work / "dicomd.log"), daemon_environment()
 
 
 def _dcmtk(port: int, storage: Path, work: Path) -> tuple[list[str], dict[str, str]]:

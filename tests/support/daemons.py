@@ -66,7 +66,7 @@ def twistd_command() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def daemon_command(config_path: Path, logfile: str = "-") -> list[str]:
+def daemon_command(config_path: Path, logfile: str | Path = "-") -> list[str]:
     return [
         *twistd_command(),
         "-n",
