@@ -11,7 +11,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from dicomd.part10 import Part10Error, read_header
-from tests.testdata import part10_test_files
+from tests.support.testdata import part10_test_files
 
 FILES = [str(p) for p in part10_test_files()]
 

@@ -10,7 +10,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from tests.support.daemons import run_dicomd
-from tests.test_dump import SAMPLE_LISTING, write_sample
+from tests.support.dump_sample import SAMPLE_LISTING, write_sample
 
 
 def test_the_sample_file_is_listed_byte_for_byte(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Every Part 10 file of pydicom and pydicom-data, sent by ``dicomd store`` to dcmtk's storescp.
 
 The files come from many vendors' tools, in every transfer syntax, with the
-oddities real files have (``tests.testdata.part10_test_files``: on disk
+oddities real files have (``tests.support.testdata.part10_test_files``: on disk
 only, nothing downloaded).  storescp writes what arrives bit for bit
 (``+B``), accepts every transfer syntax it knows (``+xa``) and SOP classes
 it does not know (``-pm``).  Each file must arrive with its data set, after
@@ -43,7 +43,7 @@ from tests.support.daemons import run_dicomd
 from tests.support.datasets import dataset_bytes
 from tests.support.dcmtk import dcmtk_peer, run_dcmtk
 from tests.support.processes import LOCALHOST
-from tests.testdata import part10_test_files
+from tests.support.testdata import part10_test_files
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on odd test files
 

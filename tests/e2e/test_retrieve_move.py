@@ -60,7 +60,7 @@ from tests.support.daemons import RunningDaemon, start_daemon
 from tests.support.datasets import ct_dataset, dataset_bytes
 from tests.support.dcmtk import dcmtk_executable, run_dcmtk
 from tests.support.processes import LOCALHOST, STARTUP_DEADLINE, free_tcp_port, is_listening
-from tests.testdata import part10_test_files
+from tests.support.testdata import part10_test_files
 
 pytestmark = pytest.mark.usefixtures("report_module_daemons")
 

@@ -8,8 +8,10 @@ One module per job:
 - ``dcmtk``: dcmtk's tools, as commands and as SCPs;
 - ``pynetdicom_peers``: pynetdicom as an SCP and as a store SCU;
 - ``datasets``: CT instances and Part 10 bytes;
-- ``archive``: an archive folder as the store tests judge it.
+- ``archive``: an archive folder as the store tests judge it;
+- ``testdata``: the DICOM files pydicom and pydicom-data have on disk;
+- ``dump_sample``: a file with every kind of ``dicomd dump`` line, and its listing.
 
-Unit tests (``tests/test_*.py``) use none of this: they start no process and
-open no socket.
+Unit tests (``tests/test_*.py``) start no process and open no socket: of
+these they use only the data modules (``testdata``, ``dump_sample``).
 """
