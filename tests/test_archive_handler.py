@@ -1,18 +1,17 @@
 """The archive store handler, driven through its blocking work on real Part 10 files.
 
 Instances are written the way the store service writes them (a Part 10 file
-in ``<archive>/.incoming``) and handed to ``ArchiveHandler.archive``, which is
-what ``store`` runs in the archive's threads.
+in ``<archive>/.incoming``) and handed to ``ArchiveHandler.archive``, which
+takes the steps ``store`` takes, inline in the test's thread.  Concurrent
+stores are in ``test_archive_service``.
 """
 
 from __future__ import annotations
 
 import errno
 import sqlite3
-import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -448,48 +447,6 @@ def test_an_os_error_propagates(open_archive: ArchiveHandler, archive_path: Path
     assert open_archive.index.lookup(ds.SOPInstanceUID) is None
 
 
-def test_the_same_uid_from_eight_threads_is_kept_once(
-    open_archive: ArchiveHandler, archive_path: Path
-) -> None:
-    instances = [received(archive_path, ct_dataset(), calling_ae_title=f"AE{n}") for n in range(8)]
-    start = threading.Barrier(8)
-
-    def archive(instance: ReceivedInstance) -> int | Dataset | Kept:
-        start.wait()
-        return open_archive.archive(instance)
-
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(archive, instances))
-
-    assert sorted(status_of(answer)[0] for answer in answers) == [0x0000] + [0xB000] * 7
-    [kept] = [n for n, answer in enumerate(answers) if isinstance(answer, Kept)]
-    assert rows(open_archive, "SELECT calling_ae_title FROM instances") == [
-        (instances[kept].calling_ae_title,)
-    ]
-    assert len(list(archive_path.rglob("*.dcm"))) == 1
-
-
-def test_eight_threads_of_different_instances_are_all_kept(
-    open_archive: ArchiveHandler, archive_path: Path
-) -> None:
-    instances = [
-        received(
-            archive_path,
-            ct_dataset(
-                SOPInstanceUID=f"1.2.826.0.1.3680043.10.1.{n}", SeriesInstanceUID=f"1.2.9.{n % 3}"
-            ),
-        )
-        for n in range(64)
-    ]
-
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(open_archive.archive, instances))
-
-    assert all(kept_path(answer).exists() for answer in answers)
-    assert rows(open_archive, "SELECT count(*) FROM instances") == [(64,)]
-    assert rows(open_archive, "SELECT count(*) FROM series") == [(3,)]
-
-
 def test_a_copy_across_file_systems_is_renamed_into_place(tmp_path: Path) -> None:
     source = tmp_path / "source.part"
     source.write_bytes(b"DICM" * 1000)
@@ -528,7 +485,7 @@ def test_names_in_latin_1_and_utf_8_are_indexed_as_the_same_unicode(
 def test_a_full_index_is_out_of_resources_and_keeps_nothing_half(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    writer = open_archive.index._connection
+    writer = open_archive.index._writer
     assert writer is not None
     (pages,) = writer.execute("PRAGMA page_count").fetchone()
     writer.execute(f"PRAGMA max_page_count = {pages}")  # the index may not grow: it is full

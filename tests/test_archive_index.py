@@ -1,11 +1,10 @@
-"""The SQLite index: records made from real files, upserts, removal, group commit."""
+"""The SQLite index: records made from real files, upserts, removal, batches of writes."""
 
 from __future__ import annotations
 
 import dataclasses
 import errno
 import sqlite3
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from dicomd.archive.index import (
     ArchiveIndex,
     IndexClosed,
     InstanceRecord,
+    adding,
     record_from_dataset,
 )
 
@@ -245,7 +245,7 @@ def test_lookup_paths_and_remove(index: ArchiveIndex) -> None:
 
 def test_the_database_is_wal_with_normal_synchronous_commits(index: ArchiveIndex) -> None:
     assert query(index, "PRAGMA journal_mode") == [("wal",)]
-    writer = index._connection
+    writer = index._writer
     assert writer is not None
     assert writer.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL: files are the truth
     assert query(index, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
@@ -285,24 +285,41 @@ def test_a_failing_write_fails_alone(index: ArchiveIndex) -> None:
     assert list(index.paths()) == [record().path]
 
 
-def test_eight_threads_share_commits(index: ArchiveIndex) -> None:
+def test_a_batch_of_writes_is_one_transaction_in_which_a_bad_write_fails_alone(
+    index: ArchiveIndex,
+) -> None:
     records = [
         record(SOPInstanceUID=f"1.2.3.{n}", SeriesInstanceUID=f"1.2.4.{n % 5}", path=f"{n}.dcm")
-        for n in range(800)
+        for n in range(100)
     ]
-    start = threading.Barrier(8)
+    clash = record(SOPInstanceUID="1.2.3.x", path="7.dcm")  # another instance at a taken path
 
-    def add_all(share: list[InstanceRecord]) -> None:
-        start.wait()
-        for one in share:
-            index.add(one)
+    outcomes = index.write(
+        [adding(one) for one in records[:50]]
+        + [adding(clash)]
+        + [adding(one) for one in records[50:]]
+    )
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(add_all, [records[n::8] for n in range(8)]))
-
-    assert query(index, "SELECT count(*) FROM instances") == [(800,)]
+    assert index.commits == 1
+    assert [outcome.error is None for outcome in outcomes] == [True] * 50 + [False] + [True] * 50
+    assert isinstance(outcomes[50].error, sqlite3.IntegrityError)
+    assert query(index, "SELECT count(*) FROM instances") == [(100,)]
     assert query(index, "SELECT count(*) FROM series") == [(5,)]
-    assert index.commits < len(records)
+
+
+def test_the_write_connection_stays_in_the_thread_that_opened_it(index: ArchiveIndex) -> None:
+    with ThreadPoolExecutor(1) as other:
+        with pytest.raises(RuntimeError, match="written from another thread"):
+            other.submit(index.add, record()).result()
+        with pytest.raises(sqlite3.ProgrammingError):  # check_same_thread
+            other.submit(index._writer.execute, "SELECT 1").result()
+        index.close_writer()
+        other.submit(index.add, record()).result()  # the other thread opens its own
+        with pytest.raises(RuntimeError, match="written from another thread"):
+            index.close_writer()
+        other.submit(index.close_writer).result()
+
+    assert list(index.paths()) == [record().path]
 
 
 def test_a_single_writer_commits_each_add(index: ArchiveIndex) -> None:
@@ -345,7 +362,7 @@ def test_an_index_from_a_newer_dicomd_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_full_database_is_an_os_error(index: ArchiveIndex) -> None:
-    writer = index._connection
+    writer = index._writer
     assert writer is not None
     (pages,) = writer.execute("PRAGMA page_count").fetchone()
     writer.execute(f"PRAGMA max_page_count = {pages}")  # the index may not grow: it is full

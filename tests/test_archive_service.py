@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from dicomd.archive import ArchiveHandler, PrintHandler
 from dicomd.archive.handler import Reconciliation
+from dicomd.interfaces import Kept
 from tests.test_archive_handler import ct_dataset, kept_path, received, status_of
 
 
@@ -24,11 +27,31 @@ def uid(n: int) -> str:
     return f"1.2.826.0.1.3680043.10.8.{n}"
 
 
+def until(condition: Callable[[], bool]) -> Deferred[None]:
+    """A Deferred that fires on the first turn of the reactor on which ``condition`` holds."""
+    reached: Deferred[None] = Deferred()
+
+    def check() -> None:
+        if condition():
+            reached.callback(None)
+        else:
+            reactor.callLater(0, check)
+
+    check()
+    return reached
+
+
 class ArchiveServiceTests(unittest.TestCase):
     def setUp(self) -> None:
         self.folder = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, self.folder)
         self.archive_path = self.folder / "archive"
+
+    def started(self, **options: object) -> ArchiveHandler:
+        handler = ArchiveHandler(self.archive_path, reactor=reactor, **options)
+        handler.startService()
+        self.addCleanup(lambda: handler.stopService() if handler.running else None)
+        return handler
 
     def test_store_files_instances_in_the_archive_threads(self):
         leftover = self.archive_path / ".incoming" / "from-before.part"
@@ -48,11 +71,11 @@ class ArchiveServiceTests(unittest.TestCase):
         def store_all():
             answers = yield gatherResults([handler.store(instance) for instance in instances])
             again = yield handler.store(duplicate)
+            yield handler.stopService()
             return answers, again
 
         def check(result):
             answers, again = result
-            handler.stopService()
             self.assertFalse(handler.running)
             self.assertTrue(all(kept_path(answer).is_file() for answer in answers))
             self.assertEqual(status_of(again)[0], 0xB000)
@@ -63,6 +86,102 @@ class ArchiveServiceTests(unittest.TestCase):
             reopened.close()
 
         return store_all().addCallback(check)
+
+    @inlineCallbacks
+    def test_two_stores_of_one_uid_at_once_keep_one_copy_and_warn_the_other(self):
+        answers, instances, sent = yield self.two_at_once("keep-first")
+
+        [kept] = [n for n, answer in enumerate(answers) if isinstance(answer, Kept)]
+        self.assertEqual(
+            status_of(answers[1 - kept]), (0xB000, "duplicate SOP Instance UID; first copy kept")
+        )
+        self.assertEqual(list(self.archive_path.rglob("*.dcm")), [answers[kept].path])
+        self.assertEqual(answers[kept].path.read_bytes(), sent[kept])
+        self.assertTrue(instances[1 - kept].path.is_file())  # left for the store service
+        reopened = ArchiveHandler(self.archive_path)
+        self.assertEqual(reopened.open().files_reindexed, 0)
+        self.assertEqual(
+            reopened.index.lookup(uid(1)),
+            answers[kept].path.relative_to(self.archive_path).as_posix(),
+        )
+        reopened.close()
+
+    @inlineCallbacks
+    def test_two_stores_of_one_uid_at_once_under_reject_fail_the_second_with_0111(self):
+        answers, _instances, _sent = yield self.two_at_once("reject")
+
+        self.assertEqual(sum(isinstance(answer, Kept) for answer in answers), 1)
+        [refused] = [answer for answer in answers if not isinstance(answer, Kept)]
+        self.assertEqual(status_of(refused)[0], 0x0111)
+        self.assertEqual(len(list(self.archive_path.rglob("*.dcm"))), 1)
+
+    @inlineCallbacks
+    def two_at_once(self, duplicates: str):
+        """Two different copies of one SOP Instance UID, stored at the same time."""
+        handler = self.started(duplicates=duplicates, threads=2)
+        instances = [
+            received(
+                self.archive_path,
+                ct_dataset(SOPInstanceUID=uid(1), InstanceNumber=n),
+                calling_ae_title=f"AE{n}",
+            )
+            for n in (1, 2)
+        ]
+        sent = [instance.path.read_bytes() for instance in instances]
+        answers = yield gatherResults([handler.store(instance) for instance in instances])
+        yield handler.stopService()
+        return answers, instances, sent
+
+    @inlineCallbacks
+    def test_stop_service_fires_after_the_instance_in_flight_is_indexed(self):
+        handler = self.started()
+        instance = received(self.archive_path, ct_dataset(SOPInstanceUID=uid(1)))
+        order = []
+        stored = handler.store(instance)
+        stored.addCallback(lambda answer: order.append(("stored", answer)))
+
+        stopping = handler.stopService()
+
+        self.assertNoResult(stopping)
+        self.assertFalse(handler.running)
+        with self.assertRaises(RuntimeError):  # no new work once stopping
+            handler.store(instance)
+        yield stopping
+        order.append(("stopped", None))
+        [(first, answer), second] = order
+        self.assertEqual((first, second), ("stored", ("stopped", None)))
+        reopened = ArchiveHandler(self.archive_path)
+        self.assertEqual(reopened.open(), Reconciliation(0, 0, 0, 0, 0))  # nothing to redo
+        self.assertEqual(
+            reopened.index.lookup(uid(1)),
+            kept_path(answer).relative_to(self.archive_path).as_posix(),
+        )
+        reopened.close()
+
+    @inlineCallbacks
+    def test_concurrent_stores_share_index_commits(self):
+        handler = self.started(threads=4)
+        count = 16
+        instances = [
+            received(self.archive_path, ct_dataset(SOPInstanceUID=uid(n))) for n in range(count)
+        ]
+        commits_before = handler.index.commits
+        # The index's thread is kept busy until every store but the first waits for its
+        # commit: the first commits alone, the others in the next transaction.
+        busy = threading.Event()
+        self.addCleanup(busy.set)
+        handler._writer_pool.callInThread(busy.wait)
+        stored = gatherResults([handler.store(instance) for instance in instances])
+
+        yield until(lambda: handler._writes.waiting == count - 1 or stored.called)
+        busy.set()
+        answers = yield stored
+
+        self.assertTrue(all(kept_path(answer).is_file() for answer in answers))
+        self.assertEqual(handler.index.commits - commits_before, 2)  # fewer than 16
+        yield handler.stopService()
+
+    test_concurrent_stores_share_index_commits.timeout = 30  # type: ignore[attr-defined]
 
     def test_store_before_start_is_refused(self):
         handler = ArchiveHandler(self.archive_path, reactor=reactor)

@@ -9,6 +9,14 @@ crash can leave a file without a row or, with ``overwrite``, a row whose file
 was replaced; never a row pointing to nothing that was announced as stored.
 Reconciliation at start-up indexes such files again and removes whatever else
 a crash left behind.
+
+The concurrency is Twisted's: the blocking steps (parsing, fsync, rename)
+run in the archive's thread pool; a store holds a `DeferredLock` for its SOP
+Instance UID and one for its layout path, on the reactor side, from before
+it looks for a duplicate until its row is committed, so that a duplicate
+check never misses a row in flight; and the index writes of concurrent
+stores are gathered on the reactor side and committed together by the one
+thread that owns the index's write connection (`GroupCommit`).
 """
 
 from __future__ import annotations
@@ -18,19 +26,20 @@ import errno
 import os
 import shutil
 import tempfile
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from pydicom import Dataset, dcmread
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -39,10 +48,13 @@ from dicomd.archive.index import (
     REQUIRED_UIDS,
     ArchiveIndex,
     InstanceRecord,
+    Write,
+    adding,
     record_from_dataset,
 )
 from dicomd.archive.layout import Layout
 from dicomd.archive.query import ArchiveQuery
+from dicomd.archive.writer import GroupCommit, InFlight, KeyedLocks
 from dicomd.interfaces import (
     FindQuery,
     IFindHandler,
@@ -84,9 +96,28 @@ _READABLE_IN_PLACE: Final = {
 }
 """Transfer syntaxes whose data set pydicom reads straight from the file: all but deflated."""
 
+_T = TypeVar("_T")
+
 
 class ArchiveError(Exception):
     """The archive folder cannot be used as it is; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    """A new copy moved into place, its row not yet written."""
+
+    target: Path
+    replaced: Path | None
+    """The file of the copy it replaces at another path, removed once the row is committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Steps:
+    """How a store runs its blocking steps and its index write."""
+
+    blocking: Callable[..., Deferred[Any]]
+    index: Callable[[Write], Deferred[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +143,8 @@ class ArchiveHandler(Service):
       ``keep-first`` (warning B000, the first copy stays), ``overwrite``
       (the new copy replaces it) or ``reject`` (failure 0111);
     - ``index``: the file name of the SQLite index inside ``path``;
-    - ``threads``: how many instances are filed (or queries answered) at once;
+    - ``threads``: how many instances are read and moved (or queries answered)
+      at once; one more thread commits the index;
     - ``case_insensitive_names``: C-FIND matches person names ignoring case.
 
     It answers C-FIND (Patient Root and Study Root) from its index too, and
@@ -120,7 +152,8 @@ class ArchiveHandler(Service):
 
     The constructor only checks its options; the folder, the index and the
     threads come to life in ``startService``.  ``open``, ``archive`` and
-    ``close`` are the same work without Twisted, for tools and tests.
+    ``close`` are the same work without a reactor, in the caller's thread,
+    for tools and tests.
     """
 
     log = Logger()
@@ -171,7 +204,10 @@ class ArchiveHandler(Service):
         self._index_files = frozenset(index + suffix for suffix in _SQLITE_COMPANIONS)
         self._reactor = reactor
         self._pool: ThreadPool | None = None
-        self._locks = _KeyedLocks()
+        self._writer_pool: ThreadPool | None = None
+        self._writes: GroupCommit[Write] | None = None
+        self._locks = KeyedLocks()
+        self._in_flight = InFlight()
         self._last_needed_tag = max(
             Tag(keyword) for keyword in (*INDEXED_KEYWORDS, *self.layout.keywords())
         )
@@ -189,30 +225,58 @@ class ArchiveHandler(Service):
 
             self._reactor = reactor
         self.open()
+        self.index.close_writer()  # reconciliation's; the writer thread opens its own
         self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="dicomd-archive")
+        self._writer_pool = ThreadPool(minthreads=1, maxthreads=1, name="dicomd-archive-index")
+        self._writes = GroupCommit(
+            self.index.write, partial(deferToThreadPool, self._reactor, self._writer_pool)
+        )
         self._pool.start()
+        self._writer_pool.start()
         super().startService()
 
-    def stopService(self) -> None:
-        """Let the instances being filed finish, then close the index."""
+    def stopService(self) -> Deferred[None]:
+        """Refuse new work; once the work in flight has ended, stop the threads and close.
+
+        The Deferred fires when every instance being filed has its answer (its
+        row committed, for a success) and the index is closed.
+        """
         super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await self._in_flight.ended()
+        if self._writes is not None:
+            await self._writes.idle()
+        writer_pool, self._writer_pool = self._writer_pool, None
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.stop()
-        self.query.close()
-        self.close()
+        self._writes = None
+        try:
+            if writer_pool is not None:
+                await deferToThreadPool(self._reactor, writer_pool, self.index.close_writer)
+        finally:
+            for each in (writer_pool, pool):
+                if each is not None:
+                    each.stop()  # idle by now: no thread has work to finish
+            self.query.close()
+            self.close()
 
     def store(self, instance: ReceivedInstance) -> Deferred[int | Dataset | Kept]:
-        """File one instance in the archive's own threads (``IStoreHandler``)."""
-        return deferToThreadPool(self._reactor, self._started_pool(), self.archive, instance)
+        """File one instance (``IStoreHandler``): blocking steps in the archive's threads."""
+        self._started_pool()
+        assert self._writes is not None
+        steps = _Steps(self._in_pool, self._writes.submit)
+        return self._in_flight.track(ensureDeferred(self._file(instance, steps)))
 
     def find(self, query: FindQuery) -> Deferred[list[Dataset]]:
         """Search the index in the archive's threads (``IFindHandler``)."""
-        return deferToThreadPool(self._reactor, self._started_pool(), self.query.find, query)
+        pool = self._started_pool()
+        return self._in_flight.track(deferToThreadPool(self._reactor, pool, self.query.find, query))
 
     def instances(self, query: FindQuery) -> Deferred[list[RetrieveItem]]:
         """The archived instances a C-MOVE or C-GET selects (``IRetrieveSource``)."""
-        return deferToThreadPool(self._reactor, self._started_pool(), self._instances, query)
+        pool = self._started_pool()
+        return self._in_flight.track(deferToThreadPool(self._reactor, pool, self._instances, query))
 
     def _instances(self, query: FindQuery) -> list[RetrieveItem]:
         rows = self.query.instances(query.level, query.identifier)
@@ -230,9 +294,13 @@ class ArchiveHandler(Service):
         return self.query.supported_keys(level)
 
     def _started_pool(self) -> ThreadPool:
-        if self._pool is None:
+        if self._pool is None or not self.running:
             raise RuntimeError(f"the archive {self.path} is not started")
         return self._pool
+
+    def _in_pool(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        assert self._pool is not None
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
 
     # -- the blocking work ------------------------------------------------------------------
 
@@ -259,12 +327,44 @@ class ArchiveHandler(Service):
         self.index.close()
 
     def archive(self, instance: ReceivedInstance) -> int | Dataset | Kept:
-        """Check, file and index one instance; the status for the peer.
+        """Check, file and index one instance, in the calling thread; the status for the peer.
 
-        Blocking.  An ``OSError`` from the file system propagates (the store
-        service answers A700); a data set that cannot be read is answered
-        here, with C000.
+        Blocking: the same steps as ``store``, for tools and tests, from one
+        thread at a time, never while the service runs.  An ``OSError`` from
+        the file system propagates (the store service answers A700); a data
+        set that cannot be read is answered here, with C000.
         """
+        steps = _Steps(maybeDeferred, partial(maybeDeferred, self.index.apply))
+        answers: list[int | Dataset | Kept | Failure] = []
+        ensureDeferred(self._file(instance, steps)).addBoth(answers.append)
+        [answer] = answers  # every step ran inline
+        if isinstance(answer, Failure):
+            answer.raiseException()
+        return answer
+
+    async def _file(self, instance: ReceivedInstance, steps: _Steps) -> int | Dataset | Kept:
+        """Read and check, then under the locks of its UID and path: move, index, answer."""
+        checked = await steps.blocking(self._check, instance)
+        if not isinstance(checked, InstanceRecord):
+            return checked
+        release = await self._locks.hold(f"uid:{checked.SOPInstanceUID}", f"path:{checked.path}")
+        try:
+            placed = await steps.blocking(self._move_in, instance, checked)
+            if not isinstance(placed, _Placed):
+                return placed
+            try:
+                await steps.index(adding(checked))
+            except BaseException:
+                await steps.blocking(placed.target.unlink, True)  # missing_ok
+                raise
+            if placed.replaced is not None:
+                await steps.blocking(placed.replaced.unlink, True)
+            return Kept(Status.SUCCESS, placed.target)
+        finally:
+            release()
+
+    def _check(self, instance: ReceivedInstance) -> InstanceRecord | Dataset:
+        """Blocking: the index record of a received instance, or the failure status it earns."""
         try:
             dataset = self._read(instance)
             problem = _mismatch(dataset, instance)
@@ -285,8 +385,7 @@ class ArchiveHandler(Service):
             return _status(Status.CANNOT_UNDERSTAND, f"cannot read the data set: {error}")
         if relative.parts[0] in self._index_files:
             return _status(Status.CANNOT_UNDERSTAND, "the layout puts this instance on the index")
-        with self._locks.hold(f"uid:{record.SOPInstanceUID}", f"path:{record.path}"):
-            return self._keep(instance, record)
+        return record
 
     def _read(self, instance: ReceivedInstance) -> Dataset:
         """The data set of a received file, as far as the index and the layout need it.
@@ -308,8 +407,12 @@ class ArchiveHandler(Service):
     def _past_what_is_needed(self, tag: BaseTag, vr: str | None, length: int) -> bool:
         return tag > self._last_needed_tag
 
-    def _keep(self, instance: ReceivedInstance, record: InstanceRecord) -> int | Dataset | Kept:
-        """Under the locks of its UID and path: apply the duplicate policy, move, index."""
+    def _move_in(self, instance: ReceivedInstance, record: InstanceRecord) -> _Placed | Dataset:
+        """Blocking, under the locks of its UID and path: apply the duplicate policy, move.
+
+        The copy it replaces (``overwrite`` to another layout path) stays
+        until the new row is committed.
+        """
         uid, relative = record.SOPInstanceUID, record.path
         existing = self.index.lookup(uid)
         if existing is not None and not os.path.lexists(self.path / existing):
@@ -332,14 +435,8 @@ class ArchiveHandler(Service):
             )
             return _status(Status.CANNOT_UNDERSTAND, "another instance is kept at its layout path")
         self._place(instance.path, target)
-        try:
-            self.index.add(record)
-        except BaseException:
-            target.unlink(missing_ok=True)
-            raise
-        if existing is not None and existing != relative:
-            (self.path / existing).unlink(missing_ok=True)
-        return Kept(Status.SUCCESS, target)
+        replaced = self.path / existing if existing is not None and existing != relative else None
+        return _Placed(target, replaced)
 
     def _place(self, received: Path, target: Path) -> None:
         """Move the received file to ``target``, durably."""
@@ -524,40 +621,3 @@ def _holds_any_file(root: Path, skipped_at_root: frozenset[str]) -> bool:
     """Whether anything but our index files lies in the archive's visible folders."""
     files, _folders = _walk(root, skipped_at_root)
     return bool(files)
-
-
-@dataclass(slots=True, eq=False)
-class _SharedLock:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    users: int = 0
-
-
-class _KeyedLocks:
-    """One lock per key, existing only while someone holds or waits for it.
-
-    ``hold`` takes several keys in sorted order, so two threads asking for
-    overlapping sets never deadlock.
-    """
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, _SharedLock] = {}
-
-    @contextlib.contextmanager
-    def hold(self, *keys: str) -> Iterator[None]:
-        ordered = sorted(set(keys))
-        with self._guard:
-            shared = [self._locks.setdefault(key, _SharedLock()) for key in ordered]
-            for entry in shared:
-                entry.users += 1
-        try:
-            with contextlib.ExitStack() as stack:
-                for entry in shared:
-                    stack.enter_context(entry.lock)
-                yield
-        finally:
-            with self._guard:
-                for key, entry in zip(ordered, shared, strict=True):
-                    entry.users -= 1
-                    if entry.users == 0:
-                        del self._locks[key]

@@ -6,9 +6,15 @@ fsync'd before it is renamed into place, and a file found without a row at
 start-up is indexed again from its own content.  So a commit need not be
 fsync'd before a store is answered (``synchronous=NORMAL`` in WAL mode: a
 power cut may lose the last commits, never corrupt the database), which
-saves one disk flush per instance.  Writes still go through a single writer
-thread that takes every write queued so far and performs them in one
-transaction: callers block in ``add`` until their write is committed.
+saves one disk flush per instance.
+
+Writes go through one connection that never leaves the thread that opened it.
+``write`` performs a batch of writes in one transaction, each in its own
+savepoint, so that a bad one fails alone: the archive gathers the writes of
+concurrent stores on the reactor side and hands each batch to its single
+writer thread (`dicomd.archive.writer.GroupCommit`).  ``add``, ``remove`` and
+``remove_paths`` are the same for one write, blocking, for reconciliation and
+tools.
 
 Readers never wait for the writer: WAL lets each read-only connection see the
 last commit while the next one is being written.
@@ -24,11 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import queue
+import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -253,81 +259,118 @@ class IndexClosed(RuntimeError):
     """A write was asked of an index that is not open."""
 
 
-@dataclass(slots=True, eq=False)
-class _Write:
-    """One queued write and, once the writer is done with it, its outcome."""
+Write = Callable[[sqlite3.Connection], Any]
+"""One write to the index: it runs inside the writer's transaction and answers its result."""
 
-    operation: Callable[[sqlite3.Connection], Any]
-    done: threading.Event = field(default_factory=threading.Event)
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one write of a batch came to: its result, or the error it alone failed with."""
+
     result: Any = None
     error: BaseException | None = None
 
 
-_STOP: Final = object()
+def adding(record: InstanceRecord) -> Write:
+    """The write that inserts or replaces ``record`` (and its patient, study and series)."""
+    return functools.partial(_insert, record=record)
 
 
 class ArchiveIndex:
-    """The SQLite index of one archive; every blocking method is safe from any thread.
+    """The SQLite index of one archive.
 
-    ``commits`` counts the transactions the writer has committed: with group
-    commit it grows more slowly than the number of writes under concurrency.
+    Reads are safe from any thread: each thread gets its own read-only
+    connection.  Writes are not: the write connection belongs to the thread
+    that opened it (``open``, or the first write after ``close_writer``), and
+    only that thread may write or close it.
+
+    ``commits`` counts the transactions committed: with group commit it grows
+    more slowly than the number of writes under concurrency.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.commits = 0
-        self._queue: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
-        self._connection: sqlite3.Connection | None = None
-        self._open_lock = threading.Lock()
+        self._open = False
+        self._writer: sqlite3.Connection | None = None
+        self._writer_thread: int | None = None
+        self._readers_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
 
     def open(self) -> None:
-        """Open or create the database and start the writer thread."""
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        """Open or create the database; the calling thread holds the write connection."""
+        connection = self._connect_writer()
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute("PRAGMA foreign_keys=ON")
             _create_or_check_schema(connection)
         except BaseException:
             connection.close()
             raise
-        with self._open_lock:
-            self._connection = connection
-            self._writer = threading.Thread(
-                target=self._write_batches, name="dicomd-archive-index-writer", daemon=True
-            )
-            self._writer.start()
+        self._writer, self._writer_thread = connection, threading.get_ident()
+        self._open = True
+
+    def close_writer(self) -> None:
+        """Close the write connection, from its own thread; the next write opens another."""
+        writer = self._writer
+        if writer is None:
+            return
+        self._check_writer_thread()
+        self._writer = self._writer_thread = None
+        writer.close()
 
     def close(self) -> None:
-        """Finish the writes already queued, stop the writer and close every connection."""
-        with self._open_lock:
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                self._queue.put(_STOP)
-        if writer is not None:
-            writer.join()
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-        with self._open_lock:
+        """Close every connection; the write connection must be closed or be this thread's."""
+        self.close_writer()
+        self._open = False
+        with self._readers_lock:
             readers, self._readers = self._readers, []
             self._local = threading.local()
         for reader in readers:
             reader.close()
 
-    def add(self, record: InstanceRecord) -> None:
-        """Insert or replace the instance, creating or updating its patient, study and series.
+    def write(self, writes: Sequence[Write]) -> list[Outcome]:
+        """Perform ``writes`` in one transaction, each in its own savepoint; blocking.
 
-        Blocks until the transaction holding it is committed.
+        A write that raises is rolled back alone and its `Outcome` carries the
+        error; if the transaction itself fails, every write fails with it.  A
+        full or failing disk is reported as the ``OSError`` it is.
         """
-        self._submit(lambda connection: _insert(connection, record))
+        connection = self._connection()
+        outcomes: list[Outcome] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for write in writes:
+                connection.execute("SAVEPOINT one_write")
+                try:
+                    outcomes.append(Outcome(result=write(connection)))
+                except Exception as error:
+                    outcomes.append(Outcome(error=_as_os_error(error)))
+                    connection.execute("ROLLBACK TO one_write")
+                connection.execute("RELEASE one_write")
+            connection.execute("COMMIT")
+        except Exception as error:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            failed = Outcome(error=_as_os_error(error))
+            outcomes += [failed] * (len(writes) - len(outcomes))
+            return [outcome if outcome.error else failed for outcome in outcomes]
+        self.commits += 1
+        return outcomes
+
+    def apply(self, write: Write) -> Any:
+        """Perform one write in a transaction of its own; its result, or its error raised."""
+        [outcome] = self.write([write])
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
+
+    def add(self, record: InstanceRecord) -> None:
+        """Insert or replace the instance, creating or updating its patient, study and series."""
+        self.apply(adding(record))
 
     def remove(self, sop_instance_uid: str) -> bool:
         """Forget an instance (and any series, study, patient left empty); ``False`` if unknown."""
-        removed = self._submit(
+        removed = self.apply(
             lambda connection: _remove_where(connection, "SOPInstanceUID", [sop_instance_uid])
         )
         return removed > 0
@@ -337,7 +380,7 @@ class ArchiveIndex:
         wanted = list(paths)
         if not wanted:
             return 0
-        return self._submit(lambda connection: _remove_where(connection, "path", wanted))
+        return self.apply(lambda connection: _remove_where(connection, "path", wanted))
 
     def lookup(self, sop_instance_uid: str) -> str | None:
         """The relative path of an indexed instance, or ``None``."""
@@ -365,68 +408,37 @@ class ArchiveIndex:
         """This thread's own read-only connection, kept for the next call."""
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            if self._writer is None:
+            if not self._open:
                 raise IndexClosed(f"the index {self.path} is not open")
             reader = self.connect_reader()
-            with self._open_lock:
+            with self._readers_lock:
                 self._readers.append(reader)
                 self._local.reader = reader
         return reader
 
-    def _submit(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
-        write = _Write(operation)
-        with self._open_lock:
-            if self._writer is None:
-                raise IndexClosed(f"the index {self.path} is not open")
-            self._queue.put(write)
-        write.done.wait()
-        if write.error is not None:
-            raise _as_os_error(write.error)
-        return write.result
+    def _connection(self) -> sqlite3.Connection:
+        """The write connection, opened in this thread if there is none."""
+        if not self._open:
+            raise IndexClosed(f"the index {self.path} is not open")
+        if self._writer is None:
+            self._writer, self._writer_thread = self._connect_writer(), threading.get_ident()
+        self._check_writer_thread()
+        return self._writer
 
-    def _write_batches(self) -> None:
-        """The writer thread: every write queued so far goes into one transaction."""
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            stopping = False
-            while not self._queue.empty():
-                item = self._queue.get()
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
-            self._commit(batch)
-            if stopping:
-                return
+    def _check_writer_thread(self) -> None:
+        if self._writer_thread != threading.get_ident():
+            raise RuntimeError(f"the index {self.path} is written from another thread")
 
-    def _commit(self, batch: list[_Write]) -> None:
-        """Run a batch, each write in its own savepoint so that one bad write fails alone."""
-        connection = self._connection
-        assert connection is not None
+    def _connect_writer(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            for write in batch:
-                connection.execute("SAVEPOINT one_write")
-                try:
-                    write.result = write.operation(connection)
-                except Exception as error:
-                    write.error = error
-                    connection.execute("ROLLBACK TO one_write")
-                connection.execute("RELEASE one_write")
-            connection.execute("COMMIT")
-            self.commits += 1
-        except Exception as error:
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-            for write in batch:
-                if write.error is None:
-                    write.error = error
-        finally:
-            for write in batch:
-                write.done.set()
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
 
 _OS_ERRNO_OF_SQLITE: Final = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_IOERR: errno.EIO}
