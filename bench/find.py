@@ -466,7 +466,7 @@ def time_round_trips(
                     times = results.setdefault((name, kind.name), [])
                     for _ in range(runs):
                         started = time.perf_counter()
-                        result = await association.find(STUDY_ROOT_FIND, identifier).result
+                        result = await association.find(STUDY_ROOT_FIND, identifier)
                         times.append((time.perf_counter() - started) * 1000)
                         if result.status != 0:
                             raise ServerUnavailable(f"{name}: C-FIND status {result.status:04X}")

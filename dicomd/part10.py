@@ -29,6 +29,10 @@ from pydicom.filewriter import write_dataset
 
 from dicomd import uids
 
+INCOMING_FOLDER = ".incoming"
+"""The folder under ``storage.path`` where received instances are written as they arrive;
+nothing in it survives a restart."""
+
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 PREAMBLE = b"\x00" * PREAMBLE_LENGTH + MAGIC

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
-import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
 
 from dicomd import uids
+from dicomd.app import node_factory
 from dicomd.client import (
     AssociationAborted,
     AssociationRejected,
@@ -22,16 +22,16 @@ from dicomd.client import (
     NoAcceptedContext,
     StoreResult,
     propose,
-    requestor_protocol,
 )
-from dicomd.config import Plugin, default_config
+from dicomd.config import default_config
+from dicomd.dimse.association import MemorySink
 from dicomd.dimse.command import CommandField
 from dicomd.dimse.datasets import decode_dataset, encode_dataset
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
-from dicomd.node.acceptor import ServiceRegistry
-from dicomd.node.factory import DicomServerFactory
+from dicomd.node.registry import ServiceRegistry
 from dicomd.node.services.echo import VerificationService
 from dicomd.part10 import read_header
+from dicomd.scu.connect import requestor_protocol
 from dicomd.ul.fsm import State
 from tests.wire import bare_config
 
@@ -39,7 +39,7 @@ from tests.wire import bare_config
 def pair(settings: ClientSettings, contexts=None):
     clock = Clock()
     config = bare_config()
-    server = DicomServerFactory(config, reactor=clock).buildProtocol(None)
+    server = node_factory(config, clock=clock).buildProtocol(None)
     client, association = requestor_protocol(
         clock, settings, contexts or propose([uids.VERIFICATION])
     )
@@ -83,8 +83,7 @@ def test_no_context_for_an_operation() -> None:
     contexts = propose(["1.2.840.10008.5.1.4.1.1.2"])
     _, pump, _, association = pair(ClientSettings("DICOMD", "SCU"), contexts)
     pump.flush()
-    with pytest.raises(NoAcceptedContext):
-        association.echo()
+    assert result(association.echo()).check(NoAcceptedContext)
 
 
 def test_abort_fails_what_is_outstanding() -> None:
@@ -135,14 +134,22 @@ class FakeFind:
     """A C-FIND SCP for the test: three matches, or pending until cancelled."""
 
     abstract_syntaxes = frozenset({uids.STUDY_ROOT_FIND})
+    transfer_syntaxes = None
     operations = frozenset({CommandField.C_FIND_RQ})
 
     def __init__(self, hold: bool = False) -> None:
         self.hold = hold
         self.identifiers: list[Dataset] = []
+        self.cancelled = False
+
+    def open_sink(self, association, context, command) -> MemorySink:
+        return MemorySink()
 
     def handle(self, association, request) -> None:
         syntax = request.context.transfer_syntax
+        association.on_cancel(
+            request.command.message_id, lambda: self._cancel(association, request)
+        )
         self.identifiers.append(decode_dataset(request.data, syntax))
         for number in range(3):
             match = Dataset()
@@ -151,16 +158,16 @@ class FakeFind:
         if not self.hold:
             association.respond(request, 0x0000)
 
+    def _cancel(self, association, request) -> None:
+        self.cancelled = True
+        association.respond(request, 0xFE00)
+
 
 def store_pair(tmp_path: Path, settings: ClientSettings, contexts, find=None):
     keeper = Keeper()
-    config = dataclasses.replace(
-        default_config(),
-        storage_path=tmp_path,
-        plugins=(Plugin("tests.keeper", {}, keeper),),
-    )
+    config = dataclasses.replace(default_config(), storage_path=tmp_path)
     clock = Clock()
-    factory = DicomServerFactory(config, reactor=clock)
+    factory = node_factory(config, [keeper], clock=clock)
     if find is not None:
         registry = ServiceRegistry([VerificationService(), find], config.transfer_syntaxes)
         factory.settings = dataclasses.replace(factory.settings, services=registry)
@@ -219,8 +226,9 @@ def test_a_compressed_file_needs_its_own_syntax(tmp_path: Path) -> None:
     contexts = propose([CT_IMAGE])
     _, association, _ = store_pair(tmp_path, ClientSettings("DICOMD", "SCU"), contexts)
     jpeg = get_testdata_file("JPEG-lossy.dcm")
-    with pytest.raises(NoAcceptedContext, match=re.escape("1.2.840.10008.1.2.4.51")):
-        association.store(jpeg)
+    failure = result(association.store(jpeg))
+    assert failure.check(NoAcceptedContext)
+    assert "1.2.840.10008.1.2.4.51" in failure.getErrorMessage()
 
 
 def test_find_streams_matches_then_the_final_status(tmp_path: Path) -> None:
@@ -235,7 +243,7 @@ def test_find_streams_matches_then_the_final_status(tmp_path: Path) -> None:
         uids.STUDY_ROOT_FIND, identifier, on_match=lambda m: seen.append(m.PatientID)
     )
     pump.flush()
-    outcome = result(operation.result)
+    outcome = result(operation)
     assert outcome.status == 0
     assert [m.PatientID for m in outcome.matches] == seen == ["P0", "P1", "P2"]
     assert find.identifiers[0].QueryRetrieveLevel == "STUDY"
@@ -243,16 +251,16 @@ def test_find_streams_matches_then_the_final_status(tmp_path: Path) -> None:
 
 def test_find_can_be_cancelled(tmp_path: Path) -> None:
     contexts = propose([uids.STUDY_ROOT_FIND])
-    pump, association, _ = store_pair(
-        tmp_path, ClientSettings("DICOMD", "SCU"), contexts, FakeFind(hold=True)
-    )
+    find = FakeFind(hold=True)
+    pump, association, _ = store_pair(tmp_path, ClientSettings("DICOMD", "SCU"), contexts, find)
     operation = association.find(uids.STUDY_ROOT_FIND, Dataset())
     pump.flush()
-    assert not operation.result.called
+    assert not operation.called
     operation.cancel()
+    assert result(operation).check(defer.CancelledError)
     pump.flush()
-    # This acceptor ignores cancels it cannot act on; the operation is still pending.
-    assert not operation.result.called
+    assert find.cancelled  # the C-CANCEL reached the peer
+    assert association.in_flight == 0  # and its FE00 closed the request quietly
 
 
 def test_requests_beyond_the_window_wait_their_turn(tmp_path: Path) -> None:
@@ -260,6 +268,6 @@ def test_requests_beyond_the_window_wait_their_turn(tmp_path: Path) -> None:
     pump, association, _ = store_pair(tmp_path, settings, propose([uids.VERIFICATION]))
     assert association.max_outstanding == 1  # our acceptor performs one at a time
     echoes = [association.echo() for _ in range(3)]
-    assert association._in_flight() == 1
+    assert association.in_flight == 1
     pump.flush()
     assert [result(d) for d in echoes] == [0, 0, 0]

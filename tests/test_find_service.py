@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from pydicom import Dataset
 from twisted.internet import defer
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from dicomd import uids
-from dicomd.config import Plugin, default_config
+from dicomd.config import default_config
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import decode_dataset, encode_dataset
-from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier
+from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier, ISupportedKeys
 from dicomd.ul.pdu import PresentationContextRQ
 from tests.wire import EXPLICIT, IMPLICIT, Peer, request
 
@@ -35,7 +34,7 @@ def study(patient_id: str, name: str = "DOE^JOHN") -> Dataset:
 class Handler:
     """Answers every query with ``answer`` (called with the query if callable)."""
 
-    models = (STUDY_ROOT, PATIENT_ROOT)
+    find_models = (STUDY_ROOT, PATIENT_ROOT)
 
     def __init__(self, answer: object) -> None:
         self.answer = answer
@@ -49,8 +48,7 @@ class Handler:
 
 
 def find_peer(handler: object, syntax: str = EXPLICIT) -> Peer:
-    config = dataclasses.replace(default_config(), plugins=(Plugin("tests.find", {}, handler),))
-    peer = Peer(config)
+    peer = Peer(default_config(), plugins=(handler,))
     ac = peer.associate(
         request(
             contexts=(
@@ -207,6 +205,7 @@ def test_cancel_stops_a_long_result_with_fe00() -> None:
 def test_unsupported_optional_keys_give_ff01() -> None:
     handler = Handler([study("1")])
     handler.supported_keys = lambda level: frozenset({"PatientID", "StudyInstanceUID"})  # type: ignore[attr-defined]
+    alsoProvides(handler, ISupportedKeys)
     peer = find_peer(handler)
     send_find(peer, identifier(PatientID="", StudyComments=""))
     assert [status for status, _ in answers(peer)] == [0xFF01, 0x0000]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,19 @@ from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
 
 from dicomd import uids
+from dicomd.app import node_factory
 from dicomd.client import (
     ClientSettings,
     RetrieveProgress,
     RetrieveResult,
-    requestor_protocol,
     retrieve_contexts,
 )
-from dicomd.config import Destination, Plugin
+from dicomd.config import Destination
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import decode_dataset, encode_dataset
 from dicomd.interfaces import FindQuery, IRetrieveSource, RetrieveItem
-from dicomd.node.factory import DicomServerFactory
 from dicomd.part10 import read_header
+from dicomd.scu.connect import requestor_protocol
 from dicomd.ul.pdu import PresentationContextRQ, RoleSelection
 from tests.wire import EXPLICIT, Peer, bare_config, request
 
@@ -39,7 +38,7 @@ MR = Path(get_testdata_file("MR_small.dcm"))
 class Files:
     """A retrieve source over a fixed list of files."""
 
-    models = (uids.STUDY_ROOT_MOVE, uids.STUDY_ROOT_GET)
+    retrieve_models = (uids.STUDY_ROOT_MOVE, uids.STUDY_ROOT_GET)
 
     def __init__(self, *paths: Path, allow: bool = True) -> None:
         self.paths = paths
@@ -63,12 +62,7 @@ class Files:
 
 
 def node(source: Files, **destinations: Destination) -> Peer:
-    config = dataclasses.replace(
-        bare_config(),
-        plugins=(Plugin("tests.files", {}, source),),
-        destinations=destinations,
-    )
-    return Peer(config)
+    return Peer(bare_config(destinations=destinations), plugins=(source,))
 
 
 def get_association(peer: Peer, scp_classes: tuple[str, ...] = (CT_IMAGE,)) -> dict[str, int]:
@@ -251,8 +245,7 @@ def test_the_policy_may_refuse_with_0124() -> None:
 
 def client_pair(source: Files, scp_roles: tuple[str, ...], contexts):
     clock = Clock()
-    config = dataclasses.replace(bare_config(), plugins=(Plugin("tests.files", {}, source),))
-    server = DicomServerFactory(config, reactor=clock).buildProtocol(None)
+    server = node_factory(bare_config(), [source], clock=clock).buildProtocol(None)
     client, association = requestor_protocol(
         clock, ClientSettings("DICOMD", "GETSCU"), contexts, scp_roles
     )
@@ -309,7 +302,7 @@ def test_client_move_reports_the_failure_status_as_a_result() -> None:
 class Datasets:
     """A retrieve source that holds data sets, not files."""
 
-    models = (uids.STUDY_ROOT_GET,)
+    retrieve_models = (uids.STUDY_ROOT_GET,)
 
     def instances(self, query: FindQuery) -> list[RetrieveItem]:
         ds = dcmread(CT)

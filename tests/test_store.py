@@ -15,12 +15,11 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from dicomd import uids
-from dicomd.config import Config, Plugin, Store, default_config
+from dicomd.config import Store, default_config
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import encode_dataset
-from dicomd.interfaces import IStoreHandler, ReceivedInstance
-from dicomd.node.services.store import INCOMING
-from dicomd.part10 import PREAMBLE, file_meta
+from dicomd.interfaces import IStoreHandler, Kept, ReceivedInstance
+from dicomd.part10 import INCOMING_FOLDER, PREAMBLE, file_meta
 from dicomd.ul.pdu import AAbort, PresentationContextRQ, encode_pdata
 from tests.wire import EXPLICIT, IMPLICIT, Peer, request
 
@@ -40,22 +39,22 @@ class Recorder:
 
     def store(self, instance: ReceivedInstance) -> object:
         self.seen.append((instance, instance.path.read_bytes()))
+        if isinstance(self.answer, Exception):
+            raise self.answer
         if self.keep_to is not None:
             target = self.keep_to / f"{instance.sop_instance_uid}.dcm"
             instance.path.rename(target)
-            instance.path, instance.kept = target, True
-        if isinstance(self.answer, Exception):
-            raise self.answer
+            return Kept(self.answer, target)
         return self.answer
 
 
-def node(tmp_path: Path, *handlers: object, unknown: bool = False) -> Config:
-    return dataclasses.replace(
+def node(tmp_path: Path, *handlers: object, unknown: bool = False) -> Peer:
+    config = dataclasses.replace(
         default_config(),
         storage_path=tmp_path,
         store=Store(accept_unknown_sop_classes=unknown),
-        plugins=tuple(Plugin(f"tests.handler{i}", {}, h) for i, h in enumerate(handlers)),
     )
+    return Peer(config, plugins=handlers)
 
 
 def ct_contexts(*syntaxes: str) -> tuple[PresentationContextRQ, ...]:
@@ -98,7 +97,7 @@ def test_a_data_set_split_anywhere_lands_as_a_part10_file_with_its_bytes_unchang
     tmp_path: Path,
 ) -> None:
     handler = Recorder()
-    peer = Peer(node(tmp_path, handler))
+    peer = node(tmp_path, handler)
     ac = peer.associate(request(contexts=ct_contexts()))
     assert [c.result for c in ac.presentation_contexts] == [0, 0]
     data = data_set_bytes()
@@ -124,13 +123,13 @@ def test_a_data_set_split_anywhere_lands_as_a_part10_file_with_its_bytes_unchang
     assert meta.ImplementationClassUID == uids.IMPLEMENTATION_CLASS_UID
     assert meta.SourceApplicationEntityTitle == "ECHOSCU"
     # Nobody kept it, so nothing is left behind.
-    assert list((tmp_path / INCOMING).iterdir()) == []
+    assert list((tmp_path / INCOMING_FOLDER).iterdir()) == []
 
 
 def test_a_kept_file_stays_where_the_handler_put_it(tmp_path: Path) -> None:
     kept = tmp_path / "kept"
     kept.mkdir()
-    peer = Peer(node(tmp_path, Recorder(keep_to=kept)))
+    peer = node(tmp_path, Recorder(keep_to=kept))
     peer.associate(request(contexts=ct_contexts()))
     peer.send_command(3, store_command("5.6.7"), data_set_bytes())
     assert peer.responses()[0].status == 0x0000
@@ -142,7 +141,7 @@ def test_the_chain_goes_on_after_a_warning_and_stops_at_a_failure(tmp_path: Path
     warning.Status = 0xB000
     warning.ErrorComment = "coerced"
     first, second, third = Recorder(warning), Recorder(0xA900), Recorder()
-    peer = Peer(node(tmp_path, first, second, third))
+    peer = node(tmp_path, first, second, third)
     peer.associate(request(contexts=ct_contexts()))
     peer.send_command(3, store_command(), data_set_bytes())
     (response,) = peer.responses()
@@ -154,7 +153,7 @@ def test_a_warning_reaches_the_peer_with_its_comment(tmp_path: Path) -> None:
     warning = Dataset()
     warning.Status = 0xB000
     warning.ErrorComment = "duplicate SOP Instance UID; first copy kept"
-    peer = Peer(node(tmp_path, Recorder(warning), Recorder()))
+    peer = node(tmp_path, Recorder(warning), Recorder())
     peer.associate(request(contexts=ct_contexts()))
     peer.send_command(3, store_command(), data_set_bytes())
     (response,) = peer.responses()
@@ -171,7 +170,7 @@ def test_a_warning_reaches_the_peer_with_its_comment(tmp_path: Path) -> None:
 def test_handler_exceptions_map_to_statuses_and_the_association_stays_up(
     tmp_path: Path, error: Exception, status: int
 ) -> None:
-    peer = Peer(node(tmp_path, Recorder(error)))
+    peer = node(tmp_path, Recorder(error))
     peer.associate(request(contexts=ct_contexts()))
     peer.send_command(3, store_command(), data_set_bytes())
     (response,) = peer.responses()
@@ -190,7 +189,7 @@ def test_handler_exceptions_map_to_statuses_and_the_association_stays_up(
 
 def test_a_handler_may_answer_later(tmp_path: Path) -> None:
     later: defer.Deferred[int] = defer.Deferred()
-    peer = Peer(node(tmp_path, Recorder(later)))
+    peer = node(tmp_path, Recorder(later))
     peer.associate(request(contexts=ct_contexts()))
     peer.send_command(3, store_command(), data_set_bytes())
     assert peer.responses() == []
@@ -200,31 +199,31 @@ def test_a_handler_may_answer_later(tmp_path: Path) -> None:
 
 def test_an_abort_mid_instance_leaves_nothing(tmp_path: Path) -> None:
     handler = Recorder()
-    peer = Peer(node(tmp_path, handler))
+    peer = node(tmp_path, handler)
     peer.associate(request(contexts=ct_contexts()))
     data = data_set_bytes()
     peer.send(encode_pdata(3, 0x03, store_command().encode()))
     peer.send(encode_pdata(3, 0x00, data[:1000]))
-    assert len(list((tmp_path / INCOMING).iterdir())) == 1
+    assert len(list((tmp_path / INCOMING_FOLDER).iterdir())) == 1
     peer.send(AAbort(0, 0).encode())
-    assert list((tmp_path / INCOMING).iterdir()) == []
+    assert list((tmp_path / INCOMING_FOLDER).iterdir()) == []
     assert handler.seen == []
 
 
 def test_a_lost_connection_mid_instance_leaves_nothing(tmp_path: Path) -> None:
-    peer = Peer(node(tmp_path, Recorder()))
+    peer = node(tmp_path, Recorder())
     peer.associate(request(contexts=ct_contexts()))
     peer.send(encode_pdata(3, 0x03, store_command().encode()))
     peer.send(encode_pdata(3, 0x00, data_set_bytes()[:1000]))
     peer.protocol.connectionLost()
-    assert list((tmp_path / INCOMING).iterdir()) == []
+    assert list((tmp_path / INCOMING_FOLDER).iterdir()) == []
 
 
 def test_an_unwritable_storage_folder_answers_out_of_resources(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")
     handler = Recorder()
-    peer = Peer(node(blocker, handler))
+    peer = node(blocker, handler)
     peer.associate(request(contexts=ct_contexts()))
     peer.send_command(3, store_command(), data_set_bytes())
     (response,) = peer.responses()
@@ -234,7 +233,7 @@ def test_an_unwritable_storage_folder_answers_out_of_resources(tmp_path: Path) -
 
 def test_a_store_without_instance_uid_cannot_be_understood(tmp_path: Path) -> None:
     handler = Recorder()
-    peer = Peer(node(tmp_path, handler))
+    peer = node(tmp_path, handler)
     peer.associate(request(contexts=ct_contexts()))
     peer.send_command(
         3, dataclasses.replace(store_command(), affected_sop_instance_uid=None), data_set_bytes()
@@ -245,7 +244,7 @@ def test_a_store_without_instance_uid_cannot_be_understood(tmp_path: Path) -> No
 
 
 def test_compressed_syntaxes_are_accepted_for_storage_only(tmp_path: Path) -> None:
-    peer = Peer(node(tmp_path, Recorder()))
+    peer = node(tmp_path, Recorder())
     ac = peer.associate(
         request(
             contexts=(
@@ -269,7 +268,7 @@ def test_storage_is_served_only_with_a_store_handler() -> None:
 def test_unknown_sop_classes_are_stored_when_configured(
     tmp_path: Path, unknown: bool, result: int
 ) -> None:
-    peer = Peer(node(tmp_path, Recorder(), unknown=unknown))
+    peer = node(tmp_path, Recorder(), unknown=unknown)
     ac = peer.associate(
         request(contexts=(PresentationContextRQ(1, PRIVATE_SOP_CLASS, (IMPLICIT,)),))
     )

@@ -177,7 +177,7 @@ async def find(reactor: Any, arguments: argparse.Namespace) -> int:
         result = await answer(
             peer,
             "the C-FIND responses",
-            lambda: association.find(sop_class, identifier).result,
+            lambda: association.find(sop_class, identifier),
         )
     if arguments.json:
         document = [match.to_json_dict() for match in result.matches]

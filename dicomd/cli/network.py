@@ -272,7 +272,7 @@ async def associated(
     try:
         yield association
     except BaseException:
-        if association.machine.is_established:
+        if association.is_established:
             with suppress(Exception):
                 await association.release()
         raise

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, TypeAlias
 
+from dicomd.uids import APPLICATION_CONTEXT
+
 
 class PDUType(IntEnum):
     """PDU types (PS3.8 Table 9-1)."""
@@ -119,7 +121,6 @@ class PDUError(ValueError):
 
 
 HEADER_LENGTH = 6
-DEFAULT_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
 _HEADER = struct.Struct(">BxL")
 # Protocol version, reserved, called AE, calling AE, 32 reserved bytes.
@@ -669,7 +670,7 @@ class AAssociateRQ:
     calling_ae_title: str
     presentation_contexts: tuple[PresentationContextRQ, ...]
     user_information: UserInformation
-    application_context: str = DEFAULT_APPLICATION_CONTEXT
+    application_context: str = APPLICATION_CONTEXT
     protocol_version: int = 1
 
     def encode(self) -> bytes:
@@ -690,7 +691,7 @@ class AAssociateAC:
     calling_ae_title: str
     presentation_contexts: tuple[PresentationContextAC, ...]
     user_information: UserInformation
-    application_context: str = DEFAULT_APPLICATION_CONTEXT
+    application_context: str = APPLICATION_CONTEXT
     protocol_version: int = 1
 
     def encode(self) -> bytes:

@@ -103,7 +103,7 @@ class UpperLayerProtocol(Protocol):
                 self.log.warn(
                     "invalid PDU header from {peer} (type 0x{type:02X}, length {length});"
                     " aborting: {problem}",
-                    peer=self._peer(),
+                    peer=self.peer,
                     type=pdu_type,
                     length=length,
                     problem=problem.name.lower().replace("_", " "),
@@ -120,7 +120,7 @@ class UpperLayerProtocol(Protocol):
             except PDUError as error:
                 self.log.warn(
                     "invalid PDU from {peer}; aborting: {error}",
-                    peer=self._peer(),
+                    peer=self.peer,
                     error=str(error),
                 )
                 self._invalid(error.reason)
@@ -174,7 +174,7 @@ class UpperLayerProtocol(Protocol):
         self.machine.invalid_pdu_received(reason)
 
     def _artim_expired(self) -> None:
-        self.log.info("ARTIM expired for {peer}; closing", peer=self._peer())
+        self.log.info("ARTIM expired for {peer}; closing", peer=self.peer)
         self.machine.artim_expired()
 
     def _idle_expired(self) -> None:
@@ -183,12 +183,14 @@ class UpperLayerProtocol(Protocol):
             return  # ARTIM or the transport owns these moments
         self.log.info(
             "no data from {peer} for {seconds}s; aborting",
-            peer=self._peer(),
+            peer=self.peer,
             seconds=self.idle_timeout,
         )
         self.machine.abort_request(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
 
-    def _peer(self) -> str:
+    @property
+    def peer(self) -> str:
+        """The peer's address as ``host:port``, for log lines."""
         peer = self.transport.getPeer() if self.transport is not None else None
         host, port = getattr(peer, "host", "?"), getattr(peer, "port", "?")
         return f"{host}:{port}"

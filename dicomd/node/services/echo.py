@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dicomd import uids
-from dicomd.dimse.command import CommandField
-
-if TYPE_CHECKING:
-    from dicomd.node.acceptor import Acceptor, Request
+from dicomd.dimse.association import DataSink, DimseAssociation, MemorySink, Request
+from dicomd.dimse.command import Command, CommandField
+from dicomd.dimse.negotiation import AcceptedContext
 
 
 class VerificationService:
     """Answers every C-ECHO with success: the association itself is the check."""
 
     abstract_syntaxes = frozenset({uids.VERIFICATION})
+    transfer_syntaxes = None
     operations = frozenset({CommandField.C_ECHO_RQ})
 
-    def handle(self, association: Acceptor, request: Request) -> None:
+    def open_sink(
+        self, association: DimseAssociation, context: AcceptedContext, command: Command
+    ) -> DataSink:
+        return MemorySink()  # a C-ECHO-RQ has no data set; a peer that sends one gets it read
+
+    def handle(self, association: DimseAssociation, request: Request) -> None:
         association.respond(request, uids.Status.SUCCESS)

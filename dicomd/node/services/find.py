@@ -23,15 +23,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.dimse.command import CommandField
-from dicomd.dimse.datasets import DataSetError, decode_dataset, encode_dataset, error_comment
-from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier
+from dicomd.dimse.association import DataSink, MemorySink, Request, decode_in
+from dicomd.dimse.command import Command, CommandField
+from dicomd.dimse.datasets import DataSetError, encode_dataset, error_comment
+from dicomd.dimse.negotiation import AcceptedContext
+from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier, ISupportedKeys
 
 if TYPE_CHECKING:
-    from dicomd.node.acceptor import Acceptor, Request
+    from dicomd.node.acceptor import Acceptor
 
 _QR_MODELS = frozenset({uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND})
-_RETRIEVE_MODELS = uids.MOVE_SOP_CLASSES | uids.GET_SOP_CLASSES
 _ADDED_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"})
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
 
@@ -45,6 +46,7 @@ class FindService:
 
     log = Logger()
     operations = frozenset({CommandField.C_FIND_RQ})
+    transfer_syntaxes = None
 
     def __init__(
         self, handlers: Sequence[IFindHandler], ae_title: str, clock: IReactorTime
@@ -54,21 +56,34 @@ class FindService:
         self.cooperator = task.Cooperator(scheduler=lambda work: clock.callLater(0, work))
         self.handlers: dict[str, IFindHandler] = {}
         for handler in handlers:
-            for model in handler.models:
-                if model not in _RETRIEVE_MODELS:  # a source of retrieves may list those too
-                    self.handlers.setdefault(model, handler)
+            for model in handler.find_models:
+                self.handlers.setdefault(model, handler)
         self.abstract_syntaxes = frozenset(self.handlers)
 
+    def open_sink(
+        self, association: Acceptor, context: AcceptedContext, command: Command
+    ) -> DataSink:
+        return MemorySink()
+
     def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None]:
+        d = decode_in(association.worker, request.data or b"", request.context.transfer_syntax)
+        return d.addCallbacks(
+            lambda identifier: self._query(association, request, identifier),
+            lambda failure: self._undecodable(association, request, failure),
+        )
+
+    def _undecodable(self, association: Acceptor, request: Request, failure: Failure) -> None:
+        failure.trap(DataSetError)
+        association.respond(
+            request,
+            uids.Status.CANNOT_UNDERSTAND,
+            error_comment=error_comment(failure.getErrorMessage()),
+        )
+
+    def _query(
+        self, association: Acceptor, request: Request, identifier: Dataset
+    ) -> defer.Deferred[None] | None:
         model = request.context.abstract_syntax
-        syntax = request.context.transfer_syntax
-        try:
-            identifier = decode_dataset(request.data or b"", syntax)
-        except DataSetError as error:
-            association.respond(
-                request, uids.Status.CANNOT_UNDERSTAND, error_comment=error_comment(str(error))
-            )
-            return defer.succeed(None)
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if model in _QR_MODELS and level not in uids.QUERY_RETRIEVE_LEVELS[model]:
             association.respond(
@@ -76,21 +91,25 @@ class FindService:
                 uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                 error_comment=error_comment(f"Query/Retrieve Level {level!r} is not in this model"),
             )
-            return defer.succeed(None)
+            return None
         query = association.find_query(identifier, model, level)
         handler = self.handlers[model]
-        answer = _Answer(self, association, request, query, _pending_status(handler, query))
-        return answer.run(handler)
+        d = _pending_status(handler, query)
+        d.addCallback(lambda pending: _Answer(self, association, request, query, pending))
+        return d.addCallback(lambda answer: answer.run(handler))
 
 
-def _pending_status(handler: IFindHandler, query: FindQuery) -> int:
+def _pending_status(handler: IFindHandler, query: FindQuery) -> defer.Deferred[int]:
     """FF01 when the identifier asks for keys the handler does not support (PS3.4 C.4.1.1.4)."""
-    supported_keys = getattr(handler, "supported_keys", None)
-    if supported_keys is None:
-        return uids.Status.PENDING
+    if not ISupportedKeys.providedBy(handler):
+        return defer.succeed(uids.Status.PENDING)
     asked = {element.keyword for element in query.identifier} - _ADDED_KEYS
-    unsupported = asked - set(supported_keys(query.level))
-    return uids.Status.PENDING_WARNING if unsupported else uids.Status.PENDING
+
+    def judge(supported: Iterable[str]) -> int:
+        unsupported = asked - set(supported)
+        return uids.Status.PENDING_WARNING if unsupported else uids.Status.PENDING
+
+    return defer.maybeDeferred(handler.supported_keys, query.level).addCallback(judge)
 
 
 class _Answer:

@@ -17,37 +17,43 @@ the Failed SOP Instance UID List.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pydicom import Dataset
 from twisted.internet import defer
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTCP
-from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.client import (
-    AssociationError,
-    ClientAssociation,
-    ClientSettings,
-    NoAcceptedContext,
-    StoreResult,
-    associate,
-    storage_contexts,
-    store_request,
-)
-from dicomd.config import Destination
-from dicomd.dimse.command import CommandField
-from dicomd.dimse.datasets import DataSetError, decode_dataset, encode_dataset, error_comment
+from dicomd.dimse.association import DataSink, DimseAssociation, MemorySink, Request, decode_in
+from dicomd.dimse.command import Command, CommandField
+from dicomd.dimse.datasets import DataSetError, encode_dataset, error_comment
+from dicomd.dimse.errors import AssociationError, NoAcceptedContext
+from dicomd.dimse.negotiation import AcceptedContext
+from dicomd.dimse.storage import StoreResult, send_store, storage_contexts
 from dicomd.interfaces import InvalidIdentifier, IRetrieveSource, RetrieveItem
-from dicomd.node.acceptor import AssociationEnded
+from dicomd.ul.pdu import PresentationContextRQ
 
 if TYPE_CHECKING:
-    from dicomd.node.acceptor import Acceptor, Request
+    from dicomd.node.acceptor import Acceptor
+
+Storer = Callable[[Path | Dataset, "tuple[str, int] | None"], "defer.Deferred[StoreResult]"]
+"""Sends one C-STORE sub-operation: the instance, and the move originator (or None)."""
+
+
+class MoveDestinations(Protocol):
+    """The AEs C-MOVE may send to, and how to open an association to one of them."""
+
+    def __contains__(self, ae_title: object) -> bool: ...
+
+    def associate(
+        self, ae_title: str, contexts: Sequence[PresentationContextRQ]
+    ) -> defer.Deferred[DimseAssociation]:
+        """An association to ``ae_title`` proposing ``contexts``; it may wait for a free turn
+        when the destination limits its associations, until the association ends."""
 
 
 @dataclass(slots=True)
@@ -79,10 +85,16 @@ class _RetrieveService:
 
     log = Logger()
     models: frozenset[str]
+    transfer_syntaxes = None
 
     def __init__(self, source: IRetrieveSource) -> None:
         self.source = source
-        self.abstract_syntaxes = frozenset(source.models) & self.models
+        self.abstract_syntaxes = frozenset(source.retrieve_models) & self.models
+
+    def open_sink(
+        self, association: DimseAssociation, context: AcceptedContext, command: Command
+    ) -> DataSink:
+        return MemorySink()
 
     def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._retrieve(association, request))
@@ -90,7 +102,9 @@ class _RetrieveService:
     async def _retrieve(self, association: Acceptor, request: Request) -> None:
         reply = _Replier(association, request)
         try:
-            identifier = decode_dataset(request.data or b"", request.context.transfer_syntax)
+            identifier = await decode_in(
+                association.worker, request.data or b"", request.context.transfer_syntax
+            )
         except DataSetError as error:
             reply.final(uids.Status.CANNOT_UNDERSTAND, comment=str(error))
             return
@@ -106,10 +120,13 @@ class _RetrieveService:
         if destination is None:
             return
         query = association.find_query(identifier, model, level)
-        if not self.source.may_move(query, destination):
-            reply.final(uids.Status.NOT_AUTHORIZED, comment=f"may not retrieve to {destination}")
-            return
         try:
+            allowed = await defer.maybeDeferred(self.source.may_move, query, destination)
+            if not allowed:
+                reply.final(
+                    uids.Status.NOT_AUTHORIZED, comment=f"may not retrieve to {destination}"
+                )
+                return
             items = await defer.maybeDeferred(self.source.instances, query)
         except InvalidIdentifier as error:
             reply.final(uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, comment=str(error))
@@ -123,13 +140,19 @@ class _RetrieveService:
         if not items:
             reply.final(uids.Status.SUCCESS, progress)
             return
-        storer = await self.storer(association, request, items, progress, reply)
-        if storer is None:
+        sub_associations = await self.sub_associations(association, request, items, progress, reply)
+        if sub_associations is None:
             return
         try:
-            await self._store_each(reply, storer, items, progress, request.command.message_id or 0)
+            await self._store_each(
+                reply,
+                self.storer(sub_associations),
+                items,
+                progress,
+                request.command.message_id or 0,
+            )
         finally:
-            self.done(storer)
+            self.done(sub_associations)
         if reply.cancelled:
             reply.final(uids.Status.CANCEL, progress)
         elif progress.failed and not (progress.completed or progress.warning):
@@ -144,18 +167,22 @@ class _RetrieveService:
         """The AE the instances go to, or None after answering why not."""
         raise NotImplementedError
 
-    async def storer(
+    async def sub_associations(
         self,
         association: Acceptor,
         request: Request,
         items: list[RetrieveItem],
         progress: Progress,
         reply: _Replier,
-    ) -> Storer | None:
-        """What sends the sub-operations, or None after answering why there is none."""
+    ) -> DimseAssociation | None:
+        """Where the sub-operations go, or None after answering why nowhere."""
         raise NotImplementedError
 
-    def done(self, storer: Storer) -> None:
+    def storer(self, association: DimseAssociation) -> Storer:
+        """How one sub-operation is sent on ``association``."""
+        raise NotImplementedError
+
+    def done(self, association: DimseAssociation) -> None:
         """The sub-operations are over."""
 
     async def _store_each(
@@ -173,13 +200,9 @@ class _RetrieveService:
             if reply.cancelled:
                 return
             try:
-                result = await storer.store(
-                    item.source, move_originator=self.originator(reply, message_id)
-                )
+                result = await storer(item.source, self.originator(reply, message_id))
             except Exception as error:
-                if isinstance(error, AssociationError | AssociationEnded) and not isinstance(
-                    error, NoAcceptedContext
-                ):
+                if isinstance(error, AssociationError) and not isinstance(error, NoAcceptedContext):
                     self.log.warn("retrieve: the sub-operations' association ended: {e}", e=error)
                     progress.fail(items[number:])
                     return
@@ -210,24 +233,9 @@ class MoveService(_RetrieveService):
     models = frozenset({uids.PATIENT_ROOT_MOVE, uids.STUDY_ROOT_MOVE})
     operations = frozenset({CommandField.C_MOVE_RQ})
 
-    def __init__(
-        self,
-        source: IRetrieveSource,
-        destinations: Mapping[str, Destination],
-        reactor: IReactorTCP,
-        settings: Callable[[str], ClientSettings],
-    ) -> None:
+    def __init__(self, source: IRetrieveSource, destinations: MoveDestinations) -> None:
         super().__init__(source)
         self.destinations = destinations
-        self.reactor = reactor
-        self.settings = settings
-        # A destination's max_associations: moves to it beyond that wait their turn.
-        self._turns = {
-            name: defer.DeferredSemaphore(destination.max_associations)
-            for name, destination in destinations.items()
-            if destination.max_associations
-        }
-        self._holding: dict[Storer, defer.DeferredSemaphore] = {}
 
     def destination(self, association: Acceptor, request: Request, reply: _Replier) -> str | None:
         name = (request.command.move_destination or "").strip()
@@ -238,71 +246,44 @@ class MoveService(_RetrieveService):
             return None
         return name
 
-    async def storer(
+    async def sub_associations(
         self,
         association: Acceptor,
         request: Request,
         items: list[RetrieveItem],
         progress: Progress,
         reply: _Replier,
-    ) -> Storer | None:
-        destination = self.destinations[(request.command.move_destination or "").strip()]
+    ) -> DimseAssociation | None:
+        ae_title = (request.command.move_destination or "").strip()
         kinds = [(item.sop_class_uid, item.transfer_syntax) for item in items]
-        turn = self._turns.get(destination.ae_title)
-        if turn is not None:
-            await turn.acquire()
         try:
-            sub = await associate(
-                self.reactor,
-                destination.host,
-                destination.port,
-                self.settings(destination.ae_title),
-                storage_contexts(kinds),
-                tls=_tls(destination),
-            )
+            return await self.destinations.associate(ae_title, storage_contexts(kinds))
         except Exception as error:
-            if turn is not None:
-                turn.release()
             self.log.warn(
                 "C-MOVE to {destination}: cannot associate: {error}",
-                destination=destination.ae_title,
+                destination=ae_title,
                 error=str(error),
             )
             progress.fail(items)
             reply.final(uids.Status.OUT_OF_RESOURCES_UNABLE_TO_PERFORM_SUB_OPERATIONS, progress)
             return None
-        if turn is not None:
-            self._holding[sub] = turn
-        return sub
 
-    def done(self, storer: Storer) -> None:
-        sub: ClientAssociation = storer  # type: ignore[assignment]
-        released = (
-            sub.release().addErrback(lambda _: None)
-            if sub.machine.is_established
-            else defer.succeed(None)
+    def storer(self, association: DimseAssociation) -> Storer:
+        return lambda source, originator: send_store(
+            association, source, association.contexts.values(), move_originator=originator
         )
-        turn = self._holding.pop(storer, None)
-        if turn is not None:
-            released.addBoth(lambda _: turn.release())
+
+    def done(self, association: DimseAssociation) -> None:
+        if association.is_established:
+            association.release().addErrback(lambda _: None)  # type: ignore[attr-defined]
 
     def originator(self, reply: _Replier, message_id: int) -> tuple[str, int] | None:
         return (reply.calling_ae_title, message_id)
 
 
-def _tls(destination: Destination) -> IOpenSSLClientConnectionCreator | None:
-    """Client TLS options for a destination that asks for TLS, checking its certificate."""
-    if not destination.tls:
-        return None
-    if destination.ca_certificates is None:
-        trust = platformTrust()
-    else:
-        trust = Certificate.loadPEM(destination.ca_certificates.read_bytes())
-    return optionsForClientTLS(destination.host, trustRoot=trust)
-
-
 class GetService(_RetrieveService):
-    """C-GET SCP: the sub-operations go back over the requesting association itself."""
+    """C-GET SCP: the sub-operations go back over the requesting association itself, on the
+    presentation contexts it proposed for storage and took the SCP role for (PS3.4 C.4.3.1)."""
 
     models = frozenset({uids.PATIENT_ROOT_GET, uids.STUDY_ROOT_GET})
     operations = frozenset({CommandField.C_GET_RQ})
@@ -310,45 +291,21 @@ class GetService(_RetrieveService):
     def destination(self, association: Acceptor, request: Request, reply: _Replier) -> str | None:
         return association.calling_ae_title
 
-    async def storer(
+    async def sub_associations(
         self,
         association: Acceptor,
         request: Request,
         items: list[RetrieveItem],
         progress: Progress,
         reply: _Replier,
-    ) -> Storer | None:
-        return _BackToRequester(association)
+    ) -> DimseAssociation | None:
+        return association
 
-
-class Storer(Protocol):
-    """Whatever sends one C-STORE sub-operation."""
-
-    def store(
-        self, source: Path | Dataset, move_originator: tuple[str, int] | None = None
-    ) -> defer.Deferred[StoreResult]: ...
-
-
-class _BackToRequester:
-    """C-STORE requests from us to the C-GET requester, on the presentation contexts it
-    proposed for storage and took the SCP role for (PS3.4 C.4.3.1)."""
-
-    def __init__(self, association: Acceptor) -> None:
-        self.association = association
-
-    def store(
-        self, source: Path | Dataset, move_originator: tuple[str, int] | None = None
-    ) -> defer.Deferred[StoreResult]:
-        association = self.association
-        roles = association.peer_scp_roles
-        contexts = [c for c in association.contexts.values() if c.abstract_syntax in roles]
-        context, command, data = store_request(contexts, source)
-        d = association.request(context.context_id, command, data)
-        return d.addCallback(
-            lambda response: StoreResult(
-                response.status, command.affected_sop_instance_uid or "", response.error_comment
-            )
-        )
+    def storer(self, association: DimseAssociation) -> Storer:
+        acceptor: Acceptor = association  # type: ignore[assignment]
+        roles = acceptor.peer_scp_roles
+        contexts = [c for c in acceptor.contexts.values() if c.abstract_syntax in roles]
+        return lambda source, _originator: send_store(acceptor, source, contexts)
 
 
 class _Replier:

@@ -1,0 +1,414 @@
+"""C-STORE both ways, for both roles: sending an instance, and receiving one into a file.
+
+Sending: a Part 10 file goes as it is, streamed from disk, when a context
+has its transfer syntax; an uncompressed one is re-encoded for another
+uncompressed syntax the peer accepted.  Re-encoding (and reading a whole
+data set into memory) runs in the association's worker, never on the
+reactor thread.  The `dicomd store` command, the C-MOVE sub-associations and
+the C-GET SCP all send through `send_store`.
+
+Receiving: `StoreReceiver` streams each data set, fragment by fragment, into
+a temporary Part 10 file behind our File Meta Information, then asks a chain
+of `IStoreHandler`s what to do with it and which status to answer.  The
+storage SCP and the C-GET requester both receive through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import errno
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from pydicom import Dataset, dcmread
+from pydicom.filewriter import correct_ambiguous_vr
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dicomd import part10, uids
+from dicomd.dimse.association import (
+    DataSink,
+    DimseAssociation,
+    DiscardSink,
+    Operation,
+    Request,
+)
+from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
+from dicomd.dimse.datasets import encode_dataset, error_comment, even_length
+from dicomd.dimse.errors import NoAcceptedContext
+from dicomd.dimse.negotiation import AcceptedContext
+from dicomd.dimse.outbox import FileData
+from dicomd.interfaces import IStoreHandler, Kept, ReceivedInstance
+from dicomd.part10 import IncomingFile, file_meta
+from dicomd.uids import is_encapsulated
+from dicomd.ul.pdu import PresentationContextRQ
+
+if TYPE_CHECKING:
+    from dicomd.dimse.work import Worker
+
+
+# -- sending ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """The answer to one C-STORE (a failure status is a result too)."""
+
+    status: int
+    sop_instance_uid: str
+    error_comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreMessage:
+    """A C-STORE-RQ ready to go (without its message ID) on one of the peer's contexts."""
+
+    context: AcceptedContext
+    command: Command
+    data: bytes | FileData
+
+
+def send_store(
+    association: DimseAssociation,
+    source: str | Path | Dataset,
+    contexts: Iterable[AcceptedContext],
+    priority: int = 0,
+    move_originator: tuple[str, int] | None = None,
+) -> defer.Deferred[StoreResult]:
+    """C-STORE ``source`` (a Part 10 file or a Dataset) on one of ``contexts``.
+
+    ``move_originator`` (AE title, message ID) marks a C-STORE made for a
+    C-MOVE.  Fails with `NoAcceptedContext` when no context can carry it.
+    """
+    d = prepare_store(association.worker, tuple(contexts), source, priority)
+
+    def send(message: StoreMessage) -> defer.Deferred[StoreResult]:
+        command = message.command
+        if move_originator is not None:
+            ae_title, message_id = move_originator
+            command.move_originator_application_entity_title = ae_title
+            command.move_originator_message_id = message_id
+        sop_instance = command.affected_sop_instance_uid or ""
+        sent = association.request(Operation(message.context), command, message.data)
+        return sent.addCallback(
+            lambda response: StoreResult(response.status, sop_instance, response.error_comment)
+        )
+
+    return d.addCallback(send)
+
+
+def prepare_store(
+    worker: Worker,
+    contexts: Sequence[AcceptedContext],
+    source: str | Path | Dataset,
+    priority: int = 0,
+) -> defer.Deferred[StoreMessage]:
+    """The message for ``source``: at once when the file goes as it is, else from ``worker``.
+
+    Only a file's File Meta is read here (a few hundred bytes); encoding a
+    data set, converting a file, or reading a deflated one whole to pad it
+    happens in the worker.
+    """
+    if isinstance(source, Dataset):
+        return worker.run(_dataset_message, contexts, source, priority)
+    try:
+        header = part10.read_header(source)
+        context = _context_for_syntax(contexts, header.sop_class_uid, header.transfer_syntax)
+    except Exception:
+        return defer.fail()
+    if context.transfer_syntax == header.transfer_syntax and not header.data_set_length % 2:
+        data = FileData(Path(source), header.data_set_offset, header.data_set_length)
+        return defer.succeed(StoreMessage(context, _store_command(header, priority), data))
+    return worker.run(_file_message, context, Path(source), header, priority)
+
+
+def _store_command(header: part10.Part10Header, priority: int) -> Command:
+    return Command(
+        command_field=CommandField.C_STORE_RQ,
+        affected_sop_class_uid=header.sop_class_uid,
+        affected_sop_instance_uid=header.sop_instance_uid,
+        priority=priority,
+        command_data_set_type=DATA_SET_PRESENT,
+    )
+
+
+def _file_message(
+    context: AcceptedContext, path: Path, header: part10.Part10Header, priority: int
+) -> StoreMessage:
+    """Blocking: a file converted for ``context``, or a deflated one padded to even length."""
+    if context.transfer_syntax != header.transfer_syntax:
+        data = _reencoded(dcmread(path), header.transfer_syntax, context.transfer_syntax)
+    else:  # a deflated stream that ends on an odd byte
+        with path.open("rb") as file:
+            file.seek(header.data_set_offset)
+            data = even_length(file.read(header.data_set_length))
+    return StoreMessage(context, _store_command(header, priority), data)
+
+
+def _dataset_message(
+    contexts: Sequence[AcceptedContext], dataset: Dataset, priority: int
+) -> StoreMessage:
+    """Blocking: a Dataset encoded for a context; it is taken to be in its ``file_meta``'s
+    syntax (explicit VR little endian without one) and is not changed."""
+    meta = getattr(dataset, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", None) or uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    header = part10.Part10Header(
+        str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), syntax, 0, 0
+    )
+    context = _context_for_syntax(contexts, header.sop_class_uid, syntax)
+    data = _reencoded(dataset, syntax, context.transfer_syntax)
+    return StoreMessage(context, _store_command(header, priority), data)
+
+
+def _context_for_syntax(
+    contexts: Iterable[AcceptedContext], abstract_syntax: str, syntax: str
+) -> AcceptedContext:
+    """The context to send data in ``syntax`` on: the same syntax, or any uncompressed one."""
+    fallback = None
+    for context in contexts:
+        if context.abstract_syntax != abstract_syntax:
+            continue
+        if context.transfer_syntax == syntax:
+            return context
+        if not is_encapsulated(syntax) and not is_encapsulated(context.transfer_syntax):
+            fallback = fallback or context
+    if fallback is None:
+        raise NoAcceptedContext(
+            f"the peer accepted no presentation context for {abstract_syntax}"
+            f" in {syntax} or one it can be converted to"
+        )
+    return fallback
+
+
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+"""Bytes per value of the VRs whose values pydicom keeps as the bytes it read."""
+
+
+def _reencoded(dataset: Dataset, syntax: str, target: str) -> bytes:
+    """``dataset``, read in ``syntax``, encoded for ``target``; ``dataset`` itself is not changed.
+
+    pydicom writes OW, OF, OL, OD and OV values back as the bytes it read,
+    whatever the byte order asked for; between little and big endian, a
+    copy gets the bytes of each of their words reversed first.  UN values
+    (whose word size nobody knows) go as they are.
+    """
+    little_endian = syntax != uids.EXPLICIT_VR_BIG_ENDIAN
+    if little_endian != (target != uids.EXPLICIT_VR_BIG_ENDIAN):
+        dataset = copy.deepcopy(dataset)
+        correct_ambiguous_vr(dataset, little_endian)  # OB or OW, by Bits Allocated
+        for element in dataset.iterall():
+            size = _WORD_SIZES.get(element.VR)
+            if size and isinstance(element.value, bytes) and len(element.value) % size == 0:
+                element.value = _reverse_words(element.value, size)
+    return encode_dataset(dataset, target)
+
+
+def _reverse_words(value: bytes, size: int) -> bytes:
+    swapped = bytearray(len(value))
+    for offset in range(size):
+        swapped[offset::size] = value[size - 1 - offset :: size]
+    return bytes(swapped)
+
+
+# -- receiving --------------------------------------------------------------
+
+
+class Status(NamedTuple):
+    """A DIMSE status and its optional Error Comment."""
+
+    code: int
+    comment: str = ""
+
+
+_SUCCESS = Status(uids.Status.SUCCESS)
+
+
+class StoreReceiver:
+    """Receives C-STORE requests into ``incoming`` and asks ``handlers`` about each instance.
+
+    A data set is written as it arrives, so memory stays flat whatever its
+    size.  Once the last fragment is in, the handlers decide in turn; the
+    first failure ends the chain and is answered, otherwise the last warning
+    or success.  A file that no handler kept (`Kept`) is removed.
+    """
+
+    log = Logger()
+    operations = frozenset({CommandField.C_STORE_RQ})
+
+    def __init__(self, incoming: Path, handlers: Sequence[IStoreHandler]) -> None:
+        self.incoming = incoming
+        self.handlers = tuple(handlers)
+
+    def open_sink(
+        self, association: DimseAssociation, context: AcceptedContext, command: Command
+    ) -> DataSink:
+        if not (command.affected_sop_class_uid and command.affected_sop_instance_uid):
+            return DiscardSink()  # answered in handle(): there is nothing to name the file by
+        meta = file_meta(
+            command.affected_sop_class_uid,
+            command.affected_sop_instance_uid,
+            context.transfer_syntax,
+            association.peer_ae_title,
+        )
+        return IncomingFile(self.incoming, meta)
+
+    def handle(
+        self, association: DimseAssociation, request: Request
+    ) -> defer.Deferred[None] | None:
+        command = request.command
+        received: IncomingFile | None = request.data
+        if received is None:
+            status = Status(
+                uids.Status.CANNOT_UNDERSTAND, "C-STORE-RQ without Affected SOP Class/Instance UID"
+            )
+            return _respond(association, request, status)
+        if received.error is not None:
+            return _respond(association, request, _out_of_resources(received.error))
+        instance = ReceivedInstance(
+            calling_ae_title=association.calling_ae_title,
+            called_ae_title=association.called_ae_title,
+            peer_host=association.peer_host,
+            peer_port=association.peer_port,
+            sop_class_uid=command.affected_sop_class_uid or "",
+            sop_instance_uid=command.affected_sop_instance_uid or "",
+            transfer_syntax=request.context.transfer_syntax,
+            path=received.path,
+            size=received.size,
+        )
+        chain = _Chain(self.handlers, instance)
+        d = chain.run()
+        d.addCallback(lambda status: _respond(association, request, status))
+
+        def clean_up(result: object) -> object:
+            if not chain.kept:
+                with contextlib.suppress(FileNotFoundError):
+                    instance.path.unlink()
+            return result
+
+        return d.addBoth(clean_up)
+
+
+def _respond(association: DimseAssociation, request: Request, status: Status) -> None:
+    fields: dict[str, object] = {
+        "affected_sop_instance_uid": request.command.affected_sop_instance_uid
+    }
+    if status.comment:
+        fields["error_comment"] = error_comment(status.comment)
+    association.respond(request, status.code, **fields)
+
+
+class _Chain:
+    """Runs the store handlers in order; stops at the first failure.
+
+    Each handler is asked through `defer.maybeDeferred`; one that took the
+    file (`Kept`) passes the file's new path to those after it.
+    """
+
+    def __init__(self, handlers: Sequence[IStoreHandler], instance: ReceivedInstance) -> None:
+        self.handlers = iter(handlers)
+        self.instance = instance
+        self.kept = False
+        self.answer = _SUCCESS
+        self.done: defer.Deferred[Status] = defer.Deferred()
+
+    def run(self) -> defer.Deferred[Status]:
+        self._next()
+        return self.done
+
+    def _next(self) -> None:
+        for handler in self.handlers:
+            d = defer.maybeDeferred(handler.store, self.instance)
+            if not d.called:
+                d.addBoth(self._answered, handler)
+                return
+            if self._judge(_result_of(d), handler):
+                return
+        self.done.callback(self.answer)
+
+    def _answered(self, result: object, handler: IStoreHandler) -> None:
+        if not self._judge(result, handler):
+            self._next()
+
+    def _judge(self, result: object, handler: IStoreHandler) -> bool:
+        """Take one handler's answer; True when the chain ends here."""
+        if isinstance(result, Kept):
+            self.kept = True
+            self.instance = dataclasses.replace(self.instance, path=result.path)
+            result = result.status
+        try:
+            status = (
+                _status_for_failure(result, handler, self.instance)
+                if isinstance(result, Failure)
+                else _as_status(result)
+            )
+        except TypeError as error:
+            status = _status_for_failure(Failure(error), handler, self.instance)
+        category = uids.status_category(status.code)
+        if category == "failure":
+            self.done.callback(status)
+            return True
+        if category == "warning":
+            self.answer = status
+        return False
+
+
+def _result_of(d: defer.Deferred[object]) -> object:
+    """What an already fired Deferred holds, taken out of it (a Failure included)."""
+    outcome: list[object] = []
+    d.addBoth(outcome.append)
+    return outcome[0]
+
+
+def _as_status(result: object) -> Status:
+    if isinstance(result, Dataset):
+        if "Status" not in result:
+            raise TypeError("a store handler answered a Dataset without Status")
+        return Status(int(result.Status), str(result.get("ErrorComment", "")))
+    if isinstance(result, int) and not isinstance(result, bool) and 0 <= result <= 0xFFFF:
+        return _SUCCESS if result == 0 else Status(result)
+    raise TypeError(f"a store handler answered {result!r}, not a status")
+
+
+def _out_of_resources(error: OSError) -> Status:
+    reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror
+    return Status(uids.Status.OUT_OF_RESOURCES, f"cannot store: {reason}")
+
+
+def _status_for_failure(
+    failure: Failure, handler: IStoreHandler, instance: ReceivedInstance
+) -> Status:
+    StoreReceiver.log.failure(
+        "store handler {handler} failed on {sop_instance_uid}",
+        failure,
+        handler=type(handler).__name__,
+        sop_instance_uid=instance.sop_instance_uid,
+    )
+    if failure.check(OSError):
+        return _out_of_resources(failure.value)
+    return Status(uids.Status.CANNOT_UNDERSTAND, f"{type(handler).__name__}: {failure.value}")
+
+
+def storage_contexts(kinds: Iterable[tuple[str, str]]) -> tuple[PresentationContextRQ, ...]:
+    """One context for each (SOP class, transfer syntax) among the instances to send.
+
+    Each proposes the instances' own syntax first, so that they can go as
+    they are; an uncompressed syntax also offers the other uncompressed ones,
+    which `send_store` converts to when the peer prefers them (a compressed
+    one cannot be converted).
+    """
+    contexts = []
+    for index, (sop_class, syntax) in enumerate(dict.fromkeys(kinds)):
+        syntaxes = [syntax]
+        if not is_encapsulated(syntax):
+            syntaxes += [other for other in UNCOMPRESSED_SYNTAXES if other != syntax]
+        contexts.append(PresentationContextRQ(2 * index + 1, sop_class, tuple(syntaxes)))
+    return tuple(contexts)
+
+
+UNCOMPRESSED_SYNTAXES: Final = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+"""What a requestor proposes by default, best first: every SCP accepts the second."""

@@ -1,0 +1,96 @@
+"""The AEs a C-MOVE may send to: where they are, how to reach them, how many at once.
+
+The node's C-MOVE service asks for an association to a destination by AE
+title; this opens it (over TLS when the destination wants it, checking its
+certificate) and keeps a destination's ``max_associations``: moves beyond
+that wait their turn until an earlier association to it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTCP
+from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+
+from dicomd.scu.connect import associate
+from dicomd.scu.requestor import ClientSettings, Requestor
+from dicomd.ul.pdu import PresentationContextRQ
+
+
+class Destination(Protocol):
+    """A known AE, as the configuration describes it (``destinations:``)."""
+
+    ae_title: str
+    host: str
+    port: int
+    max_associations: int | None
+    tls: bool
+    ca_certificates: Path | None
+
+
+class KnownDestinations:
+    """The configured destinations of C-MOVE, reached with ``settings(ae_title)``."""
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        destinations: Mapping[str, Destination],
+        settings: Callable[[str], ClientSettings],
+    ) -> None:
+        self.reactor = reactor
+        self.destinations = destinations
+        self.settings = settings
+        self._turns = {
+            name: defer.DeferredSemaphore(destination.max_associations)
+            for name, destination in destinations.items()
+            if destination.max_associations
+        }
+
+    def __contains__(self, ae_title: object) -> bool:
+        return ae_title in self.destinations
+
+    def associate(
+        self, ae_title: str, contexts: Sequence[PresentationContextRQ]
+    ) -> defer.Deferred[Requestor]:
+        destination = self.destinations[ae_title]
+        turn = self._turns.get(ae_title)
+        if turn is None:
+            return self._open(destination, contexts)
+        d = turn.acquire().addCallback(lambda _: self._open(destination, contexts))
+
+        def hold_until_ended(association: Requestor) -> Requestor:
+            association.ended.addBoth(lambda _: turn.release())
+            return association
+
+        def give_back(failure: object) -> object:
+            turn.release()
+            return failure
+
+        return d.addCallbacks(hold_until_ended, give_back)
+
+    def _open(
+        self, destination: Destination, contexts: Sequence[PresentationContextRQ]
+    ) -> defer.Deferred[Requestor]:
+        return associate(
+            self.reactor,
+            destination.host,
+            destination.port,
+            self.settings(destination.ae_title),
+            contexts,
+            tls=_tls(destination),
+        )
+
+
+def _tls(destination: Destination) -> IOpenSSLClientConnectionCreator | None:
+    """Client TLS options for a destination that asks for TLS, checking its certificate."""
+    if not destination.tls:
+        return None
+    if destination.ca_certificates is None:
+        trust = platformTrust()
+    else:
+        trust = Certificate.loadPEM(destination.ca_certificates.read_bytes())
+    return optionsForClientTLS(destination.host, trustRoot=trust)
