@@ -31,6 +31,7 @@ from dicomd.dimse.storage import UNCOMPRESSED_SYNTAXES, StoreResult, storage_con
 from dicomd.scu.connect import associate, association_request, cfind, propose, retrieve_contexts
 from dicomd.scu.operations import FindFailed, FindResult, RetrieveProgress, RetrieveResult
 from dicomd.scu.requestor import ClientSettings, Requestor
+from dicomd.ul.pdu import PresentationContextRQ
 
 ClientAssociation = Requestor
 """The association `associate` fires with."""
@@ -48,6 +49,7 @@ __all__ = [
     "FindFailed",
     "FindResult",
     "NoAcceptedContext",
+    "PresentationContextRQ",
     "RetrieveProgress",
     "RetrieveResult",
     "StoreResult",

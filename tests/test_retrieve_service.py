@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
@@ -330,3 +332,101 @@ def test_client_get_of_data_sets_hands_each_file_to_the_callback(tmp_path: Path)
     assert (result.status, result.completed, result.warning) == (0xB000, 0, 1)
     (path,) = handed
     assert dcmread(path).PatientName == dcmread(CT).PatientName
+
+
+# -- the retrieve source's answers in every style ----------------------------------------------
+
+
+@implementer(IRetrieveSource)
+class Policy(Files):
+    """A retrieve source whose ``may_move`` answers directly, with a Deferred, or fails."""
+
+    def __init__(self, answer: object, *paths: Path) -> None:
+        super().__init__(*paths)
+        self.answer = answer
+
+    def may_move(self, query: FindQuery, destination: str) -> object:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+MAY_MOVE_ANSWERS = {
+    "False": (lambda: False, 0x0124),
+    "succeed(False)": (lambda: defer.succeed(False), 0x0124),
+    "fail": (lambda: defer.fail(ValueError("policy store down")), 0xA701),
+    "raise": (lambda: ValueError("policy store down"), 0xA701),
+}
+
+
+@pytest.mark.parametrize(("answer", "status"), MAY_MOVE_ANSWERS.values(), ids=MAY_MOVE_ANSWERS)
+def test_may_move_is_waited_for_in_every_style(answer: Callable[[], object], status: int) -> None:
+    source = Policy(answer(), CT)
+    peer = node(source, STORESCP=Destination("STORESCP", "127.0.0.1", 1))
+    get_association(peer)
+    move = retrieve_command(
+        CommandField.C_MOVE_RQ, uids.STUDY_ROOT_MOVE, move_destination="STORESCP"
+    )
+    peer.send_command(7, move, study_identifier())
+    ((final, _),) = peer.messages()
+    assert final.status == status
+    assert source.queries == []  # refused before the source was asked for instances
+
+
+def test_may_move_answering_true_later_lets_the_get_proceed() -> None:
+    later: defer.Deferred[bool] = defer.Deferred()
+    peer = node(Policy(later, CT))
+    get_association(peer)
+    peer.send_command(
+        1, retrieve_command(CommandField.C_GET_RQ, uids.STUDY_ROOT_GET), study_identifier()
+    )
+    assert peer.messages() == []  # still waiting for the policy
+    later.callback(True)
+    seen = run_get(peer)
+    final = [c for c, _ in seen if c.command_field == CommandField.C_GET_RSP][-1]
+    assert (final.status, final.number_of_completed_suboperations) == (0x0000, 1)
+
+
+# -- concurrent C-GETs on one association ---------------------------------------------------
+
+
+def test_concurrent_gets_keep_their_own_folder_and_callback(tmp_path: Path) -> None:
+    contexts = retrieve_contexts(uids.STUDY_ROOT_GET, [CT_IMAGE, MR_IMAGE])
+    pump, association = client_pair(Files(CT), (CT_IMAGE, MR_IMAGE), contexts)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = "1.2.3"
+    first_folder, second_folder = tmp_path / "first", tmp_path / "second"
+    first_folder.mkdir()
+    second_folder.mkdir()
+    handed: dict[str, list[Path]] = {"first": [], "second": []}
+
+    def to(name: str):
+        return lambda path: handed[name].append(path)
+
+    first = association.get(uids.STUDY_ROOT_GET, identifier, first_folder, on_instance=to("first"))
+    second = association.get(
+        uids.STUDY_ROOT_GET, identifier, second_folder, on_instance=to("second")
+    )
+    pump.flush()
+    assert [fired(first).completed, fired(second).completed] == [1, 1]
+    name = f"{read_header(CT).sop_instance_uid}.dcm"
+    assert handed == {"first": [first_folder / name], "second": [second_folder / name]}
+    assert [p.name for p in first_folder.iterdir()] == [name]
+    assert [p.name for p in second_folder.iterdir()] == [name]
+
+
+def test_a_get_callback_may_answer_with_a_deferred(tmp_path: Path) -> None:
+    contexts = retrieve_contexts(uids.STUDY_ROOT_GET, [CT_IMAGE])
+    pump, association = client_pair(Files(CT), (CT_IMAGE,), contexts)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = "1.2.3"
+    decided: defer.Deferred[int] = defer.Deferred()
+    got = association.get(uids.STUDY_ROOT_GET, identifier, tmp_path, on_instance=lambda _: decided)
+    pump.flush()
+    assert not got.called  # the C-STORE waits for the callback's answer
+    decided.callback(0xA700)
+    pump.flush()
+    result = fired(got)
+    assert (result.status, result.failed) == (0xA702, 1)

@@ -38,10 +38,10 @@ from dicomd.client import (
     ClientSettings,
     DimseTimeout,
     NoAcceptedContext,
+    PresentationContextRQ,
     associate,
 )
 from dicomd.describe import describe_abort, describe_rejection
-from dicomd.ul.pdu import PresentationContextRQ
 
 T = TypeVar("T")
 

@@ -40,12 +40,12 @@ from dicomd.client import (
     ClientAssociation,
     DimseTimeout,
     NoAcceptedContext,
+    PresentationContextRQ,
     StoreResult,
     storage_contexts,
 )
 from dicomd.describe import describe_status
 from dicomd.part10 import Part10Error, read_header
-from dicomd.ul.pdu import PresentationContextRQ
 
 COMMAND = "store"
 
