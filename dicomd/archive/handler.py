@@ -208,8 +208,8 @@ class ArchiveHandler(Service):
         self._writes: GroupCommit[Write] | None = None
         self._locks = KeyedLocks()
         self._in_flight = InFlight()
-        self._last_needed_tag = max(
-            Tag(keyword) for keyword in (*INDEXED_KEYWORDS, *self.layout.keywords())
+        self._last_needed_tag = int(
+            max(Tag(keyword) for keyword in (*INDEXED_KEYWORDS, *self.layout.keywords()))
         )
 
     # -- the Twisted service ----------------------------------------------------------------
@@ -343,8 +343,17 @@ class ArchiveHandler(Service):
         return answer
 
     async def _file(self, instance: ReceivedInstance, steps: _Steps) -> int | Dataset | Kept:
-        """Read and check, then under the locks of its UID and path: move, index, answer."""
-        checked = await steps.blocking(self._check, instance)
+        """Read and check, then under the locks of its UID and path: move, index, answer.
+
+        The received file is flushed while it is read: the disk works while
+        the parser holds the CPU.
+        """
+        reading = steps.blocking(self._check, instance)
+        flushing = steps.blocking(_fsync, instance.path)
+        try:
+            checked = await reading
+        finally:
+            await flushing
         if not isinstance(checked, InstanceRecord):
             return checked
         release = await self._locks.hold(f"uid:{checked.SOPInstanceUID}", f"path:{checked.path}")
@@ -405,13 +414,15 @@ class ArchiveHandler(Service):
             return read_dataset(file, implicit, little_endian, stop_when=self._past_what_is_needed)
 
     def _past_what_is_needed(self, tag: BaseTag, vr: str | None, length: int) -> bool:
-        return tag > self._last_needed_tag
+        # as plain numbers: a Tag compares through Python code, and this runs for each element
+        return int.__gt__(tag, self._last_needed_tag)
 
     def _move_in(self, instance: ReceivedInstance, record: InstanceRecord) -> _Placed | Dataset:
         """Blocking, under the locks of its UID and path: apply the duplicate policy, move.
 
-        The copy it replaces (``overwrite`` to another layout path) stays
-        until the new row is committed.
+        The received file is already flushed.  The copy it replaces
+        (``overwrite`` to another layout path) stays until the new row is
+        committed.
         """
         uid, relative = record.SOPInstanceUID, record.path
         existing = self.index.lookup(uid)
@@ -439,8 +450,7 @@ class ArchiveHandler(Service):
         return _Placed(target, replaced)
 
     def _place(self, received: Path, target: Path) -> None:
-        """Move the received file to ``target``, durably."""
-        _fsync(received)
+        """Move the received file, already flushed, to ``target`` durably."""
         self._make_folders(target.parent)
         try:
             os.replace(received, target)
