@@ -5,23 +5,25 @@ wrong with it, because that single line is all an operator sees when
 ``twistd`` refuses to start: a traceback would bury the one fact they need.
 A key that is left out takes its default, so a site file only says what
 differs; ``conf/scp.yaml`` documents every key and holds exactly these defaults.
+
+Reading a configuration has no effect beyond reading: no plugin module is
+imported or called and no reactor is installed.  ``dicomd.app`` builds the
+plugins and the node from a checked ``Config``.
 """
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import math
 import re
 import reprlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 import yaml
-from zope.interface.interface import InterfaceClass
 
 from dicomd.uids import ALL_TRANSFER_SYNTAXES
 
@@ -127,14 +129,14 @@ class Destination:
 
 @dataclass(frozen=True, slots=True)
 class Plugin:
-    """A plugin as configured (``path``, ``options``) and as built (``instance``).
+    """A plugin as the file names it: the dotted name of a callable and its keyword arguments.
 
-    Two plugins are equal when configured alike, whatever objects they built.
+    ``path`` is already resolved from a built-in short name (``archive``,
+    ``print``); nothing is imported until ``dicomd.app.build_plugins``.
     """
 
     path: str
     options: Mapping[str, Any]
-    instance: object = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +151,6 @@ class Config:
     store: Store
     destinations: Mapping[str, Destination]
     plugins: tuple[Plugin, ...]
-
-    def plugins_providing(self, interface: InterfaceClass) -> list[object]:
-        """The plugin instances that provide ``interface``, in configuration order."""
-        return [plugin.instance for plugin in self.plugins if interface.providedBy(plugin.instance)]
 
 
 def default_config() -> Config:
@@ -182,19 +180,19 @@ def load_config(path: str | Path | None) -> Config:
     except yaml.YAMLError as error:
         raise ConfigError(name, _describe_yaml_error(error)) from None
     except Exception as error:  # PyYAML's constructors also raise ValueError, RecursionError...
-        raise ConfigError(name, f"YAML error: {_describe(error)}") from None
+        raise ConfigError(name, f"YAML error: {describe_error(error)}") from None
     if document is None:
         document = {}
     if not isinstance(document, Mapping):
-        raise ConfigError(name, f"expected a mapping of settings, got {_show(document)}")
+        raise ConfigError(name, f"expected a mapping of settings, got {short_repr(document)}")
     return parse_config(document)
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
     """Check already-parsed settings (keys left out take their defaults) and build a ``Config``.
 
-    Plugins are imported and built last, so that a mistake elsewhere in the
-    file is reported without running any plugin code.
+    Plugin entries are checked for their shape only: their modules are
+    neither imported nor called here.
     """
     settings = _with_defaults(data, "", _DEFAULTS)
     storage = _with_defaults(settings["storage"], "storage", _DEFAULTS["storage"])
@@ -233,7 +231,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         ),
         destinations=_destinations(settings["destinations"], "destinations"),
         plugins=tuple(
-            _plugin(entry, f"plugins[{index}]", storage_path)
+            _plugin(entry, f"plugins[{index}]")
             for index, entry in enumerate(_list(settings["plugins"], "plugins"))
         ),
     )
@@ -269,7 +267,7 @@ def _describe_yaml_error(error: yaml.YAMLError) -> str:
 def _with_defaults(value: object, key: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The mapping at ``key`` with every missing entry taken from ``defaults``."""
     if not isinstance(value, Mapping):
-        raise ConfigError(key or "(top level)", f"expected a mapping, got {_show(value)}")
+        raise ConfigError(key or "(top level)", f"expected a mapping, got {short_repr(value)}")
     for name in value:
         if name not in defaults:
             raise ConfigError(
@@ -291,17 +289,24 @@ def _ae_title(value: object, key: str) -> str:
     return text.strip(" ")
 
 
+class _UnusedReactor:
+    """Stands in for a reactor while a listen description is parsed: the endpoint only keeps it.
+
+    Parsing with the global reactor would import, and so install, one:
+    a library that merely reads a configuration must not choose its reactor.
+    """
+
+
 def _server_endpoint(value: object, key: str) -> str:
     """A description Twisted can turn into a server endpoint; it is parsed, never bound."""
-    from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
 
     description = _text(value, key)
     try:
-        serverFromString(reactor, description)
+        serverFromString(_UnusedReactor(), description)
     except Exception as error:  # any failure of Twisted's parsers means "unusable here"
         raise ConfigError(
-            key, f"{description!r} is not a Twisted server endpoint: {_describe(error)}"
+            key, f"{description!r} is not a Twisted server endpoint: {describe_error(error)}"
         ) from None
     return description
 
@@ -351,7 +356,7 @@ def _certificates(value: object, key: str) -> Path | None:
 def _destinations(value: object, key: str) -> Mapping[str, Destination]:
     """AE title -> {host, port, max_associations, tls, ca_certificates}: where C-MOVE may send."""
     if not isinstance(value, Mapping):
-        raise ConfigError(key, f"expected a mapping of AE titles, got {_show(value)}")
+        raise ConfigError(key, f"expected a mapping of AE titles, got {short_repr(value)}")
     destinations: dict[str, Destination] = {}
     for name, entry in value.items():
         entry_key = _join(key, name)
@@ -390,37 +395,21 @@ def _destinations(value: object, key: str) -> Mapping[str, Destination]:
     return MappingProxyType(destinations)
 
 
-def _plugin(value: object, key: str, storage_path: Path) -> Plugin:
-    """Import ``plugin``, call it with ``options`` as keyword arguments and check what it made.
+def _plugin(value: object, key: str) -> Plugin:
+    """``plugin`` (a dotted name or a built-in's short name) and ``options`` (keyword arguments).
 
-    The built-in store handlers go by their short names; ``archive`` keeps
-    its files under ``storage.path`` unless its options say otherwise.
+    Only the shape is checked; ``dicomd.app.build_plugins`` imports and calls it.
     """
-    from dicomd.interfaces import PLUGIN_INTERFACES
-
     entry = _with_defaults(value, key, {"plugin": None, "options": {}})
     options = entry["options"]
     if not isinstance(options, Mapping):
-        raise ConfigError(f"{key}.options", f"expected a mapping, got {_show(options)}")
+        raise ConfigError(f"{key}.options", f"expected a mapping, got {short_repr(options)}")
     for name in options:
         if not (isinstance(name, str) and name.isidentifier()):
             raise ConfigError(f"{key}.options", f"{name!r} cannot be a keyword argument")
-    if entry["plugin"] == "archive":
-        options = {"path": str(storage_path), **options}
-    path = BUILTIN_PLUGINS.get(entry["plugin"]) or _factory_path(entry["plugin"], f"{key}.plugin")
-    factory = _import_factory(path, f"{key}.plugin")
-    try:
-        instance = factory(**options)
-    except Exception as error:
-        raise ConfigError(
-            f"{key}.options", f"{path}(**options) failed: {_describe(error)}"
-        ) from None
-    if not any(interface.providedBy(instance) for interface in PLUGIN_INTERFACES):
-        names = ", ".join(interface.__name__ for interface in PLUGIN_INTERFACES)
-        raise ConfigError(
-            f"{key}.plugin", f"{path}(**options) made an object that provides none of: {names}"
-        )
-    return Plugin(path, MappingProxyType(dict(options)), instance)
+    name = entry["plugin"]
+    path = BUILTIN_PLUGINS.get(name) if isinstance(name, str) else None
+    return Plugin(path or _factory_path(name, f"{key}.plugin"), MappingProxyType(dict(options)))
 
 
 def _factory_path(value: object, key: str) -> str:
@@ -432,24 +421,9 @@ def _factory_path(value: object, key: str) -> str:
     return path
 
 
-def _import_factory(path: str, key: str) -> Any:
-    module_name, _, attribute = path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # a plugin module may fail to import in any way
-        raise ConfigError(key, f"cannot import {module_name}: {_describe(error)}") from None
-    try:
-        factory = getattr(module, attribute)
-    except AttributeError:
-        raise ConfigError(key, f"module {module_name} has no attribute {attribute!r}") from None
-    if not callable(factory):
-        raise ConfigError(key, f"{path} is not callable, got {_show(factory)}")
-    return factory
-
-
 def _text(value: object, key: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(key, f"expected a string, got {_show(value)}")
+        raise ConfigError(key, f"expected a string, got {short_repr(value)}")
     if not value:
         raise ConfigError(key, "cannot be empty")
     return value
@@ -457,7 +431,7 @@ def _text(value: object, key: str) -> str:
 
 def _integer(value: object, key: str, bounds: tuple[int, int]) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"expected an integer, got {_show(value)}")
+        raise ConfigError(key, f"expected an integer, got {short_repr(value)}")
     low, high = bounds
     if not low <= value <= high:
         raise ConfigError(key, f"must be from {low} to {high}, got {value}")
@@ -466,25 +440,27 @@ def _integer(value: object, key: str, bounds: tuple[int, int]) -> int:
 
 def _seconds(value: object, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(key, f"expected a number of seconds, got {_show(value)}")
+        raise ConfigError(key, f"expected a number of seconds, got {short_repr(value)}")
     try:
         seconds = float(value)
     except OverflowError:
         seconds = math.inf
     if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(key, f"must be a finite number of seconds above 0, got {_show(value)}")
+        raise ConfigError(
+            key, f"must be a finite number of seconds above 0, got {short_repr(value)}"
+        )
     return seconds
 
 
 def _boolean(value: object, key: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(key, f"expected true or false, got {_show(value)}")
+        raise ConfigError(key, f"expected true or false, got {short_repr(value)}")
     return value
 
 
 def _list(value: object, key: str) -> Sequence[object]:
     if not isinstance(value, list | tuple):
-        raise ConfigError(key, f"expected a list, got {_show(value)}")
+        raise ConfigError(key, f"expected a list, got {short_repr(value)}")
     return value
 
 
@@ -492,11 +468,13 @@ def _join(key: str, name: object) -> str:
     return f"{key}.{name}" if key else str(name)
 
 
-def _show(value: object) -> str:
+def short_repr(value: object) -> str:
+    """``repr(value)``, cut short enough for a one-line message."""
     return _short_repr.repr(value)
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """``"TypeName: message"``, or the type's name alone when the message is empty."""
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 

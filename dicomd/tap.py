@@ -8,16 +8,14 @@ not catch ``SystemExit``, so that line is the whole output: no traceback.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
-from twisted.internet import endpoints
+from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from dicomd.config import Config, ConfigError, load_config
-from dicomd.node.factory import DicomServerFactory
+from dicomd import app
+from dicomd.config import ConfigError, load_config
 
 
 class Options(usage.Options):
@@ -34,7 +32,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: object | None = None) -> MultiService:
-    """Load the configuration, prepare the storage folder and build the listening service.
+    """Load the configuration, prepare the storage folder, build the plugins and the service tree.
 
     ``reactor`` (``IReactorTime`` and ``IReactorTCP``) defaults to the global one.
     """
@@ -42,18 +40,12 @@ def makeService(options: Options, reactor: object | None = None) -> MultiService
         from twisted.internet import reactor
     try:
         config = load_config(options["config"])
-        _create_storage(config.storage_path)
+        app.prepare_storage(config)
+        plugins = app.build_plugins(config)
     except ConfigError as error:
         sys.stderr.write(f"dicomd: {error}\n")
         raise SystemExit(1) from None
-    return _service_tree(config, reactor)
-
-
-def _create_storage(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError("storage.path", f"cannot create {path}: {error.strerror}") from None
+    return app.service_tree(config, plugins, reactor, listener=_Listener)
 
 
 class _Listener(StreamServerEndpointService):
@@ -69,15 +61,3 @@ class _Listener(StreamServerEndpointService):
             reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
             sys.stderr.write(f"dicomd: listen: cannot listen on {where}: {reason}\n")
             raise SystemExit(1) from None
-
-
-def _service_tree(config: Config, reactor: object) -> MultiService:
-    """Plugins that are services (the archive opens its index) start before the listener."""
-    root = MultiService()
-    for plugin in config.plugins_providing(IService):
-        plugin.setServiceParent(root)  # type: ignore[attr-defined]
-    endpoint = endpoints.serverFromString(reactor, config.listen)
-    listener = _Listener(endpoint, DicomServerFactory(config, reactor=reactor))
-    listener.setName("dicom")
-    listener.setServiceParent(root)
-    return root

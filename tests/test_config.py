@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zope.interface import Interface
 
-from dicomd.archive import ArchiveHandler
+from dicomd.app import build_plugins, providing
+from dicomd.archive import ArchiveHandler, PrintHandler
 from dicomd.config import _DEFAULTS as EMBEDDED_DEFAULTS
 from dicomd.config import (
     Access,
@@ -91,9 +92,8 @@ def test_default_config_has_the_documented_values() -> None:
         access=Access(check_called_ae=True, calling_aes=()),
         store=Store(accept_unknown_sop_classes=False),
         destinations={},
-        plugins=(Plugin("dicomd.archive.ArchiveHandler", {"path": "var/archive"}, None),),
+        plugins=(Plugin("dicomd.archive.ArchiveHandler", {}),),
     )
-    assert isinstance(default_config().plugins[0].instance, ArchiveHandler)
 
 
 def test_no_file_means_the_defaults() -> None:
@@ -193,6 +193,27 @@ def test_listen_is_parsed_but_not_bound() -> None:
     first = parse_config({"listen": "tcp:11112:interface=127.0.0.1"})
     second = parse_config({"listen": "tcp:11112:interface=127.0.0.1"})
     assert first.listen == second.listen
+
+
+def test_loading_a_config_neither_needs_nor_installs_the_global_reactor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As if no reactor were installed yet: reading must leave the choice to the program."""
+    import twisted.internet
+
+    monkeypatch.delitem(sys.modules, "twisted.internet.reactor", raising=False)
+    monkeypatch.delattr(twisted.internet, "reactor", raising=False)
+
+    config = load_config(EXAMPLE_FILE)
+    assert (
+        parse_config({"listen": "tcp6:104:interface=\\:\\:1"}).listen
+        == "tcp6:104:interface=\\:\\:1"
+    )
+    assert error_of({"listen": "tcp:abc"}).key == "listen"
+
+    assert config == default_config()
+    assert "twisted.internet.reactor" not in sys.modules
+    assert not hasattr(twisted.internet, "reactor")
 
 
 def test_timeouts_take_fractions_and_are_floats() -> None:
@@ -605,36 +626,70 @@ VALIDATOR_SOURCE = """
 
 
 def plugins_error_of(entries: list[dict[str, Any]]) -> ConfigError:
-    return error_of({"plugins": entries})
+    """The error of building plugins that the configuration itself accepts."""
+    config = parse_config({"plugins": entries})
+    with pytest.raises(ConfigError) as caught:
+        build_plugins(config)
+    return caught.value
 
 
-def test_plugin_is_built_with_its_options(plugin_module) -> None:
+def test_plugin_entry_is_kept_as_written_and_built_with_its_options(plugin_module) -> None:
     module = plugin_module(VALIDATOR_SOURCE)
     config = parse_config(
         {"plugins": [{"plugin": f"{module}.OfficeHours", "options": {"opens": 8, "closes": 18}}]}
     )
-    (plugin,) = config.plugins
-    assert plugin.path == f"{module}.OfficeHours"
-    assert dict(plugin.options) == {"opens": 8, "closes": 18}
-    assert plugin.instance.hours == (8, 18)
-    assert config.plugins_providing(IAssociationValidator) == [plugin.instance]
+    assert config.plugins == (Plugin(f"{module}.OfficeHours", {"opens": 8, "closes": 18}),)
+    assert module not in sys.modules
+    (instance,) = build_plugins(config)
+    assert instance.hours == (8, 18)
+    assert providing([instance], IAssociationValidator) == [instance]
 
 
 def test_plugin_options_default_to_none_and_cannot_be_changed(plugin_module) -> None:
     module = plugin_module(VALIDATOR_SOURCE)
-    (plugin,) = parse_config({"plugins": [{"plugin": f"{module}.OfficeHours"}]}).plugins
-    assert plugin.instance.hours == (7, 19)
+    config = parse_config({"plugins": [{"plugin": f"{module}.OfficeHours"}]})
+    (plugin,) = config.plugins
+    (instance,) = build_plugins(config)
+    assert dict(plugin.options) == {}
+    assert instance.hours == (7, 19)
     with pytest.raises(TypeError):
         plugin.options["opens"] = 1  # type: ignore[index]
 
 
 def test_plugin_may_be_any_callable(plugin_module) -> None:
     module = plugin_module(VALIDATOR_SOURCE)
-    (plugin,) = parse_config({"plugins": [{"plugin": f"{module}.office_hours_factory"}]}).plugins
-    assert IAssociationValidator.providedBy(plugin.instance)
+    config = parse_config({"plugins": [{"plugin": f"{module}.office_hours_factory"}]})
+    (instance,) = build_plugins(config)
+    assert IAssociationValidator.providedBy(instance)
 
 
-def test_plugins_providing_filters_by_interface_and_keeps_order(plugin_module) -> None:
+def test_built_in_short_names_are_resolved_and_the_archive_lives_under_storage_path(
+    tmp_path: Path,
+) -> None:
+    config = parse_config(
+        {
+            "storage": {"path": str(tmp_path / "archive")},
+            "plugins": [
+                {"plugin": "archive"},
+                {"plugin": "dicomd.archive.ArchiveHandler", "options": {"path": str(tmp_path)}},
+                {"plugin": "print"},
+            ],
+        }
+    )
+    assert [plugin.path for plugin in config.plugins] == [
+        "dicomd.archive.ArchiveHandler",
+        "dicomd.archive.ArchiveHandler",
+        "dicomd.archive.PrintHandler",
+    ]
+    assert [dict(plugin.options) for plugin in config.plugins] == [{}, {"path": str(tmp_path)}, {}]
+    first, second, printer = build_plugins(config)
+    assert isinstance(first, ArchiveHandler)
+    assert first.path == tmp_path / "archive"
+    assert second.path == tmp_path
+    assert isinstance(printer, PrintHandler)
+
+
+def test_providing_filters_by_interface_and_keeps_order(plugin_module) -> None:
     module = plugin_module(VALIDATOR_SOURCE)
     config = parse_config(
         {
@@ -644,12 +699,13 @@ def test_plugins_providing_filters_by_interface_and_keeps_order(plugin_module) -
             ]
         }
     )
+    plugins = build_plugins(config)
 
     class IUnrelated(Interface):
         """An interface no plugin provides."""
 
-    assert [p.hours[0] for p in config.plugins_providing(IAssociationValidator)] == [1, 2]
-    assert config.plugins_providing(IUnrelated) == []
+    assert [p.hours[0] for p in providing(plugins, IAssociationValidator)] == [1, 2]
+    assert providing(plugins, IUnrelated) == []
 
 
 def test_plugin_module_that_does_not_exist() -> None:
@@ -706,14 +762,17 @@ def test_plugin_that_provides_no_dicomd_interface(plugin_module) -> None:
     )
 
 
-def test_plugins_are_not_imported_when_other_settings_are_wrong(
-    plugin_module, tmp_path: Path
-) -> None:
+def test_reading_a_config_never_imports_a_plugin(plugin_module, tmp_path: Path) -> None:
     marker = tmp_path / "imported"
     module = plugin_module(f"open({str(marker)!r}, 'w').close()\n")
     error = error_of({"limits": {"max_associations": 0}, "plugins": [{"plugin": f"{module}.X"}]})
     assert error.key == "limits.max_associations"
+    config = parse_config({"plugins": [{"plugin": f"{module}.X"}]})
     assert not marker.exists()
+    assert module not in sys.modules
+    with pytest.raises(ConfigError):
+        build_plugins(config)
+    assert marker.exists()
 
 
 def test_destinations_are_known_aes_with_host_and_port() -> None:

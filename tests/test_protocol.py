@@ -14,10 +14,10 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from dicomd import uids
-from dicomd.config import CallingAE, Config, Plugin, default_config
+from dicomd.app import node_factory
+from dicomd.config import CallingAE, Config, default_config
 from dicomd.dimse.command import Command, CommandField
 from dicomd.interfaces import ACCEPT, IAssociationValidator, Rejection
-from dicomd.node.factory import DicomServerFactory
 from dicomd.ul.fsm import State
 from dicomd.ul.pdu import (
     AAbort,
@@ -78,7 +78,7 @@ def test_tcp_nodelay_is_set() -> None:
     transport = StringTransport()
     nodelay: list[bool] = []
     transport.setTcpNoDelay = nodelay.append  # type: ignore[method-assign]
-    factory = DicomServerFactory(bare_config(), reactor=Clock())
+    factory = node_factory(bare_config(), clock=Clock())
     factory.buildProtocol(None).makeConnection(transport)
     assert nodelay == [True]
 
@@ -161,13 +161,13 @@ class Answering:
         return self.answer
 
 
-def with_validator(validator: object) -> Config:
-    return configured(plugins=(Plugin("tests.validator", {}, validator),))
+def peer_with_validator(validator: object) -> Peer:
+    return Peer(configured(), plugins=(validator,))
 
 
 def test_plugin_validator_sees_the_request_and_may_reject() -> None:
     validator = Answering(Rejection(1, 1, 3))
-    peer = Peer(with_validator(validator))
+    peer = peer_with_validator(validator)
     peer.send(request(user_identity_rq=UserIdentityRQ(1, False, b"alice")).encode())
     assert peer.received() == [AAssociateRJ(1, 1, 3)]
     (seen,) = validator.seen
@@ -181,14 +181,14 @@ def test_plugin_validator_sees_the_request_and_may_reject() -> None:
 
 
 def test_a_raising_validator_rejects_with_no_reason_and_the_node_goes_on() -> None:
-    peer = Peer(with_validator(Answering(RuntimeError("boom"))))
+    peer = peer_with_validator(Answering(RuntimeError("boom")))
     peer.send(request().encode())
     assert peer.received() == [AAssociateRJ(1, 1, 1)]
 
 
 def test_a_validator_may_answer_later() -> None:
     later: defer.Deferred[object] = defer.Deferred()
-    peer = Peer(with_validator(Answering(later)))
+    peer = peer_with_validator(Answering(later))
     peer.send(request().encode())
     assert peer.received() == []
     assert peer.protocol.machine.state is State.STA3

@@ -16,9 +16,11 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.testing import MemoryReactorClock
 
+from dicomd.archive import ArchiveHandler
 from dicomd.config import default_config
+from dicomd.lag import LagMonitor
 from dicomd.node.factory import DicomServerFactory
-from dicomd.tap import Options, makeService
+from dicomd.tap import Options, _Listener, makeService
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BAD_LINE = "dicomd: limits.max_pdu_length: expected an integer, got 'abc'"
@@ -79,8 +81,8 @@ def test_make_service_builds_the_dicom_listener(tmp_path: Path) -> None:
     listener = IServiceCollection(root).getServiceNamed("dicom")
     assert isinstance(listener, StreamServerEndpointService)
     assert isinstance(listener.factory, DicomServerFactory)
-    assert listener.factory.config.ae_title == "STORE"
-    assert listener.factory.reactor is reactor
+    assert listener.factory.settings.ae_title == "STORE"
+    assert listener.factory.clock is reactor
     assert storage.is_dir()
 
     root.startService()
@@ -96,9 +98,28 @@ def test_make_service_without_a_file_uses_the_defaults(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     root = makeService(options(), reactor=MemoryReactorClock())
+    defaults = default_config()
     listener = IServiceCollection(root).getServiceNamed("dicom")
-    assert listener.factory.config == default_config()
+    factory = listener.factory
+    assert (factory.settings.ae_title, factory.settings.max_pdu_length) == (
+        defaults.ae_title,
+        defaults.limits.max_pdu_length,
+    )
+    assert (factory.artim_timeout, factory.idle_timeout) == (
+        defaults.timeouts.artim,
+        defaults.timeouts.network_idle,
+    )
     assert (tmp_path / "var" / "archive").is_dir()
+
+
+def test_plugins_that_are_services_start_before_the_listener(tmp_path: Path) -> None:
+    path = write(tmp_path / "site.yaml", f"storage: {{path: {tmp_path / 'archive'}}}\n")
+    root = makeService(options("-c", str(path)), reactor=MemoryReactorClock())
+    monitor, archive, listener = list(IServiceCollection(root))
+    assert isinstance(monitor, LagMonitor)
+    assert isinstance(archive, ArchiveHandler)
+    assert archive.path == tmp_path / "archive"
+    assert isinstance(listener, _Listener)
 
 
 def test_bad_config_is_one_line_on_stderr_and_exit_status_1(
@@ -120,6 +141,23 @@ def test_storage_that_cannot_be_created_is_a_config_error(
         makeService(options("-c", str(path)), reactor=MemoryReactorClock())
     assert capsys.readouterr().err == (
         f"dicomd: storage.path: cannot create {blocker / 'archive'}: Not a directory\n"
+    )
+
+
+def test_plugin_that_cannot_be_built_is_one_line_on_stderr_and_exit_status_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path / "site.yaml",
+        f"storage: {{path: {tmp_path}}}\nplugins:\n  - plugin: dicomd_no_such_module.Thing\n",
+    )
+    with pytest.raises(SystemExit) as exit_:
+        makeService(options("-c", str(path)), reactor=MemoryReactorClock())
+    assert exit_.value.code == 1
+    assert capsys.readouterr() == (
+        "",
+        "dicomd: plugins[0].plugin: cannot import dicomd_no_such_module: "
+        "ModuleNotFoundError: No module named 'dicomd_no_such_module'\n",
     )
 
 

@@ -10,10 +10,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from dicomd import uids
+from dicomd.app import node_factory
 from dicomd.config import Config, default_config
 from dicomd.dimse.command import Command
 from dicomd.dimse.messages import MessageAssembler, fragment
-from dicomd.node.factory import DicomServerFactory
 from dicomd.ul.pdu import (
     AAssociateAC,
     AAssociateRQ,
@@ -46,9 +46,14 @@ def bare_config(**changes: object) -> Config:
 class Peer:
     """One connection to a node, seen from the wire."""
 
-    def __init__(self, config: Config | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        host: str = "127.0.0.1",
+        plugins: tuple[object, ...] = (),
+    ) -> None:
         self.clock = Clock()
-        self.factory = DicomServerFactory(config or bare_config(), reactor=self.clock)
+        self.factory = node_factory(config or bare_config(), plugins, clock=self.clock)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
         self.protocol = self.factory.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)

@@ -1,12 +1,12 @@
-"""The built-in association validator: the ``access:`` rules of the configuration."""
+"""The built-in association validator: the called AE title and an allow-list of calling AEs."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 
 from zope.interface import implementer
 
-from dicomd.config import Access
 from dicomd.interfaces import (
     ACCEPT,
     REJECT_CALLED_AE,
@@ -26,16 +26,23 @@ class AccessValidator:
     the daemon starts, so that no association waits on DNS.
     """
 
-    def __init__(self, ae_title: str, access: Access) -> None:
+    def __init__(
+        self,
+        ae_title: str,
+        *,
+        check_called_ae: bool = True,
+        calling_aes: Iterable[tuple[str, str | None]] = (),
+    ) -> None:
+        """``calling_aes``: ``(AE title, host or None)`` pairs; empty lets every calling AE in."""
         self.ae_title = ae_title
-        self.check_called_ae = access.check_called_ae
+        self.check_called_ae = check_called_ae
         self.allowed: dict[str, set[str] | None] = {}
-        for entry in access.calling_aes:
-            hosts = self.allowed.setdefault(entry.ae_title, set())
-            if entry.host is None or hosts is None:
-                self.allowed[entry.ae_title] = None
+        for calling_ae_title, host in calling_aes:
+            hosts = self.allowed.setdefault(calling_ae_title, set())
+            if host is None or hosts is None:
+                self.allowed[calling_ae_title] = None
             else:
-                hosts.update(_addresses(entry.host))
+                hosts.update(_addresses(host))
 
     def validate(self, request: AssociationRequest) -> Accept | Rejection:
         if self.check_called_ae and request.called_ae_title != self.ae_title:

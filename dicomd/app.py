@@ -1,0 +1,196 @@
+"""The wiring: from a checked ``Config`` to plugins, services, the node's factory, the service tree.
+
+``dicomd.config`` only reads and checks; everything that imports plugin code,
+opens files or needs a reactor starts here.  A program that embeds dicomd
+calls these functions with its own reactor (and, in tests, a
+``twisted.internet.task.Clock``), and may hand ``node_factory`` plugin
+objects it built itself instead of the ones a file names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IReactorTime
+from zope.interface.interface import InterfaceClass
+
+from dicomd.client import ClientSettings
+from dicomd.config import BUILTIN_PLUGINS, Config, ConfigError, describe_error, short_repr
+from dicomd.dimse.work import worker_for
+from dicomd.interfaces import (
+    PLUGIN_INTERFACES,
+    IAssociationValidator,
+    IFindHandler,
+    IRetrieveSource,
+    IStoreHandler,
+)
+from dicomd.lag import LagMonitor
+from dicomd.node.acceptor import AcceptorSettings
+from dicomd.node.factory import DicomServerFactory
+from dicomd.node.registry import ServiceRegistry
+from dicomd.node.services.echo import VerificationService
+from dicomd.node.services.find import FindService
+from dicomd.node.services.retrieve import GetService, MoveService
+from dicomd.node.services.store import StorageService
+from dicomd.node.validation import AccessValidator
+from dicomd.scu.destinations import KnownDestinations
+
+_Listener = TypeVar("_Listener", bound=StreamServerEndpointService)
+
+
+def build_plugins(config: Config) -> tuple[object, ...]:
+    """Import each configured plugin, call it with its options and check what it made.
+
+    The archive keeps its files under ``storage.path`` unless its options
+    name another ``path``.  Raises ``ConfigError`` naming the plugin entry
+    (``plugins[<n>].plugin`` or ``plugins[<n>].options``) and nothing else.
+    """
+    return tuple(
+        _build_plugin(plugin.path, plugin.options, f"plugins[{index}]", config.storage_path)
+        for index, plugin in enumerate(config.plugins)
+    )
+
+
+def node_factory(
+    config: Config, plugins: Sequence[object] = (), *, clock: IReactorTime
+) -> DicomServerFactory:
+    """The node's Twisted factory, serving what ``plugins`` provide (in their order).
+
+    ``clock`` is the reactor: its time for every timer, and ``IReactorTCP``
+    for the associations C-MOVE opens to its destinations.
+    """
+    access = config.access
+    settings = AcceptorSettings(
+        ae_title=config.ae_title,
+        max_pdu_length=config.limits.max_pdu_length,
+        dimse_timeout=config.timeouts.dimse,
+        validators=(
+            AccessValidator(
+                config.ae_title,
+                check_called_ae=access.check_called_ae,
+                calling_aes=[(entry.ae_title, entry.host) for entry in access.calling_aes],
+            ),
+            *providing(plugins, IAssociationValidator),
+        ),
+        services=services(config, plugins, clock),
+        worker=worker_for(clock),
+    )
+    return DicomServerFactory(
+        settings,
+        clock,
+        max_associations=config.limits.max_associations,
+        artim_timeout=config.timeouts.artim,
+        idle_timeout=config.timeouts.network_idle,
+    )
+
+
+def service_tree(
+    config: Config,
+    plugins: Sequence[object],
+    reactor: Any,
+    listener: Callable[..., _Listener] = StreamServerEndpointService,
+) -> MultiService:
+    """The node as a service: plugins that are services (the archive opens its index) start
+    before the listener, which is named ``dicom``; a `LagMonitor` reports reactor stalls.
+
+    ``listener`` makes the listening service from the endpoint and the factory.
+    """
+    root = MultiService()
+    LagMonitor(reactor).setServiceParent(root)
+    for plugin in providing(plugins, IService):
+        plugin.setServiceParent(root)  # type: ignore[attr-defined]
+    endpoint = endpoints.serverFromString(reactor, config.listen)
+    service = listener(endpoint, node_factory(config, plugins, clock=reactor))
+    service.setName("dicom")
+    service.setServiceParent(root)
+    return root
+
+
+def prepare_storage(config: Config) -> None:
+    """Create ``storage.path`` if it is missing; one that cannot be had is a ``ConfigError``."""
+    path = config.storage_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError("storage.path", f"cannot create {path}: {error.strerror}") from None
+
+
+def providing(plugins: Sequence[object], interface: InterfaceClass) -> list[object]:
+    """The plugins that provide ``interface``, in their order."""
+    return [plugin for plugin in plugins if interface.providedBy(plugin)]
+
+
+def services(config: Config, plugins: Sequence[object], clock: IReactorTime) -> ServiceRegistry:
+    """Verification always; Storage, Query and Retrieve when plugins for them are given."""
+    found = [VerificationService()]
+    find_handlers = providing(plugins, IFindHandler)
+    if find_handlers:
+        found.append(FindService(find_handlers, config.ae_title, clock))
+    store_handlers = providing(plugins, IStoreHandler)
+    storage = None
+    if store_handlers:
+        storage = StorageService(config.storage_path, store_handlers, config.transfer_syntaxes)
+        found.append(storage)
+    sources = providing(plugins, IRetrieveSource)
+    if sources:
+        destinations = KnownDestinations(clock, config.destinations, client_settings(config))  # type: ignore[arg-type]
+        found.append(MoveService(sources[0], destinations))
+        found.append(GetService(sources[0]))
+    fallback = storage if config.store.accept_unknown_sop_classes else None
+    return ServiceRegistry(found, config.transfer_syntaxes, fallback)
+
+
+def client_settings(config: Config) -> Callable[[str], ClientSettings]:
+    """The settings of the associations the node opens itself (C-MOVE destinations)."""
+    timeouts = config.timeouts
+
+    def settings(called_ae_title: str) -> ClientSettings:
+        return ClientSettings(
+            called_ae_title=called_ae_title,
+            calling_ae_title=config.ae_title,
+            max_pdu_length=config.limits.max_pdu_length,
+            acse_timeout=timeouts.acse,
+            dimse_timeout=timeouts.dimse,
+            network_idle_timeout=timeouts.network_idle,
+        )
+
+    return settings
+
+
+def _build_plugin(path: str, options: Any, key: str, storage_path: Path) -> object:
+    if path == BUILTIN_PLUGINS["archive"]:
+        options = {"path": str(storage_path), **options}
+    factory = _import_factory(path, f"{key}.plugin")
+    try:
+        instance = factory(**options)
+    except Exception as error:  # a plugin may fail in any way; the operator gets one line
+        raise ConfigError(
+            f"{key}.options", f"{path}(**options) failed: {describe_error(error)}"
+        ) from None
+    if not any(interface.providedBy(instance) for interface in PLUGIN_INTERFACES):
+        names = ", ".join(interface.__name__ for interface in PLUGIN_INTERFACES)
+        raise ConfigError(
+            f"{key}.plugin", f"{path}(**options) made an object that provides none of: {names}"
+        )
+    return instance
+
+
+def _import_factory(path: str, key: str) -> Callable[..., object]:
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # a plugin module may fail to import in any way
+        raise ConfigError(key, f"cannot import {module_name}: {describe_error(error)}") from None
+    try:
+        factory = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(key, f"module {module_name} has no attribute {attribute!r}") from None
+    if not callable(factory):
+        raise ConfigError(key, f"{path} is not callable, got {short_repr(factory)}")
+    return factory
