@@ -13,6 +13,8 @@ from tests.support.daemons import DEFAULT_CONFIG, deep_merge, write_config
         ({"limits": {"max_pdu_length": "abc"}}, "max_pdu_length"),
         ({"colour_of_the_bikeshed": "green"}, "colour_of_the_bikeshed"),
         ({"timeouts": {"artim_seconds": 5}}, "artim_seconds"),
+        ({"plugins": [{"plugin": "dicomd_no_such_module.Handler"}]}, "plugins[0].plugin"),
+        ({"plugins": [{"plugin": "archive", "options": {"colour": 1}}]}, "plugins[0].options"),
     ],
 )
 def test_bad_configuration_stops_the_daemon_with_one_line(tmp_path, twistd, overrides, key):
