@@ -251,15 +251,15 @@ class ArchiveHandler(Service):
         writer_pool, self._writer_pool = self._writer_pool, None
         pool, self._pool = self._pool, None
         self._writes = None
-        try:
-            if writer_pool is not None:
-                await deferToThreadPool(self._reactor, writer_pool, self.index.close_writer)
-        finally:
-            for each in (writer_pool, pool):
-                if each is not None:
-                    each.stop()  # idle by now: no thread has work to finish
-            self.query.close()
-            self.close()
+        if writer_pool is not None:
+            # The write connection is closed in the thread that owns it; stopping the pool
+            # waits for that last piece of work, without a round trip through the reactor.
+            writer_pool.callInThread(self.index.close_writer)
+        for each in (writer_pool, pool):
+            if each is not None:
+                each.stop()
+        self.query.close()
+        self.close()
 
     def store(self, instance: ReceivedInstance) -> Deferred[int | Dataset | Kept]:
         """File one instance (``IStoreHandler``): blocking steps in the archive's threads."""

@@ -63,7 +63,7 @@ class Outbox:
         self.max_pdu_length = max_pdu_length
         self.on_error = on_error
         self._queue: deque[_Message] = deque()
-        self._streaming: _FileStream | None = None
+        self._streaming: _FileStream | _BytesStream | None = None
 
     def send(self, context_id: int, command: bytes, data: bytes | FileData | None) -> None:
         """Queue one message; it leaves once those before it have."""
@@ -83,20 +83,27 @@ class Outbox:
         limit = self.max_pdu_length()
         while self._queue and self._streaming is None:
             message = self._queue.popleft()
-            if isinstance(message.data, FileData):
-                try:
-                    stream = _FileStream(message.context_id, message.data, limit)
-                except OSError as error:
-                    self.close()
-                    self.on_error(error)
-                    return
-                for pdu in fragment(message.context_id, message.command, None, limit):
+            data = message.data
+            if data is None or (isinstance(data, bytes) and len(data) <= _piece(limit)):
+                for pdu in fragment(message.context_id, message.command, data, limit):
                     self.send_pdu(pdu)
-                self._streaming = stream
-                self.consumer.registerProducer(self, False)
-            else:
-                for pdu in fragment(message.context_id, message.command, message.data, limit):
-                    self.send_pdu(pdu)
+                continue
+            # A data set of several PDUs leaves one PDU per turn of the transport, so that
+            # a large one neither fills the transport's buffer nor holds up the reactor.
+            try:
+                stream = (
+                    _FileStream(message.context_id, data, limit)
+                    if isinstance(data, FileData)
+                    else _BytesStream(message.context_id, data, limit)
+                )
+            except OSError as error:
+                self.close()
+                self.on_error(error)
+                return
+            for pdu in fragment(message.context_id, message.command, None, limit):
+                self.send_pdu(pdu)
+            self._streaming = stream
+            self.consumer.registerProducer(self, False)
 
     # -- IPullProducer ---------------------------------------------------
 
@@ -121,14 +128,19 @@ class Outbox:
         self.close()
 
 
+def _piece(max_pdu_length: int) -> int:
+    """How much of a data set one PDU carries: even, as the standard prefers."""
+    piece = max_pdu_length - 6 if max_pdu_length else UNLIMITED_PIECE
+    return piece - piece % 2
+
+
 class _FileStream:
     """The data fragments of one file-backed data set, read one at a time."""
 
     def __init__(self, context_id: int, data: FileData, max_pdu_length: int) -> None:
         self.context_id = context_id
         self.remaining = data.length
-        piece = max_pdu_length - 6 if max_pdu_length else UNLIMITED_PIECE
-        self.piece = piece - piece % 2  # even-length fragments, as the standard prefers
+        self.piece = _piece(max_pdu_length)
         self.file: BinaryIO = open(data.path, "rb")  # noqa: SIM115 - closed by close()
         self.file.seek(data.offset)
 
@@ -142,3 +154,22 @@ class _FileStream:
 
     def close(self) -> None:
         self.file.close()
+
+
+class _BytesStream:
+    """The data fragments of one data set held in memory, cut one at a time."""
+
+    def __init__(self, context_id: int, data: bytes, max_pdu_length: int) -> None:
+        self.context_id = context_id
+        self.data = memoryview(data)
+        self.offset = 0
+        self.piece = _piece(max_pdu_length)
+
+    def next_pdu(self) -> tuple[bytes, bool]:
+        chunk = self.data[self.offset : self.offset + self.piece]
+        self.offset += len(chunk)
+        finished = self.offset >= len(self.data)
+        return encode_pdata(self.context_id, PDV_LAST if finished else 0, chunk), finished
+
+    def close(self) -> None:
+        self.data.release()

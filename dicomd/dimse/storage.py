@@ -209,10 +209,22 @@ def _reencoded(dataset: Dataset, syntax: str, target: str) -> bytes:
 
 
 def _reverse_words(value: bytes, size: int) -> bytes:
+    """The bytes of each ``size``-byte word reversed, a piece at a time.
+
+    Each slice assignment holds the GIL from start to end; pieces of a few
+    MiB let the reactor thread run between them when a large value is
+    converted in a worker thread.
+    """
     swapped = bytearray(len(value))
-    for offset in range(size):
-        swapped[offset::size] = value[size - 1 - offset :: size]
+    step = _SWAP_PIECE - _SWAP_PIECE % size
+    for start in range(0, len(value), step):
+        stop = min(start + step, len(value))
+        for offset in range(size):
+            swapped[start + offset : stop : size] = value[start + size - 1 - offset : stop : size]
     return bytes(swapped)
+
+
+_SWAP_PIECE: Final = 4 << 20
 
 
 # -- receiving --------------------------------------------------------------
