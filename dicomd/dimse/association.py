@@ -33,7 +33,7 @@ from dicomd.dimse.errors import (
 )
 from dicomd.dimse.messages import AssemblyError, CommandReceived, DataReceived, MessageAssembler
 from dicomd.dimse.negotiation import AcceptedContext
-from dicomd.dimse.outbox import FileData, Outbox
+from dicomd.dimse.outbox import FileData, Outbox, Pieces
 from dicomd.dimse.work import Worker
 from dicomd.ul.fsm import State, StateMachine
 from dicomd.ul.pdu import AbortReason, AbortSource, PDataTF
@@ -48,8 +48,8 @@ _CAN_SEND: Final = (State.STA6, State.STA8)
 _KNOWN_COMMANDS: Final = frozenset(int(field) for field in CommandField)
 _PENDING: Final = frozenset({uids.Status.PENDING, uids.Status.PENDING_WARNING})
 
-Data = bytes | FileData | None
-"""A message's data set as it leaves: bytes, a byte range of a file, or none."""
+Data = bytes | Pieces | FileData | None
+"""A message's data set as it leaves: bytes, pieces, a byte range of a file, or none."""
 
 
 @dataclass(frozen=True, slots=True)

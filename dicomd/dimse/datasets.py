@@ -6,10 +6,12 @@ its presentation context; deflated ones are raw deflate streams.
 
 from __future__ import annotations
 
+import struct
 import zlib
+from collections.abc import Callable
 from typing import Final
 
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -39,6 +41,66 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
     in ``ds`` itself when the syntax calls for explicit VR.
     """
     implicit_vr, little_endian, deflated = _encoding(transfer_syntax)
+    encoded = _encoded(ds, implicit_vr, little_endian, transfer_syntax)
+    if deflated:
+        compressor = zlib.compressobj(wbits=-15)
+        encoded = even_length(compressor.compress(encoded) + compressor.flush())
+    return encoded
+
+
+Buffer = bytes | bytearray | memoryview
+"""A piece of an encoded data set, as it leaves."""
+
+LARGE_VALUE: Final = 1 << 20
+"""Values this long are passed through by reference, never copied into one buffer."""
+
+_LONG_BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+def encode_in_pieces(
+    ds: Dataset,
+    transfer_syntax: str,
+    large_value: Callable[[DataElement], Buffer] = lambda element: element.value,
+) -> tuple[Buffer, ...]:
+    """Encode ``ds`` like `encode_dataset`, but leave its large binary values where they are.
+
+    The pixel data of a large instance is most of its bytes; copying it into
+    one buffer means touching fresh memory for its whole length in one call
+    that holds the GIL for as long, which stalls every other thread.  Here
+    each large top-level OB/OW/... value goes out as its own piece behind a
+    header written by hand; pydicom encodes the elements between them.
+    ``large_value`` gives the bytes that go out for such an element (its
+    value, or a converted copy that pydicom never has to hold).
+    """
+    implicit_vr, little_endian, deflated = _encoding(transfer_syntax)
+    pieces: list[Buffer] = []
+    run = Dataset()
+    for element in ds:
+        value = element.value
+        if (
+            element.VR in _LONG_BINARY_VRS
+            and isinstance(value, bytes | bytearray)
+            and len(value) >= LARGE_VALUE
+            and not len(value) % 2
+            and not element.is_undefined_length
+        ):
+            if len(run):
+                pieces.append(_encoded(run, implicit_vr, little_endian, transfer_syntax))
+                run = Dataset()
+            pieces.append(_header(element.tag, element.VR, len(value), implicit_vr, little_endian))
+            pieces.append(large_value(element))
+        else:
+            run.add(element)
+    if len(run) or not pieces:
+        pieces.append(_encoded(run, implicit_vr, little_endian, transfer_syntax))
+    if deflated:
+        compressor = zlib.compressobj(wbits=-15)
+        compressed = [compressor.compress(piece) for piece in pieces]
+        return (even_length(b"".join([*compressed, compressor.flush()])),)
+    return tuple(pieces)
+
+
+def _encoded(ds: Dataset, implicit_vr: bool, little_endian: bool, transfer_syntax: str) -> bytes:
     fp = DicomBytesIO()
     fp.is_implicit_VR = implicit_vr
     fp.is_little_endian = little_endian
@@ -46,11 +108,16 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
         write_dataset(fp, ds)
     except Exception as e:  # pydicom raises many types; all mean "cannot encode"
         raise DataSetError(f"cannot encode data set as {transfer_syntax}: {e}") from e
-    encoded = fp.getvalue()
-    if deflated:
-        compressor = zlib.compressobj(wbits=-15)
-        encoded = even_length(compressor.compress(encoded) + compressor.flush())
-    return encoded
+    return fp.getvalue()
+
+
+def _header(tag: int, vr: str, length: int, implicit_vr: bool, little_endian: bool) -> bytes:
+    """The header of a long-form element (PS3.5 7.1.2): tag, VR and reserved bytes, length."""
+    order = "<" if little_endian else ">"
+    group, element = tag >> 16, tag & 0xFFFF
+    if implicit_vr:
+        return struct.pack(f"{order}HHL", group, element, length)
+    return struct.pack(f"{order}HH2sxxL", group, element, vr.encode("ascii"), length)
 
 
 def even_length(data: bytes) -> bytes:

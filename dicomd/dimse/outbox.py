@@ -17,6 +17,7 @@ from typing import BinaryIO
 from twisted.internet.interfaces import IConsumer, IPullProducer
 from zope.interface import implementer
 
+from dicomd.dimse.datasets import Buffer
 from dicomd.dimse.messages import PDV_LAST, fragment
 from dicomd.ul.pdu import encode_pdata
 
@@ -34,11 +35,15 @@ class FileData:
     length: int
 
 
+Pieces = tuple[Buffer, ...]
+"""A data set encoded in pieces that go out one after the other (`encode_in_pieces`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Message:
     context_id: int
     command: bytes
-    data: bytes | FileData | None
+    data: bytes | Pieces | FileData | None
 
 
 @implementer(IPullProducer)
@@ -65,7 +70,7 @@ class Outbox:
         self._queue: deque[_Message] = deque()
         self._streaming: _FileStream | _BytesStream | None = None
 
-    def send(self, context_id: int, command: bytes, data: bytes | FileData | None) -> None:
+    def send(self, context_id: int, command: bytes, data: bytes | Pieces | FileData | None) -> None:
         """Queue one message; it leaves once those before it have."""
         self._queue.append(_Message(context_id, command, data))
         if self._streaming is None:
@@ -84,6 +89,8 @@ class Outbox:
         while self._queue and self._streaming is None:
             message = self._queue.popleft()
             data = message.data
+            if isinstance(data, tuple) and sum(map(len, data)) <= _piece(limit):
+                data = b"".join(data)
             if data is None or (isinstance(data, bytes) and len(data) <= _piece(limit)):
                 for pdu in fragment(message.context_id, message.command, data, limit):
                     self.send_pdu(pdu)
@@ -94,7 +101,9 @@ class Outbox:
                 stream = (
                     _FileStream(message.context_id, data, limit)
                     if isinstance(data, FileData)
-                    else _BytesStream(message.context_id, data, limit)
+                    else _BytesStream(
+                        message.context_id, data if isinstance(data, tuple) else (data,), limit
+                    )
                 )
             except OSError as error:
                 self.close()
@@ -157,19 +166,28 @@ class _FileStream:
 
 
 class _BytesStream:
-    """The data fragments of one data set held in memory, cut one at a time."""
+    """The data fragments of one data set held in memory, in one or more pieces, cut one
+    PDU at a time; a fragment may span two pieces."""
 
-    def __init__(self, context_id: int, data: bytes, max_pdu_length: int) -> None:
+    def __init__(self, context_id: int, pieces: Pieces, max_pdu_length: int) -> None:
         self.context_id = context_id
-        self.data = memoryview(data)
-        self.offset = 0
+        self.pieces = deque(memoryview(piece).cast("B") for piece in pieces if len(piece))
         self.piece = _piece(max_pdu_length)
 
     def next_pdu(self) -> tuple[bytes, bool]:
-        chunk = self.data[self.offset : self.offset + self.piece]
-        self.offset += len(chunk)
-        finished = self.offset >= len(self.data)
+        parts: list[memoryview] = []
+        wanted = self.piece
+        while wanted and self.pieces:
+            head = self.pieces[0]
+            parts.append(head[:wanted])
+            wanted -= len(parts[-1])
+            if len(head) <= len(parts[-1]):
+                self.pieces.popleft()
+            else:
+                self.pieces[0] = head[len(parts[-1]) :]
+        chunk = parts[0] if len(parts) == 1 else b"".join(parts)
+        finished = not self.pieces
         return encode_pdata(self.context_id, PDV_LAST if finished else 0, chunk), finished
 
     def close(self) -> None:
-        self.data.release()
+        self.pieces.clear()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from pydicom import Dataset, dcmread
+from pydicom.dataelem import DataElement
 from pydicom.filewriter import correct_ambiguous_vr
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -39,7 +40,13 @@ from dicomd.dimse.association import (
     Request,
 )
 from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
-from dicomd.dimse.datasets import encode_dataset, error_comment, even_length
+from dicomd.dimse.datasets import (
+    LARGE_VALUE,
+    Buffer,
+    encode_in_pieces,
+    error_comment,
+    even_length,
+)
 from dicomd.dimse.errors import NoAcceptedContext
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.dimse.outbox import FileData
@@ -70,7 +77,7 @@ class StoreMessage:
 
     context: AcceptedContext
     command: Command
-    data: bytes | FileData
+    data: bytes | tuple[Buffer, ...] | FileData
 
 
 def send_store(
@@ -189,26 +196,50 @@ _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 """Bytes per value of the VRs whose values pydicom keeps as the bytes it read."""
 
 
-def _reencoded(dataset: Dataset, syntax: str, target: str) -> bytes:
+def _reencoded(dataset: Dataset, syntax: str, target: str) -> tuple[Buffer, ...]:
     """``dataset``, read in ``syntax``, encoded for ``target``; ``dataset`` itself is not changed.
 
     pydicom writes OW, OF, OL, OD and OV values back as the bytes it read,
     whatever the byte order asked for; between little and big endian, a
     copy gets the bytes of each of their words reversed first.  UN values
-    (whose word size nobody knows) go as they are.
+    (whose word size nobody knows) go as they are.  Large values travel as
+    pieces of their own (`encode_in_pieces`).
     """
     little_endian = syntax != uids.EXPLICIT_VR_BIG_ENDIAN
-    if little_endian != (target != uids.EXPLICIT_VR_BIG_ENDIAN):
-        dataset = copy.deepcopy(dataset)
-        correct_ambiguous_vr(dataset, little_endian)  # OB or OW, by Bits Allocated
-        for element in dataset.iterall():
-            size = _WORD_SIZES.get(element.VR)
-            if size and isinstance(element.value, bytes) and len(element.value) % size == 0:
-                element.value = _reverse_words(element.value, size)
-    return encode_dataset(dataset, target)
+    if little_endian == (target != uids.EXPLICIT_VR_BIG_ENDIAN):
+        return encode_in_pieces(dataset, target)
+    dataset = copy.deepcopy(dataset)
+    correct_ambiguous_vr(dataset, little_endian)  # OB or OW, by Bits Allocated
+    _reverse_small_values(dataset)
+    return encode_in_pieces(dataset, target, _reversed_large_value)
 
 
-def _reverse_words(value: bytes, size: int) -> bytes:
+def _reverse_small_values(dataset: Dataset, top_level: bool = True) -> None:
+    """Reverse the words of every value in ``dataset`` but the large top-level ones, which
+    `encode_in_pieces` hands to `_reversed_large_value` as they go out."""
+    for element in dataset:
+        if element.VR == "SQ":
+            for item in element.value:
+                _reverse_small_values(item, top_level=False)
+            continue
+        size = _WORD_SIZES.get(element.VR)
+        value = element.value
+        if not (size and isinstance(value, bytes) and len(value) % size == 0):
+            continue
+        if top_level and len(value) >= LARGE_VALUE:
+            continue
+        element.value = bytes(_reverse_words(value, size))
+
+
+def _reversed_large_value(element: DataElement) -> Buffer:
+    """A large value with the bytes of its words reversed, never copied again into bytes."""
+    size = _WORD_SIZES.get(element.VR)
+    if size and len(element.value) % size == 0:
+        return _reverse_words(element.value, size)
+    return element.value
+
+
+def _reverse_words(value: bytes, size: int) -> bytearray:
     """The bytes of each ``size``-byte word reversed, a piece at a time.
 
     Each slice assignment holds the GIL from start to end; pieces of a few
@@ -221,7 +252,7 @@ def _reverse_words(value: bytes, size: int) -> bytes:
         stop = min(start + step, len(value))
         for offset in range(size):
             swapped[start + offset : stop : size] = value[start + size - 1 - offset : stop : size]
-    return bytes(swapped)
+    return swapped
 
 
 _SWAP_PIECE: Final = 4 << 20

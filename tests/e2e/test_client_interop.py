@@ -392,7 +392,7 @@ class DcmqrscpTests(PeerTestCase):
     @scenario
     async def test_study_root_find_returns_the_stored_studies(self) -> None:
         association = await connect(self.peer.port, ARCHIVE_AE, uids.STUDY_ROOT_FIND)
-        result = await association.find(uids.STUDY_ROOT_FIND, study_query()).result
+        result = await association.find(uids.STUDY_ROOT_FIND, study_query())
         await association.release()
         assert result.status == SUCCESS
         assert {match.StudyInstanceUID for match in result.matches} == self.studies
@@ -404,7 +404,7 @@ class DcmqrscpTests(PeerTestCase):
         identifier.PatientID = ""
         identifier.PatientName = ""
         association = await connect(self.peer.port, ARCHIVE_AE, uids.PATIENT_ROOT_FIND)
-        result = await association.find(uids.PATIENT_ROOT_FIND, identifier).result
+        result = await association.find(uids.PATIENT_ROOT_FIND, identifier)
         await association.release()
         assert result.status == SUCCESS
         assert {match.PatientID for match in result.matches} == self.patients
@@ -431,7 +431,7 @@ class DcmqrscpTests(PeerTestCase):
             async for _ in association.find_iter(uids.STUDY_ROOT_FIND, identifier):
                 pass
         assert failed.value.status == 0xC000
-        again = await association.find(uids.STUDY_ROOT_FIND, study_query()).result
+        again = await association.find(uids.STUDY_ROOT_FIND, study_query())
         await association.release()
         assert len(again.matches) == 3  # a failure status leaves the association as it was
 
@@ -441,11 +441,9 @@ class DcmqrscpTests(PeerTestCase):
             reactor,
             LOCALHOST,
             self.peer.port,
-            ARCHIVE_AE,
-            CALLING_AE,
+            ClientSettings(ARCHIVE_AE, CALLING_AE, acse_timeout=10),
             uids.STUDY_ROOT_FIND,
             study_query(PatientID="4MR1"),
-            acse_timeout=10,
         )
         assert [match.PatientID for match in matches] == ["4MR1"]
 
@@ -459,8 +457,7 @@ class DcmqrscpTests(PeerTestCase):
                 reactor,
                 LOCALHOST,
                 self.peer.port,
-                ARCHIVE_AE,
-                CALLING_AE,
+                ClientSettings(ARCHIVE_AE, CALLING_AE),
                 uids.STUDY_ROOT_FIND,
                 identifier,
             )
@@ -564,7 +561,7 @@ class PynetdicomTests(PeerTestCase):
         operation = association.find(
             uids.STUDY_ROOT_FIND, study_query(), on_match=lambda m: seen.append(m.PatientID)
         )
-        result = await operation.result
+        result = await operation
         await association.release()
         assert result.status == SUCCESS
         assert [match.PatientID for match in result.matches] == seen == ["P1", "P2", "P3"]
@@ -580,7 +577,7 @@ class PynetdicomTests(PeerTestCase):
 
         port = self.scp([uids.STUDY_ROOT_FIND], [(evt.EVT_C_FIND, refuse)])
         association = await connect(port, "PYNETDICOM", uids.STUDY_ROOT_FIND)
-        result = await association.find(uids.STUDY_ROOT_FIND, study_query()).result
+        result = await association.find(uids.STUDY_ROOT_FIND, study_query())
         await association.release()
         assert (result.status, result.error_comment, result.matches) == (0xA900, "no such key", [])
 
@@ -589,8 +586,7 @@ class PynetdicomTests(PeerTestCase):
                 reactor,
                 LOCALHOST,
                 port,
-                "PYNETDICOM",
-                CALLING_AE,
+                ClientSettings("PYNETDICOM", CALLING_AE),
                 uids.STUDY_ROOT_FIND,
                 study_query(),
             )
@@ -634,11 +630,13 @@ class PynetdicomTests(PeerTestCase):
     async def test_cancelling_a_find_still_waiting_its_turn_sends_nothing(self) -> None:
         """With one operation at a time, a second find waits; cancelled, it never leaves."""
         asked: list[str] = []
+        cancelled = threading.Event()
 
         def answer(event: Any) -> Iterator[tuple[int, Dataset | None]]:
             asked.append(event.identifier.PatientID)
             for number in range(200):
                 if event.is_cancelled:
+                    cancelled.set()
                     yield 0xFE00, None
                     return
                 yield 0xFF00, matches_of(f"P{number}")[0]
@@ -655,13 +653,12 @@ class PynetdicomTests(PeerTestCase):
         )
         second = association.find(uids.STUDY_ROOT_FIND, study_query(PatientID="SECOND"))
         second.cancel()
-        waited = await second.result
+        assert isinstance(await failure_of(second), defer.CancelledError)
         await answering  # a C-CANCEL pynetdicom gets before its handler starts goes unseen
         first.cancel()
-        ended = await first.result
+        assert isinstance(await failure_of(first), defer.CancelledError)
+        assert await threads.deferToThread(cancelled.wait, 10)  # C-CANCEL seen, FE00 sent
         await association.release()
-        assert (waited.status, waited.matches) == (0xFE00, [])
-        assert ended.status == 0xFE00
         assert asked == ["FIRST"]
 
     @scenario

@@ -61,7 +61,7 @@ def scheduled(name, patient_id, accession, modality, station):
 class Worklist:
     """Today's schedule, filtered by modality; every data set, whatever else was asked."""
 
-    models = (MODALITY_WORKLIST,)
+    find_models = (MODALITY_WORKLIST,)
 
     def __init__(self, station="CT1"):
         self.station = station
@@ -85,7 +85,7 @@ class Worklist:
 class Slow:
     """Takes its time: the answer comes from the reactor, ``delay`` seconds later."""
 
-    models = (MODALITY_WORKLIST,)
+    find_models = (MODALITY_WORKLIST,)
 
     def __init__(self, marker, delay):
         self.marker = Path(marker)
