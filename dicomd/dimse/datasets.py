@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -60,7 +60,7 @@ _LONG_BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 def encode_in_pieces(
     ds: Dataset,
     transfer_syntax: str,
-    large_value: Callable[[DataElement], Buffer] = lambda element: element.value,
+    large_value: Callable[[DataElement], Sequence[Buffer]] = lambda element: (element.value,),
 ) -> tuple[Buffer, ...]:
     """Encode ``ds`` like `encode_dataset`, but leave its large binary values where they are.
 
@@ -69,7 +69,7 @@ def encode_in_pieces(
     that holds the GIL for as long, which stalls every other thread.  Here
     each large top-level OB/OW/... value goes out as its own piece behind a
     header written by hand; pydicom encodes the elements between them.
-    ``large_value`` gives the bytes that go out for such an element (its
+    ``large_value`` gives the pieces that go out for such an element (its
     value, or a converted copy that pydicom never has to hold).
     """
     implicit_vr, little_endian, deflated = _encoding(transfer_syntax)
@@ -88,7 +88,7 @@ def encode_in_pieces(
                 pieces.append(_encoded(run, implicit_vr, little_endian, transfer_syntax))
                 run = Dataset()
             pieces.append(_header(element.tag, element.VR, len(value), implicit_vr, little_endian))
-            pieces.append(large_value(element))
+            pieces.extend(large_value(element))
         else:
             run.add(element)
     if len(run) or not pieces:

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import errno
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
 from dicomd.dimse.datasets import (
     LARGE_VALUE,
     Buffer,
+    DataSetError,
     encode_in_pieces,
     error_comment,
     even_length,
@@ -148,13 +150,45 @@ def _file_message(
     context: AcceptedContext, path: Path, header: part10.Part10Header, priority: int
 ) -> StoreMessage:
     """Blocking: a file converted for ``context``, or a deflated one padded to even length."""
-    if context.transfer_syntax != header.transfer_syntax:
+    data: bytes | tuple[Buffer, ...]
+    if (header.transfer_syntax, context.transfer_syntax) == _INFLATING:
+        data = _inflated(path, header)
+    elif context.transfer_syntax != header.transfer_syntax:
         data = _reencoded(dcmread(path), header.transfer_syntax, context.transfer_syntax)
     else:  # a deflated stream that ends on an odd byte
         with path.open("rb") as file:
             file.seek(header.data_set_offset)
             data = even_length(file.read(header.data_set_length))
     return StoreMessage(context, _store_command(header, priority), data)
+
+
+_INFLATING: Final = (uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+"""A deflated data set inflated is the same data set in explicit VR little endian."""
+
+
+def _inflated(path: Path, header: part10.Part10Header) -> tuple[Buffer, ...]:
+    """The deflated data set of ``path`` inflated, in pieces of at most a few MiB.
+
+    zlib works without the GIL; what holds it is joining or copying large
+    buffers, which this never does.
+    """
+    inflater = zlib.decompressobj(wbits=-15)
+    pieces: list[Buffer] = []
+    with path.open("rb") as file:
+        file.seek(header.data_set_offset)
+        remaining = header.data_set_length
+        while remaining and not inflater.eof:
+            compressed = file.read(min(remaining, _SWAP_PIECE))
+            if not compressed:
+                break
+            remaining -= len(compressed)
+            while compressed and not inflater.eof:
+                pieces.append(inflater.decompress(compressed, _SWAP_PIECE))
+                compressed = inflater.unconsumed_tail
+    pieces.append(inflater.flush())
+    if not inflater.eof:
+        raise DataSetError(f"{path}: the deflated data set ends before its deflate stream")
+    return tuple(piece for piece in pieces if piece)
 
 
 def _dataset_message(
@@ -231,27 +265,28 @@ def _reverse_small_values(dataset: Dataset, top_level: bool = True) -> None:
         element.value = bytes(_reverse_words(value, size))
 
 
-def _reversed_large_value(element: DataElement) -> Buffer:
-    """A large value with the bytes of its words reversed, never copied again into bytes."""
+def _reversed_large_value(element: DataElement) -> tuple[Buffer, ...]:
+    """A large value with the bytes of its words reversed, in pieces of a few MiB."""
     size = _WORD_SIZES.get(element.VR)
-    if size and len(element.value) % size == 0:
-        return _reverse_words(element.value, size)
-    return element.value
+    value = element.value
+    if not (size and len(value) % size == 0):
+        return (value,)
+    step = _SWAP_PIECE - _SWAP_PIECE % size
+    return tuple(
+        _reverse_words(value[start : start + step], size) for start in range(0, len(value), step)
+    )
 
 
 def _reverse_words(value: bytes, size: int) -> bytearray:
-    """The bytes of each ``size``-byte word reversed, a piece at a time.
+    """The bytes of each ``size``-byte word of ``value`` reversed.
 
-    Each slice assignment holds the GIL from start to end; pieces of a few
-    MiB let the reactor thread run between them when a large value is
-    converted in a worker thread.
+    Each slice assignment holds the GIL from start to end: large values are
+    handed over a few MiB at a time (`_reversed_large_value`), so that the
+    reactor thread runs between them when a worker thread converts.
     """
     swapped = bytearray(len(value))
-    step = _SWAP_PIECE - _SWAP_PIECE % size
-    for start in range(0, len(value), step):
-        stop = min(start + step, len(value))
-        for offset in range(size):
-            swapped[start + offset : stop : size] = value[start + size - 1 - offset : stop : size]
+    for offset in range(size):
+        swapped[offset::size] = value[size - 1 - offset :: size]
     return swapped
 
 
