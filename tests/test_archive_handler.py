@@ -10,63 +10,20 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset, dcmread
-from pydicom.data import get_testdata_file
+from pydicom import Dataset
 from twisted.application.service import IService
 
 from dicomd.archive import ArchiveHandler
 from dicomd.archive.handler import _copy_durably
 from dicomd.archive.query import QueryError
-from dicomd.interfaces import FindQuery, IStoreHandler, Kept, ReceivedInstance
+from dicomd.interfaces import FindQuery, IStoreHandler, Kept
 from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, STUDY_ROOT_MOVE
-
-CT_SMALL = get_testdata_file("CT_small.dcm")
-
-
-def ct_dataset(**changes: object) -> Dataset:
-    """CT_small.dcm with some attributes changed (``None`` deletes one)."""
-    ds = dcmread(CT_SMALL)
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    return ds
-
-
-def received(
-    archive_path: Path,
-    ds: Dataset,
-    *,
-    sop_class_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-    calling_ae_title: str = "MODALITY",
-) -> ReceivedInstance:
-    """``ds`` as the store service hands it over: a Part 10 file in ``.incoming``.
-
-    The command's UIDs are the data set's unless given.
-    """
-    incoming = archive_path / ".incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    path = incoming / f"{uuid.uuid4().hex}.part"
-    ds.save_as(path, enforce_file_format=True)
-    return ReceivedInstance(
-        calling_ae_title=calling_ae_title,
-        called_ae_title="DICOMD",
-        peer_host="127.0.0.1",
-        peer_port=40000,
-        sop_class_uid=sop_class_uid or ds.get("SOPClassUID", ""),
-        sop_instance_uid=sop_instance_uid or ds.get("SOPInstanceUID", ""),
-        transfer_syntax=ds.file_meta.TransferSyntaxUID,
-        path=path,
-        size=path.stat().st_size,
-    )
+from tests.support.received import CT_SMALL, ct_small, kept_path, opened, received, status_of
 
 
 def rows(handler: ArchiveHandler, sql: str, *parameters: object) -> list[tuple]:
@@ -75,21 +32,6 @@ def rows(handler: ArchiveHandler, sql: str, *parameters: object) -> list[tuple]:
         return reader.execute(sql, parameters).fetchall()
     finally:
         reader.close()
-
-
-def status_of(answer: int | Dataset | Kept) -> tuple[int, str]:
-    if isinstance(answer, Kept):
-        answer = answer.status
-    if isinstance(answer, Dataset):
-        return answer.Status, answer.get("ErrorComment", "")
-    return answer, ""
-
-
-def kept_path(answer: int | Dataset | Kept) -> Path:
-    """Where the archive keeps an instance it answered success for."""
-    assert isinstance(answer, Kept), answer
-    assert answer.status == 0x0000
-    return answer.path
 
 
 @pytest.fixture
@@ -103,12 +45,6 @@ def open_archive(archive_path: Path) -> Iterator[ArchiveHandler]:
     handler.open()
     yield handler
     handler.close()
-
-
-def opened(archive_path: Path, **options: object) -> ArchiveHandler:
-    handler = ArchiveHandler(archive_path, **options)
-    handler.open()
-    return handler
 
 
 def test_provides_store_handler_and_service() -> None:
@@ -152,7 +88,7 @@ def test_bad_options_raise_value_error_naming_the_option(
 def test_an_instance_lands_at_its_layout_path_with_identical_bytes(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    ds = ct_dataset()
+    ds = ct_small()
     instance = received(archive_path, ds, calling_ae_title="CT01")
     temporary = instance.path
     sent = temporary.read_bytes()
@@ -171,7 +107,7 @@ def test_an_instance_lands_at_its_layout_path_with_identical_bytes(
 def test_the_index_row_describes_the_instance(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    ds = ct_dataset()
+    ds = ct_small()
     instance = received(archive_path, ds, calling_ae_title="CT01")
     before = datetime.now(UTC)
     final = kept_path(open_archive.archive(instance))
@@ -224,7 +160,7 @@ UNREADABLE = {
 def test_a_file_that_does_not_parse_is_cannot_understand(
     open_archive: ArchiveHandler, archive_path: Path, content: bytes
 ) -> None:
-    instance = received(archive_path, ct_dataset())
+    instance = received(archive_path, ct_small())
     instance.path.write_bytes(content)
 
     code, comment = status_of(open_archive.archive(instance))
@@ -240,10 +176,10 @@ def test_a_file_that_does_not_parse_is_cannot_understand(
 def test_a_data_set_without_one_of_its_uids_is_cannot_understand(
     open_archive: ArchiveHandler, archive_path: Path, keyword: str
 ) -> None:
-    command = ct_dataset()
+    command = ct_small()
     instance = received(
         archive_path,
-        ct_dataset(**{keyword: None}),
+        ct_small(**{keyword: None}),
         sop_class_uid=command.SOPClassUID,
         sop_instance_uid=command.SOPInstanceUID,
     )
@@ -255,7 +191,7 @@ def test_a_data_set_without_one_of_its_uids_is_cannot_understand(
 def test_a_truncated_data_set_is_cannot_understand(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    instance = received(archive_path, ct_dataset())
+    instance = received(archive_path, ct_small())
     instance.path.write_bytes(meta_then(b"\x08\x00\x16\x00UI\x10\x001.2"))
 
     assert status_of(open_archive.archive(instance)) == (
@@ -269,8 +205,8 @@ def test_an_instance_without_study_or_series_uid_is_kept_and_indexed(
     open_archive: ArchiveHandler, archive_path: Path, keyword: str
 ) -> None:
     """Real files lack them; an archive keeps what it was sent."""
-    first = received(archive_path, ct_dataset(**{keyword: ""}))
-    second_ds = ct_dataset(**{keyword: None})
+    first = received(archive_path, ct_small(**{keyword: ""}))
+    second_ds = ct_small(**{keyword: None})
     second_ds.SOPInstanceUID = second_ds.SOPInstanceUID + ".2"
     second = received(archive_path, second_ds)
     kept = [kept_path(open_archive.archive(instance)) for instance in (first, second)]
@@ -283,7 +219,7 @@ def test_an_instance_without_study_or_series_uid_is_kept_and_indexed(
 def test_a_sop_class_other_than_the_command_s_is_a900(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    instance = received(archive_path, ct_dataset(), sop_class_uid="1.2.840.10008.5.1.4.1.1.4")
+    instance = received(archive_path, ct_small(), sop_class_uid="1.2.840.10008.5.1.4.1.1.4")
 
     code, comment = status_of(open_archive.archive(instance))
 
@@ -295,7 +231,7 @@ def test_a_sop_class_other_than_the_command_s_is_a900(
 def test_a_sop_instance_other_than_the_command_s_is_0117(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    instance = received(archive_path, ct_dataset(), sop_instance_uid="1.2.3.4.5")
+    instance = received(archive_path, ct_small(), sop_instance_uid="1.2.3.4.5")
 
     code, comment = status_of(open_archive.archive(instance))
 
@@ -307,10 +243,10 @@ def test_a_sop_instance_other_than_the_command_s_is_0117(
 def test_keep_first_warns_and_keeps_the_first_copy(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    first = received(archive_path, ct_dataset(), calling_ae_title="FIRST")
+    first = received(archive_path, ct_small(), calling_ae_title="FIRST")
     first_bytes = first.path.read_bytes()
     first_path = kept_path(open_archive.archive(first))
-    second = received(archive_path, ct_dataset(PatientName="Other^Name"), calling_ae_title="SECOND")
+    second = received(archive_path, ct_small(PatientName="Other^Name"), calling_ae_title="SECOND")
 
     assert status_of(open_archive.archive(second)) == (
         0xB000,
@@ -325,11 +261,9 @@ def test_keep_first_warns_and_keeps_the_first_copy(
 def test_overwrite_replaces_the_file_and_the_row(archive_path: Path) -> None:
     handler = opened(archive_path, duplicates="overwrite")
     try:
-        first = received(archive_path, ct_dataset(), calling_ae_title="FIRST")
+        first = received(archive_path, ct_small(), calling_ae_title="FIRST")
         first_path = kept_path(handler.archive(first))
-        second = received(
-            archive_path, ct_dataset(PatientName="New^Name"), calling_ae_title="SECOND"
-        )
+        second = received(archive_path, ct_small(PatientName="New^Name"), calling_ae_title="SECOND")
         second_bytes = second.path.read_bytes()
 
         assert handler.archive(second) == Kept(0x0000, first_path)
@@ -343,15 +277,15 @@ def test_overwrite_replaces_the_file_and_the_row(archive_path: Path) -> None:
 def test_overwrite_to_another_layout_path_removes_the_old_file(archive_path: Path) -> None:
     handler = opened(archive_path, duplicates="overwrite", layout="{PatientID}/{SOPInstanceUID}")
     try:
-        first = received(archive_path, ct_dataset(PatientID="OLD"))
+        first = received(archive_path, ct_small(PatientID="OLD"))
         first_path = kept_path(handler.archive(first))
-        second = received(archive_path, ct_dataset(PatientID="NEW"))
+        second = received(archive_path, ct_small(PatientID="NEW"))
 
         assert handler.archive(second) == Kept(
-            0x0000, archive_path / "NEW" / ct_dataset().SOPInstanceUID
+            0x0000, archive_path / "NEW" / ct_small().SOPInstanceUID
         )
         assert not first_path.exists()
-        assert list(handler.index.paths()) == [f"NEW/{ct_dataset().SOPInstanceUID}"]
+        assert list(handler.index.paths()) == [f"NEW/{ct_small().SOPInstanceUID}"]
         assert rows(handler, "SELECT PatientID FROM patients") == [("NEW",)]
     finally:
         handler.close()
@@ -360,8 +294,8 @@ def test_overwrite_to_another_layout_path_removes_the_old_file(archive_path: Pat
 def test_reject_fails_with_0111(archive_path: Path) -> None:
     handler = opened(archive_path, duplicates="reject")
     try:
-        handler.archive(received(archive_path, ct_dataset()))
-        second = received(archive_path, ct_dataset())
+        handler.archive(received(archive_path, ct_small()))
+        second = received(archive_path, ct_small())
 
         code, comment = status_of(handler.archive(second))
 
@@ -375,9 +309,9 @@ def test_reject_fails_with_0111(archive_path: Path) -> None:
 def test_a_row_whose_file_is_gone_is_no_duplicate(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    first = received(archive_path, ct_dataset())
+    first = received(archive_path, ct_small())
     kept_path(open_archive.archive(first)).unlink()
-    again = received(archive_path, ct_dataset())
+    again = received(archive_path, ct_small())
 
     assert kept_path(open_archive.archive(again)).exists()
 
@@ -386,10 +320,10 @@ def test_a_row_whose_file_is_gone_is_no_duplicate(
 def test_two_uids_that_sanitise_alike_never_share_a_file(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    first = received(archive_path, ct_dataset(SOPInstanceUID="1.2.3/4"))
+    first = received(archive_path, ct_small(SOPInstanceUID="1.2.3/4"))
     first_bytes = first.path.read_bytes()
     first_path = kept_path(open_archive.archive(first))
-    second = received(archive_path, ct_dataset(SOPInstanceUID="1.2.3_4"))
+    second = received(archive_path, ct_small(SOPInstanceUID="1.2.3_4"))
 
     code, comment = status_of(open_archive.archive(second))
 
@@ -404,7 +338,7 @@ def test_two_uids_that_sanitise_alike_never_share_a_file(
 def test_a_layout_that_lands_on_the_index_is_refused(archive_path: Path) -> None:
     handler = opened(archive_path, layout="{SOPInstanceUID}")
     try:
-        instance = received(archive_path, ct_dataset(SOPInstanceUID="index.sqlite-wal"))
+        instance = received(archive_path, ct_small(SOPInstanceUID="index.sqlite-wal"))
 
         code, comment = status_of(handler.archive(instance))
 
@@ -424,7 +358,7 @@ def test_an_index_failure_leaves_nothing_kept(
     )
     sabotage.commit()
     sabotage.close()
-    ds = ct_dataset()
+    ds = ct_small()
     instance = received(archive_path, ds)
 
     with pytest.raises(sqlite3.IntegrityError, match="refused"):
@@ -436,7 +370,7 @@ def test_an_index_failure_leaves_nothing_kept(
 
 
 def test_an_os_error_propagates(open_archive: ArchiveHandler, archive_path: Path) -> None:
-    ds = ct_dataset()
+    ds = ct_small()
     (archive_path / ds.StudyInstanceUID).write_bytes(b"a file where a folder should be")
     instance = received(archive_path, ds)
 
@@ -463,7 +397,7 @@ def test_names_in_latin_1_and_utf_8_are_indexed_as_the_same_unicode(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
     for n, charset in enumerate(("ISO_IR 100", "ISO_IR 192")):
-        ds = ct_dataset(
+        ds = ct_small(
             SpecificCharacterSet=charset,
             PatientName="Ångström^Zoë",
             PatientID=f"P{n}",
@@ -490,7 +424,7 @@ def test_a_full_index_is_out_of_resources_and_keeps_nothing_half(
     (pages,) = writer.execute("PRAGMA page_count").fetchone()
     writer.execute(f"PRAGMA max_page_count = {pages}")  # the index may not grow: it is full
     instances = [
-        received(archive_path, ct_dataset(SOPInstanceUID=f"1.2.826.0.1.3680043.10.6.{n}"))
+        received(archive_path, ct_small(SOPInstanceUID=f"1.2.826.0.1.3680043.10.6.{n}"))
         for n in range(100)
     ]
 
@@ -509,8 +443,8 @@ def test_a_full_index_is_out_of_resources_and_keeps_nothing_half(
 def test_find_lists_no_study_that_has_no_uid(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    named = ct_dataset()
-    unnamed = ct_dataset(StudyInstanceUID=None)
+    named = ct_small()
+    unnamed = ct_small(StudyInstanceUID=None)
     unnamed.SOPInstanceUID = named.SOPInstanceUID + ".9"
     unnamed.SeriesInstanceUID = named.SeriesInstanceUID + ".9"
     for ds in (named, unnamed):
@@ -526,7 +460,7 @@ def test_find_lists_no_study_that_has_no_uid(
 def test_retrieve_selects_instances_by_the_unique_key_of_the_level(
     open_archive: ArchiveHandler, archive_path: Path
 ) -> None:
-    datasets = [ct_dataset() for _ in range(3)]
+    datasets = [ct_small() for _ in range(3)]
     for number, ds in enumerate(datasets):
         ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{number}"
         ds.SeriesInstanceUID = f"{ds.SeriesInstanceUID}.{number % 2}"

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +10,7 @@ from twisted.logger import capturedLogs, formatEvent
 
 from dicomd.archive import ArchiveHandler
 from dicomd.archive.handler import ArchiveError, Reconciliation
-from tests.test_archive_handler import ct_dataset, kept_path, opened, received
-
-REPOSITORY = Path(__file__).resolve().parent.parent
+from tests.support.received import ct_small, kept_path, opened, received
 
 
 def uid(n: int) -> str:
@@ -36,7 +30,7 @@ def test_reconcile_removes_what_a_crash_left(tmp_path: Path) -> None:
     handler = opened(archive_path)
     kept = {}
     for n, study in ((1, "1.2.9.1"), (2, "1.2.9.1"), (3, "1.2.9.2")):
-        instance = received(archive_path, ct_dataset(SOPInstanceUID=uid(n), StudyInstanceUID=study))
+        instance = received(archive_path, ct_small(SOPInstanceUID=uid(n), StudyInstanceUID=study))
         kept[n] = kept_path(handler.archive(instance)).relative_to(archive_path).as_posix()
     handler.close()
 
@@ -103,7 +97,7 @@ def test_a_whole_file_whose_row_was_lost_is_indexed_again(tmp_path: Path) -> Non
     """A power cut may lose the last commits; the files, fsync'd, bring them back."""
     archive_path = tmp_path / "archive"
     handler = opened(archive_path)
-    instance = received(archive_path, ct_dataset(SOPInstanceUID=uid(7)))
+    instance = received(archive_path, ct_small(SOPInstanceUID=uid(7)))
     path = kept_path(handler.archive(instance))
     relative = path.relative_to(archive_path).as_posix()
     stale = archive_path / "1.2.9.8" / "1.2.9.8.1" / f"{uid(7)}.dcm"
@@ -128,7 +122,7 @@ def test_a_whole_file_whose_row_was_lost_is_indexed_again(tmp_path: Path) -> Non
 def test_a_clean_archive_loses_nothing(tmp_path: Path) -> None:
     archive_path = tmp_path / "archive"
     handler = opened(archive_path)
-    path = kept_path(handler.archive(received(archive_path, ct_dataset())))
+    path = kept_path(handler.archive(received(archive_path, ct_small())))
     handler.close()
 
     handler = ArchiveHandler(archive_path)
@@ -138,59 +132,6 @@ def test_a_clean_archive_loses_nothing(tmp_path: Path) -> None:
         assert path.is_file()
     finally:
         handler.close()
-
-
-def test_rows_committed_before_a_sigkill_are_there_after_it(tmp_path: Path) -> None:
-    archive_path = tmp_path / "archive"
-    opened(archive_path).close()
-    # received beside the archive: its own .incoming is emptied when it opens
-    instances = [
-        received(tmp_path, ct_dataset(SOPInstanceUID=uid(n), SeriesInstanceUID=f"1.2.8.{n}"))
-        for n in range(20)
-    ]
-    arguments = [
-        {
-            "sop_class_uid": instance.sop_class_uid,
-            "sop_instance_uid": instance.sop_instance_uid,
-            "transfer_syntax": instance.transfer_syntax,
-            "path": str(instance.path),
-            "size": instance.size,
-        }
-        for instance in instances
-    ]
-    script = """
-import json, os, signal, sys
-from pathlib import Path
-from dicomd.archive import ArchiveHandler
-from dicomd.interfaces import ReceivedInstance
-
-handler = ArchiveHandler(sys.argv[1])
-handler.open()
-for fields in json.loads(sys.argv[2]):
-    fields["path"] = Path(fields["path"])
-    answer = handler.archive(ReceivedInstance("SCU", "DICOMD", "127.0.0.1", 1, **fields))
-    assert answer.status == 0, answer
-Path(sys.argv[1], ".incoming").mkdir()
-Path(sys.argv[1], ".incoming", "in-flight.part").write_bytes(b"half an instance")
-os.kill(os.getpid(), signal.SIGKILL)
-"""
-    killed = subprocess.run(
-        [sys.executable, "-c", script, str(archive_path), json.dumps(arguments)],
-        cwd=REPOSITORY,
-        capture_output=True,
-        check=False,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
-    assert (archive_path / "index.sqlite-wal").stat().st_size > 0  # never checkpointed
-
-    handler = ArchiveHandler(archive_path)
-    counts = handler.open()
-    try:
-        assert counts == Reconciliation(1, 0, 0, 0, 0)
-        assert sorted(handler.index.lookup(uid(n)) is not None for n in range(20)) == [True] * 20
-    finally:
-        handler.close()
-    assert len(list(archive_path.rglob("*.dcm"))) == 20
 
 
 def test_a_folder_with_files_but_no_index_is_refused(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from dicomd.archive import ArchiveHandler, PrintHandler
 from dicomd.archive.handler import Reconciliation
 from dicomd.interfaces import Kept
-from tests.test_archive_handler import ct_dataset, kept_path, received, status_of
+from tests.support.received import ct_small, kept_path, received, status_of
 
 
 def uid(n: int) -> str:
@@ -63,9 +63,9 @@ class ArchiveServiceTests(unittest.TestCase):
         self.assertFalse(leftover.exists())
 
         instances = [
-            received(self.archive_path, ct_dataset(SOPInstanceUID=uid(n))) for n in range(12)
+            received(self.archive_path, ct_small(SOPInstanceUID=uid(n))) for n in range(12)
         ]
-        duplicate = received(self.archive_path, ct_dataset(SOPInstanceUID=uid(0)))
+        duplicate = received(self.archive_path, ct_small(SOPInstanceUID=uid(0)))
 
         @inlineCallbacks
         def store_all():
@@ -122,7 +122,7 @@ class ArchiveServiceTests(unittest.TestCase):
         instances = [
             received(
                 self.archive_path,
-                ct_dataset(SOPInstanceUID=uid(1), InstanceNumber=n),
+                ct_small(SOPInstanceUID=uid(1), InstanceNumber=n),
                 calling_ae_title=f"AE{n}",
             )
             for n in (1, 2)
@@ -135,7 +135,7 @@ class ArchiveServiceTests(unittest.TestCase):
     @inlineCallbacks
     def test_stop_service_fires_after_the_instance_in_flight_is_indexed(self):
         handler = self.started()
-        instance = received(self.archive_path, ct_dataset(SOPInstanceUID=uid(1)))
+        instance = received(self.archive_path, ct_small(SOPInstanceUID=uid(1)))
         stored = handler.store(instance)
 
         stopping = handler.stopService()
@@ -161,7 +161,7 @@ class ArchiveServiceTests(unittest.TestCase):
         handler = self.started(threads=4)
         count = 16
         instances = [
-            received(self.archive_path, ct_dataset(SOPInstanceUID=uid(n))) for n in range(count)
+            received(self.archive_path, ct_small(SOPInstanceUID=uid(n))) for n in range(count)
         ]
         commits_before = handler.index.commits
         # The index's thread is kept busy until every store but the first waits for its
@@ -183,13 +183,13 @@ class ArchiveServiceTests(unittest.TestCase):
 
     def test_store_before_start_is_refused(self):
         handler = ArchiveHandler(self.archive_path, reactor=reactor)
-        instance = received(self.archive_path, ct_dataset())
+        instance = received(self.archive_path, ct_small())
         with self.assertRaises(RuntimeError):
             handler.store(instance)
 
     @inlineCallbacks
     def test_print_logs_one_line_and_answers_success(self):
-        instance = received(self.archive_path, ct_dataset(), calling_ae_title="CT01")
+        instance = received(self.archive_path, ct_small(), calling_ae_title="CT01")
         with capturedLogs() as events:
             answer = yield PrintHandler(reactor=reactor).store(instance)
 
@@ -203,7 +203,7 @@ class ArchiveServiceTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_print_reports_an_unreadable_file_and_still_answers_success(self):
-        instance = received(self.archive_path, ct_dataset(), calling_ae_title="CT01")
+        instance = received(self.archive_path, ct_small(), calling_ae_title="CT01")
         instance.path.write_bytes(b"not DICOM")
         with capturedLogs() as events:
             answer = yield PrintHandler().store(instance)
