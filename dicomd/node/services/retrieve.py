@@ -140,8 +140,17 @@ class _RetrieveService:
         if not items:
             reply.final(uids.Status.SUCCESS, progress)
             return
-        sub_associations = await self.sub_associations(association, request, items, progress, reply)
-        if sub_associations is None:
+        kinds = [(item.sop_class_uid, item.transfer_syntax) for item in items]
+        try:
+            sub_associations = await self.sub_associations(association, request, kinds)
+        except Exception as error:
+            self.log.warn(
+                "retrieve to {destination}: cannot associate: {error}",
+                destination=destination,
+                error=str(error),
+            )
+            progress.fail(items)
+            reply.final(uids.Status.OUT_OF_RESOURCES_UNABLE_TO_PERFORM_SUB_OPERATIONS, progress)
             return
         try:
             await self._store_each(
@@ -168,14 +177,10 @@ class _RetrieveService:
         raise NotImplementedError
 
     async def sub_associations(
-        self,
-        association: Acceptor,
-        request: Request,
-        items: list[RetrieveItem],
-        progress: Progress,
-        reply: _Replier,
-    ) -> DimseAssociation | None:
-        """Where the sub-operations go, or None after answering why nowhere."""
+        self, association: Acceptor, request: Request, kinds: list[tuple[str, str]]
+    ) -> DimseAssociation:
+        """Where the sub-operations go, for instances of these (SOP class, transfer syntax)
+        kinds; an exception when they cannot go anywhere."""
         raise NotImplementedError
 
     def storer(self, association: DimseAssociation) -> Storer:
@@ -247,26 +252,10 @@ class MoveService(_RetrieveService):
         return name
 
     async def sub_associations(
-        self,
-        association: Acceptor,
-        request: Request,
-        items: list[RetrieveItem],
-        progress: Progress,
-        reply: _Replier,
-    ) -> DimseAssociation | None:
+        self, association: Acceptor, request: Request, kinds: list[tuple[str, str]]
+    ) -> DimseAssociation:
         ae_title = (request.command.move_destination or "").strip()
-        kinds = [(item.sop_class_uid, item.transfer_syntax) for item in items]
-        try:
-            return await self.destinations.associate(ae_title, storage_contexts(kinds))
-        except Exception as error:
-            self.log.warn(
-                "C-MOVE to {destination}: cannot associate: {error}",
-                destination=ae_title,
-                error=str(error),
-            )
-            progress.fail(items)
-            reply.final(uids.Status.OUT_OF_RESOURCES_UNABLE_TO_PERFORM_SUB_OPERATIONS, progress)
-            return None
+        return await self.destinations.associate(ae_title, storage_contexts(kinds))
 
     def storer(self, association: DimseAssociation) -> Storer:
         return lambda source, originator: send_store(
@@ -292,13 +281,8 @@ class GetService(_RetrieveService):
         return association.calling_ae_title
 
     async def sub_associations(
-        self,
-        association: Acceptor,
-        request: Request,
-        items: list[RetrieveItem],
-        progress: Progress,
-        reply: _Replier,
-    ) -> DimseAssociation | None:
+        self, association: Acceptor, request: Request, kinds: list[tuple[str, str]]
+    ) -> DimseAssociation:
         return association
 
     def storer(self, association: DimseAssociation) -> Storer:
