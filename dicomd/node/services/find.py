@@ -94,9 +94,7 @@ class FindService:
             return None
         query = association.find_query(identifier, model, level)
         handler = self.handlers[model]
-        d = _pending_status(handler, query)
-        d.addCallback(lambda pending: _Answer(self, association, request, query, pending))
-        return d.addCallback(lambda answer: answer.run(handler))
+        return _Answer(self, association, request, query).run(handler)
 
 
 def _pending_status(handler: IFindHandler, query: FindQuery) -> defer.Deferred[int]:
@@ -121,20 +119,20 @@ class _Answer:
         association: Acceptor,
         request: Request,
         query: FindQuery,
-        pending: int,
     ) -> None:
         self.service = service
         self.association = association
         self.request = request
         self.query = query
-        self.pending = pending
+        self.pending = uids.Status.PENDING
         self.cancelled = False
         self.matches = 0
 
     def run(self, handler: IFindHandler) -> defer.Deferred[None]:
         message_id = self.request.command.message_id
         self.association.on_cancel(message_id, self._cancel)
-        d = defer.maybeDeferred(handler.find, self.query)
+        d = _pending_status(handler, self.query)
+        d.addCallback(self._find, handler)
         d.addCallback(self._stream)
         d.addCallbacks(self._finished, self._failed)
         d.addBoth(lambda _: self.association.forget_cancel(message_id))
@@ -142,6 +140,12 @@ class _Answer:
 
     def _cancel(self) -> None:
         self.cancelled = True
+
+    def _find(
+        self, pending: int, handler: IFindHandler
+    ) -> defer.Deferred[Iterable[Dataset] | AsyncIterable[Dataset]]:
+        self.pending = pending
+        return defer.maybeDeferred(handler.find, self.query)
 
     def _stream(self, matches: Iterable[Dataset] | AsyncIterable[Dataset]) -> Any:
         if isinstance(matches, AsyncIterable):
