@@ -225,7 +225,7 @@ class StorescpTests(PeerTestCase):
         assert isinstance(aborted, AssociationAborted)
         assert not isinstance(aborted, AssociationTimeout)
         assert (aborted.source, aborted.reason) == (0, 0)  # storescp aborts as service user
-        assert not association.machine.is_established
+        assert not association.is_established
 
     @scenario
     async def test_abort_after_the_request_fails_the_store(self) -> None:
@@ -241,7 +241,7 @@ class StorescpTests(PeerTestCase):
         association = await connect(peer.port, "STORESCP", CTImageStorage, dimse_timeout=1)
         timed_out = await failure_of(association.store(CT_SMALL))
         assert isinstance(timed_out, DimseTimeout)
-        assert not association.machine.is_established  # and we aborted it
+        assert not association.is_established  # and we aborted it
 
 
 # -- connecting, and our own ACSE timer ---------------------------------------------------------
@@ -338,7 +338,7 @@ class ConnectingTests(PeerTestCase):
         silence = await failure_of(association.release())
         assert isinstance(silence, AssociationTimeout)
         assert silence.waiting_for == "A-RELEASE-RQ"
-        assert not association.machine.is_established
+        assert not association.is_established
 
 
 # -- dcmtk dcmqrscp ----------------------------------------------------------------------------
@@ -418,7 +418,7 @@ class DcmqrscpTests(PeerTestCase):
                 async for match in association.find_iter(uids.STUDY_ROOT_FIND, study_query())
             ]
         assert sorted(found) == sorted(self.studies)
-        assert not association.machine.is_established  # released
+        assert not association.is_established  # released
 
     @scenario
     async def test_find_iter_raises_a_failure_status(self) -> None:
@@ -670,7 +670,7 @@ class PynetdicomTests(PeerTestCase):
             async with association:
                 assert await association.echo() == SUCCESS
                 raise KeyError("the caller's own trouble")
-        assert not association.machine.is_established
+        assert not association.is_established
         assert await threads.deferToThread(aborted.wait, 10)
 
     @scenario
