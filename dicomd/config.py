@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import yaml
 
-from dicomd.uids import ALL_TRANSFER_SYNTAXES
+from dicomd.uids import ALL_TRANSFER_SYNTAXES, ae_title_problem
 
 MAX_PDU_LENGTH_RANGE: Final = (4096, 16 * 1024 * 1024)
 """PS3.8 allows up to 2**32 - 1, but every byte of it may be buffered per association."""
@@ -57,8 +57,6 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
     }
 )
 
-_AE_TITLE_CHARACTERS: Final = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
-"""The default character repertoire without backslash, 1 to 16 of them (PS3.5 6.2, VR AE)."""
 
 _HOST_NAME: Final = re.compile(
     r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?",
@@ -279,13 +277,9 @@ def _with_defaults(value: object, key: str, defaults: Mapping[str, Any]) -> dict
 def _ae_title(value: object, key: str) -> str:
     """An AE title with its non-significant leading and trailing spaces removed (PS3.5 6.2)."""
     text = _text(value, key)
-    if not _AE_TITLE_CHARACTERS.fullmatch(text):
-        raise ConfigError(
-            key,
-            f"an AE title is 1 to 16 printable ASCII characters without backslash, got {text!r}",
-        )
-    if not text.strip(" "):
-        raise ConfigError(key, "an AE title cannot be all spaces")
+    problem = ae_title_problem(text)
+    if problem is not None:
+        raise ConfigError(key, problem)
     return text.strip(" ")
 
 

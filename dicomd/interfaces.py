@@ -245,9 +245,7 @@ class IRetrieveSource(Interface):
     0124 (not authorized).
     """
 
-    retrieve_models = Attribute(
-        "The SOP Class UIDs of the MOVE and GET models this source serves."
-    )
+    retrieve_models = Attribute("The SOP Class UIDs of the MOVE and GET models this source serves.")
 
     def instances(query: FindQuery) -> list[RetrieveItem]:
         """The instances ``query`` selects."""

@@ -201,3 +201,26 @@ def status_category(code: int) -> StatusCategory:
     if code in _WARNING_CODES or 0xB000 <= code <= 0xBFFF:
         return "warning"
     return "failure"
+
+
+_AE_TITLE_CHARACTERS: Final = frozenset(map(chr, range(0x20, 0x7F))) - {"\\"}
+"""The default character repertoire without backslash and control characters (PS3.5 6.2)."""
+
+
+def ae_title_problem(text: str) -> str | None:
+    """Why ``text`` cannot be an AE title (PS3.5 6.2, VR AE), or None if it can.
+
+    The one check of AE titles, for the configuration and the command line alike.
+    """
+    if not text.strip(" "):
+        return "an AE title cannot be empty or all spaces"
+    if len(text) > 16:
+        return f"an AE title is at most 16 characters, {text!r} is longer"
+    if not set(text) <= _AE_TITLE_CHARACTERS:
+        return f"an AE title is printable ASCII without backslash, {text!r} is not"
+    return None
+
+
+def error_comment(text: str) -> str:
+    """Text fit for Error Comment (0000,0902), an LO: one line, at most 64 characters."""
+    return " ".join(text.split())[:64]

@@ -65,7 +65,7 @@ from dicomd.interfaces import (
     ReceivedInstance,
     RetrieveItem,
 )
-from dicomd.part10 import read_header_from
+from dicomd.part10 import INCOMING_FOLDER, read_header_from
 from dicomd.uids import (
     ALL_TRANSFER_SYNTAXES,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -78,13 +78,12 @@ from dicomd.uids import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
     Status,
+    error_comment,
     is_encapsulated,
 )
 
 DEFAULT_LAYOUT: Final = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 DUPLICATE_POLICIES: Final = ("keep-first", "overwrite", "reject")
-INCOMING: Final = ".incoming"
-"""Where the store service writes instances as they arrive; nothing in it survives a restart."""
 
 _SQLITE_COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
 _READABLE_IN_PLACE: Final = {
@@ -186,7 +185,7 @@ class ArchiveHandler(Service):
             raise ValueError(
                 f"index: expected a file name inside the archive folder, got {index!r}"
             )
-        if index in (".", "..", INCOMING):
+        if index in (".", "..", INCOMING_FOLDER):
             raise ValueError(f"index: {index!r} cannot be a file name")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: expected a whole number of at least 1, got {threads!r}")
@@ -479,7 +478,7 @@ class ArchiveHandler(Service):
         it is whole: one without a row (its commit was lost) is indexed again.
         Anything there that does not read as an instance is removed.
         """
-        incoming_files = _empty_folder(self.path / INCOMING)
+        incoming_files = _empty_folder(self.path / INCOMING_FOLDER)
         on_disk, folders = _walk(self.path, self._index_files)
         indexed = set(self.index.paths())
         rows_without_file = self.index.remove_paths(indexed - on_disk)
@@ -538,7 +537,7 @@ def _status(code: int, comment: str) -> Dataset:
     """A status with its Error Comment (an LO: one line, at most 64 characters)."""
     answer = Dataset()
     answer.Status = code
-    answer.ErrorComment = " ".join(comment.split())[:64]
+    answer.ErrorComment = error_comment(comment)
     return answer
 
 

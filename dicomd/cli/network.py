@@ -10,7 +10,6 @@ meaning (`dicomd.describe`).
 from __future__ import annotations
 
 import argparse
-import string
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -29,6 +28,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from dicomd import uids
 from dicomd.cli.output import error_line, seconds
 from dicomd.client import (
     AssociationAborted,
@@ -54,8 +54,6 @@ DEFAULT_CALLED_AE = "ANY-SCP"
 INTERRUPTED = 130
 """The exit status shells use for a command stopped by Ctrl-C (128 + SIGINT)."""
 
-_AE_TITLE_CHARACTERS = frozenset(string.printable) - frozenset("\\\t\n\r\x0b\x0c")
-
 
 class CommandFailed(Exception):
     """The command cannot go on; the message is the one line the user sees."""
@@ -63,12 +61,9 @@ class CommandFailed(Exception):
 
 def ae_title(text: str) -> str:
     """An AE title as PS3.5 6.2 allows it: 1 to 16 characters, no backslash or control character."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an AE title cannot be empty")
-    if len(text) > 16:
-        raise argparse.ArgumentTypeError(f"{text!r} is longer than 16 characters")
-    if not set(text) <= _AE_TITLE_CHARACTERS:
-        raise argparse.ArgumentTypeError(f"{text!r} holds a character AE titles cannot")
+    problem = uids.ae_title_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

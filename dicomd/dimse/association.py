@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from dicomd import uids
 from dicomd.dimse.command import Command, CommandError, CommandField
-from dicomd.dimse.datasets import DataSetError, decode_dataset, error_comment
+from dicomd.dimse.datasets import DataSetError, decode_dataset
 from dicomd.dimse.errors import (
     AssociationAborted,
     AssociationError,
@@ -318,7 +318,7 @@ class DimseAssociation:
         self.respond(
             request,
             uids.Status.PROCESSING_FAILURE,
-            error_comment=error_comment(failure.getErrorMessage()),
+            error_comment=uids.error_comment(failure.getErrorMessage()),
         )
 
     def _response_received(self, context: AcceptedContext, command: Command) -> None:

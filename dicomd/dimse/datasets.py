@@ -178,8 +178,3 @@ def _ensure_whole(ds: Dataset, size: int) -> None:
         raise DataSetError(
             f"cannot decode data set: {size - last_end} stray bytes after the last element"
         )
-
-
-def error_comment(text: str) -> str:
-    """Text fit for Error Comment (0000,0902), an LO: one line, at most 64 characters."""
-    return " ".join(text.split())[:64]

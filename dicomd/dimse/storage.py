@@ -46,7 +46,6 @@ from dicomd.dimse.datasets import (
     Buffer,
     DataSetError,
     encode_in_pieces,
-    error_comment,
     even_length,
 )
 from dicomd.dimse.errors import NoAcceptedContext
@@ -376,7 +375,7 @@ def _respond(association: DimseAssociation, request: Request, status: Status) ->
         "affected_sop_instance_uid": request.command.affected_sop_instance_uid
     }
     if status.comment:
-        fields["error_comment"] = error_comment(status.comment)
+        fields["error_comment"] = uids.error_comment(status.comment)
     association.respond(request, status.code, **fields)
 
 

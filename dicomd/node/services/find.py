@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from dicomd import uids
 from dicomd.dimse.association import DataSink, MemorySink, Request, decode_in
 from dicomd.dimse.command import Command, CommandField
-from dicomd.dimse.datasets import DataSetError, encode_dataset, error_comment
+from dicomd.dimse.datasets import DataSetError, encode_dataset
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier, ISupportedKeys
 
@@ -77,7 +77,7 @@ class FindService:
         association.respond(
             request,
             uids.Status.CANNOT_UNDERSTAND,
-            error_comment=error_comment(failure.getErrorMessage()),
+            error_comment=uids.error_comment(failure.getErrorMessage()),
         )
 
     def _query(
@@ -89,7 +89,9 @@ class FindService:
             association.respond(
                 request,
                 uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                error_comment=error_comment(f"Query/Retrieve Level {level!r} is not in this model"),
+                error_comment=uids.error_comment(
+                    f"Query/Retrieve Level {level!r} is not in this model"
+                ),
             )
             return None
         query = association.find_query(identifier, model, level)
@@ -199,7 +201,7 @@ class _Answer:
                 calling=self.query.calling_ae_title,
             )
             status = uids.Status.UNABLE_TO_PROCESS
-        comment = error_comment(failure.getErrorMessage())
+        comment = uids.error_comment(failure.getErrorMessage())
         self.association.respond(self.request, status, error_comment=comment)
 
 

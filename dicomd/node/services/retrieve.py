@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from dicomd import uids
 from dicomd.dimse.association import DataSink, DimseAssociation, MemorySink, Request, decode_in
 from dicomd.dimse.command import Command, CommandField
-from dicomd.dimse.datasets import DataSetError, encode_dataset, error_comment
+from dicomd.dimse.datasets import DataSetError, encode_dataset
 from dicomd.dimse.errors import AssociationError, NoAcceptedContext
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.dimse.storage import StoreResult, send_store, storage_contexts
@@ -322,7 +322,7 @@ class _Replier:
             if status != uids.Status.CANCEL:
                 fields["number_of_remaining_suboperations"] = None  # only in pending and cancel
         if comment:
-            fields["error_comment"] = error_comment(comment)
+            fields["error_comment"] = uids.error_comment(comment)
         data = None
         if progress is not None and progress.failed_uids:
             failed = Dataset()
