@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
@@ -23,6 +24,7 @@ from dicomd.ul.pdu import (
     AAbort,
     AAssociateAC,
     AAssociateRJ,
+    AbortSource,
     AReleaseRP,
     AReleaseRQ,
     AsyncOperationsWindow,
@@ -352,3 +354,57 @@ def test_hostile_bytes_never_raise_and_any_answer_is_a_valid_pdu(stream: bytes, 
         assert aborts[-1].source == 2
         peer.clock.advance(default_config().timeouts.artim + 1)
         assert peer.closed
+
+
+# -- peer text that an answer would echo ------------------------------------------------------
+
+
+def with_calling_ae(raw: bytes, calling: bytes) -> bytes:
+    """An encoded A-ASSOCIATE-RQ whose Calling AE Title field (bytes 26-41) holds ``calling``."""
+    return raw[:26] + calling.ljust(16, b" ") + raw[42:]
+
+
+@pytest.mark.parametrize("calling", [b"ECH\xd6SCU", b"TAB\tBED", b"    "])
+def test_a_calling_ae_title_that_cannot_be_echoed_is_rejected(calling: bytes) -> None:
+    peer = Peer()
+    peer.send(with_calling_ae(request().encode(), calling))
+    assert peer.received() == [AAssociateRJ(1, 1, 3)]
+    peer.clock.advance(default_config().timeouts.artim + 1)
+    assert peer.closed
+
+
+@pytest.mark.parametrize("max_length", [1, 7])
+def test_a_maximum_length_no_pdv_fits_into_is_rejected(max_length: int) -> None:
+    peer = Peer()
+    peer.send(request(max_length=max_length).encode())
+    assert peer.received() == [AAssociateRJ(1, 1, 1)]
+
+
+def test_the_smallest_maximum_length_still_gets_its_echo_answered() -> None:
+    peer = Peer()
+    peer.associate(request(max_length=8))
+    peer.send_command(1, Command(command_field=CommandField.C_ECHO_RQ, message_id=1,
+                                 affected_sop_class_uid=uids.VERIFICATION))  # fmt: skip
+    assert [(r.command_field, r.status) for r in peer.responses()] == [(0x8030, 0x0000)]
+
+
+def test_a_rejected_context_whose_syntax_is_no_uid_gets_the_default_syntax() -> None:
+    contexts = (
+        PresentationContextRQ(1, uids.VERIFICATION, (IMPLICIT,)),
+        PresentationContextRQ(3, "1.2.3.4", ("1.2.9",)),
+    )
+    peer = Peer()
+    peer.send(request(contexts=contexts).encode().replace(b"1.2.9", b"1.2.\xff"))
+    [ac] = peer.received()
+    rejected = ac.presentation_contexts[1]
+    assert (rejected.result, rejected.transfer_syntax) == (3, IMPLICIT)
+
+
+def test_a_command_uid_that_cannot_be_echoed_aborts_with_invalid_parameter() -> None:
+    peer = Peer()
+    peer.associate()
+    echo = Command(command_field=CommandField.C_ECHO_RQ, message_id=1,
+                   affected_sop_class_uid="1.2.840.10008.1.1")  # fmt: skip
+    encoded = echo.encode().replace(b"1.2.840.10008.1.1", b"1.2.840.10008.1.\xff")
+    peer.send(encode_pdata(1, 0x03, encoded))
+    assert peer.received() == [AAbort(AbortSource.SERVICE_PROVIDER, 6)]

@@ -270,6 +270,10 @@ class DimseAssociation:
         if field_value not in _KNOWN_COMMANDS:
             self._protocol_error(f"unknown DIMSE command field 0x{field_value:04X}")
             return
+        unanswerable = command.unanswerable()
+        if unanswerable is not None:
+            self._protocol_error(unanswerable)
+            return
         if command.is_response:
             self._response_received(context, command)
             return

@@ -79,6 +79,16 @@ _ELEMENTS: Final = (
     (0x1030, "move_originator_application_entity_title", _AE),
     (0x1031, "move_originator_message_id", _US),
 )
+_ECHOED: Final = (
+    "affected_sop_class_uid",
+    "requested_sop_class_uid",
+    "affected_sop_instance_uid",
+    "requested_sop_instance_uid",
+    "move_destination",
+    "move_originator_application_entity_title",
+)
+"""The string fields a response repeats, or that name files and peers."""
+
 _BY_ELEMENT: Final = {element: (name, vr) for element, name, vr in _ELEMENTS}
 _GROUP_LENGTH: Final = 0x0000
 
@@ -134,6 +144,18 @@ class Command:
     def is_response(self) -> bool:
         """Whether this is a response: bit 15 of the command field is set."""
         return bool(self.command_field & _RESPONSE_BIT)
+
+    def unanswerable(self) -> str | None:
+        """What in this command cannot be echoed back in a response, or None.
+
+        Values arrive read as Latin-1 so that decoding never fails; a UID or
+        AE title a response must carry again has to be ASCII to be sent.
+        """
+        for name in _ECHOED:
+            value = getattr(self, name)
+            if value is not None and not value.isascii():
+                return f"{name.replace('_', ' ')} {value!r} is not ASCII"
+        return None
 
     def encode(self) -> bytes:
         """The command set as implicit VR little endian bytes, group length first.

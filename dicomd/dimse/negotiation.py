@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from pydicom.uid import UID
+
+from dicomd.uids import IMPLICIT_VR_LITTLE_ENDIAN
 from dicomd.ul.pdu import ContextResult, PresentationContextAC, PresentationContextRQ
 
 
@@ -55,8 +58,11 @@ def negotiate(
 
 def _answer(context: PresentationContextRQ, preference: Sequence[str]) -> tuple[ContextResult, str]:
     # A rejected context still carries a transfer syntax sub-item; its value
-    # is not significant (PS3.8 9.3.3.2), so we echo the peer's first one.
+    # is not significant (PS3.8 9.3.3.2), so we echo the peer's first one
+    # when it is a UID at all, and the default syntax otherwise.
     offered_first = context.transfer_syntaxes[0] if context.transfer_syntaxes else ""
+    if not UID(offered_first).is_valid:
+        offered_first = IMPLICIT_VR_LITTLE_ENDIAN
     if not preference:
         return ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, offered_first
     offered = set(context.transfer_syntaxes)

@@ -9,9 +9,10 @@ one the standard allows in the current state.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from pydicom import Dataset
 from twisted.internet import defer
@@ -22,6 +23,8 @@ from dicomd.dimse.command import Command
 from dicomd.dimse.negotiation import AcceptedContext, negotiate
 from dicomd.dimse.work import Worker
 from dicomd.interfaces import (
+    REJECT_CALLED_AE,
+    REJECT_CALLING_AE,
     REJECT_NO_REASON,
     Accept,
     AssociationRequest,
@@ -103,6 +106,10 @@ class Acceptor(DimseAssociation):
             return
         if request.application_context != uids.APPLICATION_CONTEXT:
             self._reject(_REJECT_APPLICATION_CONTEXT)
+            return
+        rejection = _unanswerable(request)
+        if rejection is not None:
+            self._reject(rejection)
             return
         d = _first_rejection(self.settings.validators, self._describe(request))
         d.addCallback(self._decided, request)
@@ -225,6 +232,26 @@ class Acceptor(DimseAssociation):
         """The peer's A-RELEASE-RP after a release collision: now we answer its request."""
         if self.machine.state is State.STA12:
             self.machine.release_response()
+
+
+MINIMUM_PEER_PDU_LENGTH: Final = 8
+"""The smallest maximum length a peer may announce: one PDV header and two bytes of data,
+the least that a message can be fragmented into (PS3.8 9.3.5, E.2)."""
+
+
+def _unanswerable(request: AAssociateRQ) -> Rejection | None:
+    """A request whose answer cannot be built or used: AE titles the A-ASSOCIATE-AC would echo
+    that are no AE titles, or a maximum length no message fits into."""
+    problem = uids.ae_title_problem(request.calling_ae_title)
+    if problem is not None:
+        return dataclasses.replace(REJECT_CALLING_AE, message=f"calling {problem}")
+    problem = uids.ae_title_problem(request.called_ae_title)
+    if problem is not None:
+        return dataclasses.replace(REJECT_CALLED_AE, message=f"called {problem}")
+    max_length = request.user_information.max_length or 0
+    if 0 < max_length < MINIMUM_PEER_PDU_LENGTH:
+        return Rejection(1, 1, 1, f"maximum length {max_length} leaves no room for a PDV")
+    return None
 
 
 def _first_rejection(
