@@ -224,3 +224,16 @@ def ae_title_problem(text: str) -> str | None:
 def error_comment(text: str) -> str:
     """Text fit for Error Comment (0000,0902), an LO: one line, at most 64 characters."""
     return " ".join(text.split())[:64]
+
+
+def uid_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a UID (PS3.5 9.1), or None if it can: at most 64 characters,
+    digits and dots only.  Leading zeros, which the rules forbid but some writers use,
+    pass: refusing them would refuse instances that exist."""
+    if not text:
+        return "is empty"
+    if len(text) > 64:
+        return f"is {len(text)} characters long, more than 64"
+    if text.strip("0123456789."):
+        return "holds characters other than digits and dots"
+    return None

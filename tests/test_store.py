@@ -243,6 +243,23 @@ def test_a_store_without_instance_uid_cannot_be_understood(tmp_path: Path) -> No
     assert handler.seen == []
 
 
+@pytest.mark.parametrize(
+    ("instance_uid", "status"),
+    [("1." + "2" * 63, 0x0117), ("1.2.3.4x", 0x0117), ("1.2.03.4", 0x0000)],
+)
+def test_a_sop_instance_uid_that_breaks_the_uid_rules_is_an_invalid_object_instance(
+    tmp_path: Path, instance_uid: str, status: int
+) -> None:
+    handler = Recorder()
+    peer = node(tmp_path, handler)
+    peer.associate(request(contexts=ct_contexts()))
+    peer.send_command(3, store_command(instance_uid), data_set_bytes())
+    (response,) = peer.responses()
+    assert response.status == status
+    assert len(handler.seen) == (status == 0x0000)
+    assert list((tmp_path / INCOMING_FOLDER).glob("*")) == []
+
+
 def test_compressed_syntaxes_are_accepted_for_storage_only(tmp_path: Path) -> None:
     peer = node(tmp_path, Recorder())
     ac = peer.associate(

@@ -324,8 +324,8 @@ class StoreReceiver:
     def open_sink(
         self, association: DimseAssociation, context: AcceptedContext, command: Command
     ) -> DataSink:
-        if not (command.affected_sop_class_uid and command.affected_sop_instance_uid):
-            return DiscardSink()  # answered in handle(): there is nothing to name the file by
+        if _refusal(command) is not None:
+            return DiscardSink()  # answered in handle(): nothing to name the file by
         meta = file_meta(
             command.affected_sop_class_uid,
             command.affected_sop_instance_uid,
@@ -338,12 +338,10 @@ class StoreReceiver:
         self, association: DimseAssociation, request: Request
     ) -> defer.Deferred[None] | None:
         command = request.command
-        received: IncomingFile | None = request.data
-        if received is None:
-            status = Status(
-                uids.Status.CANNOT_UNDERSTAND, "C-STORE-RQ without Affected SOP Class/Instance UID"
-            )
-            return _respond(association, request, status)
+        refusal = _refusal(command)
+        if refusal is not None:
+            return _respond(association, request, refusal)
+        received: IncomingFile = request.data
         if received.error is not None:
             return _respond(association, request, _out_of_resources(received.error))
         instance = ReceivedInstance(
@@ -368,6 +366,25 @@ class StoreReceiver:
             return result
 
         return d.addBoth(clean_up)
+
+
+def _refusal(command: Command) -> Status | None:
+    """The answer to a C-STORE-RQ whose UIDs cannot name an instance, or None.
+
+    The SOP Instance UID names the file an archive keeps: one that breaks
+    the UID rules (too long, other characters) could collide with another's.
+    """
+    if not (command.affected_sop_class_uid and command.affected_sop_instance_uid):
+        return Status(
+            uids.Status.CANNOT_UNDERSTAND, "C-STORE-RQ without Affected SOP Class/Instance UID"
+        )
+    problem = uids.uid_problem(command.affected_sop_instance_uid)
+    if problem is not None:
+        return Status(uids.Status.INVALID_OBJECT_INSTANCE, f"SOP Instance UID {problem}")
+    problem = uids.uid_problem(command.affected_sop_class_uid)
+    if problem is not None:
+        return Status(uids.Status.CANNOT_UNDERSTAND, f"SOP Class UID {problem}")
+    return None
 
 
 def _respond(association: DimseAssociation, request: Request, status: Status) -> None:
