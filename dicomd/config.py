@@ -32,6 +32,9 @@ MAX_PDU_LENGTH_RANGE: Final = (4096, 16 * 1024 * 1024)
 
 MAX_ASSOCIATIONS_RANGE: Final = (1, 4096)
 
+MAX_COMMAND_LENGTH_RANGE: Final = (1024, 16 * 1024 * 1024)
+"""A command set is a few hundred bytes; the limit keeps one that never ends from piling up."""
+
 BUILTIN_PLUGINS: Final[Mapping[str, str]] = MappingProxyType(
     {"archive": "dicomd.archive.ArchiveHandler", "print": "dicomd.archive.PrintHandler"}
 )
@@ -42,7 +45,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "ae_title": "DICOMD",
         "listen": "tcp:11112",
         "storage": {"path": "./var/archive"},
-        "limits": {"max_pdu_length": 262144, "max_associations": 32},
+        "limits": {"max_pdu_length": 262144, "max_associations": 32, "max_command_length": 65536},
         "timeouts": {"acse": 30, "dimse": 60, "network_idle": 300, "artim": 30},
         "transfer_syntaxes": [
             "1.2.840.10008.1.2.1",
@@ -82,6 +85,7 @@ class ConfigError(Exception):
 class Limits:
     max_pdu_length: int
     max_associations: int
+    max_command_length: int = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +213,11 @@ def parse_config(data: Mapping[str, Any]) -> Config:
             ),
             max_associations=_integer(
                 limits["max_associations"], "limits.max_associations", MAX_ASSOCIATIONS_RANGE
+            ),
+            max_command_length=_integer(
+                limits["max_command_length"],
+                "limits.max_command_length",
+                MAX_COMMAND_LENGTH_RANGE,
             ),
         ),
         timeouts=Timeouts(

@@ -41,7 +41,7 @@ CONTRACT = {
     "ae_title": "DICOMD",
     "listen": "tcp:11112",
     "storage": {"path": "./var/archive"},
-    "limits": {"max_pdu_length": 262144, "max_associations": 32},
+    "limits": {"max_pdu_length": 262144, "max_associations": 32, "max_command_length": 65536},
     "timeouts": {"acse": 30, "dimse": 60, "network_idle": 300, "artim": 30},
     "transfer_syntaxes": [
         "1.2.840.10008.1.2.1",
@@ -81,7 +81,7 @@ def test_default_config_has_the_documented_values() -> None:
         ae_title="DICOMD",
         listen="tcp:11112",
         storage_path=Path("var/archive"),
-        limits=Limits(max_pdu_length=262144, max_associations=32),
+        limits=Limits(max_pdu_length=262144, max_associations=32, max_command_length=65536),
         timeouts=Timeouts(acse=30.0, dimse=60.0, network_idle=300.0, artim=30.0),
         transfer_syntaxes=(
             "1.2.840.10008.1.2.1",
@@ -117,7 +117,7 @@ def test_example_file_and_embedded_defaults_agree() -> None:
 def test_every_key_in_the_example_file_has_a_comment_above_it() -> None:
     lines = EXAMPLE_FILE.read_text().splitlines()
     keys = [n for n, line in enumerate(lines) if re.match(r"\s*[a-z_]+:", line)]
-    assert len(keys) == 20
+    assert len(keys) == 21
     for number in keys:
         assert lines[number - 1].lstrip().startswith("#"), lines[number]
 
@@ -128,7 +128,9 @@ def test_keys_left_out_take_their_defaults(tmp_path: Path) -> None:
     config = load_config(path)
     defaults = default_config()
     assert config.ae_title == "ARCHIVE"
-    assert config.limits == Limits(max_pdu_length=262144, max_associations=4)
+    assert config.limits == Limits(
+        max_pdu_length=262144, max_associations=4, max_command_length=65536
+    )
     assert config.timeouts == Timeouts(acse=30.0, dimse=60.0, network_idle=300.0, artim=2.5)
     assert config.listen == defaults.listen
     assert config.access == defaults.access

@@ -408,3 +408,14 @@ def test_a_command_uid_that_cannot_be_echoed_aborts_with_invalid_parameter() -> 
     encoded = echo.encode().replace(b"1.2.840.10008.1.1", b"1.2.840.10008.1.\xff")
     peer.send(encode_pdata(1, 0x03, encoded))
     assert peer.received() == [AAbort(AbortSource.SERVICE_PROVIDER, 6)]
+
+
+def test_a_command_set_that_never_ends_is_aborted_at_the_limit() -> None:
+    peer = Peer(bare_config(limits=dataclasses.replace(default_config().limits,
+                                                       max_command_length=4096)))  # fmt: skip
+    peer.associate()
+    for _ in range(3):
+        peer.send(encode_pdata(1, 0x01, b"\x00" * 1024))  # command fragments, none the last
+    assert peer.received() == []
+    peer.send(encode_pdata(1, 0x01, b"\x00" * 1026))
+    assert peer.received() == [AAbort(AbortSource.SERVICE_PROVIDER, 6)]

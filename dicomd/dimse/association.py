@@ -31,7 +31,13 @@ from dicomd.dimse.errors import (
     DimseTimeout,
     NoAcceptedContext,
 )
-from dicomd.dimse.messages import AssemblyError, CommandReceived, DataReceived, MessageAssembler
+from dicomd.dimse.messages import (
+    DEFAULT_MAX_COMMAND_LENGTH,
+    AssemblyError,
+    CommandReceived,
+    DataReceived,
+    MessageAssembler,
+)
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.dimse.outbox import FileData, Outbox, Pieces
 from dicomd.dimse.work import Worker
@@ -176,7 +182,13 @@ class DimseAssociation:
 
     log = Logger()
 
-    def __init__(self, protocol: UpperLayerProtocol, dimse_timeout: float, worker: Worker) -> None:
+    def __init__(
+        self,
+        protocol: UpperLayerProtocol,
+        dimse_timeout: float,
+        worker: Worker,
+        max_command_length: int = DEFAULT_MAX_COMMAND_LENGTH,
+    ) -> None:
         self.protocol = protocol
         self.dimse_timeout = dimse_timeout
         self.worker = worker
@@ -187,7 +199,7 @@ class DimseAssociation:
         self.max_outstanding = 0
         """Requests of ours in flight at once (the asynchronous operations window); 0: no limit."""
         self.ended: defer.Deferred[None] = defer.Deferred()
-        self._assembler = MessageAssembler()
+        self._assembler = MessageAssembler(max_command_length)
         self._incoming: _Incoming | None = None
         self._data_set_timer = Timer(protocol.clock, dimse_timeout, self._data_set_expired)
         self._outbox: Outbox | None = None

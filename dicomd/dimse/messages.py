@@ -20,6 +20,9 @@ PDV_COMMAND: Final = 0x01
 PDV_LAST: Final = 0x02
 """Message control header bit 1: the fragment is the last of its command or data set."""
 
+DEFAULT_MAX_COMMAND_LENGTH: Final = 65536
+"""The largest command set taken unless told otherwise; real ones are a few hundred bytes."""
+
 _PDV_OVERHEAD: Final = 6  # item length (4) + context id (1) + control header (1)
 
 
@@ -86,17 +89,27 @@ class MessageAssembler:
     data set may be a gigabyte on its way to disk.  Any fragment length is
     accepted, odd or empty, and a data set may be split at any byte.
 
-    A fragment that breaks the order raises :class:`AssemblyError` and leaves
-    the assembler as it was; a command set that does not decode raises
-    :class:`CommandError` and leaves it ready for the next command.  Either
+    A fragment that breaks the order, or takes a command set past
+    ``max_command_length`` bytes (so that one that never ends cannot pile up),
+    raises :class:`AssemblyError` and leaves the assembler as it was; a
+    command set that does not decode raises :class:`CommandError` and leaves
+    it ready for the next command.  Either
     way the caller is expected to abort the association.
     """
 
-    __slots__ = ("_command_context", "_command_fragments", "_data_context")
+    __slots__ = (
+        "_command_context",
+        "_command_fragments",
+        "_command_length",
+        "_data_context",
+        "max_command_length",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_command_length: int = DEFAULT_MAX_COMMAND_LENGTH) -> None:
+        self.max_command_length = max_command_length
         self._command_context: int | None = None
         self._command_fragments: list[bytes] = []
+        self._command_length = 0
         self._data_context: int | None = None
 
     @property
@@ -128,12 +141,19 @@ class MessageAssembler:
                 f"command fragment on context {context_id} while the command"
                 f" on context {self._command_context} is incomplete"
             )
+        self._command_length += len(data)
+        if self._command_length > self.max_command_length:
+            raise AssemblyError(
+                f"command set on context {context_id} is longer than"
+                f" {self.max_command_length} bytes"
+            )
         self._command_fragments.append(data)
         if not last:
             return []
         encoded = b"".join(self._command_fragments)
         self._command_context = None
         self._command_fragments = []
+        self._command_length = 0
         command = Command.decode(encoded)
         if command.has_data_set:
             self._data_context = context_id

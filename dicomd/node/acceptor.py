@@ -20,6 +20,7 @@ from twisted.internet import defer
 from dicomd import uids
 from dicomd.dimse.association import DimseAssociation, Service
 from dicomd.dimse.command import Command
+from dicomd.dimse.messages import DEFAULT_MAX_COMMAND_LENGTH
 from dicomd.dimse.negotiation import AcceptedContext, negotiate
 from dicomd.dimse.work import Worker
 from dicomd.interfaces import (
@@ -63,13 +64,16 @@ class AcceptorSettings:
     validators: Sequence[IAssociationValidator]
     services: ServiceRegistry
     worker: Worker
+    max_command_length: int = DEFAULT_MAX_COMMAND_LENGTH
 
 
 class Acceptor(DimseAssociation):
     """The service user of one association offered to the node."""
 
     def __init__(self, settings: AcceptorSettings, protocol: UpperLayerProtocol) -> None:
-        super().__init__(protocol, settings.dimse_timeout, settings.worker)
+        super().__init__(
+            protocol, settings.dimse_timeout, settings.worker, settings.max_command_length
+        )
         self.settings = settings
         self.peer_scp_roles: frozenset[str] = frozenset()
 
