@@ -419,3 +419,29 @@ def test_a_command_set_that_never_ends_is_aborted_at_the_limit() -> None:
     assert peer.received() == []
     peer.send(encode_pdata(1, 0x01, b"\x00" * 1026))
     assert peer.received() == [AAbort(AbortSource.SERVICE_PROVIDER, 6)]
+
+
+def test_a_trickled_pdu_is_aborted_when_its_deadline_passes() -> None:
+    peer = Peer()
+    peer.associate()
+    dimse = default_config().timeouts.dimse
+    partial = encode_pdata(1, 0x03, b"\x00" * 1000)
+    peer.send(partial[:10])
+    for byte in range(10, 10 + int(dimse) - 1):  # a byte a second: the idle timer never fires
+        peer.clock.advance(1)
+        peer.send(partial[byte : byte + 1])
+    assert peer.received() == []
+    peer.clock.advance(1.5)
+    assert peer.received() == [AAbort(AbortSource.SERVICE_PROVIDER, 0)]
+
+
+def test_whole_pdus_never_start_the_deadline() -> None:
+    peer = Peer()
+    peer.associate()
+    echo = Command(command_field=CommandField.C_ECHO_RQ, message_id=1,
+                   affected_sop_class_uid=uids.VERIFICATION)  # fmt: skip
+    for _ in range(3):
+        peer.send_command(1, echo)
+        peer.clock.advance(default_config().timeouts.dimse)
+    assert [r.status for r in peer.responses()] == [0x0000, 0x0000, 0x0000]
+    assert not peer.closed

@@ -106,6 +106,7 @@ class DicomServerFactory(Factory):
             max_pdu_length=self.settings.max_pdu_length,
             artim_timeout=self.artim_timeout,
             idle_timeout=self.idle_timeout,
+            pdu_timeout=self.settings.dimse_timeout,
         )
         protocol.factory = self
         return protocol

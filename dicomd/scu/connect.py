@@ -109,6 +109,7 @@ def requestor_protocol(
         max_pdu_length=settings.max_pdu_length,
         artim_timeout=settings.acse_timeout,
         idle_timeout=settings.network_idle_timeout,
+        pdu_timeout=settings.dimse_timeout,
     )
     association: Requestor = protocol.user  # type: ignore[assignment]
     association.begin()

@@ -51,8 +51,10 @@ class UpperLayerProtocol(Protocol):
 
     ``max_pdu_length`` is what we announced: a P-DATA-TF longer than that is
     answered with an A-ABORT before its body is read.  ``idle_timeout`` aborts
-    an association whose peer has gone quiet; ARTIM (``artim_timeout``) covers
-    the moments the standard gives it.
+    an association whose peer has gone quiet, ``pdu_timeout`` one whose peer
+    began a PDU and does not finish it (every byte resets the idle timer, so
+    a trickle would otherwise hold the association forever); ARTIM
+    (``artim_timeout``) covers the moments the standard gives it.
     """
 
     log = Logger()
@@ -66,6 +68,7 @@ class UpperLayerProtocol(Protocol):
         max_pdu_length: int,
         artim_timeout: float,
         idle_timeout: float,
+        pdu_timeout: float,
     ) -> None:
         self.clock = clock
         self.max_pdu_length = max_pdu_length
@@ -77,6 +80,7 @@ class UpperLayerProtocol(Protocol):
         self._discarding = False
         self._artim = Timer(clock, artim_timeout, self._artim_expired)
         self._idle = Timer(clock, idle_timeout, self._idle_expired)
+        self._pdu_deadline = Timer(clock, pdu_timeout, self._pdu_expired)
 
     # -- Twisted Protocol ------------------------------------------------
 
@@ -112,9 +116,12 @@ class UpperLayerProtocol(Protocol):
                 return
             end = HEADER_LENGTH + length
             if len(buffer) < end:
+                if not self._pdu_deadline.running:
+                    self._pdu_deadline.start()
                 return
             body = bytes(buffer[HEADER_LENGTH:end])
             del buffer[:end]
+            self._pdu_deadline.stop()
             try:
                 pdu = decode_pdu(pdu_type, body)
             except PDUError as error:
@@ -129,6 +136,7 @@ class UpperLayerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._idle.stop()
+        self._pdu_deadline.stop()
         self.stop_artim()
         self.machine.connection_closed()
 
@@ -176,6 +184,22 @@ class UpperLayerProtocol(Protocol):
     def _artim_expired(self) -> None:
         self.log.info("ARTIM expired for {peer}; closing", peer=self.peer)
         self.machine.artim_expired()
+
+    def _pdu_expired(self) -> None:
+        """A PDU begun ``pdu_timeout`` ago is still not whole: a peer trickling bytes to hold
+        the association open gets an A-ABORT; before there is an association, the
+        connection is closed."""
+        self.log.warn(
+            "{peer} began a PDU {seconds}s ago and has not finished it; aborting",
+            peer=self.peer,
+            seconds=self._pdu_deadline.seconds,
+        )
+        self._discarding = True
+        self._buffer.clear()
+        if self.machine.state in (State.STA1, State.STA2, State.STA4, State.STA13):
+            self.close_transport()
+        else:
+            self.machine.abort_request(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
 
     def _idle_expired(self) -> None:
         state = self.machine.state
