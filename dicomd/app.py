@@ -32,7 +32,7 @@ from dicomd.interfaces import (
 )
 from dicomd.lag import LagMonitor
 from dicomd.node.acceptor import AcceptorSettings
-from dicomd.node.factory import DicomServerFactory
+from dicomd.node.factory import AssociationLimits, DicomServerFactory
 from dicomd.node.registry import ServiceRegistry
 from dicomd.node.services.echo import VerificationService
 from dicomd.node.services.find import FindService
@@ -85,7 +85,11 @@ def node_factory(
     return DicomServerFactory(
         settings,
         clock,
-        max_associations=config.limits.max_associations,
+        limits=AssociationLimits(
+            config.limits.max_associations,
+            config.limits.max_associations_per_host,
+            config.limits.max_associations_per_calling_ae,
+        ),
         artim_timeout=config.timeouts.artim,
         idle_timeout=config.timeouts.network_idle,
     )

@@ -45,7 +45,13 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "ae_title": "DICOMD",
         "listen": "tcp:11112",
         "storage": {"path": "./var/archive"},
-        "limits": {"max_pdu_length": 262144, "max_associations": 32, "max_command_length": 65536},
+        "limits": {
+            "max_pdu_length": 262144,
+            "max_associations": 32,
+            "max_associations_per_host": 16,
+            "max_associations_per_calling_ae": 16,
+            "max_command_length": 65536,
+        },
         "timeouts": {"acse": 30, "dimse": 60, "network_idle": 300, "artim": 30},
         "transfer_syntaxes": [
             "1.2.840.10008.1.2.1",
@@ -85,6 +91,8 @@ class ConfigError(Exception):
 class Limits:
     max_pdu_length: int
     max_associations: int
+    max_associations_per_host: int = 16
+    max_associations_per_calling_ae: int = 16
     max_command_length: int = 65536
 
 
@@ -213,6 +221,16 @@ def parse_config(data: Mapping[str, Any]) -> Config:
             ),
             max_associations=_integer(
                 limits["max_associations"], "limits.max_associations", MAX_ASSOCIATIONS_RANGE
+            ),
+            max_associations_per_host=_integer(
+                limits["max_associations_per_host"],
+                "limits.max_associations_per_host",
+                MAX_ASSOCIATIONS_RANGE,
+            ),
+            max_associations_per_calling_ae=_integer(
+                limits["max_associations_per_calling_ae"],
+                "limits.max_associations_per_calling_ae",
+                MAX_ASSOCIATIONS_RANGE,
             ),
             max_command_length=_integer(
                 limits["max_command_length"],

@@ -41,7 +41,13 @@ CONTRACT = {
     "ae_title": "DICOMD",
     "listen": "tcp:11112",
     "storage": {"path": "./var/archive"},
-    "limits": {"max_pdu_length": 262144, "max_associations": 32, "max_command_length": 65536},
+    "limits": {
+        "max_pdu_length": 262144,
+        "max_associations": 32,
+        "max_associations_per_host": 16,
+        "max_associations_per_calling_ae": 16,
+        "max_command_length": 65536,
+    },
     "timeouts": {"acse": 30, "dimse": 60, "network_idle": 300, "artim": 30},
     "transfer_syntaxes": [
         "1.2.840.10008.1.2.1",
@@ -117,7 +123,7 @@ def test_example_file_and_embedded_defaults_agree() -> None:
 def test_every_key_in_the_example_file_has_a_comment_above_it() -> None:
     lines = EXAMPLE_FILE.read_text().splitlines()
     keys = [n for n, line in enumerate(lines) if re.match(r"\s*[a-z_]+:", line)]
-    assert len(keys) == 21
+    assert len(keys) == 23
     for number in keys:
         assert lines[number - 1].lstrip().startswith("#"), lines[number]
 

@@ -24,6 +24,7 @@ from dicomd.ul.pdu import (
     AAbort,
     AAssociateAC,
     AAssociateRJ,
+    AAssociateRQ,
     AbortSource,
     AReleaseRP,
     AReleaseRQ,
@@ -445,3 +446,33 @@ def test_whole_pdus_never_start_the_deadline() -> None:
         peer.clock.advance(default_config().timeouts.dimse)
     assert [r.status for r in peer.responses()] == [0x0000, 0x0000, 0x0000]
     assert not peer.closed
+
+
+def answer_from(factory: object, host: str, rq: AAssociateRQ) -> object:
+    """The node's answer to ``rq`` on a new connection from ``host``."""
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    protocol = factory.buildProtocol(transport.getPeer())  # type: ignore[attr-defined]
+    protocol.makeConnection(transport)
+    protocol.dataReceived(rq.encode())
+    return decode(transport.value())
+
+
+def limited(**changes: int) -> object:
+    limits = dataclasses.replace(default_config().limits, max_associations=4, **changes)
+    return node_factory(bare_config(limits=limits), clock=Clock())
+
+
+def test_one_host_at_its_limit_leaves_room_for_another_host() -> None:
+    factory = limited(max_associations_per_host=2)
+    flood = [answer_from(factory, "10.0.0.1", request()) for _ in range(3)]
+    assert [type(answer) for answer in flood] == [AAssociateAC, AAssociateAC, AAssociateRJ]
+    assert flood[2] == AAssociateRJ(2, 3, 2)
+    assert isinstance(answer_from(factory, "10.0.0.2", request()), AAssociateAC)
+
+
+def test_one_calling_ae_at_its_limit_leaves_room_for_another() -> None:
+    factory = limited(max_associations_per_calling_ae=1)
+    assert isinstance(answer_from(factory, "10.0.0.1", request()), AAssociateAC)
+    assert answer_from(factory, "10.0.0.2", request()) == AAssociateRJ(2, 3, 2)
+    other = dataclasses.replace(request(), calling_ae_title="OTHERSCU")
+    assert isinstance(answer_from(factory, "10.0.0.2", other), AAssociateAC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
@@ -51,29 +52,58 @@ class _NodeProtocol(UpperLayerProtocol):
         super().connectionLost(reason)
 
 
+@dataclass(frozen=True, slots=True)
+class AssociationLimits:
+    """How many associations the node holds at once: in all, from one host, for one calling AE.
+
+    The per-host and per-AE limits lie below the total, so that a few peers
+    that associate and idle cannot lock every other peer out.
+    """
+
+    total: int
+    per_host: int
+    per_calling_ae: int
+
+
 @implementer(IAssociationValidator)
 class ConcurrencyLimit:
-    """Rejects associations beyond ``limit`` at once (transient, 3, 2).
+    """Rejects an association beyond one of ``limits`` (transient: result 2, source 3, reason 2).
 
     ``connections`` is the live set of the factory's connections; the request
     being validated is one of them.
     """
 
-    def __init__(self, connections: set[UpperLayerProtocol], limit: int) -> None:
+    def __init__(self, connections: set[UpperLayerProtocol], limits: AssociationLimits) -> None:
         self.connections = connections
-        self.limit = limit
+        self.limits = limits
 
     def validate(self, request: AssociationRequest) -> Accept | Rejection:
-        active = sum(1 for p in self.connections if p.machine.state in _ASSOCIATED)
-        return REJECT_LOCAL_LIMIT if active > self.limit else ACCEPT
+        held: list[Acceptor] = [
+            p.user  # type: ignore[misc]
+            for p in self.connections
+            if p.machine.state in _ASSOCIATED
+        ]
+        limits = self.limits
+        if len(held) > limits.total:
+            return _over(f"more than {limits.total} associations")
+        if sum(1 for a in held if a.peer_host == request.peer_host) > limits.per_host:
+            return _over(f"more than {limits.per_host} associations from {request.peer_host}")
+        calling = request.calling_ae_title
+        if sum(1 for a in held if a.calling_ae_title == calling) > limits.per_calling_ae:
+            return _over(f"more than {limits.per_calling_ae} associations for {calling}")
+        return ACCEPT
+
+
+def _over(what: str) -> Rejection:
+    return dataclasses.replace(REJECT_LOCAL_LIMIT, message=f"local limit exceeded: {what}")
 
 
 class DicomServerFactory(Factory):
     """Builds one acceptor protocol per connection, sharing the node's settings.
 
     ``settings`` is ready-made: the AE title, the services and the validators.
-    Unless ``max_associations`` is None, a ``ConcurrencyLimit`` on this
-    factory's connections is asked before those validators.  ``artim_timeout``
+    Unless ``limits`` is None, a ``ConcurrencyLimit`` on this factory's
+    connections is asked before those validators.  ``artim_timeout``
     and ``idle_timeout`` are the seconds of PS3.8's ARTIM timer and of a
     connection with no traffic.
     """
@@ -85,7 +115,7 @@ class DicomServerFactory(Factory):
         settings: AcceptorSettings,
         clock: IReactorTime,
         *,
-        max_associations: int | None,
+        limits: AssociationLimits | None,
         artim_timeout: float,
         idle_timeout: float,
     ) -> None:
@@ -93,8 +123,8 @@ class DicomServerFactory(Factory):
         self.artim_timeout = artim_timeout
         self.idle_timeout = idle_timeout
         self.connections: set[UpperLayerProtocol] = set()
-        if max_associations is not None:
-            limit = ConcurrencyLimit(self.connections, max_associations)
+        if limits is not None:
+            limit = ConcurrencyLimit(self.connections, limits)
             settings = dataclasses.replace(settings, validators=(limit, *settings.validators))
         self.settings = settings
 
