@@ -81,6 +81,7 @@ def node_factory(
         services=services(config, plugins, clock),
         worker=worker_for(clock),
         max_command_length=config.limits.max_command_length,
+        max_data_length=config.limits.max_identifier_length,
     )
     return DicomServerFactory(
         settings,

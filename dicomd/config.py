@@ -33,6 +33,9 @@ MAX_PDU_LENGTH_RANGE: Final = (4096, 16 * 1024 * 1024)
 MAX_ASSOCIATIONS_RANGE: Final = (1, 4096)
 
 MAX_COMMAND_LENGTH_RANGE: Final = (1024, 16 * 1024 * 1024)
+
+MAX_IDENTIFIER_LENGTH_RANGE: Final = (4096, 256 * 1024 * 1024)
+"""Identifiers are a few KiB; each one up to the limit is held in memory and parsed."""
 """A command set is a few hundred bytes; the limit keeps one that never ends from piling up."""
 
 BUILTIN_PLUGINS: Final[Mapping[str, str]] = MappingProxyType(
@@ -51,6 +54,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
             "max_associations_per_host": 16,
             "max_associations_per_calling_ae": 16,
             "max_command_length": 65536,
+            "max_identifier_length": 1048576,
         },
         "timeouts": {"acse": 30, "dimse": 60, "network_idle": 300, "artim": 30},
         "transfer_syntaxes": [
@@ -94,6 +98,7 @@ class Limits:
     max_associations_per_host: int = 16
     max_associations_per_calling_ae: int = 16
     max_command_length: int = 65536
+    max_identifier_length: int = 1048576
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +241,11 @@ def parse_config(data: Mapping[str, Any]) -> Config:
                 limits["max_command_length"],
                 "limits.max_command_length",
                 MAX_COMMAND_LENGTH_RANGE,
+            ),
+            max_identifier_length=_integer(
+                limits["max_identifier_length"],
+                "limits.max_identifier_length",
+                MAX_IDENTIFIER_LENGTH_RANGE,
             ),
         ),
         timeouts=Timeouts(

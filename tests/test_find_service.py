@@ -17,6 +17,8 @@ from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier, ISuppo
 from dicomd.ul.pdu import PresentationContextRQ
 from tests.wire import EXPLICIT, IMPLICIT, Peer, request
 
+DEFLATED = uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+
 STUDY_ROOT = uids.STUDY_ROOT_FIND
 PATIENT_ROOT = uids.PATIENT_ROOT_FIND
 
@@ -240,3 +242,30 @@ def test_implicit_little_endian_identifiers_work_too() -> None:
     peer.clock.advance(0)
     (first, _), *_ = peer.messages()
     assert first.status == 0xFF00
+
+
+def test_an_identifier_past_the_limit_is_refused_with_a700_and_the_association_stays() -> None:
+    handler = Handler([study("1")])
+    peer = find_peer(handler)
+    huge = identifier(PatientID="", StudyDescription="x" * 2_000_000)
+    send_find(peer, huge, message_id=5)
+    [(status, _)] = answers(peer)
+    assert status == 0xA700
+    assert handler.queries == []
+    send_find(peer, identifier(PatientID=""), message_id=6)  # the association goes on
+    assert [status for status, _ in answers(peer)] == [0xFF00, 0x0000]
+
+
+def test_a_deflated_identifier_that_inflates_past_the_limit_is_refused() -> None:
+    handler = Handler([study("1")])
+    peer = find_peer(handler, syntax=DEFLATED)
+    bomb = identifier(PatientID="", StudyDescription=" " * 8_000_000)
+    command = Command(command_field=CommandField.C_FIND_RQ, message_id=5,
+                      affected_sop_class_uid=STUDY_ROOT, priority=0,
+                      command_data_set_type=0x0001)  # fmt: skip
+    data = encode_dataset(bomb, DEFLATED)
+    assert len(data) < 64 * 1024  # small on the wire
+    peer.send_command(1, command, data)
+    [(status, _)] = answers(peer)
+    assert status == 0xC000
+    assert handler.queries == []

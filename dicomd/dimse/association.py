@@ -54,6 +54,16 @@ _CAN_SEND: Final = (State.STA6, State.STA8)
 _KNOWN_COMMANDS: Final = frozenset(int(field) for field in CommandField)
 _PENDING: Final = frozenset({uids.Status.PENDING, uids.Status.PENDING_WARNING})
 
+DEFAULT_MAX_DATA_LENGTH: Final = 1 << 20
+"""Identifiers and matches are a few KiB at most; one MiB leaves room and bounds memory."""
+
+_OVERSIZED_STATUS: Final = {
+    CommandField.C_FIND_RQ: uids.Status.OUT_OF_RESOURCES,
+    CommandField.C_MOVE_RQ: uids.Status.OUT_OF_RESOURCES_UNABLE_TO_CALCULATE_MATCHES,
+    CommandField.C_GET_RQ: uids.Status.OUT_OF_RESOURCES_UNABLE_TO_CALCULATE_MATCHES,
+}
+"""The failure a request whose data set outgrew the limit gets (PS3.4 C.4.1.1.4, C.4.2.1.5)."""
+
 Data = bytes | Pieces | FileData | None
 """A message's data set as it leaves: bytes, pieces, a byte range of a file, or none."""
 
@@ -83,16 +93,39 @@ class DataSink(Protocol):
         """The association ended before the last fragment."""
 
 
-class MemorySink:
-    """Keeps a data set in memory: identifiers, query matches and the like."""
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """What a `MemorySink` holds when the data set outgrew it: only its length."""
 
-    def __init__(self) -> None:
+    length: int
+    limit: int
+
+    def __str__(self) -> str:
+        return f"a data set of {self.length} bytes, more than the limit of {self.limit}"
+
+
+class MemorySink:
+    """Keeps a data set in memory, up to ``limit`` bytes: identifiers, query matches.
+
+    Past the limit the rest is read and dropped, so that the association
+    stays in step, and `finish` answers `Oversized` instead of the bytes.
+    """
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self.length = 0
         self._chunks: list[bytes] = []
 
     def write(self, data: bytes) -> None:
-        self._chunks.append(data)
+        self.length += len(data)
+        if self.limit and self.length > self.limit:
+            self._chunks.clear()
+        else:
+            self._chunks.append(data)
 
-    def finish(self) -> bytes:
+    def finish(self) -> bytes | Oversized:
+        if self.limit and self.length > self.limit:
+            return Oversized(self.length, self.limit)
         return b"".join(self._chunks)
 
     def discard(self) -> None:
@@ -188,8 +221,11 @@ class DimseAssociation:
         dimse_timeout: float,
         worker: Worker,
         max_command_length: int = DEFAULT_MAX_COMMAND_LENGTH,
+        max_data_length: int = DEFAULT_MAX_DATA_LENGTH,
     ) -> None:
         self.protocol = protocol
+        self.max_data_length = max_data_length
+        """The largest data set kept in memory: identifiers, matches, other responses."""
         self.dimse_timeout = dimse_timeout
         self.worker = worker
         self.calling_ae_title = ""
@@ -317,9 +353,25 @@ class DimseAssociation:
         self._incoming = _Incoming(context, command, sink, complete)
         self._data_set_timer.start()
 
+    def memory_sink(self) -> MemorySink:
+        """A sink for a data set kept in memory, bounded by ``max_data_length``."""
+        return MemorySink(self.max_data_length)
+
     def _dispatch(self, service: Service | None, request: Request) -> None:
         if service is None:
             self.respond(request, uids.Status.UNRECOGNIZED_OPERATION)
+            return
+        if isinstance(request.data, Oversized):
+            self.log.warn(
+                "{peer_ae} at {peer} sent {what}; refused",
+                peer_ae=self.peer_ae_title,
+                peer=self.peer,
+                what=str(request.data),
+            )
+            status = _OVERSIZED_STATUS.get(
+                request.command.command_field, uids.Status.OUT_OF_RESOURCES
+            )
+            self.respond(request, status, error_comment=uids.error_comment(str(request.data)))
             return
         d = defer.maybeDeferred(service.handle, self, request)
         d.addErrback(self._service_failed, request)
@@ -345,13 +397,16 @@ class DimseAssociation:
             return
         if command.has_data_set:
             self._expect_data_set(
-                context, command, MemorySink(), lambda data: self._responded(command, data)
+                context, command, self.memory_sink(), lambda data: self._responded(command, data)
             )
         else:
             self._responded(command, None)
 
-    def _responded(self, command: Command, data: bytes | None) -> None:
+    def _responded(self, command: Command, data: bytes | Oversized | None) -> None:
         message_id: int = command.message_id_being_responded_to  # type: ignore[assignment]
+        if isinstance(data, Oversized):
+            self._protocol_error(f"response to message {message_id} is {data}")
+            return
         outstanding = self._outstanding.get(message_id)
         if outstanding is None:
             return  # the association ended while the data set came in
@@ -586,11 +641,18 @@ class DimseAssociation:
             self.ended.callback(None)
 
 
-def decode_in(worker: Worker, data: bytes, transfer_syntax: str) -> defer.Deferred[Dataset]:
-    """Decode a received data set, in ``worker`` when it is large enough to take a while."""
-    if len(data) <= _DECODE_INLINE_UP_TO:
-        return defer.maybeDeferred(decode_dataset, data, transfer_syntax)
-    return worker.run(decode_dataset, data, transfer_syntax)
+def decode_in(
+    association: DimseAssociation, data: bytes, transfer_syntax: str
+) -> defer.Deferred[Dataset]:
+    """Decode a data set received on ``association``: in its worker when it is large enough
+    to take a while or deflated (it may inflate to its limit), at once otherwise."""
+    limit = association.max_data_length
+    if (
+        len(data) <= _DECODE_INLINE_UP_TO
+        and transfer_syntax != uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    ):
+        return defer.maybeDeferred(decode_dataset, data, transfer_syntax, limit)
+    return association.worker.run(decode_dataset, data, transfer_syntax, limit)
 
 
 _DECODE_INLINE_UP_TO: Final = 64 * 1024

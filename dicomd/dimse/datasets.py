@@ -129,17 +129,18 @@ def even_length(data: bytes) -> bytes:
     return data + b"\0" if len(data) % 2 else data
 
 
-def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+def decode_dataset(data: bytes, transfer_syntax: str, max_length: int = 0) -> Dataset:
     """Decode a data set received in ``transfer_syntax``.
 
     Every element is parsed before returning, so that a malformed value shows
     up here as a :class:`DataSetError` rather than later, wherever the data
-    set happens to be read.
+    set happens to be read.  A deflated one that would inflate past
+    ``max_length`` bytes (when not 0) is refused before it fills memory.
     """
     implicit_vr, little_endian, deflated = _encoding(transfer_syntax)
     try:
         if deflated:
-            data = zlib.decompress(data, wbits=-15)
+            data = _inflated(data, max_length)
         ds = read_dataset(DicomBytesIO(data), implicit_vr, little_endian)
         _ensure_whole(ds, len(data))
         for _element in ds.iterall():
@@ -149,6 +150,14 @@ def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
     except Exception as e:  # pydicom raises many types; all mean "cannot decode"
         raise DataSetError(f"cannot decode data set as {transfer_syntax}: {e}") from e
     return ds
+
+
+def _inflated(data: bytes, max_length: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=-15)
+    inflated = inflater.decompress(data, max_length + 1 if max_length else 0)
+    if max_length and (len(inflated) > max_length or inflater.unconsumed_tail):
+        raise DataSetError(f"the deflated data set inflates to more than {max_length} bytes")
+    return inflated + inflater.flush()
 
 
 def _ensure_whole(ds: Dataset, size: int) -> None:

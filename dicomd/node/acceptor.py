@@ -18,7 +18,7 @@ from pydicom import Dataset
 from twisted.internet import defer
 
 from dicomd import uids
-from dicomd.dimse.association import DimseAssociation, Service
+from dicomd.dimse.association import DEFAULT_MAX_DATA_LENGTH, DimseAssociation, Service
 from dicomd.dimse.command import Command
 from dicomd.dimse.messages import DEFAULT_MAX_COMMAND_LENGTH
 from dicomd.dimse.negotiation import AcceptedContext, negotiate
@@ -65,6 +65,7 @@ class AcceptorSettings:
     services: ServiceRegistry
     worker: Worker
     max_command_length: int = DEFAULT_MAX_COMMAND_LENGTH
+    max_data_length: int = DEFAULT_MAX_DATA_LENGTH
 
 
 class Acceptor(DimseAssociation):
@@ -72,7 +73,11 @@ class Acceptor(DimseAssociation):
 
     def __init__(self, settings: AcceptorSettings, protocol: UpperLayerProtocol) -> None:
         super().__init__(
-            protocol, settings.dimse_timeout, settings.worker, settings.max_command_length
+            protocol,
+            settings.dimse_timeout,
+            settings.worker,
+            settings.max_command_length,
+            settings.max_data_length,
         )
         self.settings = settings
         self.peer_scp_roles: frozenset[str] = frozenset()

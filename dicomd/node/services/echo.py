@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dicomd import uids
-from dicomd.dimse.association import DataSink, DimseAssociation, MemorySink, Request
+from dicomd.dimse.association import DataSink, DimseAssociation, Request
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.negotiation import AcceptedContext
 
@@ -18,7 +18,9 @@ class VerificationService:
     def open_sink(
         self, association: DimseAssociation, context: AcceptedContext, command: Command
     ) -> DataSink:
-        return MemorySink()  # a C-ECHO-RQ has no data set; a peer that sends one gets it read
+        return (
+            association.memory_sink()
+        )  # a C-ECHO-RQ has no data set; a peer that sends one gets it read
 
     def handle(self, association: DimseAssociation, request: Request) -> None:
         association.respond(request, uids.Status.SUCCESS)

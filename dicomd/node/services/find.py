@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.dimse.association import DataSink, MemorySink, Request, decode_in
+from dicomd.dimse.association import DataSink, Request, decode_in
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import DataSetError, encode_dataset
 from dicomd.dimse.negotiation import AcceptedContext
@@ -63,10 +63,10 @@ class FindService:
     def open_sink(
         self, association: Acceptor, context: AcceptedContext, command: Command
     ) -> DataSink:
-        return MemorySink()
+        return association.memory_sink()
 
     def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None]:
-        d = decode_in(association.worker, request.data or b"", request.context.transfer_syntax)
+        d = decode_in(association, request.data or b"", request.context.transfer_syntax)
         return d.addCallbacks(
             lambda identifier: self._query(association, request, identifier),
             lambda failure: self._undecodable(association, request, failure),

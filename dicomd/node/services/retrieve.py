@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.dimse.association import DataSink, DimseAssociation, MemorySink, Request, decode_in
+from dicomd.dimse.association import DataSink, DimseAssociation, Request, decode_in
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import DataSetError, encode_dataset
 from dicomd.dimse.errors import AssociationError, NoAcceptedContext
@@ -94,7 +94,7 @@ class _RetrieveService:
     def open_sink(
         self, association: DimseAssociation, context: AcceptedContext, command: Command
     ) -> DataSink:
-        return MemorySink()
+        return association.memory_sink()
 
     def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._retrieve(association, request))
@@ -103,7 +103,7 @@ class _RetrieveService:
         reply = _Replier(association, request)
         try:
             identifier = await decode_in(
-                association.worker, request.data or b"", request.context.transfer_syntax
+                association, request.data or b"", request.context.transfer_syntax
             )
         except DataSetError as error:
             reply.final(uids.Status.CANNOT_UNDERSTAND, comment=str(error))
