@@ -308,3 +308,20 @@ def test_file_meta_is_what_pydicom_writes(instance_uid: str, source_ae: str) -> 
     expected = BytesIO()
     write_file_meta_info(expected, meta, enforce_standard=True)
     assert file_meta(CT_STORAGE, instance_uid, JPEG_BASELINE, source_ae) == expected.getvalue()
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [lambda whole: whole[:-3], lambda whole: whole + b"abc"],
+    ids=["cut short", "stray bytes"],
+)
+def test_a_data_set_that_is_not_whole_is_refused_and_not_kept(tmp_path: Path, broken) -> None:
+    handler = Recorder()
+    peer = node(tmp_path, handler)
+    peer.associate(request(contexts=ct_contexts()))
+    peer.send_command(3, store_command(), broken(data_set_bytes()))
+    (response,) = peer.responses()
+    assert response.status == 0xC000
+    assert response.error_comment.startswith("not whole: ")
+    assert handler.seen == []
+    assert list((tmp_path / INCOMING_FOLDER).glob("*")) == []

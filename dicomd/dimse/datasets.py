@@ -25,7 +25,7 @@ class DataSetError(ValueError):
     """A data set that cannot be encoded or decoded in the given transfer syntax."""
 
 
-def _encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
+def encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated) for a transfer syntax pydicom knows."""
     uid = UID(transfer_syntax)
     try:
@@ -40,7 +40,7 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
     As with any pydicom write, ambiguous VRs (US or SS, OB or OW) are resolved
     in ``ds`` itself when the syntax calls for explicit VR.
     """
-    implicit_vr, little_endian, deflated = _encoding(transfer_syntax)
+    implicit_vr, little_endian, deflated = encoding(transfer_syntax)
     encoded = _encoded(ds, implicit_vr, little_endian, transfer_syntax)
     if deflated:
         compressor = zlib.compressobj(wbits=-15)
@@ -72,7 +72,7 @@ def encode_in_pieces(
     ``large_value`` gives the pieces that go out for such an element (its
     value, or a converted copy that pydicom never has to hold).
     """
-    implicit_vr, little_endian, deflated = _encoding(transfer_syntax)
+    implicit_vr, little_endian, deflated = encoding(transfer_syntax)
     pieces: list[Buffer] = []
     run = Dataset()
     for element in ds:
@@ -137,7 +137,7 @@ def decode_dataset(data: bytes, transfer_syntax: str, max_length: int = 0) -> Da
     set happens to be read.  A deflated one that would inflate past
     ``max_length`` bytes (when not 0) is refused before it fills memory.
     """
-    implicit_vr, little_endian, deflated = _encoding(transfer_syntax)
+    implicit_vr, little_endian, deflated = encoding(transfer_syntax)
     try:
         if deflated:
             data = _inflated(data, max_length)

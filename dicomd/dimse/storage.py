@@ -51,6 +51,13 @@ from dicomd.dimse.datasets import (
 from dicomd.dimse.errors import NoAcceptedContext
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.dimse.outbox import FileData
+from dicomd.dimse.walker import (
+    DEFAULT_INFLATION,
+    DataSetWalker,
+    Inflater,
+    InflationLimits,
+    checker_for,
+)
 from dicomd.interfaces import IStoreHandler, Kept, ReceivedInstance
 from dicomd.part10 import IncomingFile, file_meta
 from dicomd.uids import is_encapsulated
@@ -317,9 +324,15 @@ class StoreReceiver:
     log = Logger()
     operations = frozenset({CommandField.C_STORE_RQ})
 
-    def __init__(self, incoming: Path, handlers: Sequence[IStoreHandler]) -> None:
+    def __init__(
+        self,
+        incoming: Path,
+        handlers: Sequence[IStoreHandler],
+        inflation: InflationLimits = DEFAULT_INFLATION,
+    ) -> None:
         self.incoming = incoming
         self.handlers = tuple(handlers)
+        self.inflation = inflation
 
     def open_sink(
         self, association: DimseAssociation, context: AcceptedContext, command: Command
@@ -332,7 +345,8 @@ class StoreReceiver:
             context.transfer_syntax,
             association.peer_ae_title,
         )
-        return IncomingFile(self.incoming, meta)
+        checker = checker_for(context.transfer_syntax, self.inflation)
+        return CheckedFile(IncomingFile(self.incoming, meta), checker)
 
     def handle(
         self, association: DimseAssociation, request: Request
@@ -341,7 +355,21 @@ class StoreReceiver:
         refusal = _refusal(command)
         if refusal is not None:
             return _respond(association, request, refusal)
-        received: IncomingFile = request.data
+        checked: CheckedFile = request.data
+        received = checked.file
+        if checked.problem is not None:
+            received.remove()
+            self.log.warn(
+                "C-STORE of {uid} from {peer_ae}: the data set is not whole: {problem}",
+                uid=command.affected_sop_instance_uid,
+                peer_ae=association.peer_ae_title,
+                problem=checked.problem,
+            )
+            return _respond(
+                association,
+                request,
+                Status(uids.Status.CANNOT_UNDERSTAND, f"not whole: {checked.problem}"),
+            )
         if received.error is not None:
             return _respond(association, request, _out_of_resources(received.error))
         instance = ReceivedInstance(
@@ -385,6 +413,42 @@ def _refusal(command: Command) -> Status | None:
     if problem is not None:
         return Status(uids.Status.CANNOT_UNDERSTAND, f"SOP Class UID {problem}")
     return None
+
+
+class CheckedFile:
+    """The sink of one C-STORE: the Part 10 file being written, and what follows the data
+    set's structure as it arrives to tell whether it is whole.
+
+    After the first problem nothing more is written: the rest is only read
+    off the association, and the file is removed once the request is answered.
+    """
+
+    def __init__(self, file: IncomingFile, checker: DataSetWalker | Inflater | None) -> None:
+        self.file = file
+        self.checker = checker
+        self.problem: str | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.problem is not None:
+            return
+        self.file.write(data)
+        if self.checker is not None:
+            try:
+                self.checker.feed(data)
+            except DataSetError as error:
+                self.problem = str(error)
+
+    def finish(self) -> CheckedFile:
+        self.file.finish()
+        if self.problem is None and self.checker is not None:
+            try:
+                self.checker.end()
+            except DataSetError as error:
+                self.problem = str(error)
+        return self
+
+    def discard(self) -> None:
+        self.file.discard()
 
 
 def _respond(association: DimseAssociation, request: Request, status: Status) -> None:

@@ -1,0 +1,295 @@
+"""Following a data set's element structure as its bytes arrive, to know it is whole.
+
+A success status for C-STORE must mean the instance is whole, yet the data
+set streams to disk fragment by fragment and is never parsed in full.  The
+walker reads only element headers, skips values without keeping them, and
+checks what makes a data set whole (PS3.5 7.1, 7.5): each header complete,
+tags ascending within each data set and item, every value within the data
+and within its item or sequence, sequences and items closed, explicit VRs
+that are VRs, nothing after the last element.  It decodes no value.
+
+`Inflater` does the same for a deflated data set, inflating it piece by piece
+up to a bound, so that a small stream cannot grow without end.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Final
+
+from pydicom.datadict import dictionary_VR
+
+from dicomd.dimse.datasets import DataSetError, encoding
+
+_LONG_VRS: Final = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_VRS: Final = _LONG_VRS | frozenset(
+    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+     b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+)  # fmt: skip
+_UNDEFINED: Final = 0xFFFFFFFF
+_ITEM: Final = 0xFFFEE000
+_ITEM_END: Final = 0xFFFEE00D
+_SEQUENCE_END: Final = 0xFFFEE0DD
+_PIXEL_DATA: Final = 0x7FE00010
+
+
+class IncompleteDataSet(DataSetError):
+    """A data set that is not whole: cut short, overrunning, unclosed, or with stray bytes."""
+
+
+@dataclass(slots=True)
+class _Level:
+    """One level of nesting: the data set, an item, a sequence, or encapsulated fragments."""
+
+    kind: str  # "data set", "item", "sequence" or "fragments"
+    end: int | None  # absolute offset where a defined length ends; None when undefined
+    tag: int  # the element that opened it (0 for the data set)
+    implicit_vr: bool  # how its headers are encoded
+    last_tag: int = -1
+
+
+class DataSetWalker:
+    """Checks that the bytes fed to it, in any pieces, make one whole data set."""
+
+    def __init__(self, implicit_vr: bool, little_endian: bool) -> None:
+        order = "<" if little_endian else ">"
+        self._tag = struct.Struct(f"{order}HH")
+        self._short = struct.Struct(f"{order}2sH")
+        self._long = struct.Struct(f"{order}L")
+        self._offset = 0
+        self._skip = 0
+        self._skipping_tag = 0
+        self._header = bytearray()
+        self._levels = [_Level("data set", None, 0, implicit_vr)]
+
+    @property
+    def _implicit_vr(self) -> bool:
+        return self._levels[-1].implicit_vr
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes; raises `IncompleteDataSet` at the first problem."""
+        view = memoryview(data)
+        position, size = 0, len(view)
+        while position < size:
+            if self._skip:
+                taken = min(self._skip, size - position)
+                self._skip -= taken
+                self._offset += taken
+                position += taken
+                continue
+            wanted = self._header_size()
+            taken = min(wanted - len(self._header), size - position)
+            self._header += view[position : position + taken]
+            position += taken
+            if len(self._header) == wanted == self._header_size():
+                header, self._header = bytes(self._header), bytearray()
+                self._element(header)
+
+    def end(self) -> None:
+        """No more bytes: raises `IncompleteDataSet` unless the data set is whole."""
+        if self._skip:
+            raise IncompleteDataSet(
+                f"the value of {_name(self._skipping_tag)} is cut short, {self._skip} bytes missing"
+            )
+        if self._header:
+            raise IncompleteDataSet(
+                f"{len(self._header)} stray bytes after the last element"
+                if len(self._levels) == 1
+                else "an element header is cut short"
+            )
+        self._close_ended_levels()
+        if len(self._levels) > 1:
+            level = self._levels[-1]
+            raise IncompleteDataSet(f"the {level.kind} of {_name(level.tag)} is never closed")
+
+    # -- internals --------------------------------------------------------
+
+    def _header_size(self) -> int:
+        """How many bytes the header being read takes: in explicit VR, known once its tag and
+        VR (six bytes) are in."""
+        if self._implicit_vr:
+            return 8
+        if len(self._header) < 6:
+            return 6
+        if self._tag.unpack_from(self._header)[0] == 0xFFFE:
+            return 8  # items and delimiters have no VR (PS3.5 7.5)
+        return 12 if bytes(self._header[4:6]) in _LONG_VRS else 8
+
+    def _element(self, header: bytes) -> None:
+        group, element = self._tag.unpack_from(header)
+        tag = group << 16 | element
+        vr = b""
+        implicit_vr = self._implicit_vr
+        if implicit_vr or group == 0xFFFE:
+            (length,) = self._long.unpack_from(header, 4)
+        else:
+            vr, length = self._short.unpack_from(header, 4)
+            if vr not in _VRS:
+                raise IncompleteDataSet(f"{_name(tag)} has {vr!r}, which is no VR")
+            if vr in _LONG_VRS:
+                (length,) = self._long.unpack_from(header, 8)
+        start = self._offset
+        self._offset += len(header)
+        self._close_ended_levels(start)
+        level = self._levels[-1]
+        if level.kind in ("sequence", "fragments"):
+            self._in_sequence(level, tag, length)
+            return
+        if tag == _ITEM_END:
+            if level.kind != "item" or level.end is not None:
+                raise IncompleteDataSet("an item delimiter outside an item of undefined length")
+            self._levels.pop()
+            return
+        if tag <= level.last_tag:
+            raise IncompleteDataSet(f"{_name(tag)} comes after {_name(level.last_tag)}")
+        level.last_tag = tag
+        if vr == b"SQ" or (not vr and _is_sequence(tag, length)):
+            self._open(_Level("sequence", self._end_of(tag, length), tag, implicit_vr))
+        elif vr == b"UN" and length == _UNDEFINED:
+            # A sequence of unknown VR, its items encoded implicit VR (PS3.5 6.2.2)
+            self._open(_Level("sequence", None, tag, True))
+        elif length == _UNDEFINED:
+            if tag != _PIXEL_DATA:
+                raise IncompleteDataSet(f"{_name(tag)} has an undefined length")
+            self._open(_Level("fragments", None, tag, implicit_vr))
+        else:
+            self._value(tag, length)
+
+    def _in_sequence(self, level: _Level, tag: int, length: int) -> None:
+        if tag == _SEQUENCE_END:
+            if level.end is not None:
+                raise IncompleteDataSet(f"a sequence delimiter in {_name(level.tag)}")
+            self._levels.pop()
+        elif tag != _ITEM:
+            raise IncompleteDataSet(f"{_name(tag)} where an item of {_name(level.tag)} belongs")
+        elif level.kind == "fragments":
+            if length == _UNDEFINED:
+                raise IncompleteDataSet("a pixel data fragment of undefined length")
+            self._value(tag, length)
+        else:
+            self._open(_Level("item", self._end_of(tag, length), tag, level.implicit_vr))
+
+    def _value(self, tag: int, length: int) -> None:
+        self._end_of(tag, length)
+        self._skip = length
+        self._skipping_tag = tag
+
+    def _open(self, level: _Level) -> None:
+        self._levels.append(level)
+
+    def _end_of(self, tag: int, length: int) -> int | None:
+        """Where a value of ``length`` ends; it must end within every enclosing level."""
+        if length == _UNDEFINED:
+            return None
+        end = self._offset + length
+        for level in self._levels:
+            if level.end is not None and end > level.end:
+                raise IncompleteDataSet(
+                    f"{_name(tag)} claims {length} bytes, beyond the end of {_name(level.tag)}"
+                )
+        return end
+
+    def _close_ended_levels(self, at: int | None = None) -> None:
+        """Leave the items and sequences of defined length that end where we are."""
+        offset = self._offset if at is None else at
+        while len(self._levels) > 1 and self._levels[-1].end == offset:
+            self._levels.pop()
+
+
+def _is_sequence(tag: int, length: int) -> bool:
+    """Implicit VR: whether ``tag`` is a sequence, as pydicom's dictionary says (an undefined
+    length on an unknown element means one too, as pydicom reads it)."""
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return length == _UNDEFINED and tag != _PIXEL_DATA
+
+
+def _name(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+_TRAILER: Final = 8
+"""The most bytes let pass after a deflate stream: a gzip trailer (CRC-32 and size)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InflationLimits:
+    """How far a deflated data set may grow: in bytes, and as a multiple of its size sent."""
+
+    max_length: int = 1 << 30
+    max_ratio: int = 200
+
+
+DEFAULT_INFLATION: Final = InflationLimits()
+
+
+class Inflater:
+    """Inflates a deflated data set as it arrives and walks what comes out.
+
+    The stream may grow to ``max_length`` bytes and to ``max_ratio`` times
+    its compressed size, no further: past that it is refused, however little
+    of it has arrived.  A single NUL after the stream is the padding that
+    makes its length even, and a few more are a writer's trailer (`_trailing`).
+    """
+
+    def __init__(self, walker: DataSetWalker, limits: InflationLimits) -> None:
+        self.walker = walker
+        self.max_length = limits.max_length
+        self.max_ratio = limits.max_ratio
+        self._inflater = zlib.decompressobj(wbits=-15)
+        self._compressed = 0
+        self._inflated = 0
+        self._after_stream = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._inflater.eof:
+            self._trailing(data)
+            return
+        self._compressed += len(data)
+        pending = data
+        while pending and not self._inflater.eof:
+            allowed = self._allowance()
+            piece = self._inflater.decompress(pending, allowed + 1)
+            self._inflated += len(piece)
+            if self._inflated > self._bound():
+                raise IncompleteDataSet(
+                    f"the deflated data set inflates past {self._bound()} bytes"
+                )
+            self.walker.feed(piece)
+            pending = self._inflater.unconsumed_tail
+        if self._inflater.eof:
+            self._trailing(self._inflater.unused_data)
+
+    def end(self) -> None:
+        if not self._inflater.eof:
+            raise IncompleteDataSet("the deflate stream is cut short")
+        self.walker.end()
+
+    def _bound(self) -> int:
+        return min(self.max_length, self.max_ratio * max(self._compressed, 1))
+
+    def _allowance(self) -> int:
+        return max(self._bound() - self._inflated, 0)
+
+    def _trailing(self, data: bytes) -> None:
+        """Bytes after the end of the deflate stream are no part of the data set: a NUL of
+        padding, or a writer's checksum trailer, is let pass; more is not."""
+        self._after_stream += len(data)
+        if self._after_stream > _TRAILER:
+            raise IncompleteDataSet(f"{self._after_stream} stray bytes after the deflate stream")
+
+
+def checker_for(transfer_syntax: str, limits: InflationLimits) -> DataSetWalker | Inflater | None:
+    """What follows a data set sent in ``transfer_syntax``; None for a syntax pydicom does
+    not know (a private one), whose encoding cannot be told."""
+    try:
+        implicit_vr, little_endian, deflated = encoding(transfer_syntax)
+    except DataSetError:
+        return None
+    walker = DataSetWalker(implicit_vr, little_endian)
+    return Inflater(walker, limits) if deflated else walker

@@ -1,0 +1,207 @@
+"""The data set walker: it accepts what pydicom writes, in any pieces, and nothing less."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import struct
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom import Dataset
+from pydicom.dataelem import DataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.sequence import Sequence
+
+from dicomd.dimse.walker import (
+    DataSetWalker,
+    IncompleteDataSet,
+    Inflater,
+    InflationLimits,
+)
+
+SYNTAXES = {"explicit little": (False, True), "implicit little": (True, True),
+            "explicit big": (False, False)}  # fmt: skip
+
+
+def encode(ds: Dataset, implicit_vr: bool, little_endian: bool) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit_vr, little_endian
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def walk(data: bytes, implicit_vr: bool, little_endian: bool, pieces: list[int] = ()) -> None:
+    """Feed ``data`` cut at ``pieces`` (offsets), then end."""
+    walker = DataSetWalker(implicit_vr, little_endian)
+    cuts = sorted({0, *(p for p in pieces if 0 < p < len(data)), len(data)})
+    for start, stop in itertools.pairwise(cuts):
+        walker.feed(data[start:stop])
+    walker.end()
+
+
+texts = st.text(alphabet="ABCDEFGHIJ ^0123456789", max_size=20)
+
+
+@st.composite
+def datasets(draw: st.DrawFn, depth: int = 2) -> Dataset:
+    """Small data sets of text, numbers, binary values and nested sequences."""
+    ds = Dataset()
+    ds.PatientName = draw(texts)
+    if draw(st.booleans()):
+        ds.PatientID = draw(texts)
+    ds.Rows = draw(st.integers(0, 65535))
+    if draw(st.booleans()):
+        ds.add(DataElement(0x00091010, "LO", draw(texts)))  # private
+    if draw(st.booleans()):
+        ds.add(DataElement(0x00191002, "OB", draw(st.binary(max_size=64)) * 2))
+    if depth and draw(st.booleans()):
+        items = draw(st.lists(datasets(depth=depth - 1), max_size=3))
+        ds.ReferencedImageSequence = Sequence(items)
+    if draw(st.booleans()):
+        ds.PixelData = draw(st.binary(max_size=300)) * 2
+        ds["PixelData"].VR = "OW"
+    return ds
+
+
+@settings(max_examples=150, deadline=None)
+@given(datasets(), st.sampled_from(list(SYNTAXES)), st.lists(st.integers(0, 3000), max_size=8))
+def test_what_pydicom_writes_is_whole_in_any_pieces(
+    ds: Dataset, syntax: str, pieces: list[int]
+) -> None:
+    implicit_vr, little_endian = SYNTAXES[syntax]
+    walk(encode(ds, implicit_vr, little_endian), implicit_vr, little_endian, pieces)
+
+
+@settings(max_examples=150, deadline=None)
+@given(datasets(), st.sampled_from(list(SYNTAXES)), st.data())
+def test_a_prefix_is_whole_only_when_it_ends_between_top_level_elements(
+    ds: Dataset, syntax: str, data: st.DataObject
+) -> None:
+    implicit_vr, little_endian = SYNTAXES[syntax]
+    encoded = encode(ds, implicit_vr, little_endian)
+    boundaries, offset = {0}, 0
+    for element in ds:
+        single = Dataset()
+        single.add(element)
+        offset += len(encode(single, implicit_vr, little_endian))
+        boundaries.add(offset)
+    assert offset == len(encoded)
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    if cut in boundaries:
+        walk(encoded[:cut], implicit_vr, little_endian)
+    else:
+        with pytest.raises(IncompleteDataSet):
+            walk(encoded[:cut], implicit_vr, little_endian)
+
+
+@settings(max_examples=60, deadline=None)
+@given(datasets(), st.binary(min_size=1, max_size=7))
+def test_stray_bytes_after_the_last_element_are_refused(ds: Dataset, stray: bytes) -> None:
+    with pytest.raises(IncompleteDataSet):
+        walk(encode(ds, False, True) + stray, False, True)
+
+
+def ct_like() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.PatientName = "Whole^Test"
+    ds.Rows = ds.Columns = 10
+    ds.PixelData = bytes(200)
+    ds["PixelData"].VR = "OW"
+    return ds
+
+
+def explicit(ds: Dataset) -> bytes:
+    return encode(ds, False, True)
+
+
+def undefined_sequence_never_closed() -> bytes:
+    ds = ct_like()
+    del ds.PixelData
+    ds.ContentSequence = Sequence([Dataset()])  # (0040,A730): the last element
+    ds.ContentSequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    ds["ContentSequence"].is_undefined_length = True
+    encoded = explicit(ds)
+    assert encoded.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    return encoded[:-8]
+
+
+ATTACKS = {
+    "a truncated last element": lambda: explicit(ct_like())[:-3],
+    "truncated pixel data": lambda: explicit(ct_like())[:-190],
+    "3 stray bytes after the last element": lambda: explicit(ct_like()) + b"abc",
+    "an undefined-length sequence never closed": undefined_sequence_never_closed,
+    "a private OB claiming 0xFFFFFFF0 bytes": lambda: (
+        explicit(ct_like()) + struct.pack("<HH2sxxL", 0x7FE1, 0x0010, b"OB", 0xFFFFFFF0) + b"tiny"
+    ),
+    "implicit-VR bytes on an explicit-VR context": lambda: encode(ct_like(), True, True),
+}
+
+
+@pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS)
+def test_each_broken_data_set_of_the_attacks_is_refused(attack) -> None:
+    with pytest.raises(IncompleteDataSet):
+        walk(attack(), False, True)
+
+
+def deflated(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush()
+
+
+def inflate_walk(data: bytes, limits: InflationLimits, piece: int = 1000) -> None:
+    inflater = Inflater(DataSetWalker(False, True), limits)
+    for start in range(0, len(data), piece):
+        inflater.feed(data[start : start + piece])
+    inflater.end()
+
+
+def test_a_deflated_data_set_is_walked_as_it_inflates() -> None:
+    stream = deflated(explicit(ct_like()))
+    inflate_walk(stream, InflationLimits())
+    inflate_walk(stream + b"\0", InflationLimits())  # the padding to even length
+    with pytest.raises(IncompleteDataSet, match="cut short"):
+        inflate_walk(stream[:-4], InflationLimits())
+    with pytest.raises(IncompleteDataSet, match="stray bytes after the deflate stream"):
+        inflate_walk(stream + bytes(9), InflationLimits())
+
+
+def test_a_deflate_bomb_is_refused_as_soon_as_it_outgrows_its_bounds() -> None:
+    ds = ct_like()
+    ds.PixelData = bytes(64 << 20)  # 64 MiB of zeros: a few dozen KiB deflated
+    bomb = deflated(explicit(ds))
+    assert len(bomb) < 128 << 10
+    with pytest.raises(IncompleteDataSet, match="inflates past"):
+        inflate_walk(bomb, InflationLimits(max_length=1 << 30, max_ratio=200))
+    with pytest.raises(IncompleteDataSet, match="inflates past"):
+        inflate_walk(bomb, InflationLimits(max_length=1 << 20, max_ratio=100_000))
+
+
+def test_seeded_mutations_only_ever_raise_incomplete_data_set() -> None:
+    """A structural fuzzer: flipped, dropped and repeated bytes of real data sets make
+    the walker refuse or accept, never fail otherwise."""
+    generator = random.Random(20261129)
+    bases = [explicit(ct_like()), encode(ct_like(), True, True), encode(ct_like(), False, False)]
+    for case in range(400):
+        base = bytearray(generator.choice(bases))
+        for _ in range(generator.randint(1, 4)):
+            at = generator.randrange(len(base))
+            action = generator.randrange(3)
+            if action == 0:
+                base[at] = generator.randrange(256)
+            elif action == 1:
+                del base[at : at + generator.randint(1, 8)]
+            else:
+                base[at:at] = base[at : at + generator.randint(1, 8)]
+        implicit_vr, little_endian = generator.choice(list(SYNTAXES.values()))
+        try:
+            walk(bytes(base), implicit_vr, little_endian, [generator.randrange(len(base) + 1)])
+        except IncompleteDataSet:
+            pass
+        except Exception as error:  # pragma: no cover - the failure message is the point
+            pytest.fail(f"case {case}: {type(error).__name__}: {error}")
