@@ -22,6 +22,7 @@ from zope.interface.interface import InterfaceClass
 
 from dicomd.client import ClientSettings
 from dicomd.config import BUILTIN_PLUGINS, Config, ConfigError, describe_error, short_repr
+from dicomd.dimse.walker import InflationLimits
 from dicomd.dimse.work import worker_for
 from dicomd.interfaces import (
     PLUGIN_INTERFACES,
@@ -141,7 +142,12 @@ def services(config: Config, plugins: Sequence[object], clock: IReactorTime) -> 
     store_handlers = providing(plugins, IStoreHandler)
     storage = None
     if store_handlers:
-        storage = StorageService(config.storage_path, store_handlers, config.transfer_syntaxes)
+        inflation = InflationLimits(
+            config.limits.max_inflated_length, config.limits.max_inflation_ratio
+        )
+        storage = StorageService(
+            config.storage_path, store_handlers, config.transfer_syntaxes, inflation
+        )
         found.append(storage)
     sources = providing(plugins, IRetrieveSource)
     if sources:

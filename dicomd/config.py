@@ -55,6 +55,8 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
             "max_associations_per_calling_ae": 16,
             "max_command_length": 65536,
             "max_identifier_length": 1048576,
+            "max_inflated_length": 1073741824,
+            "max_inflation_ratio": 200,
         },
         "timeouts": {"acse": 30, "dimse": 60, "network_idle": 300, "artim": 30},
         "transfer_syntaxes": [
@@ -99,6 +101,8 @@ class Limits:
     max_associations_per_calling_ae: int = 16
     max_command_length: int = 65536
     max_identifier_length: int = 1048576
+    max_inflated_length: int = 1073741824
+    max_inflation_ratio: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +250,12 @@ def parse_config(data: Mapping[str, Any]) -> Config:
                 limits["max_identifier_length"],
                 "limits.max_identifier_length",
                 MAX_IDENTIFIER_LENGTH_RANGE,
+            ),
+            max_inflated_length=_integer(
+                limits["max_inflated_length"], "limits.max_inflated_length", (1 << 20, 1 << 40)
+            ),
+            max_inflation_ratio=_integer(
+                limits["max_inflation_ratio"], "limits.max_inflation_ratio", (2, 1_000_000)
             ),
         ),
         timeouts=Timeouts(

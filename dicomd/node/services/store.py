@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dicomd import uids
 from dicomd.dimse.storage import StoreReceiver
+from dicomd.dimse.walker import DEFAULT_INFLATION, InflationLimits
 from dicomd.interfaces import IStoreHandler
 from dicomd.part10 import INCOMING_FOLDER
 
@@ -25,8 +26,9 @@ class StorageService(StoreReceiver):
         storage_path: Path,
         handlers: Sequence[IStoreHandler],
         transfer_syntaxes: Sequence[str],
+        inflation: InflationLimits = DEFAULT_INFLATION,
     ) -> None:
-        super().__init__(storage_path / INCOMING_FOLDER, handlers)
+        super().__init__(storage_path / INCOMING_FOLDER, handlers, inflation)
         self.abstract_syntaxes = uids.STORAGE_SOP_CLASSES
         # Our preference first, then every other transfer syntax pydicom knows,
         # so that compressed instances are kept as they were sent.
