@@ -81,13 +81,19 @@ class DataSetWalker:
                 self._offset += taken
                 position += taken
                 continue
+            if not self._header and size - position >= 12:
+                # The usual case: the whole header is here, read in place.
+                length = self._header_length(view, position)
+                self._element(view, position, length)
+                position += length
+                continue
             wanted = self._header_size()
             taken = min(wanted - len(self._header), size - position)
             self._header += view[position : position + taken]
             position += taken
             if len(self._header) == wanted == self._header_size():
                 header, self._header = bytes(self._header), bytearray()
-                self._element(header)
+                self._element(header, 0, wanted)
 
     def end(self) -> None:
         """No more bytes: raises `IncompleteDataSet` unless the data set is whole."""
@@ -109,31 +115,33 @@ class DataSetWalker:
     # -- internals --------------------------------------------------------
 
     def _header_size(self) -> int:
-        """How many bytes the header being read takes: in explicit VR, known once its tag and
-        VR (six bytes) are in."""
-        if self._implicit_vr:
-            return 8
-        if len(self._header) < 6:
+        """How many bytes the header being gathered takes: in explicit VR, known once its
+        tag and VR (six bytes) are in."""
+        if not self._implicit_vr and len(self._header) < 6:
             return 6
-        if self._tag.unpack_from(self._header)[0] == 0xFFFE:
-            return 8  # items and delimiters have no VR (PS3.5 7.5)
-        return 12 if bytes(self._header[4:6]) in _LONG_VRS else 8
+        return self._header_length(self._header, 0)
 
-    def _element(self, header: bytes) -> None:
-        group, element = self._tag.unpack_from(header)
+    def _header_length(self, buffer: bytes | bytearray | memoryview, at: int) -> int:
+        """The length of the header at ``at``, whose first six bytes are there."""
+        if self._implicit_vr or self._tag.unpack_from(buffer, at)[0] == 0xFFFE:
+            return 8  # items and delimiters have no VR (PS3.5 7.5)
+        return 12 if bytes(buffer[at + 4 : at + 6]) in _LONG_VRS else 8
+
+    def _element(self, buffer: bytes | memoryview, at: int, header_length: int) -> None:
+        group, element = self._tag.unpack_from(buffer, at)
         tag = group << 16 | element
         vr = b""
         implicit_vr = self._implicit_vr
         if implicit_vr or group == 0xFFFE:
-            (length,) = self._long.unpack_from(header, 4)
+            (length,) = self._long.unpack_from(buffer, at + 4)
         else:
-            vr, length = self._short.unpack_from(header, 4)
+            vr, length = self._short.unpack_from(buffer, at + 4)
             if vr not in _VRS:
                 raise IncompleteDataSet(f"{_name(tag)} has {vr!r}, which is no VR")
-            if vr in _LONG_VRS:
-                (length,) = self._long.unpack_from(header, 8)
+            if header_length == 12:
+                (length,) = self._long.unpack_from(buffer, at + 8)
         start = self._offset
-        self._offset += len(header)
+        self._offset += header_length
         self._close_ended_levels(start)
         level = self._levels[-1]
         if level.kind in ("sequence", "fragments"):
