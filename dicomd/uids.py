@@ -222,8 +222,15 @@ def ae_title_problem(text: str) -> str | None:
 
 
 def error_comment(text: str) -> str:
-    """Text fit for Error Comment (0000,0902), an LO: one line, at most 64 characters."""
-    return " ".join(text.split())[:64]
+    """Text fit for Error Comment (0000,0902), an LO of the default repertoire: one line of
+    at most 64 printable ASCII characters, no backslash.  Peer text quoted in a comment
+    may hold any byte; what the repertoire lacks becomes "?", so the answer can be sent."""
+    printable = "".join(c if c.isspace() or _fits_lo(c) else "?" for c in text)
+    return " ".join(printable.split())[:64]
+
+
+def _fits_lo(character: str) -> bool:
+    return " " <= character <= "~" and character != "\\"
 
 
 def uid_problem(text: str) -> str | None:

@@ -325,3 +325,13 @@ def test_a_data_set_that_is_not_whole_is_refused_and_not_kept(tmp_path: Path, br
     assert response.error_comment.startswith("not whole: ")
     assert handler.seen == []
     assert list((tmp_path / INCOMING_FOLDER).glob("*")) == []
+
+
+def test_a_store_whose_command_announces_no_data_set_cannot_be_understood(tmp_path: Path) -> None:
+    handler = Recorder()
+    peer = node(tmp_path, handler)
+    peer.associate(request(contexts=ct_contexts()))
+    peer.send_command(3, dataclasses.replace(store_command(), command_data_set_type=0x0101))
+    (response,) = peer.responses()
+    assert (response.status, response.error_comment) == (0xC000, "C-STORE-RQ without a data set")
+    assert handler.seen == []

@@ -212,3 +212,17 @@ def test_status_category_agrees_with_pynetdicom(code):
         assert ours == "failure"
     else:
         assert ours == theirs.lower()
+
+
+@pytest.mark.parametrize(
+    ("text", "comment"),
+    [
+        ("Query/Retrieve Level '\x82ÚW\x05Y' is not in this model",
+         "Query/Retrieve Level '??W?Y' is not in this model"),
+        ("a\\b\nc", "a?b c"),
+        ("x" * 80, "x" * 64),
+    ],
+)  # fmt: skip
+def test_error_comments_are_one_line_of_the_default_repertoire(text: str, comment: str) -> None:
+    assert uids.error_comment(text) == comment
+    assert uids.error_comment(text).isascii()

@@ -355,7 +355,13 @@ class StoreReceiver:
         refusal = _refusal(command)
         if refusal is not None:
             return _respond(association, request, refusal)
-        checked: CheckedFile = request.data
+        checked: CheckedFile | None = request.data
+        if checked is None:  # the command said no data set follows
+            return _respond(
+                association,
+                request,
+                Status(uids.Status.CANNOT_UNDERSTAND, "C-STORE-RQ without a data set"),
+            )
         received = checked.file
         if checked.problem is not None:
             received.remove()
