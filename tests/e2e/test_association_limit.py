@@ -63,3 +63,38 @@ def test_association_over_the_limit_is_rejected_until_one_is_released(start_dico
     finally:
         for assoc in (replacement, held[1]):
             assoc.release()
+
+
+def associate_as(port: int, calling: str, source: str) -> Association:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = 10
+    ae.add_requested_context(Verification)
+    return ae.associate(LOCALHOST, port, ae_title="DICOMD", bind_address=(source, 0))
+
+
+def test_a_host_flooding_its_share_leaves_room_for_other_hosts_and_aes(start_dicomd):
+    """The defaults: 32 in all, 16 per calling host, 16 per calling AE title."""
+    daemon = start_dicomd()
+    flood = [associate_as(daemon.port, "FLOOD", "127.0.0.1") for _ in range(16)]
+    try:
+        assert all(assoc.is_established for assoc in flood)
+        same_host = associate_as(daemon.port, "OTHER", "127.0.0.1")
+        same_ae = associate_as(daemon.port, "FLOOD", "127.0.0.2")
+        other = associate_as(daemon.port, "OTHER", "127.0.0.2")
+        assert same_host.is_rejected and same_ae.is_rejected
+        for refused in (same_host, same_ae):
+            rejection = refused.acceptor.primitive
+            assert (rejection.result, rejection.result_source, rejection.diagnostic) == (
+                REJECTED_TRANSIENT,
+                SOURCE_PRESENTATION,
+                LOCAL_LIMIT_EXCEEDED,
+            )
+        assert other.is_established
+        assert other.send_c_echo().Status == 0x0000  # served while one host holds its share
+        other.release()
+        log = daemon.wait_for_log(lambda text: "associations from 127.0.0.1" in text)
+        assert log_lines_with(log, "more than 16 associations from 127.0.0.1")
+        assert log_lines_with(log, "more than 16 associations for FLOOD")
+    finally:
+        for assoc in flood:
+            assoc.release()
