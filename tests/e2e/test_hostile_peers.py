@@ -14,8 +14,8 @@ from pydicom.filewriter import write_dataset
 from dicomd.dimse.command import CommandField
 from dicomd.dimse.messages import PDV_COMMAND
 from dicomd.ul.pdu import AAbort, PresentationDataValue, encode_pdata
-from tests.e2e.test_store_wire import CONTEXT_ID, RawPeer, as_pdvs, ct_instance, store_command
 from tests.support.archive import archive_of, archive_plugin
+from tests.support.raw_peer import CONTEXT_ID, RawPeer, as_pdvs, ct_instance, store_command
 
 BROKEN = {
     "a truncated last element": lambda data: data[:-3],
