@@ -18,20 +18,12 @@ from dicomd.archive.index import (
     SCHEMA_VERSION,
     ArchiveIndex,
     IndexClosed,
-    InstanceRecord,
     adding,
     record_from_dataset,
 )
+from tests.support.received import record
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
-
-
-def record(ds: Dataset | None = None, **changes: object) -> InstanceRecord:
-    ds = ds if ds is not None else dcmread(CT_SMALL, stop_before_pixels=True)
-    made = record_from_dataset(
-        ds, path=f"{ds.SOPInstanceUID}.dcm", size=1234, calling_ae_title="CT01"
-    )
-    return dataclasses.replace(made, **changes)
 
 
 def written_and_read(tmp_path: Path, ds: Dataset, name: str) -> Dataset:

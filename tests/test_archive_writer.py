@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from dicomd.archive.index import ArchiveIndex, Outcome, adding
 from dicomd.archive.writer import GroupCommit, KeyedLocks
-from tests.test_archive_index import record
+from tests.support.received import record
 
 
 class HeldCommits:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 
 from dicomd.archive import ArchiveHandler
+from dicomd.archive.index import InstanceRecord, record_from_dataset
 from dicomd.interfaces import Kept, ReceivedInstance
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
@@ -73,3 +75,11 @@ def opened(archive_path: Path, **options: object) -> ArchiveHandler:
     handler = ArchiveHandler(archive_path, **options)
     handler.open()
     return handler
+
+
+def record(ds: Dataset | None = None, **changes: object) -> InstanceRecord:
+    ds = ds if ds is not None else dcmread(CT_SMALL, stop_before_pixels=True)
+    made = record_from_dataset(
+        ds, path=f"{ds.SOPInstanceUID}.dcm", size=1234, calling_ae_title="CT01"
+    )
+    return dataclasses.replace(made, **changes)
