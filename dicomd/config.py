@@ -97,12 +97,12 @@ class ConfigError(Exception):
 class Limits:
     max_pdu_length: int
     max_associations: int
-    max_associations_per_host: int = 16
-    max_associations_per_calling_ae: int = 16
-    max_command_length: int = 65536
-    max_identifier_length: int = 1048576
-    max_inflated_length: int = 1073741824
-    max_inflation_ratio: int = 200
+    max_associations_per_host: int
+    max_associations_per_calling_ae: int
+    max_command_length: int
+    max_identifier_length: int
+    max_inflated_length: int
+    max_inflation_ratio: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import sys
@@ -90,7 +91,16 @@ def test_default_config_has_the_documented_values() -> None:
         ae_title="DICOMD",
         listen="tcp:11112",
         storage_path=Path("var/archive"),
-        limits=Limits(max_pdu_length=262144, max_associations=32, max_command_length=65536),
+        limits=Limits(
+            max_pdu_length=262144,
+            max_associations=32,
+            max_associations_per_host=16,
+            max_associations_per_calling_ae=16,
+            max_command_length=65536,
+            max_identifier_length=1048576,
+            max_inflated_length=1073741824,
+            max_inflation_ratio=200,
+        ),
         timeouts=Timeouts(acse=30.0, dimse=60.0, network_idle=300.0, artim=30.0),
         transfer_syntaxes=(
             "1.2.840.10008.1.2.1",
@@ -137,9 +147,8 @@ def test_keys_left_out_take_their_defaults(tmp_path: Path) -> None:
     config = load_config(path)
     defaults = default_config()
     assert config.ae_title == "ARCHIVE"
-    assert config.limits == Limits(
-        max_pdu_length=262144, max_associations=4, max_command_length=65536
-    )
+    assert config.limits == dataclasses.replace(defaults.limits, max_associations=4)
+    assert config.limits.max_pdu_length == 262144
     assert config.timeouts == Timeouts(acse=30.0, dimse=60.0, network_idle=300.0, artim=2.5)
     assert config.listen == defaults.listen
     assert config.access == defaults.access
@@ -241,8 +250,11 @@ def test_transfer_syntaxes_keep_their_order() -> None:
 def test_limits_at_their_bounds() -> None:
     low = parse_config({"limits": {"max_pdu_length": 4096, "max_associations": 1}})
     high = parse_config({"limits": {"max_pdu_length": 16777216, "max_associations": 4096}})
-    assert low.limits == Limits(4096, 1)
-    assert high.limits == Limits(16777216, 4096)
+    defaults = default_config().limits
+    assert low.limits == dataclasses.replace(defaults, max_pdu_length=4096, max_associations=1)
+    assert high.limits == dataclasses.replace(
+        defaults, max_pdu_length=16777216, max_associations=4096
+    )
 
 
 # Every kind of mistake: one line, "<key>: <problem>"
