@@ -20,7 +20,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
@@ -36,9 +36,10 @@ nothing in it survives a restart."""
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 PREAMBLE = b"\x00" * PREAMBLE_LENGTH + MAGIC
-_LONG_VRS = frozenset(
+LONG_VRS: Final = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+"""The explicit VRs whose header has two reserved bytes and a 4-byte length (PS3.5 7.1.2)."""
 _SHORT_HEADER = struct.Struct("<HH2sH")
 _LONG_LENGTH = struct.Struct("<L")
 _MAX_META_LENGTH = 1 << 20
@@ -82,7 +83,7 @@ def read_header_from(file: BinaryIO, size: int) -> Part10Header:
         if group != 0x0002:
             break
         consumed = _SHORT_HEADER.size
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             raw = file.read(_LONG_LENGTH.size)
             if len(raw) < _LONG_LENGTH.size:
                 raise Part10Error(f"file meta element (0002,{element:04X}) is cut short")

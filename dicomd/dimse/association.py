@@ -198,10 +198,9 @@ class _Outstanding:
 
 @dataclass(slots=True)
 class _Incoming:
-    """A message whose command arrived and whose data set is still coming."""
+    """A message whose command arrived and whose data set is still coming: where its
+    fragments go, and what takes the data set once it is whole."""
 
-    context: AcceptedContext
-    command: Command
     sink: DataSink
     complete: Callable[[Any], None]
 
@@ -323,7 +322,7 @@ class DimseAssociation:
             self._protocol_error(unanswerable)
             return
         if command.is_response:
-            self._response_received(context, command)
+            self._response_received(command)
             return
         if field_value == CommandField.C_CANCEL_RQ:
             # PS3.7 9.3.2.3: a cancel for nothing outstanding is ignored.
@@ -337,20 +336,11 @@ class DimseAssociation:
             return
         sink = DiscardSink() if service is None else service.open_sink(self, context, command)
         self._expect_data_set(
-            context,
-            command,
-            sink,
-            lambda data: self._dispatch(service, Request(context, command, data)),
+            sink, lambda data: self._dispatch(service, Request(context, command, data))
         )
 
-    def _expect_data_set(
-        self,
-        context: AcceptedContext,
-        command: Command,
-        sink: DataSink,
-        complete: Callable[[Any], None],
-    ) -> None:
-        self._incoming = _Incoming(context, command, sink, complete)
+    def _expect_data_set(self, sink: DataSink, complete: Callable[[Any], None]) -> None:
+        self._incoming = _Incoming(sink, complete)
         self._data_set_timer.start()
 
     def memory_sink(self) -> MemorySink:
@@ -389,16 +379,14 @@ class DimseAssociation:
             error_comment=uids.error_comment(failure.getErrorMessage()),
         )
 
-    def _response_received(self, context: AcceptedContext, command: Command) -> None:
+    def _response_received(self, command: Command) -> None:
         message_id = command.message_id_being_responded_to
         if message_id not in self._outstanding:
             name = CommandField(command.command_field).name
             self._protocol_error(f"DIMSE response {name} to no request of ours")
             return
         if command.has_data_set:
-            self._expect_data_set(
-                context, command, self.memory_sink(), lambda data: self._responded(command, data)
-            )
+            self._expect_data_set(self.memory_sink(), lambda data: self._responded(command, data))
         else:
             self._responded(command, None)
 
@@ -524,10 +512,8 @@ class DimseAssociation:
         while self._waiting and (not self.max_outstanding or self.in_flight < self.max_outstanding):
             self._send_request(self._outstanding[self._waiting.popleft()])
 
-    def _close_outstanding(self, message_id: int) -> _Outstanding:
-        outstanding = self._outstanding.pop(message_id)
-        outstanding.timer.stop()
-        return outstanding
+    def _close_outstanding(self, message_id: int) -> None:
+        self._outstanding.pop(message_id).timer.stop()
 
     def _cancel(self, message_id: int) -> None:
         """Our caller gave up on a request: C-CANCEL it, or drop it if it never left."""

@@ -22,11 +22,9 @@ from typing import Final
 from pydicom.datadict import dictionary_VR
 
 from dicomd.dimse.datasets import DataSetError, encoding
+from dicomd.part10 import LONG_VRS
 
-_LONG_VRS: Final = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-_VRS: Final = _LONG_VRS | frozenset(
+_VRS: Final = LONG_VRS | frozenset(
     {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
      b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )  # fmt: skip
@@ -125,7 +123,7 @@ class DataSetWalker:
         """The length of the header at ``at``, whose first six bytes are there."""
         if self._implicit_vr or self._tag.unpack_from(buffer, at)[0] == 0xFFFE:
             return 8  # items and delimiters have no VR (PS3.5 7.5)
-        return 12 if bytes(buffer[at + 4 : at + 6]) in _LONG_VRS else 8
+        return 12 if bytes(buffer[at + 4 : at + 6]) in LONG_VRS else 8
 
     def _element(self, buffer: bytes | memoryview, at: int, header_length: int) -> None:
         group, element = self._tag.unpack_from(buffer, at)
