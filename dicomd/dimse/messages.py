@@ -38,15 +38,20 @@ def fragment(
     send, at the cost of at most one byte per PDU.  ``max_pdu_length`` must
     therefore leave room for two bytes after the PDV header.
     """
-    if max_pdu_length == 0:
-        chunk = None
-    elif max_pdu_length < _PDV_OVERHEAD + 2:
-        raise ValueError(f"max_pdu_length {max_pdu_length} leaves no room for data")
-    else:
-        chunk = (max_pdu_length - _PDV_OVERHEAD) & ~1
+    chunk = fragment_length(max_pdu_length)
     yield from _fragments(context_id, PDV_COMMAND, command, chunk)
     if data is not None:
         yield from _fragments(context_id, 0, data, chunk)
+
+
+def fragment_length(max_pdu_length: int) -> int | None:
+    """How many bytes of a message one PDU carries for a peer announcing ``max_pdu_length``:
+    even, after the PDV header; None when the peer set no limit (0)."""
+    if max_pdu_length == 0:
+        return None
+    if max_pdu_length < _PDV_OVERHEAD + 2:
+        raise ValueError(f"max_pdu_length {max_pdu_length} leaves no room for data")
+    return (max_pdu_length - _PDV_OVERHEAD) & ~1
 
 
 def _fragments(context_id: int, kind: int, payload: bytes, chunk: int | None) -> Iterator[bytes]:

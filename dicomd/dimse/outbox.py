@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IConsumer, IPullProducer
 from zope.interface import implementer
 
 from dicomd.dimse.datasets import Buffer
-from dicomd.dimse.messages import PDV_LAST, fragment
+from dicomd.dimse.messages import PDV_LAST, fragment, fragment_length
 from dicomd.ul.pdu import encode_pdata
 
 # With no limit from the peer, data still leaves in pieces this big, so that
@@ -138,9 +138,8 @@ class Outbox:
 
 
 def _piece(max_pdu_length: int) -> int:
-    """How much of a data set one PDU carries: even, as the standard prefers."""
-    piece = max_pdu_length - 6 if max_pdu_length else UNLIMITED_PIECE
-    return piece - piece % 2
+    """How much of a data set one PDU carries; with no limit from the peer, still a piece."""
+    return fragment_length(max_pdu_length) or UNLIMITED_PIECE
 
 
 class _FileStream:
