@@ -13,7 +13,7 @@ here reaches both.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -459,6 +459,10 @@ class DimseAssociation:
     def in_flight(self) -> int:
         """Requests of ours sent and not yet answered (those waiting their turn excluded)."""
         return len(self._outstanding) - len(self._waiting)
+
+    def operations_in_flight(self) -> Iterator[Operation]:
+        """The operations of our requests sent and not yet answered, oldest first."""
+        return (entry.operation for entry in self._outstanding.values() if entry.message is None)
 
     def context_for(self, abstract_syntax: str) -> AcceptedContext:
         """The accepted context for ``abstract_syntax``; `NoAcceptedContext` when there is none."""

@@ -77,7 +77,6 @@ class Requestor(DimseAssociation):
         self.established: defer.Deferred[Requestor] = defer.Deferred()
         self._released: defer.Deferred[None] | None = None
         self._acse_timer = Timer(protocol.clock, settings.acse_timeout, self._acse_expired)
-        self._gets: dict[int, GetOperation] = {}
 
     def begin(self) -> None:
         """A-ASSOCIATE request (Evt1): the machine sends it once the transport connects."""
@@ -203,15 +202,7 @@ class Requestor(DimseAssociation):
         def operation(context: AcceptedContext) -> GetOperation:
             return GetOperation(context, on_progress, Path(folder), on_instance)
 
-        d = self._invoke(sop_class_uid, operation, command, identifier)
-        message_id = command.message_id
-        if message_id is not None:
-            d.addBoth(self._get_ended, message_id)
-        return d
-
-    def _get_ended(self, outcome: Any, message_id: int) -> Any:
-        self._gets.pop(message_id, None)
-        return outcome
+        return self._invoke(sop_class_uid, operation, command, identifier)
 
     def _invoke(
         self,
@@ -227,17 +218,15 @@ class Requestor(DimseAssociation):
             )
         except Exception:
             return defer.fail()
-        made = operation(context)
-        d = self.request(made, command, data)
-        if isinstance(made, GetOperation) and command.message_id is not None:
-            self._gets[command.message_id] = made
-        return d
+        return self.request(operation(context), command, data)
 
     def service_for(self, context: AcceptedContext, command: Command) -> Service | None:
         """The C-STOREs of a C-GET in flight are the only requests a requestor answers."""
-        if command.command_field != CommandField.C_STORE_RQ or not self._gets:
+        if command.command_field != CommandField.C_STORE_RQ:
             return None
-        return next(iter(self._gets.values())).receiver
+        gets = (op for op in self.operations_in_flight() if isinstance(op, GetOperation))
+        oldest = next(gets, None)
+        return None if oldest is None else oldest.receiver
 
     # -- release and abort ------------------------------------------------
 
