@@ -14,12 +14,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from pydicom import Dataset
 from twisted.internet import defer
 
 from dicomd import uids
-from dicomd.dimse.association import DEFAULT_MAX_DATA_LENGTH, DimseAssociation, Service
+from dicomd.dimse.association import (
+    DEFAULT_MAX_DATA_LENGTH,
+    DimseAssociation,
+    Request,
+    Service,
+    decode_in,
+)
 from dicomd.dimse.command import Command
+from dicomd.dimse.datasets import DataSetError
 from dicomd.dimse.messages import DEFAULT_MAX_COMMAND_LENGTH
 from dicomd.dimse.negotiation import AcceptedContext, negotiate
 from dicomd.dimse.work import Worker
@@ -68,6 +74,14 @@ class AcceptorSettings:
     max_data_length: int = DEFAULT_MAX_DATA_LENGTH
 
 
+class QueryRefused(Exception):
+    """An identifier the node answers with a failure before any handler sees it."""
+
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status, self.comment = status, comment
+
+
 class Acceptor(DimseAssociation):
     """The service user of one association offered to the node."""
 
@@ -82,8 +96,24 @@ class Acceptor(DimseAssociation):
         self.settings = settings
         self.peer_scp_roles: frozenset[str] = frozenset()
 
-    def find_query(self, identifier: Dataset, model: str, level: str) -> FindQuery:
-        """A query or retrieve request as handlers see it, from this association."""
+    async def read_query(self, request: Request) -> FindQuery:
+        """The identifier of a C-FIND, C-MOVE or C-GET request as handlers see it.
+
+        Raises `QueryRefused` with the answer the standard gives when the
+        identifier does not decode (C000) or names a Query/Retrieve Level the
+        model does not have (A900); a worklist identifier has no level.
+        """
+        model = request.context.abstract_syntax
+        try:
+            identifier = await decode_in(self, request.data or b"", request.context.transfer_syntax)
+        except DataSetError as error:
+            raise QueryRefused(uids.Status.CANNOT_UNDERSTAND, str(error)) from None
+        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        if model in uids.QUERY_RETRIEVE_LEVELS and level not in uids.QUERY_RETRIEVE_LEVELS[model]:
+            raise QueryRefused(
+                uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                f"Query/Retrieve Level {level!r} is not in this model",
+            )
         return FindQuery(
             identifier,
             model,

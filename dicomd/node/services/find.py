@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.charset import convert_encodings
@@ -23,14 +23,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.dimse.association import DataSink, Request, decode_in
+from dicomd.dimse.association import DataSink, Request
 from dicomd.dimse.command import Command, CommandField
-from dicomd.dimse.datasets import DataSetError, encode_dataset
+from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier, ISupportedKeys
-
-if TYPE_CHECKING:
-    from dicomd.node.acceptor import Acceptor
+from dicomd.node.acceptor import Acceptor, QueryRefused
 
 _QR_MODELS = frozenset({uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND})
 _ADDED_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"})
@@ -66,37 +64,17 @@ class FindService:
         return association.memory_sink()
 
     def handle(self, association: Acceptor, request: Request) -> defer.Deferred[None]:
-        d = decode_in(association, request.data or b"", request.context.transfer_syntax)
-        return d.addCallbacks(
-            lambda identifier: self._query(association, request, identifier),
-            lambda failure: self._undecodable(association, request, failure),
-        )
+        return defer.ensureDeferred(self._answer(association, request))
 
-    def _undecodable(self, association: Acceptor, request: Request, failure: Failure) -> None:
-        failure.trap(DataSetError)
-        association.respond(
-            request,
-            uids.Status.CANNOT_UNDERSTAND,
-            error_comment=uids.error_comment(failure.getErrorMessage()),
-        )
-
-    def _query(
-        self, association: Acceptor, request: Request, identifier: Dataset
-    ) -> defer.Deferred[None] | None:
-        model = request.context.abstract_syntax
-        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
-        if model in _QR_MODELS and level not in uids.QUERY_RETRIEVE_LEVELS[model]:
+    async def _answer(self, association: Acceptor, request: Request) -> None:
+        try:
+            query = await association.read_query(request)
+        except QueryRefused as refused:
             association.respond(
-                request,
-                uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                error_comment=uids.error_comment(
-                    f"Query/Retrieve Level {level!r} is not in this model"
-                ),
+                request, refused.status, error_comment=uids.error_comment(refused.comment)
             )
-            return None
-        query = association.find_query(identifier, model, level)
-        handler = self.handlers[model]
-        return _Answer(self, association, request, query).run(handler)
+            return
+        await _Answer(self, association, request, query).run(self.handlers[query.model])
 
 
 def _pending_status(handler: IFindHandler, query: FindQuery) -> defer.Deferred[int]:

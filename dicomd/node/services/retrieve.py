@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from pydicom import Dataset
 from twisted.internet import defer
@@ -28,17 +28,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd import uids
-from dicomd.dimse.association import DataSink, DimseAssociation, Request, decode_in
+from dicomd.dimse.association import DataSink, DimseAssociation, Request
 from dicomd.dimse.command import Command, CommandField
-from dicomd.dimse.datasets import DataSetError, encode_dataset
+from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.errors import AssociationError, NoAcceptedContext
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.dimse.storage import StoreResult, send_store, storage_contexts
 from dicomd.interfaces import InvalidIdentifier, IRetrieveSource, RetrieveItem
+from dicomd.node.acceptor import Acceptor, QueryRefused
 from dicomd.ul.pdu import PresentationContextRQ
-
-if TYPE_CHECKING:
-    from dicomd.node.acceptor import Acceptor
 
 Storer = Callable[[Path | Dataset, "tuple[str, int] | None"], "defer.Deferred[StoreResult]"]
 """Sends one C-STORE sub-operation: the instance, and the move originator (or None)."""
@@ -102,24 +100,13 @@ class _RetrieveService:
     async def _retrieve(self, association: Acceptor, request: Request) -> None:
         reply = _Replier(association, request)
         try:
-            identifier = await decode_in(
-                association, request.data or b"", request.context.transfer_syntax
-            )
-        except DataSetError as error:
-            reply.final(uids.Status.CANNOT_UNDERSTAND, comment=str(error))
-            return
-        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
-        model = request.context.abstract_syntax
-        if level not in uids.QUERY_RETRIEVE_LEVELS[model]:
-            reply.final(
-                uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                comment=f"Query/Retrieve Level {level!r} is not in this model",
-            )
+            query = await association.read_query(request)
+        except QueryRefused as refused:
+            reply.final(refused.status, comment=refused.comment)
             return
         destination = self.destination(association, request, reply)
         if destination is None:
             return
-        query = association.find_query(identifier, model, level)
         try:
             allowed = await defer.maybeDeferred(self.source.may_move, query, destination)
             if not allowed:
