@@ -12,6 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from twisted.internet import defer
+from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 
 from dicomd import uids
@@ -335,3 +336,15 @@ def test_a_store_whose_command_announces_no_data_set_cannot_be_understood(tmp_pa
     (response,) = peer.responses()
     assert (response.status, response.error_comment) == (0xC000, "C-STORE-RQ without a data set")
     assert handler.seen == []
+
+
+def test_a_full_disk_is_one_log_line_and_a_handler_fault_keeps_its_traceback(
+    tmp_path: Path,
+) -> None:
+    for error, tracebacks in ((OSError(28, "No space left on device"), 0), (ValueError("x"), 1)):
+        peer = node(tmp_path, Recorder(error))
+        peer.associate(request(contexts=ct_contexts()))
+        with capturedLogs() as events:
+            peer.send_command(3, store_command(), data_set_bytes())
+        assert len([event for event in events if "log_failure" in event]) == tracebacks
+        assert any("Recorder" in formatEvent(event) for event in events)

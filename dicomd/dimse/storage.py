@@ -546,14 +546,23 @@ def _out_of_resources(error: OSError) -> Status:
 def _status_for_failure(
     failure: Failure, handler: IStoreHandler, instance: ReceivedInstance
 ) -> Status:
+    """The status for a handler that raised.  An OSError is the storage failing (a full
+    disk): one line says so.  Anything else is a fault in the handler, logged with its
+    traceback for whoever wrote it."""
+    if failure.check(OSError):
+        StoreReceiver.log.warn(
+            "store handler {handler} cannot store {sop_instance_uid}: {error}",
+            handler=type(handler).__name__,
+            sop_instance_uid=instance.sop_instance_uid,
+            error=str(failure.value),
+        )
+        return _out_of_resources(failure.value)
     StoreReceiver.log.failure(
         "store handler {handler} failed on {sop_instance_uid}",
         failure,
         handler=type(handler).__name__,
         sop_instance_uid=instance.sop_instance_uid,
     )
-    if failure.check(OSError):
-        return _out_of_resources(failure.value)
     return Status(uids.Status.CANNOT_UNDERSTAND, f"{type(handler).__name__}: {failure.value}")
 
 

@@ -205,6 +205,7 @@ def test_a_full_disk_answers_a700_and_leaves_only_whole_instances(start_dicomd, 
         assert len(archive.indexed()) == len(statuses) - 1
         assert run_echoscu(daemon).returncode == 0
         assert DISK_FULL.search(daemon.wait_for_log(DISK_FULL.search))
+        assert "Traceback" not in daemon.log_text()  # a full disk is one line, not a fault
 
         ballast.unlink()
         refused = files[len(statuses) - 1]
