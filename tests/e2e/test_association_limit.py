@@ -81,20 +81,18 @@ def test_a_host_flooding_its_share_leaves_room_for_other_hosts_and_aes(start_dic
         same_host = associate_as(daemon.port, "OTHER", "127.0.0.1")
         same_ae = associate_as(daemon.port, "FLOOD", "127.0.0.2")
         other = associate_as(daemon.port, "OTHER", "127.0.0.2")
-        assert same_host.is_rejected and same_ae.is_rejected
-        for refused in (same_host, same_ae):
-            rejection = refused.acceptor.primitive
-            assert (rejection.result, rejection.result_source, rejection.diagnostic) == (
-                REJECTED_TRANSIENT,
-                SOURCE_PRESENTATION,
-                LOCAL_LIMIT_EXCEEDED,
-            )
+        # pynetdicom may see the close that follows an A-ASSOCIATE-RJ before the RJ itself,
+        # so the answer is read where it is sure: the daemon's own line for each refusal.
+        assert not (same_host.is_established or same_ae.is_established)
         assert other.is_established
         assert other.send_c_echo().Status == 0x0000  # served while one host holds its share
         other.release()
-        log = daemon.wait_for_log(lambda text: "associations from 127.0.0.1" in text)
-        assert log_lines_with(log, "more than 16 associations from 127.0.0.1")
-        assert log_lines_with(log, "more than 16 associations for FLOOD")
+        log = daemon.wait_for_log(lambda text: "associations for FLOOD" in text)
+        transient_local_limit = "(result 2, source 3, reason 2)"
+        assert log_lines_with(log, "from 127.0.0.1", "more than 16 associations from 127.0.0.1",
+                              transient_local_limit)  # fmt: skip
+        assert log_lines_with(log, "FLOOD at 127.0.0.2", "more than 16 associations for FLOOD",
+                              transient_local_limit)  # fmt: skip
     finally:
         for assoc in flood:
             assoc.release()
