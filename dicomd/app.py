@@ -83,6 +83,7 @@ def node_factory(
         worker=worker_for(clock),
         max_command_length=config.limits.max_command_length,
         max_data_length=config.limits.max_identifier_length,
+        max_identifier_keys=config.limits.max_identifier_keys,
     )
     return DicomServerFactory(
         settings,

@@ -55,6 +55,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
             "max_associations_per_calling_ae": 16,
             "max_command_length": 65536,
             "max_identifier_length": 1048576,
+            "max_identifier_keys": 1024,
             "max_inflated_length": 1073741824,
             "max_inflation_ratio": 200,
         },
@@ -101,6 +102,7 @@ class Limits:
     max_associations_per_calling_ae: int
     max_command_length: int
     max_identifier_length: int
+    max_identifier_keys: int
     max_inflated_length: int
     max_inflation_ratio: int
 
@@ -250,6 +252,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
                 limits["max_identifier_length"],
                 "limits.max_identifier_length",
                 MAX_IDENTIFIER_LENGTH_RANGE,
+            ),
+            max_identifier_keys=_integer(
+                limits["max_identifier_keys"], "limits.max_identifier_keys", (16, 1 << 20)
             ),
             max_inflated_length=_integer(
                 limits["max_inflated_length"], "limits.max_inflated_length", (1 << 20, 1 << 40)

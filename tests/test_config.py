@@ -49,6 +49,7 @@ CONTRACT = {
         "max_associations_per_calling_ae": 16,
         "max_command_length": 65536,
         "max_identifier_length": 1048576,
+        "max_identifier_keys": 1024,
         "max_inflated_length": 1073741824,
         "max_inflation_ratio": 200,
     },
@@ -98,6 +99,7 @@ def test_default_config_has_the_documented_values() -> None:
             max_associations_per_calling_ae=16,
             max_command_length=65536,
             max_identifier_length=1048576,
+            max_identifier_keys=1024,
             max_inflated_length=1073741824,
             max_inflation_ratio=200,
         ),
@@ -136,7 +138,7 @@ def test_example_file_and_embedded_defaults_agree() -> None:
 def test_every_key_in_the_example_file_has_a_comment_above_it() -> None:
     lines = EXAMPLE_FILE.read_text().splitlines()
     keys = [n for n, line in enumerate(lines) if re.match(r"\s*[a-z_]+:", line)]
-    assert len(keys) == 26
+    assert len(keys) == 27
     for number in keys:
         assert lines[number - 1].lstrip().startswith("#"), lines[number]
 

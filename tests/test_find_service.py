@@ -256,7 +256,7 @@ def test_an_identifier_past_the_limit_is_refused_with_a700_and_the_association_s
     assert [status for status, _ in answers(peer)] == [0xFF00, 0x0000]
 
 
-def test_a_deflated_identifier_that_inflates_past_the_limit_is_refused() -> None:
+def test_a_deflated_identifier_that_inflates_past_the_limit_is_refused_with_a700() -> None:
     handler = Handler([study("1")])
     peer = find_peer(handler, syntax=DEFLATED)
     bomb = identifier(PatientID="", StudyDescription=" " * 8_000_000)
@@ -267,5 +267,65 @@ def test_a_deflated_identifier_that_inflates_past_the_limit_is_refused() -> None
     assert len(data) < 64 * 1024  # small on the wire
     peer.send_command(1, command, data)
     [(status, _)] = answers(peer)
-    assert status == 0xC000
+    assert status == 0xA700
+    assert "inflates to more than 1048576 bytes" in peer.last_command[0].error_comment
     assert handler.queries == []
+
+
+def test_an_identifier_of_more_keys_than_the_limit_is_refused_with_a700() -> None:
+    handler = Handler([study("1")])
+    peer = find_peer(handler)
+    many = identifier(PatientID="")
+    for element in range(1024):
+        many.add_new((0x0009, 0x1000 + element), "LO", "")
+
+    send_find(peer, many)
+
+    [(status, _)] = answers(peer)
+    assert status == 0xA700
+    assert peer.last_command[0].error_comment == "an identifier of more than 1024 keys"
+    assert handler.queries == []
+
+
+def test_answers_to_an_identifier_of_many_keys_hold_every_key() -> None:
+    """Past 64 keys the answers are made in the worker; they are the same answers."""
+    peer = find_peer(Handler([study("1"), study("2")]))
+    many = identifier(PatientID="")
+    for element in range(200):
+        many.add_new((0x0009, 0x1000 + element), "LO", "")
+
+    send_find(peer, many)
+
+    responses = answers(peer)
+    assert [status for status, _ in responses] == [0xFF00, 0xFF00, 0x0000]
+    for (_, answer), patient in zip(responses, ["1", "2"], strict=False):
+        assert answer.PatientID == patient
+        assert len(answer) == 203  # the 201 asked for, QueryRetrieveLevel, RetrieveAETitle
+
+
+@pytest.mark.parametrize("style", ["generator", "async generator"])
+def test_a_peer_that_does_not_read_holds_up_the_matches(style: str) -> None:
+    """While the transport is full, no further match is even taken from the handler; once
+    the peer reads, the rest follow."""
+    taken: list[int] = []
+
+    def generator(_: FindQuery) -> Iterator[Dataset]:
+        for number in range(20):
+            taken.append(number)
+            yield study(str(number))
+
+    async def async_generator(query: FindQuery) -> AsyncIterator[Dataset]:
+        for match in generator(query):
+            yield match
+
+    peer = find_peer(Handler(generator if style == "generator" else async_generator))
+    outbox = peer.transport.producer
+    outbox.pauseProducing()  # what Twisted's transport does when its buffer is full
+
+    send_find(peer, identifier(PatientID=""))
+
+    assert answers(peer) == []
+    assert taken == [0]
+    outbox.resumeProducing()
+    statuses = [status for status, _ in answers(peer)]
+    assert statuses == [0xFF00] * 20 + [0x0000]

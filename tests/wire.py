@@ -63,13 +63,7 @@ class Peer:
         self.protocol.dataReceived(data)
 
     def received(self) -> list[object]:
-        """Decode and take every PDU the node wrote since the last call.
-
-        A file being streamed is a pull producer on the transport; a real
-        transport asks it for more as its buffer drains, this one is asked here.
-        """
-        while self.transport.producer is not None and not self.transport.streaming:
-            self.transport.producer.resumeProducing()
+        """Decode and take every PDU the node wrote since the last call."""
         data = self.transport.value()
         self.transport.clear()
         pdus = []

@@ -25,6 +25,10 @@ class DataSetError(ValueError):
     """A data set that cannot be encoded or decoded in the given transfer syntax."""
 
 
+class DataSetTooLarge(DataSetError):
+    """A data set that would outgrow the memory allowed for it once inflated."""
+
+
 def encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated) for a transfer syntax pydicom knows."""
     uid = UID(transfer_syntax)
@@ -156,7 +160,7 @@ def _inflated(data: bytes, max_length: int) -> bytes:
     inflater = zlib.decompressobj(wbits=-15)
     inflated = inflater.decompress(data, max_length + 1 if max_length else 0)
     if max_length and (len(inflated) > max_length or inflater.unconsumed_tail):
-        raise DataSetError(f"the deflated data set inflates to more than {max_length} bytes")
+        raise DataSetTooLarge(f"the deflated data set inflates to more than {max_length} bytes")
     return inflated + inflater.flush()
 
 

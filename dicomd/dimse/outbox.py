@@ -1,20 +1,25 @@
-"""Sending DIMSE messages in order, streaming large data sets from disk.
+"""Sending DIMSE messages in order, only as fast as the peer reads them.
 
 The fragments of one message must follow each other on the association, so
-messages leave one at a time.  A data set that lives in a file is read in
-PDU-sized pieces only as fast as the transport drains them (a Twisted pull
-producer), so a 1 GiB instance never sits in memory.
+messages leave one at a time.  The outbox is a push producer on the
+transport for the association's whole life: it writes PDUs until the
+transport's buffer is full, then waits to be resumed.  A data set that lives
+in a file is read one PDU at a time as it goes, so a 1 GiB instance never
+sits in memory; whoever sends many messages (a C-FIND's matches) waits for
+`Outbox.drained` between them, so a peer that does not read holds one
+message and a transport buffer, not every match.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from twisted.internet.interfaces import IConsumer, IPullProducer
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from dicomd.dimse.datasets import Buffer
@@ -46,14 +51,14 @@ class _Message:
     data: bytes | Pieces | FileData | None
 
 
-@implementer(IPullProducer)
+@implementer(IPushProducer)
 class Outbox:
-    """The queue of messages of one association and the producer that streams them.
+    """The queue of messages of one association and the producer that writes them.
 
     ``send_pdu`` puts one encoded P-DATA-TF on the association; ``consumer``
-    is the transport, whose buffer decides when the next piece is read.  A
-    file that cannot be read to its end leaves a message half sent, which
-    only an abort can end: ``on_error`` is told.
+    is the transport, which pauses and resumes the outbox as its buffer fills
+    and drains.  A file that cannot be read to its end leaves a message half
+    sent, which only an abort can end: ``on_error`` is told.
     """
 
     def __init__(
@@ -68,125 +73,146 @@ class Outbox:
         self.max_pdu_length = max_pdu_length
         self.on_error = on_error
         self._queue: deque[_Message] = deque()
-        self._streaming: _FileStream | _BytesStream | None = None
+        self._current: Iterator[bytes] | None = None
+        self._paused = False
+        self._writing = False
+        self._closed = False
+        self._waiting: list[defer.Deferred[None]] = []
+        consumer.registerProducer(self, True)
 
     def send(self, context_id: int, command: bytes, data: bytes | Pieces | FileData | None) -> None:
-        """Queue one message; it leaves once those before it have."""
+        """Queue one message; it leaves once those before it have and the transport has room."""
+        if self._closed:
+            return
         self._queue.append(_Message(context_id, command, data))
-        if self._streaming is None:
-            self._flush()
+        self._write()
+
+    def drained(self) -> defer.Deferred[None]:
+        """Fires once every message queued so far is in the transport and the transport is not
+        full: the moment to queue the next of many.  At once when that is already so, or when
+        the association is over (nothing will ever be sent again)."""
+        if self._closed or self._is_drained():
+            return defer.succeed(None)
+        waiting: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(waiting)
+        return waiting
 
     def close(self) -> None:
-        """The association is over: drop what has not left."""
+        """The association is over: drop what has not left, let whoever waits go on."""
+        if self._closed:
+            return
+        self._closed = True
         self._queue.clear()
-        if self._streaming is not None:
-            self._streaming.close()
-            self._streaming = None
-            self.consumer.unregisterProducer()
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+        self.consumer.unregisterProducer()
+        self._wake()
 
-    def _flush(self) -> None:
-        limit = self.max_pdu_length()
-        while self._queue and self._streaming is None:
-            message = self._queue.popleft()
-            data = message.data
-            if isinstance(data, tuple) and sum(map(len, data)) <= _piece(limit):
-                data = b"".join(data)
-            if data is None or (isinstance(data, bytes) and len(data) <= _piece(limit)):
-                for pdu in fragment(message.context_id, message.command, data, limit):
-                    self.send_pdu(pdu)
-                continue
-            # A data set of several PDUs leaves one PDU per turn of the transport, so that
-            # a large one neither fills the transport's buffer nor holds up the reactor.
-            try:
-                stream = (
-                    _FileStream(message.context_id, data, limit)
-                    if isinstance(data, FileData)
-                    else _BytesStream(
-                        message.context_id, data if isinstance(data, tuple) else (data,), limit
-                    )
-                )
-            except OSError as error:
-                self.close()
-                self.on_error(error)
-                return
-            for pdu in fragment(message.context_id, message.command, None, limit):
-                self.send_pdu(pdu)
-            self._streaming = stream
-            self.consumer.registerProducer(self, False)
+    # -- IPushProducer ---------------------------------------------------
 
-    # -- IPullProducer ---------------------------------------------------
+    def pauseProducing(self) -> None:
+        self._paused = True
 
     def resumeProducing(self) -> None:
-        stream = self._streaming
-        if stream is None:
-            return
-        try:
-            pdu, finished = stream.next_pdu()
-        except OSError as error:
-            self.close()
-            self.on_error(error)
-            return
-        self.send_pdu(pdu)
-        if finished:
-            stream.close()
-            self._streaming = None
-            self.consumer.unregisterProducer()
-            self._flush()
+        self._paused = False
+        self._write()
 
     def stopProducing(self) -> None:
         self.close()
 
+    # -- writing -----------------------------------------------------------
 
-def _piece(max_pdu_length: int) -> int:
-    """How much of a data set one PDU carries; with no limit from the peer, still a piece."""
-    return fragment_length(max_pdu_length) or UNLIMITED_PIECE
+    def _write(self) -> None:
+        """Write PDUs until the transport is full or nothing is left; then wake the waiting."""
+        if self._writing:
+            return  # a PDU written from here led back here: the loop below goes on
+        self._writing = True
+        try:
+            while not (self._paused or self._closed) and self._write_one():
+                pass
+        finally:
+            self._writing = False
+        if self._is_drained():
+            self._wake()
+
+    def _write_one(self) -> bool:
+        """Write the next PDU; False when there is none."""
+        if self._current is None:
+            if not self._queue:
+                return False
+            self._current = _pdus(self._queue.popleft(), self.max_pdu_length())
+        try:
+            pdu = next(self._current)
+        except StopIteration:
+            self._current = None
+            return True
+        except OSError as error:
+            self.close()
+            self.on_error(error)
+            return False
+        self.send_pdu(pdu)
+        return True
+
+    def _is_drained(self) -> bool:
+        return not (self._paused or self._queue or self._current)
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for each in waiting:
+            each.callback(None)
 
 
-class _FileStream:
-    """The data fragments of one file-backed data set, read one at a time."""
+def _pdus(message: _Message, max_pdu_length: int) -> Iterator[bytes]:
+    """The PDUs of one message, each made only when it is about to be written.
 
-    def __init__(self, context_id: int, data: FileData, max_pdu_length: int) -> None:
-        self.context_id = context_id
-        self.remaining = data.length
-        self.piece = _piece(max_pdu_length)
-        self.file: BinaryIO = open(data.path, "rb")  # noqa: SIM115 - closed by close()
-        self.file.seek(data.offset)
+    A file is opened before the command leaves, so that one that cannot be
+    opened sends nothing at all.
+    """
+    context_id, command, data = message.context_id, message.command, message.data
+    piece = fragment_length(max_pdu_length) or UNLIMITED_PIECE
+    if isinstance(data, FileData):
+        with open(data.path, "rb") as file:
+            file.seek(data.offset)
+            yield from fragment(context_id, command, None, max_pdu_length)
+            yield from _file_pdus(context_id, file, data.length, piece)
+        return
+    pieces = (data,) if isinstance(data, bytes) else data
+    if pieces is not None and sum(map(len, pieces)) <= piece:
+        yield from fragment(context_id, command, b"".join(pieces), max_pdu_length)
+        return
+    yield from fragment(context_id, command, None, max_pdu_length)
+    if pieces is not None:
+        yield from _pieces_pdus(context_id, pieces, piece)
 
-    def next_pdu(self) -> tuple[bytes, bool]:
-        chunk = self.file.read(min(self.piece, self.remaining))
-        if not chunk and self.remaining:
-            raise OSError(f"{self.file.name} ended {self.remaining} bytes early")
-        self.remaining -= len(chunk)
-        finished = self.remaining == 0
-        return encode_pdata(self.context_id, PDV_LAST if finished else 0, chunk), finished
 
-    def close(self) -> None:
-        self.file.close()
+def _file_pdus(context_id: int, file: BinaryIO, length: int, piece: int) -> Iterator[bytes]:
+    """``length`` bytes of ``file`` from where it stands, ``piece`` bytes per PDU."""
+    remaining = length
+    while True:
+        chunk = file.read(min(piece, remaining))
+        if len(chunk) < min(piece, remaining):
+            raise OSError(f"{file.name} ended {remaining - len(chunk)} bytes early")
+        remaining -= len(chunk)
+        yield encode_pdata(context_id, 0 if remaining else PDV_LAST, chunk)
+        if not remaining:
+            return
 
 
-class _BytesStream:
-    """The data fragments of one data set held in memory, in one or more pieces, cut one
-    PDU at a time; a fragment may span two pieces."""
-
-    def __init__(self, context_id: int, pieces: Pieces, max_pdu_length: int) -> None:
-        self.context_id = context_id
-        self.pieces = deque(memoryview(piece).cast("B") for piece in pieces if len(piece))
-        self.piece = _piece(max_pdu_length)
-
-    def next_pdu(self) -> tuple[bytes, bool]:
+def _pieces_pdus(context_id: int, pieces: Pieces, piece: int) -> Iterator[bytes]:
+    """The data held in ``pieces``, ``piece`` bytes per PDU; a PDU may span two pieces."""
+    views = deque(memoryview(each).cast("B") for each in pieces if len(each))
+    while views:
         parts: list[memoryview] = []
-        wanted = self.piece
-        while wanted and self.pieces:
-            head = self.pieces[0]
-            parts.append(head[:wanted])
-            wanted -= len(parts[-1])
-            if len(head) <= len(parts[-1]):
-                self.pieces.popleft()
+        wanted = piece
+        while wanted and views:
+            head = views[0]
+            part = head[:wanted]
+            parts.append(part)
+            wanted -= len(part)
+            if len(part) == len(head):
+                views.popleft()
             else:
-                self.pieces[0] = head[len(parts[-1]) :]
+                views[0] = head[len(part) :]
         chunk = parts[0] if len(parts) == 1 else b"".join(parts)
-        finished = not self.pieces
-        return encode_pdata(self.context_id, PDV_LAST if finished else 0, chunk), finished
-
-    def close(self) -> None:
-        self.pieces.clear()
+        yield encode_pdata(context_id, 0 if views else PDV_LAST, chunk)

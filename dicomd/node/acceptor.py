@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Final
 
+from pydicom import Dataset
 from twisted.internet import defer
 
 from dicomd import uids
@@ -23,9 +25,10 @@ from dicomd.dimse.association import (
     Request,
     Service,
     decode_in,
+    out_of_resources,
 )
 from dicomd.dimse.command import Command
-from dicomd.dimse.datasets import DataSetError
+from dicomd.dimse.datasets import DataSetError, DataSetTooLarge
 from dicomd.dimse.messages import DEFAULT_MAX_COMMAND_LENGTH
 from dicomd.dimse.negotiation import AcceptedContext, negotiate
 from dicomd.dimse.work import Worker
@@ -60,6 +63,10 @@ _REJECT_APPLICATION_CONTEXT = Rejection(1, 1, 2, "application context name not s
 _REJECT_PROTOCOL_VERSION = Rejection(1, 2, 2, "protocol version not supported")
 
 
+DEFAULT_MAX_IDENTIFIER_KEYS: Final = 1024
+"""Real queries ask for tens of keys; each answer costs tens of microseconds a key."""
+
+
 @dataclass(frozen=True, slots=True)
 class AcceptorSettings:
     """What every association of one node shares."""
@@ -72,6 +79,7 @@ class AcceptorSettings:
     worker: Worker
     max_command_length: int = DEFAULT_MAX_COMMAND_LENGTH
     max_data_length: int = DEFAULT_MAX_DATA_LENGTH
+    max_identifier_keys: int = DEFAULT_MAX_IDENTIFIER_KEYS
 
 
 class QueryRefused(Exception):
@@ -100,14 +108,20 @@ class Acceptor(DimseAssociation):
         """The identifier of a C-FIND, C-MOVE or C-GET request as handlers see it.
 
         Raises `QueryRefused` with the answer the standard gives when the
-        identifier does not decode (C000) or names a Query/Retrieve Level the
-        model does not have (A900); a worklist identifier has no level.
+        identifier does not decode (C000), holds more keys than the node answers
+        (A700, A701), or names a Query/Retrieve Level the model does not have
+        (A900); a worklist identifier has no level.
         """
         model = request.context.abstract_syntax
         try:
             identifier = await decode_in(self, request.data or b"", request.context.transfer_syntax)
+        except DataSetTooLarge as error:
+            raise self._too_large(request, str(error)) from None
         except DataSetError as error:
             raise QueryRefused(uids.Status.CANNOT_UNDERSTAND, str(error)) from None
+        limit = self.settings.max_identifier_keys
+        if count_keys(identifier, up_to=limit + 1) > limit:
+            raise self._too_large(request, f"an identifier of more than {limit} keys")
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if model in uids.QUERY_RETRIEVE_LEVELS and level not in uids.QUERY_RETRIEVE_LEVELS[model]:
             raise QueryRefused(
@@ -122,6 +136,16 @@ class Acceptor(DimseAssociation):
             self.called_ae_title,
             self.peer_host,
         )
+
+    def _too_large(self, request: Request, problem: str) -> QueryRefused:
+        """An identifier past a limit of the node: one line in the log, A700 or A701."""
+        self.log.warn(
+            "{peer_ae} at {peer} sent {problem}; refused",
+            peer_ae=self.peer_ae_title,
+            peer=self.peer,
+            problem=problem,
+        )
+        return QueryRefused(out_of_resources(request.command.command_field), problem)
 
     def service_for(self, context: AcceptedContext, command: Command) -> Service | None:
         service = self.settings.services.service_for(context.abstract_syntax)
@@ -321,3 +345,9 @@ def _first_rejection(
         return Accept.ACCEPT
 
     return ask()
+
+
+def count_keys(identifier: Dataset, up_to: int) -> int:
+    """The keys of ``identifier``, those inside sequence items included, counted up to
+    ``up_to``: each one read costs, so counting stops there."""
+    return sum(1 for _ in islice(identifier.iterall(), up_to))

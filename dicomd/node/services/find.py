@@ -28,11 +28,13 @@ from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier, ISupportedKeys
-from dicomd.node.acceptor import Acceptor, QueryRefused
+from dicomd.node.acceptor import Acceptor, QueryRefused, count_keys
 
 _QR_MODELS = frozenset({uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND})
 _ADDED_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"})
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
+_KEYS_ANSWERED_INLINE = 64
+"""Up to this many keys, an answer takes a millisecond or two: made on the reactor."""
 
 
 class Cancelled(Exception):
@@ -107,6 +109,9 @@ class _Answer:
         self.pending = uids.Status.PENDING
         self.cancelled = False
         self.matches = 0
+        self.many_keys = count_keys(query.identifier, up_to=_KEYS_ANSWERED_INLINE + 1) > (
+            _KEYS_ANSWERED_INLINE
+        )
 
     def run(self, handler: IFindHandler) -> defer.Deferred[None]:
         message_id = self.request.command.message_id
@@ -132,14 +137,14 @@ class _Answer:
             return defer.Deferred.fromCoroutine(self._stream_async(matches))
         return self.service.cooperator.cooperate(self._send_each(iter(matches))).whenDone()
 
-    def _send_each(self, matches: Iterator[Dataset]) -> Iterator[None]:
+    def _send_each(self, matches: Iterator[Dataset]) -> Iterator[defer.Deferred[None]]:
         """A match per step; the cooperator yields to the reactor every few milliseconds,
-        so that a cancel or another association gets in."""
+        so that a cancel or another association gets in, and waits while the peer has not
+        read what was sent."""
         for match in matches:
             if self.cancelled:
                 raise Cancelled()
-            self._send(match)
-            yield None
+            yield self._send(match)
         if self.cancelled:
             raise Cancelled()
 
@@ -147,15 +152,30 @@ class _Answer:
         async for match in matches:
             if self.cancelled:
                 raise Cancelled()
-            self._send(match)
+            await self._send(match)
         if self.cancelled:
             raise Cancelled()
 
-    def _send(self, match: Dataset) -> None:
+    def _send(self, match: Dataset) -> defer.Deferred[None]:
+        """Shape, encode and send one match; fires when the peer may take the next.
+
+        Shaping and encoding cost tens of microseconds a key, so the answers to
+        an identifier of many keys are made in the association's worker.
+        """
+        if self.many_keys:
+            encoded = self.association.worker.run(self._encode, match)
+        else:
+            encoded = defer.succeed(self._encode(match))
+        return encoded.addCallback(self._respond)
+
+    def _encode(self, match: Dataset) -> bytes:
         answer = shape(self.query, match, self.service.ae_title)
-        data = encode_dataset(answer, self.request.context.transfer_syntax)
+        return encode_dataset(answer, self.request.context.transfer_syntax)
+
+    def _respond(self, data: bytes) -> defer.Deferred[None]:
         self.association.respond(self.request, self.pending, data)
         self.matches += 1
+        return self.association.drained()
 
     def _finished(self, _: object) -> None:
         self.association.respond(self.request, uids.Status.SUCCESS)

@@ -1,0 +1,138 @@
+"""The outbox writes only while the transport has room, and says when it has drained."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from twisted.internet.testing import StringTransport
+
+from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
+from dicomd.dimse.outbox import FileData, Outbox
+from dicomd.ul.pdu import PDataTF, decode
+
+COMMAND = b"\x00\x00\x00\x00\x04\x00\x00\x00\x08\x00\x00\x00"  # one UL element (0000,0000)
+
+
+class FillingTransport(StringTransport):
+    """A transport that pauses its producer once more than ``room`` bytes wait in it, as
+    Twisted's TCP transport does when its buffer passes its size."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > self.room and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        """The peer reads everything; the transport asks for more."""
+        written = self.value()
+        self.clear()
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        return written
+
+
+def outbox_on(transport: StringTransport, errors: list[OSError] | None = None) -> Outbox:
+    failed = errors.append if errors is not None else _unexpected
+    return Outbox(transport.write, transport, lambda: 16384, failed)
+
+
+def _unexpected(error: OSError) -> None:
+    raise AssertionError(f"unexpected error {error}")
+
+
+def pdata_values(written: bytes) -> list[tuple[int, bytes]]:
+    """(control header, value) of every PDV in the P-DATA-TF PDUs ``written``."""
+    values = []
+    while written:
+        (length,) = struct.unpack(">L", written[2:6])
+        pdu = decode(written[: 6 + length])
+        assert isinstance(pdu, PDataTF)
+        values += [(pdv.control, pdv.data) for pdv in pdu.pdvs]
+        written = written[6 + length :]
+    return values
+
+
+def data_set_of(values: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(value for control, value in values if not control & PDV_COMMAND)
+
+
+def test_a_file_leaves_only_as_fast_as_the_transport_drains(tmp_path: Path) -> None:
+    content = bytes(range(256)) * 400  # 102400 bytes: seven PDUs of 16 KiB
+    path = tmp_path / "instance"
+    path.write_bytes(content)
+    transport = FillingTransport(room=32 * 1024)
+    outbox = outbox_on(transport)
+
+    outbox.send(1, COMMAND, FileData(path, 0, len(content)))
+    drained = outbox.drained()
+    turns = [transport.drain()]
+    while not drained.called:
+        turns.append(transport.drain())
+    turns.append(transport.value())
+
+    assert all(len(turn) <= 32 * 1024 + 16384 for turn in turns), [len(t) for t in turns]
+    assert len(turns) >= 3
+    values = pdata_values(b"".join(turns))
+    assert values[-1][0] == PDV_LAST
+    assert data_set_of(values) == content
+    assert transport.producer is outbox
+
+
+def test_messages_wait_in_order_while_the_transport_is_full() -> None:
+    transport = FillingTransport(room=1 << 30)
+    outbox = outbox_on(transport)
+    outbox.pauseProducing()
+
+    outbox.send(1, COMMAND, b"first")
+    outbox.send(1, COMMAND, b"second")
+    drained = outbox.drained()
+
+    assert transport.value() == b"" and not drained.called
+    assert transport.drain() == b"" and drained.called
+    values = [value for _, value in pdata_values(transport.value())]
+    assert values == [COMMAND, b"first", COMMAND, b"second"]
+
+
+def test_drained_is_at_once_when_nothing_waits_and_when_the_association_is_over() -> None:
+    transport = FillingTransport(room=1 << 30)
+    outbox = outbox_on(transport)
+    assert outbox.drained().called
+    outbox.pauseProducing()
+    outbox.send(1, COMMAND, b"never read")
+    waiting = outbox.drained()
+
+    outbox.close()
+
+    assert waiting.called and outbox.drained().called
+    assert transport.producer is None
+
+
+def test_a_file_shorter_than_promised_is_an_error_and_ends_the_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "short"
+    path.write_bytes(b"x" * 40000)
+    transport = FillingTransport(room=1 << 30)
+    errors: list[OSError] = []
+    outbox = outbox_on(transport, errors)
+
+    outbox.send(1, COMMAND, FileData(path, 0, 50000))
+
+    assert [str(error) for error in errors] == [f"{path} ended 10000 bytes early"]
+    assert transport.producer is None
+    outbox.send(1, COMMAND, b"after the end")
+    assert b"after the end" not in transport.value()
+
+
+def test_a_file_that_cannot_be_opened_sends_nothing(tmp_path: Path) -> None:
+    transport = FillingTransport(room=1 << 30)
+    errors: list[OSError] = []
+    outbox = outbox_on(transport, errors)
+
+    outbox.send(1, COMMAND, FileData(tmp_path / "missing", 0, 10))
+
+    assert transport.value() == b""
+    assert [type(error) for error in errors] == [FileNotFoundError]
