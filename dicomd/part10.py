@@ -18,6 +18,8 @@ import contextlib
 import functools
 import struct
 import uuid
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -229,3 +231,78 @@ def _encode_explicit_little(elements: Dataset) -> bytes:
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, elements)
     return buffer.getvalue()
+
+
+def inflated_pieces(file: BinaryIO, length: int, piece: int) -> Iterator[bytes]:
+    """The deflated data set of ``length`` bytes from where ``file`` stands, inflated in
+    pieces of at most ``piece`` bytes: never whole, since a stored one may inflate to a GiB.
+
+    Raises OSError when the file or the deflate stream ends before the stream does.
+    """
+    inflater = zlib.decompressobj(wbits=-15)
+    remaining = length
+    while not inflater.eof:
+        compressed = inflater.unconsumed_tail
+        if not compressed and remaining:
+            compressed = file.read(min(remaining, _COMPRESSED_READ))
+            if not compressed:
+                raise OSError(f"the deflated data set ends {remaining} bytes early")
+            remaining -= len(compressed)
+        inflated = inflater.decompress(compressed, piece)
+        if inflated:
+            yield inflated
+        elif not compressed:
+            raise OSError("the deflate stream of the data set is cut short")
+
+
+_COMPRESSED_READ: Final = 1 << 16
+
+
+class ForwardReader:
+    """Bytes that come in pieces (`inflated_pieces`), read as a file that only goes forward.
+
+    pydicom reads a data set's head through ``read``, ``tell`` and ``seek``;
+    it seeks back only to the start of the element header it just read, so
+    `_HISTORY` bytes are kept behind the position, and what a forward seek
+    skips is dropped as it passes.
+    """
+
+    def __init__(self, pieces: Iterator[bytes], name: str) -> None:
+        self.name = name
+        self._pieces = pieces
+        self._buffer = bytearray()
+        self._start = 0  # the offset of the buffer's first byte
+        self._position = 0
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else self._position + offset
+        if whence not in (0, 1) or target < self._start:
+            raise OSError(f"{self.name}: cannot seek back to {target}")
+        self._position = target
+        return target
+
+    def read(self, size: int) -> bytes:
+        end = self._position + size
+        while self._start + len(self._buffer) < end:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._buffer += piece
+            self._forget(before=min(self._position, self._start + len(self._buffer)))
+        at = self._position - self._start
+        data = bytes(self._buffer[at : at + size])
+        self._position += len(data)
+        self._forget(before=self._position)
+        return data
+
+    def _forget(self, before: int) -> None:
+        drop = before - _HISTORY - self._start
+        if drop > 0:
+            del self._buffer[:drop]
+            self._start += drop
+
+
+_HISTORY: Final = 64

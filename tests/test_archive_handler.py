@@ -22,7 +22,12 @@ from dicomd.archive import ArchiveHandler
 from dicomd.archive.handler import _copy_durably
 from dicomd.archive.query import QueryError
 from dicomd.interfaces import FindQuery, IStoreHandler, Kept
-from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, STUDY_ROOT_MOVE
+from dicomd.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    PATIENT_ROOT_FIND,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_MOVE,
+)
 from tests.support.received import CT_SMALL, ct_small, kept_path, opened, received, status_of
 
 
@@ -486,3 +491,23 @@ def test_retrieve_selects_instances_by_the_unique_key_of_the_level(
     assert selected("PATIENT", PatientID=datasets[0].PatientID) == uids_all
     with pytest.raises(QueryError, match="needs SeriesInstanceUID"):
         selected("SERIES", StudyInstanceUID=datasets[0].StudyInstanceUID)
+
+
+def test_a_deflated_instance_is_indexed_from_its_head_alone(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    """Only as much is inflated as the index needs: the stream after it may even be cut."""
+    ds = ct_small()
+    ds.file_meta.TransferSyntaxUID = DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    instance = received(archive_path, ds)
+    whole = instance.path.read_bytes()
+    instance.path.write_bytes(whole[: len(whole) - 2000])  # cut inside the pixel data
+
+    kept_path(open_archive.archive(instance))
+
+    [(syntax, patient)] = rows(
+        open_archive,
+        "SELECT TransferSyntaxUID, PatientID FROM instances JOIN series ON series.pk = series_pk"
+        " JOIN studies ON studies.pk = study_pk JOIN patients ON patients.pk = patient_pk",
+    )
+    assert (syntax, patient) == (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "1CT1")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import struct
+import zlib
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
 from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
@@ -136,3 +139,43 @@ def test_a_file_that_cannot_be_opened_sends_nothing(tmp_path: Path) -> None:
 
     assert transport.value() == b""
     assert [type(error) for error in errors] == [FileNotFoundError]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pieces=st.lists(st.binary(max_size=3000), max_size=8),
+    max_pdu_length=st.integers(8, 4000),
+)
+def test_data_in_pieces_leaves_in_full_pdus_whatever_the_cut(
+    pieces: list[bytes], max_pdu_length: int
+) -> None:
+    transport = FillingTransport(room=1 << 30)
+    outbox = Outbox(transport.write, transport, lambda: max_pdu_length, _unexpected)
+
+    outbox.send(1, COMMAND, tuple(pieces))
+
+    values = [(control, value) for control, value in pdata_values(transport.value())]
+    data = [(control, value) for control, value in values if not control & PDV_COMMAND]
+    assert b"".join(value for _, value in data) == b"".join(pieces)
+    assert [control for control, _ in data] == [0] * (len(data) - 1) + [PDV_LAST]
+    assert all(len(value) == max_pdu_length - 6 - max_pdu_length % 2 for _, value in data[:-1])
+
+
+def test_a_deflated_file_leaves_inflated_a_pdu_at_a_time(tmp_path: Path) -> None:
+    content = bytes(range(256)) * 4000  # about 1 MB, compressing well
+    compressor = zlib.compressobj(wbits=-15)
+    deflated = compressor.compress(content) + compressor.flush()
+    path = tmp_path / "deflated"
+    path.write_bytes(b"meta" + deflated + b"\0"[: len(deflated) % 2])
+    transport = FillingTransport(room=64 * 1024)
+    outbox = outbox_on(transport)
+
+    outbox.send(1, COMMAND, FileData(path, 4, path.stat().st_size - 4, inflate=True))
+    drained = outbox.drained()
+    turns = [transport.drain()]
+    while not drained.called:
+        turns.append(transport.drain())
+    turns.append(transport.value())
+
+    assert max(len(turn) for turn in turns) <= 64 * 1024 + 16384
+    assert data_set_of(pdata_values(b"".join(turns))) == content

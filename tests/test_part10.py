@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import itertools
+import zlib
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from dicomd.part10 import Part10Error, read_header
+from dicomd.part10 import ForwardReader, Part10Error, inflated_pieces, read_header
 from tests.support.testdata import part10_test_files
 
 FILES = [str(p) for p in part10_test_files()]
@@ -62,3 +65,61 @@ def test_any_bytes_after_the_prefix_give_a_header_or_part10_error(
         return
     assert 0 <= header.data_set_offset <= len(base)
     assert header.data_set_offset + header.data_set_length == len(base)
+
+
+def _deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush()
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=20000), piece=st.integers(1, 5000))
+def test_inflated_pieces_give_back_the_data_in_bounded_pieces(data: bytes, piece: int) -> None:
+    compressed = io.BytesIO(_deflate(data) + b"\0")  # with the padding to even length
+    pieces = list(inflated_pieces(compressed, len(compressed.getvalue()), piece))
+    assert b"".join(pieces) == data
+    assert all(0 < len(each) <= piece for each in pieces)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(min_size=1, max_size=20000), cut=st.integers(1, 100))
+def test_a_cut_deflate_stream_is_an_os_error(data: bytes, cut: int) -> None:
+    stream = _deflate(data)
+    cut = min(cut, len(stream))
+    short = io.BytesIO(stream[:-cut])
+    with pytest.raises(OSError, match=r"cut short|ends \d+ bytes early"):
+        list(inflated_pieces(short, len(stream), 4096))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.binary(max_size=5000),
+    sizes=st.lists(st.integers(1, 400), min_size=1, max_size=5),
+    steps=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 16)), max_size=60),
+)
+def test_a_forward_reader_reads_like_a_file(
+    data: bytes, sizes: list[int], steps: list[tuple[int, int]]
+) -> None:
+    """Reads of any size, each followed by a step back of up to 16 bytes (what pydicom does
+    after an element header), give what a file of the same bytes gives."""
+    pieces, at = [], 0
+    for size in itertools.cycle(sizes):
+        if at >= len(data):
+            break
+        pieces.append(data[at : at + size])
+        at += size
+    reader = ForwardReader(iter(pieces), "test")
+    file = io.BytesIO(data)
+    for size, back in steps:
+        assert reader.read(size) == file.read(size)
+        back = min(back, file.tell())
+        assert reader.seek(-back, 1) == file.seek(-back, 1)
+        assert reader.tell() == file.tell()
+
+
+def test_a_forward_reader_cannot_go_far_back_and_skips_without_keeping() -> None:
+    reader = ForwardReader(iter([b"x" * 1000] * 1000), "test")
+    reader.seek(900_000)
+    assert reader.read(10) == b"x" * 10
+    with pytest.raises(OSError, match="cannot seek back"):
+        reader.seek(0)

@@ -176,10 +176,34 @@ def test_a_deflate_bomb_is_refused_as_soon_as_it_outgrows_its_bounds() -> None:
     ds.PixelData = bytes(64 << 20)  # 64 MiB of zeros: a few dozen KiB deflated
     bomb = deflated(explicit(ds))
     assert len(bomb) < 128 << 10
-    with pytest.raises(IncompleteDataSet, match="inflates past"):
+    with pytest.raises(IncompleteDataSet, match="inflates more than 200 times"):
         inflate_walk(bomb, InflationLimits(max_length=1 << 30, max_ratio=200))
-    with pytest.raises(IncompleteDataSet, match="inflates past"):
+    with pytest.raises(IncompleteDataSet, match="inflates past 1048576 bytes"):
         inflate_walk(bomb, InflationLimits(max_length=1 << 20, max_ratio=100_000))
+
+
+class CountingWalker(DataSetWalker):
+    """A walker that also counts the bytes it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(implicit_vr=False, little_endian=True)
+        self.walked = 0
+
+    def feed(self, data: bytes) -> None:
+        self.walked += len(data)
+        super().feed(data)
+
+
+def test_a_bomb_in_one_piece_is_refused_after_a_step_or_two_of_inflating() -> None:
+    """However much compressed data one PDU carries, the check comes every MiB inflated."""
+    ds = ct_like()
+    ds.PixelData = bytes(256 << 20)
+    bomb = deflated(explicit(ds))
+    walker = CountingWalker()
+    inflater = Inflater(walker, InflationLimits(max_length=1 << 30, max_ratio=200))
+    with pytest.raises(IncompleteDataSet, match="200 times"):
+        inflater.feed(bomb)
+    assert walker.walked <= 2 << 20
 
 
 def test_seeded_mutations_only_ever_raise_incomplete_data_set() -> None:

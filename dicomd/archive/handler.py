@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, BinaryIO, Final, TypeVar
 
 from pydicom import Dataset, dcmread
 from pydicom.filereader import read_dataset
@@ -65,9 +65,10 @@ from dicomd.interfaces import (
     ReceivedInstance,
     RetrieveItem,
 )
-from dicomd.part10 import INCOMING_FOLDER, read_header_from
+from dicomd.part10 import INCOMING_FOLDER, ForwardReader, inflated_pieces, read_header_from
 from dicomd.uids import (
     ALL_TRANSFER_SYNTAXES,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -86,14 +87,16 @@ DEFAULT_LAYOUT: Final = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}
 DUPLICATE_POLICIES: Final = ("keep-first", "overwrite", "reject")
 
 _SQLITE_COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
-_READABLE_IN_PLACE: Final = {
-    # transfer syntax: (implicit VR, little endian) of the data set as stored
+_READABLE: Final = {
+    # transfer syntax: (implicit VR, little endian) of the data set as stored, or inflated
     IMPLICIT_VR_LITTLE_ENDIAN: (True, True),
     EXPLICIT_VR_BIG_ENDIAN: (False, False),
     **{syntax: (False, True) for syntax in ALL_TRANSFER_SYNTAXES if is_encapsulated(syntax)},
     EXPLICIT_VR_LITTLE_ENDIAN: (False, True),
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: (False, True),
 }
-"""Transfer syntaxes whose data set pydicom reads straight from the file: all but deflated."""
+"""Transfer syntaxes whose data set's head pydicom reads without reading the rest."""
+_INFLATED_PIECE: Final = 1 << 16
 
 _T = TypeVar("_T")
 
@@ -401,16 +404,21 @@ class ArchiveHandler(Service):
         Our own file meta is not parsed again (its end is found by hand), and
         reading stops after the last attribute anyone here asks for: the
         pixel module, overlays and large private groups are never decoded.
-        A deflated data set is read whole by pydicom.
+        A deflated data set is inflated only as far as that, a piece at a time.
         """
         syntax = instance.transfer_syntax
-        if syntax not in _READABLE_IN_PLACE:
+        if syntax not in _READABLE:
             return dcmread(instance.path, stop_before_pixels=True)
-        implicit, little_endian = _READABLE_IN_PLACE[syntax]
+        implicit, little_endian = _READABLE[syntax]
         with open(instance.path, "rb") as file:
             header = read_header_from(file, os.fstat(file.fileno()).st_size)
             file.seek(header.data_set_offset)
-            return read_dataset(file, implicit, little_endian, stop_when=self._past_what_is_needed)
+            source: BinaryIO | ForwardReader = file
+            if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+                pieces = inflated_pieces(file, header.data_set_length, _INFLATED_PIECE)
+                source = ForwardReader(pieces, str(instance.path))
+            needed = self._past_what_is_needed
+            return read_dataset(source, implicit, little_endian, stop_when=needed)
 
     def _past_what_is_needed(self, tag: BaseTag, vr: str | None, length: int) -> bool:
         # as plain numbers: a Tag compares through Python code, and this runs for each element

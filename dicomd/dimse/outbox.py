@@ -13,7 +13,7 @@ message and a transport buffer, not every match.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from dicomd.dimse.datasets import Buffer
 from dicomd.dimse.messages import PDV_LAST, fragment, fragment_length
+from dicomd.part10 import inflated_pieces
 from dicomd.ul.pdu import encode_pdata
 
 # With no limit from the peer, data still leaves in pieces this big, so that
@@ -33,11 +34,13 @@ UNLIMITED_PIECE = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class FileData:
-    """A data set that is a byte range of a file."""
+    """A data set that is a byte range of a file; with ``inflate``, a deflated one that goes
+    out inflated (explicit VR little endian), a piece at a time."""
 
     path: Path
     offset: int
     length: int
+    inflate: bool = False
 
 
 Pieces = tuple[Buffer, ...]
@@ -175,7 +178,11 @@ def _pdus(message: _Message, max_pdu_length: int) -> Iterator[bytes]:
         with open(data.path, "rb") as file:
             file.seek(data.offset)
             yield from fragment(context_id, command, None, max_pdu_length)
-            yield from _file_pdus(context_id, file, data.length, piece)
+            if data.inflate:
+                inflated = inflated_pieces(file, data.length, piece)
+                yield from _pieces_pdus(context_id, inflated, piece)
+            else:
+                yield from _file_pdus(context_id, file, data.length, piece)
         return
     pieces = (data,) if isinstance(data, bytes) else data
     if pieces is not None and sum(map(len, pieces)) <= piece:
@@ -199,20 +206,29 @@ def _file_pdus(context_id: int, file: BinaryIO, length: int, piece: int) -> Iter
             return
 
 
-def _pieces_pdus(context_id: int, pieces: Pieces, piece: int) -> Iterator[bytes]:
-    """The data held in ``pieces``, ``piece`` bytes per PDU; a PDU may span two pieces."""
-    views = deque(memoryview(each).cast("B") for each in pieces if len(each))
-    while views:
-        parts: list[memoryview] = []
-        wanted = piece
-        while wanted and views:
-            head = views[0]
-            part = head[:wanted]
+def _pieces_pdus(context_id: int, pieces: Iterable[Buffer], piece: int) -> Iterator[bytes]:
+    """The data in ``pieces``, however they are cut, ``piece`` bytes per PDU; a PDU may span
+    pieces.  A full PDU waits until more data is found, since only then is it known not to
+    be the last."""
+    full: list[memoryview] | None = None
+    parts: list[memoryview] = []
+    held = 0
+    for each in pieces:
+        view = memoryview(each).cast("B")
+        while len(view):
+            if full is not None:
+                yield encode_pdata(context_id, 0, _joined(full))
+                full = None
+            part = view[: piece - held]
             parts.append(part)
-            wanted -= len(part)
-            if len(part) == len(head):
-                views.popleft()
-            else:
-                views[0] = head[len(part) :]
-        chunk = parts[0] if len(parts) == 1 else b"".join(parts)
-        yield encode_pdata(context_id, 0 if views else PDV_LAST, chunk)
+            held += len(part)
+            view = view[len(part) :]
+            if held == piece:
+                full, parts, held = parts, [], 0
+    yield encode_pdata(context_id, PDV_LAST, _joined(full if full is not None else parts))
+
+
+def _joined(parts: list[memoryview]) -> Buffer:
+    if len(parts) == 1:
+        return parts[0]
+    return b"".join(parts)

@@ -19,7 +19,6 @@ import contextlib
 import copy
 import dataclasses
 import errno
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +122,8 @@ def prepare_store(
     source: str | Path | Dataset,
     priority: int = 0,
 ) -> defer.Deferred[StoreMessage]:
-    """The message for ``source``: at once when the file goes as it is, else from ``worker``.
+    """The message for ``source``: at once when the file goes as it is or only inflated
+    (the outbox inflates it a PDU at a time), else from ``worker``.
 
     Only a file's File Meta is read here (a few hundred bytes); encoding a
     data set, converting a file, or reading a deflated one whole to pad it
@@ -136,8 +136,16 @@ def prepare_store(
         context = _context_for_syntax(contexts, header.sop_class_uid, header.transfer_syntax)
     except Exception:
         return defer.fail()
-    if context.transfer_syntax == header.transfer_syntax and not header.data_set_length % 2:
-        data = FileData(Path(source), header.data_set_offset, header.data_set_length)
+    conversion = (header.transfer_syntax, context.transfer_syntax)
+    if conversion == _INFLATING or (
+        context.transfer_syntax == header.transfer_syntax and not header.data_set_length % 2
+    ):
+        data = FileData(
+            Path(source),
+            header.data_set_offset,
+            header.data_set_length,
+            inflate=conversion == _INFLATING,
+        )
         return defer.succeed(StoreMessage(context, _store_command(header, priority), data))
     return worker.run(_file_message, context, Path(source), header, priority)
 
@@ -157,9 +165,7 @@ def _file_message(
 ) -> StoreMessage:
     """Blocking: a file converted for ``context``, or a deflated one padded to even length."""
     data: bytes | tuple[Buffer, ...]
-    if (header.transfer_syntax, context.transfer_syntax) == _INFLATING:
-        data = _inflated(path, header)
-    elif context.transfer_syntax != header.transfer_syntax:
+    if context.transfer_syntax != header.transfer_syntax:
         data = _reencoded(dcmread(path), header.transfer_syntax, context.transfer_syntax)
     else:  # a deflated stream that ends on an odd byte
         with path.open("rb") as file:
@@ -170,31 +176,6 @@ def _file_message(
 
 _INFLATING: Final = (uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, uids.EXPLICIT_VR_LITTLE_ENDIAN)
 """A deflated data set inflated is the same data set in explicit VR little endian."""
-
-
-def _inflated(path: Path, header: part10.Part10Header) -> tuple[Buffer, ...]:
-    """The deflated data set of ``path`` inflated, in pieces of at most a few MiB.
-
-    zlib works without the GIL; what holds it is joining or copying large
-    buffers, which this never does.
-    """
-    inflater = zlib.decompressobj(wbits=-15)
-    pieces: list[Buffer] = []
-    with path.open("rb") as file:
-        file.seek(header.data_set_offset)
-        remaining = header.data_set_length
-        while remaining and not inflater.eof:
-            compressed = file.read(min(remaining, _SWAP_PIECE))
-            if not compressed:
-                break
-            remaining -= len(compressed)
-            while compressed and not inflater.eof:
-                pieces.append(inflater.decompress(compressed, _SWAP_PIECE))
-                compressed = inflater.unconsumed_tail
-    pieces.append(inflater.flush())
-    if not inflater.eof:
-        raise DataSetError(f"{path}: the deflated data set ends before its deflate stream")
-    return tuple(piece for piece in pieces if piece)
 
 
 def _dataset_message(

@@ -219,6 +219,9 @@ def _name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+_INFLATE_STEP: Final = 1 << 20
+"""Inflated per call: about a millisecond of zlib and of walking a plain value."""
+_RATIO_SLACK: Final = 1 << 20
 _TRAILER: Final = 8
 """The most bytes let pass after a deflate stream: a gzip trailer (CRC-32 and size)."""
 
@@ -238,9 +241,12 @@ class Inflater:
     """Inflates a deflated data set as it arrives and walks what comes out.
 
     The stream may grow to ``max_length`` bytes and to ``max_ratio`` times
-    its compressed size, no further: past that it is refused, however little
-    of it has arrived.  A single NUL after the stream is the padding that
-    makes its length even, and a few more are a writer's trailer (`_trailing`).
+    the compressed bytes inflated so far (plus `_RATIO_SLACK`, so that a
+    small data set of one colour passes), no further.  It inflates
+    `_INFLATE_STEP` bytes at a time and checks after each step, so a bomb is
+    refused within a step or two of work, however large a PDU carried it.  A
+    single NUL after the stream is the padding that makes its length even,
+    and a few more are a writer's trailer (`_trailing`).
     """
 
     def __init__(self, walker: DataSetWalker, limits: InflationLimits) -> None:
@@ -248,7 +254,7 @@ class Inflater:
         self.max_length = limits.max_length
         self.max_ratio = limits.max_ratio
         self._inflater = zlib.decompressobj(wbits=-15)
-        self._compressed = 0
+        self._received = 0
         self._inflated = 0
         self._after_stream = 0
 
@@ -256,18 +262,16 @@ class Inflater:
         if self._inflater.eof:
             self._trailing(data)
             return
-        self._compressed += len(data)
+        self._received += len(data)
         pending = data
-        while pending and not self._inflater.eof:
-            allowed = self._allowance()
-            piece = self._inflater.decompress(pending, allowed + 1)
-            self._inflated += len(piece)
-            if self._inflated > self._bound():
-                raise IncompleteDataSet(
-                    f"the deflated data set inflates past {self._bound()} bytes"
-                )
-            self.walker.feed(piece)
+        while not self._inflater.eof:
+            piece = self._inflater.decompress(pending, _INFLATE_STEP)
             pending = self._inflater.unconsumed_tail
+            self._inflated += len(piece)
+            self._check(consumed=self._received - len(pending))
+            self.walker.feed(piece)
+            if not pending and len(piece) < _INFLATE_STEP:
+                break  # all of it in; a full step may leave output inside zlib: ask again
         if self._inflater.eof:
             self._trailing(self._inflater.unused_data)
 
@@ -276,11 +280,13 @@ class Inflater:
             raise IncompleteDataSet("the deflate stream is cut short")
         self.walker.end()
 
-    def _bound(self) -> int:
-        return min(self.max_length, self.max_ratio * max(self._compressed, 1))
-
-    def _allowance(self) -> int:
-        return max(self._bound() - self._inflated, 0)
+    def _check(self, consumed: int) -> None:
+        if self._inflated > self.max_length:
+            raise IncompleteDataSet(f"the deflated data set inflates past {self.max_length} bytes")
+        if self._inflated > self.max_ratio * consumed + _RATIO_SLACK:
+            raise IncompleteDataSet(
+                f"the deflated data set inflates more than {self.max_ratio} times"
+            )
 
     def _trailing(self, data: bytes) -> None:
         """Bytes after the end of the deflate stream are no part of the data set: a NUL of

@@ -104,31 +104,16 @@ def attack_daemon(start_dicomd: Callable[..., RunningDaemon], **overrides: objec
     return daemon
 
 
-class MemoryPeaked(AssertionError):
-    """The daemon's VmHWM reached the bound: a figure missed, not a wrong answer."""
-
-
-class ReactorStalled(AssertionError):
-    """The daemon logged a stall over the bound: a figure missed, not a wrong answer."""
-
-
 def assert_figures(daemon: RunningDaemon, echoscu: Callable[..., object]) -> None:
-    """A normal peer served, no traceback; then bounded peak memory and no stall over 200 ms.
-
-    The two figures are checked last and fail with their own exception types,
-    so that a test marked ``xfail(raises=...)`` for a known miss still fails
-    on anything else.
-    """
+    """A normal peer served, no traceback, bounded peak memory and no stall over 200 ms."""
     served = echoscu(daemon)
     assert served.returncode == 0, f"echoscu after the attack: {served.stdout}{served.stderr}"
     assert daemon.is_running()
     assert "Traceback" not in daemon.log_text()
     peak = peak_memory_mib(daemon.pid)
-    if peak >= MAX_PEAK_MIB:
-        raise MemoryPeaked(f"the daemon's VmHWM reached {peak:.0f} MiB (bound {MAX_PEAK_MIB})")
+    assert peak < MAX_PEAK_MIB, f"the daemon's VmHWM reached {peak:.0f} MiB"
     worst = worst_stall_ms(daemon)
-    if worst > MAX_STALL_MS:
-        raise ReactorStalled(f"the reactor stalled for {worst} ms (bound {MAX_STALL_MS})")
+    assert worst <= MAX_STALL_MS, f"the reactor stalled for {worst} ms"
 
 
 def assert_nothing_kept(daemon: RunningDaemon) -> None:
@@ -207,7 +192,7 @@ BOMBS = {
     "2 GiB of zeros, past the inflation ratio": (
         zeros(MIB),
         2048,
-        f"inflates past {200 * LARGEST_FRAGMENT} bytes",  # 200 x the first PDV
+        "inflates more than 200 times",
     ),
     "1 GiB at 165 to 1, past the inflated length": (
         sparse_block(MIB, 600),
@@ -223,14 +208,6 @@ def store_bomb(peer: RawAssociation, uid: str, pieces: Iterable[bytes]) -> Comma
     return peer.response()
 
 
-BOMB_INFLATED_ON_THE_REACTOR = pytest.mark.xfail(
-    raises=ReactorStalled,
-    reason="defect: Inflater.feed inflates up to max_inflation_ratio x the PDV (52 MB for a "
-    "256 KiB PDV) in one call on the reactor thread, 100-300 ms per bomb PDU on 2 busy cores",
-)
-
-
-@BOMB_INFLATED_ON_THE_REACTOR
 @pytest.mark.parametrize(("filler", "repeats", "comment"), BOMBS.values(), ids=BOMBS)
 def test_a_deflate_bomb_is_refused_c000_in_bounded_memory_while_others_are_served(
     request, start_dicomd, echoscu, filler, repeats, comment
@@ -256,7 +233,6 @@ def test_a_deflate_bomb_is_refused_c000_in_bounded_memory_while_others_are_serve
     assert_figures(daemon, echoscu)
 
 
-@BOMB_INFLATED_ON_THE_REACTOR
 def test_four_deflate_bombs_at_once_stay_in_bounded_memory(request, start_dicomd, echoscu):
     daemon = attack_daemon(start_dicomd)
     filler, repeats, _ = BOMBS["2 GiB of zeros, past the inflation ratio"]
@@ -457,6 +433,8 @@ def test_a_large_deflated_instance_is_converted_for_c_get_without_stalling_the_r
     )
     assert statuses[-1] == SUCCESS, statuses
     assert received == [(ExplicitVRLittleEndian, len(header) + repeats * MIB, expected.hexdigest())]
+    assert store_peak < MAX_PEAK_MIB, f"VmHWM {store_peak:.0f} MiB storing it"
+    assert peak_memory_mib(daemon.pid) < MAX_PEAK_MIB, "VmHWM sending it inflated"
     assert len(echoes.results) >= 3, "no echo ran alongside the C-GET"
     assert echoes.failures() == [], echoes.results
     worst = worst_stall_ms(daemon)
@@ -623,12 +601,6 @@ def test_two_long_instance_uids_sharing_64_characters_are_each_refused_0117(
 # -- a deflated instance within both inflation limits ------------------------------------------
 
 
-@pytest.mark.xfail(
-    raises=(MemoryPeaked, ReactorStalled),
-    reason="defect: ArchiveHandler._read reads a deflated instance with dcmread, which inflates "
-    "it whole with zlib.decompress holding the GIL: 900 MiB inflated gives VmHWM ~1.9 GiB and a "
-    "2 s reactor stall",
-)
 def test_a_deflated_instance_within_the_inflation_limits_is_stored_in_bounded_memory(
     request, start_dicomd, echoscu
 ):
