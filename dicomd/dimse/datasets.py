@@ -6,6 +6,7 @@ its presentation context; deflated ones are raw deflate streams.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -29,8 +30,10 @@ class DataSetTooLarge(DataSetError):
     """A data set that would outgrow the memory allowed for it once inflated."""
 
 
+@functools.lru_cache(maxsize=64)
 def encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
-    """(implicit VR, little endian, deflated) for a transfer syntax pydicom knows."""
+    """(implicit VR, little endian, deflated) for a transfer syntax pydicom knows; asked for
+    every data set, and pydicom validates a UID each time it makes one."""
     uid = UID(transfer_syntax)
     try:
         return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated

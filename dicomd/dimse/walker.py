@@ -129,7 +129,8 @@ class DataSetWalker:
         group, element = self._tag.unpack_from(buffer, at)
         tag = group << 16 | element
         vr = b""
-        implicit_vr = self._implicit_vr
+        levels = self._levels
+        implicit_vr = levels[-1].implicit_vr
         if implicit_vr or group == 0xFFFE:
             (length,) = self._long.unpack_from(buffer, at + 4)
         else:
@@ -140,8 +141,9 @@ class DataSetWalker:
                 (length,) = self._long.unpack_from(buffer, at + 8)
         start = self._offset
         self._offset += header_length
-        self._close_ended_levels(start)
-        level = self._levels[-1]
+        if len(levels) > 1:
+            self._close_ended_levels(start)
+        level = levels[-1]
         if level.kind in ("sequence", "fragments"):
             self._in_sequence(level, tag, length)
             return
@@ -192,6 +194,8 @@ class DataSetWalker:
         if length == _UNDEFINED:
             return None
         end = self._offset + length
+        if len(self._levels) == 1:
+            return end  # the data set has no end of its own to stay within
         for level in self._levels:
             if level.end is not None and end > level.end:
                 raise IncompleteDataSet(
