@@ -111,6 +111,13 @@ class ReceivedInstance:
     by answering `Kept`; the handlers after that one see it at its new path.
     Reading the file blocks: a handler that parses it (``dcmread(path)``)
     does so in a thread, as the built-in ``print`` handler does.
+
+    ``attributes`` holds the top-level attributes the handlers declared they
+    read (`IReadsAttributes`), collected while the data set streamed in and
+    decoded by pydicom as they are read; one the data set lacks is absent.
+    It is None when no handler declared any, or when they could not be
+    collected (a value over 64 KiB, a transfer syntax pydicom does not know):
+    the file is then the place to read them.
     """
 
     calling_ae_title: str
@@ -122,6 +129,7 @@ class ReceivedInstance:
     transfer_syntax: str
     path: Path
     size: int
+    attributes: Dataset | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +206,17 @@ class IFindHandler(Interface):
 
     def find(query: FindQuery) -> Iterable[Dataset] | AsyncIterable[Dataset]:
         """The matches of ``query``, streamed to the peer as they come."""
+
+
+class IReadsAttributes(Interface):
+    """Optional, beside `IStoreHandler`: the top-level attributes a store handler reads.
+
+    The node collects their values as each data set streams in and hands
+    them over in `ReceivedInstance.attributes`, so that the handler need not
+    parse the file again.
+    """
+
+    attributes_read = Attribute("The keywords of the attributes read (an iterable of str).")
 
 
 class ISupportedKeys(Interface):

@@ -8,6 +8,7 @@ stores are in ``test_archive_service``.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import sqlite3
 from collections.abc import Iterator
@@ -511,3 +512,19 @@ def test_a_deflated_instance_is_indexed_from_its_head_alone(
         " JOIN studies ON studies.pk = study_pk JOIN patients ON patients.pk = patient_pk",
     )
     assert (syntax, patient) == (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "1CT1")
+
+
+def test_the_attributes_collected_on_receipt_are_indexed_without_reading_the_file(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    ds = ct_small()
+    instance = received(archive_path, ds)
+    attributes = Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        setattr(attributes, keyword, ds[keyword].value)
+    attributes.PatientID = "FROM-THE-WALK"
+
+    kept_path(open_archive.archive(dataclasses.replace(instance, attributes=attributes)))
+
+    assert rows(open_archive, "SELECT PatientID FROM patients") == [("FROM-THE-WALK",)]
+    assert "PatientID" in open_archive.attributes_read

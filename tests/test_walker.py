@@ -13,15 +13,21 @@ from hypothesis import strategies as st
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import dcmread, read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
+from dicomd.archive.index import INDEXED_KEYWORDS
+from dicomd.dimse.datasets import encoding
 from dicomd.dimse.walker import (
     DataSetWalker,
     IncompleteDataSet,
     Inflater,
     InflationLimits,
 )
+from dicomd.part10 import read_header
+from tests.support.testdata import part10_test_files
 
 SYNTAXES = {"explicit little": (False, True), "implicit little": (True, True),
             "explicit big": (False, False)}  # fmt: skip
@@ -229,3 +235,105 @@ def test_seeded_mutations_only_ever_raise_incomplete_data_set() -> None:
             pass
         except Exception as error:  # pragma: no cover - the failure message is the point
             pytest.fail(f"case {case}: {type(error).__name__}: {error}")
+
+
+# -- collecting the attributes the archive indexes ---------------------------------------------
+
+WANTED_KEYWORDS = ("SpecificCharacterSet", "PatientName", "PatientID", "Rows", "StudyDate")
+WANTED = frozenset(int(Tag(keyword)) for keyword in WANTED_KEYWORDS)
+names = st.text(alphabet="AÉßЖ^ 0123", max_size=20)
+
+
+@st.composite
+def indexed_datasets(draw: st.DrawFn) -> Dataset:
+    """Data sets whose wanted attributes may be absent, empty or in another character set,
+    among sequences (whose items hold the same keywords, not to be collected) and private
+    elements."""
+    ds = draw(datasets())
+    ds.SpecificCharacterSet = draw(st.sampled_from(["ISO_IR 192", "ISO_IR 100", ""]))
+    if ds.SpecificCharacterSet == "ISO_IR 100":
+        ds.PatientName = draw(st.text(alphabet="AÉß^ 0123", max_size=20))
+    elif ds.SpecificCharacterSet == "ISO_IR 192":
+        ds.PatientName = draw(names)
+    if draw(st.booleans()):
+        ds.StudyDate = draw(st.sampled_from(["", "20240301"]))
+    return ds
+
+
+def collected_by_walking(data: bytes, implicit_vr: bool, little_endian: bool, cuts: list[int]):
+    walker = DataSetWalker(implicit_vr, little_endian, WANTED)
+    points = sorted({0, *(p for p in cuts if 0 < p < len(data)), len(data)})
+    for start, stop in itertools.pairwise(points):
+        walker.feed(data[start:stop])
+    walker.end()
+    return walker.collected
+
+
+def pydicom_values(ds: Dataset) -> dict[str, object]:
+    return {keyword: ds.get(keyword) for keyword in WANTED_KEYWORDS if keyword in ds}
+
+
+@settings(max_examples=150, deadline=None)
+@given(indexed_datasets(), st.sampled_from(list(SYNTAXES)), st.lists(st.integers(0, 3000)))
+def test_the_collected_attributes_read_as_pydicom_reads_them(
+    ds: Dataset, syntax: str, cuts: list[int]
+) -> None:
+    implicit_vr, little_endian = SYNTAXES[syntax]
+    data = encode(ds, implicit_vr, little_endian)
+    collected = collected_by_walking(data, implicit_vr, little_endian, cuts)
+    fp = DicomBytesIO(data)
+    reference = read_dataset(fp, implicit_vr, little_endian)
+    assert pydicom_values(collected) == pydicom_values(reference)
+
+
+def test_every_pydicom_test_file_gives_the_values_pydicom_reads() -> None:
+    """The files pydicom ships: wherever the walker finds the data set whole, what it
+    collected is what pydicom reads, for every attribute the archive indexes."""
+    keywords = [keyword for keyword in INDEXED_KEYWORDS if Tag(keyword).group != 2]
+    wanted = frozenset(int(Tag(keyword)) for keyword in (*keywords, "SpecificCharacterSet"))
+    compared = 0
+    for path in part10_test_files():
+        try:
+            header = read_header(path)
+            implicit_vr, little_endian, deflated = encoding(header.transfer_syntax)
+            reference = dcmread(path, stop_before_pixels=True)
+            expected = {keyword: reference.get(keyword) for keyword in keywords}
+        except Exception:
+            continue  # pydicom itself cannot read it: no reference to compare with
+        data = path.read_bytes()[header.data_set_offset :]
+        walker = DataSetWalker(implicit_vr, little_endian, wanted)
+        checker = Inflater(walker, InflationLimits()) if deflated else walker
+        try:
+            checker.feed(data)
+            checker.end()
+        except IncompleteDataSet:
+            continue  # not whole: the node refuses it, nothing is indexed
+        collected = walker.collected
+        assert collected is not None, path
+        assert {keyword: collected.get(keyword) for keyword in keywords} == expected, path
+        compared += 1
+    assert compared >= 50, f"only {compared} files compared"
+
+
+def test_a_wanted_value_too_long_or_a_wanted_sequence_leaves_nothing_collected() -> None:
+    long_name = Dataset()
+    long_name.PatientName = "A" * (64 * 1024 + 2)
+    walker = DataSetWalker(False, True, WANTED)
+    walker.feed(encode(long_name, False, True))
+    walker.end()
+    assert walker.collected is None
+
+    sequence = Dataset()
+    sequence.ReferencedImageSequence = Sequence([Dataset()])
+    wanted = frozenset({int(Tag("ReferencedImageSequence"))})
+    walker = DataSetWalker(False, True, wanted)
+    walker.feed(encode(sequence, False, True))
+    walker.end()
+    assert walker.collected is None
+
+
+def test_nothing_wanted_collects_nothing() -> None:
+    walker = DataSetWalker(False, True)
+    walker.feed(encode(ct_like(), False, True))
+    walker.end()
+    assert walker.collected is None

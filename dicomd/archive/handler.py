@@ -58,6 +58,7 @@ from dicomd.archive.writer import GroupCommit, InFlight, KeyedLocks
 from dicomd.interfaces import (
     FindQuery,
     IFindHandler,
+    IReadsAttributes,
     IRetrieveSource,
     IStoreHandler,
     ISupportedKeys,
@@ -133,7 +134,7 @@ class Reconciliation:
     empty_folders: int
 
 
-@implementer(IStoreHandler, IFindHandler, ISupportedKeys, IRetrieveSource)
+@implementer(IStoreHandler, IReadsAttributes, IFindHandler, ISupportedKeys, IRetrieveSource)
 class ArchiveHandler(Service):
     """Keeps received instances under ``path`` at their ``layout`` path, indexed in SQLite.
 
@@ -210,9 +211,8 @@ class ArchiveHandler(Service):
         self._writes: GroupCommit[Write] | None = None
         self._locks = KeyedLocks()
         self._in_flight = InFlight()
-        self._last_needed_tag = int(
-            max(Tag(keyword) for keyword in (*INDEXED_KEYWORDS, *self.layout.keywords()))
-        )
+        self.attributes_read = frozenset((*INDEXED_KEYWORDS, *self.layout.keywords()))
+        self._last_needed_tag = int(max(Tag(keyword) for keyword in self.attributes_read))
 
     # -- the Twisted service ----------------------------------------------------------------
 
@@ -405,7 +405,10 @@ class ArchiveHandler(Service):
         reading stops after the last attribute anyone here asks for: the
         pixel module, overlays and large private groups are never decoded.
         A deflated data set is inflated only as far as that, a piece at a time.
+        Usually none of this happens: the attributes came with the instance.
         """
+        if instance.attributes is not None:
+            return instance.attributes
         syntax = instance.transfer_syntax
         if syntax not in _READABLE:
             return dcmread(instance.path, stop_before_pixels=True)

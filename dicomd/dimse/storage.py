@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import DataElement
 from pydicom.filewriter import correct_ambiguous_vr
+from pydicom.tag import Tag
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,7 +58,7 @@ from dicomd.dimse.walker import (
     InflationLimits,
     checker_for,
 )
-from dicomd.interfaces import IStoreHandler, Kept, ReceivedInstance
+from dicomd.interfaces import IReadsAttributes, IStoreHandler, Kept, ReceivedInstance
 from dicomd.part10 import IncomingFile, file_meta
 from dicomd.uids import is_encapsulated
 from dicomd.ul.pdu import PresentationContextRQ
@@ -314,6 +315,7 @@ class StoreReceiver:
         self.incoming = incoming
         self.handlers = tuple(handlers)
         self.inflation = inflation
+        self.wanted = _attributes_read(self.handlers)
 
     def open_sink(
         self, association: DimseAssociation, context: AcceptedContext, command: Command
@@ -326,7 +328,7 @@ class StoreReceiver:
             context.transfer_syntax,
             association.peer_ae_title,
         )
-        checker = checker_for(context.transfer_syntax, self.inflation)
+        checker = checker_for(context.transfer_syntax, self.inflation, self.wanted)
         return CheckedFile(IncomingFile(self.incoming, meta), checker)
 
     def handle(
@@ -369,6 +371,7 @@ class StoreReceiver:
             transfer_syntax=request.context.transfer_syntax,
             path=received.path,
             size=received.size,
+            attributes=checked.checker.collected if checked.checker is not None else None,
         )
         chain = _Chain(self.handlers, instance)
         d = chain.run()
@@ -400,6 +403,20 @@ def _refusal(command: Command) -> Status | None:
     if problem is not None:
         return Status(uids.Status.CANNOT_UNDERSTAND, f"SOP Class UID {problem}")
     return None
+
+
+def _attributes_read(handlers: Sequence[IStoreHandler]) -> frozenset[int]:
+    """The tags of the attributes the handlers read (`IReadsAttributes`), with the Specific
+    Character Set that text values are decoded with; none when no handler reads any."""
+    keywords = {
+        keyword
+        for handler in handlers
+        if IReadsAttributes.providedBy(handler)
+        for keyword in handler.attributes_read
+    }
+    if not keywords:
+        return frozenset()
+    return frozenset(int(Tag(keyword)) for keyword in keywords | {"SpecificCharacterSet"})
 
 
 class CheckedFile:

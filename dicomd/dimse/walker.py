@@ -10,6 +10,11 @@ that are VRs, nothing after the last element.  It decodes no value.
 
 `Inflater` does the same for a deflated data set, inflating it piece by piece
 up to a bound, so that a small stream cannot grow without end.
+
+On its way the walker collects the raw values of the top-level attributes it
+is asked for (`DataSetWalker.collected`), so that the archive indexes an
+instance without parsing its file again.  pydicom still decodes those values,
+lazily, from the raw elements.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 from dicomd.dimse.datasets import DataSetError, encoding
 from dicomd.part10 import LONG_VRS
@@ -51,10 +59,17 @@ class _Level:
 
 
 class DataSetWalker:
-    """Checks that the bytes fed to it, in any pieces, make one whole data set."""
+    """Checks that the bytes fed to it, in any pieces, make one whole data set, and collects
+    the top-level attributes whose tags are ``wanted``."""
 
-    def __init__(self, implicit_vr: bool, little_endian: bool) -> None:
+    def __init__(
+        self, implicit_vr: bool, little_endian: bool, wanted: frozenset[int] = frozenset()
+    ) -> None:
         order = "<" if little_endian else ">"
+        self._little_endian = little_endian
+        self._wanted = wanted
+        self._collected: dict[BaseTag, RawDataElement] | None = {} if wanted else None
+        self._collecting: tuple[int, str | None, bytearray] | None = None
         self._tag = struct.Struct(f"{order}HH")
         self._short = struct.Struct(f"{order}2sH")
         self._long = struct.Struct(f"{order}L")
@@ -68,6 +83,12 @@ class DataSetWalker:
     def _implicit_vr(self) -> bool:
         return self._levels[-1].implicit_vr
 
+    @property
+    def collected(self) -> Dataset | None:
+        """The wanted attributes found at the top level, raw until read; None when none were
+        wanted or one was too long to collect (`_MOST_COLLECTED`)."""
+        return None if self._collected is None else Dataset(dict(self._collected))
+
     def feed(self, data: bytes) -> None:
         """Take the next bytes; raises `IncompleteDataSet` at the first problem."""
         view = memoryview(data)
@@ -75,6 +96,8 @@ class DataSetWalker:
         while position < size:
             if self._skip:
                 taken = min(self._skip, size - position)
+                if self._collecting is not None:
+                    self._collect(view[position : position + taken], taken == self._skip)
                 self._skip -= taken
                 self._offset += taken
                 position += taken
@@ -155,6 +178,8 @@ class DataSetWalker:
         if tag <= level.last_tag:
             raise IncompleteDataSet(f"{_name(tag)} comes after {_name(level.last_tag)}")
         level.last_tag = tag
+        if tag in self._wanted and len(levels) == 1:
+            self._start_collecting(tag, vr, length)
         if vr == b"SQ" or (not vr and _is_sequence(tag, length)):
             self._open(_Level("sequence", self._end_of(tag, length), tag, implicit_vr))
         elif vr == b"UN" and length == _UNDEFINED:
@@ -166,6 +191,31 @@ class DataSetWalker:
             self._open(_Level("fragments", None, tag, implicit_vr))
         else:
             self._value(tag, length)
+
+    def _start_collecting(self, tag: int, vr: bytes, length: int) -> None:
+        if self._collected is None:
+            return
+        if length > _MOST_COLLECTED or vr == b"SQ" or _is_sequence(tag, length):
+            self._collected = None  # long, or a sequence: whoever wanted it reads the file
+            return
+        self._collecting = (tag, vr.decode() if vr else None, bytearray())
+        if not length:
+            self._collect(memoryview(b""), last=True)
+
+    def _collect(self, value: memoryview, last: bool) -> None:
+        tag, vr, collected = self._collecting  # type: ignore[misc]
+        collected += value
+        if last and self._collected is not None:
+            self._collected[BaseTag(tag)] = RawDataElement(
+                BaseTag(tag),
+                vr,
+                len(collected),
+                bytes(collected),
+                0,
+                vr is None,
+                self._little_endian,
+            )
+            self._collecting = None
 
     def _in_sequence(self, level: _Level, tag: int, length: int) -> None:
         if tag == _SEQUENCE_END:
@@ -223,6 +273,8 @@ def _name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+_MOST_COLLECTED: Final = 64 * 1024
+"""Indexed attributes are a few dozen bytes; one longer than this is left in the file."""
 _INFLATE_STEP: Final = 1 << 20
 """Inflated per call: about a millisecond of zlib and of walking a plain value."""
 _RATIO_SLACK: Final = 1 << 20
@@ -279,6 +331,10 @@ class Inflater:
         if self._inflater.eof:
             self._trailing(self._inflater.unused_data)
 
+    @property
+    def collected(self) -> Dataset | None:
+        return self.walker.collected
+
     def end(self) -> None:
         if not self._inflater.eof:
             raise IncompleteDataSet("the deflate stream is cut short")
@@ -300,12 +356,15 @@ class Inflater:
             raise IncompleteDataSet(f"{self._after_stream} stray bytes after the deflate stream")
 
 
-def checker_for(transfer_syntax: str, limits: InflationLimits) -> DataSetWalker | Inflater | None:
-    """What follows a data set sent in ``transfer_syntax``; None for a syntax pydicom does
-    not know (a private one), whose encoding cannot be told."""
+def checker_for(
+    transfer_syntax: str, limits: InflationLimits, wanted: frozenset[int] = frozenset()
+) -> DataSetWalker | Inflater | None:
+    """What follows a data set sent in ``transfer_syntax``, collecting the ``wanted``
+    top-level attributes; None for a syntax pydicom does not know (a private one), whose
+    encoding cannot be told."""
     try:
         implicit_vr, little_endian, deflated = encoding(transfer_syntax)
     except DataSetError:
         return None
-    walker = DataSetWalker(implicit_vr, little_endian)
+    walker = DataSetWalker(implicit_vr, little_endian, wanted)
     return Inflater(walker, limits) if deflated else walker
