@@ -18,6 +18,8 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface.interface import InterfaceClass
 
 from dicomd.client import ClientSettings
@@ -41,6 +43,7 @@ from dicomd.node.services.retrieve import GetService, MoveService
 from dicomd.node.services.store import StorageService
 from dicomd.node.validation import AccessValidator
 from dicomd.scu.destinations import KnownDestinations
+from dicomd.ul.tls import TLSFileError, server_options
 
 _Listener = TypeVar("_Listener", bound=StreamServerEndpointService)
 
@@ -114,10 +117,28 @@ def service_tree(
     for plugin in providing(plugins, IService):
         plugin.setServiceParent(root)  # type: ignore[attr-defined]
     endpoint = endpoints.serverFromString(reactor, config.listen)
-    service = listener(endpoint, node_factory(config, plugins, clock=reactor))
+    factory = node_factory(config, plugins, clock=reactor)
+    service = listener(endpoint, with_tls(config, factory))
     service.setName("dicom")
     service.setServiceParent(root)
     return root
+
+
+def with_tls(config: Config, factory: DicomServerFactory) -> ServerFactory:
+    """The listener's factory: DICOM TLS around the node when ``tls:`` is configured.
+
+    Raises ``ConfigError`` for a certificate or key that cannot be used.
+    """
+    tls = config.tls
+    if tls is None:
+        return factory
+    try:
+        options = server_options(
+            tls.certificate, tls.private_key, tls.ca_certificates, tls.client_certificates
+        )
+    except TLSFileError as error:
+        raise ConfigError(error.key, str(error)) from None
+    return TLSMemoryBIOFactory(options, False, factory)
 
 
 def prepare_storage(config: Config) -> None:

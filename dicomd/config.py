@@ -70,8 +70,10 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "store": {"accept_unknown_sop_classes": False},
         "destinations": {},
         "plugins": [{"plugin": "archive"}],
+        "tls": None,
     }
 )
+_TLS_KEYS: Final = ("certificate", "private_key", "ca_certificates", "client_certificates")
 
 
 _HOST_NAME: Final = re.compile(
@@ -149,6 +151,16 @@ class Destination:
 
 
 @dataclass(frozen=True, slots=True)
+class TLS:
+    """DICOM TLS on the ``listen`` endpoint; what each key means is in ``conf/scp.yaml``."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None
+    client_certificates: str
+
+
+@dataclass(frozen=True, slots=True)
 class Plugin:
     """A plugin as the file names it: the dotted name of a callable and its keyword arguments.
 
@@ -172,6 +184,7 @@ class Config:
     store: Store
     destinations: Mapping[str, Destination]
     plugins: tuple[Plugin, ...]
+    tls: TLS | None = None
 
 
 def default_config() -> Config:
@@ -284,6 +297,38 @@ def parse_config(data: Mapping[str, Any]) -> Config:
             _plugin(entry, f"plugins[{index}]")
             for index, entry in enumerate(_list(settings["plugins"], "plugins"))
         ),
+        tls=_tls(settings["tls"], settings["listen"]),
+    )
+
+
+def _tls(value: object, listen: str) -> TLS | None:
+    """The ``tls:`` section: files that exist, a mode that is one of the three, and a
+    ``tcp:`` listen endpoint for it to wrap."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError("tls", f"expected a mapping, got {short_repr(value)}")
+    for name in value:
+        if name not in _TLS_KEYS:
+            raise ConfigError(
+                _join("tls", name), f"unknown key (expected one of: {', '.join(_TLS_KEYS)})"
+            )
+    if not str(listen).lower().startswith("tcp:"):
+        raise ConfigError("tls", f"needs a tcp: listen endpoint to serve TLS on, not {listen!r}")
+    mode = _text(value.get("client_certificates", "none"), "tls.client_certificates")
+    if mode not in ("none", "optional", "required"):
+        raise ConfigError("tls.client_certificates", f"{mode!r} is not none, optional or required")
+    for required in ("certificate", "private_key"):
+        if value.get(required) is None:
+            raise ConfigError(f"tls.{required}", "missing: a PEM file is needed")
+    authorities = _certificates(value.get("ca_certificates"), "tls.ca_certificates")
+    if mode != "none" and authorities is None:
+        raise ConfigError("tls.ca_certificates", f"needed to check client certificates ({mode})")
+    return TLS(
+        certificate=_existing_file(value["certificate"], "tls.certificate"),
+        private_key=_existing_file(value["private_key"], "tls.private_key"),
+        ca_certificates=authorities,
+        client_certificates=mode,
     )
 
 
@@ -393,6 +438,10 @@ def _certificates(value: object, key: str) -> Path | None:
     """A PEM file of the certificates to trust, or None for the system's own."""
     if value is None:
         return None
+    return _existing_file(value, key)
+
+
+def _existing_file(value: object, key: str) -> Path:
     path = Path(_text(value, key))
     if not path.is_file():
         raise ConfigError(key, f"no such file: {path}")

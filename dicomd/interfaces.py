@@ -43,6 +43,18 @@ class UserIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """The certificate a peer proved it holds in the TLS handshake, verified against the
+    configured CA bundle (``tls.ca_certificates``)."""
+
+    subject: str
+    """As RFC 4514 writes it, for example ``CN=CT01,O=Radiology``."""
+    subject_alternative_names: tuple[str, ...]
+    sha256_fingerprint: str
+    """Lower-case hex, 64 digits."""
+
+
+@dataclass(frozen=True, slots=True)
 class AssociationRequest:
     """What an association validator is asked about."""
 
@@ -54,6 +66,7 @@ class AssociationRequest:
     user_identity: UserIdentity | None
     implementation_class_uid: str | None
     implementation_version_name: str | None
+    peer_certificate: PeerCertificate | None = None
 
 
 @dataclass(frozen=True, slots=True)

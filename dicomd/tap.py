@@ -42,10 +42,10 @@ def makeService(options: Options, reactor: object | None = None) -> MultiService
         config = load_config(options["config"])
         app.prepare_storage(config)
         plugins = app.build_plugins(config)
+        return app.service_tree(config, plugins, reactor, listener=_Listener)
     except ConfigError as error:
         sys.stderr.write(f"dicomd: {error}\n")
         raise SystemExit(1) from None
-    return app.service_tree(config, plugins, reactor, listener=_Listener)
 
 
 class _Listener(StreamServerEndpointService):

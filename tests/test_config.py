@@ -21,6 +21,7 @@ from dicomd.app import build_plugins, providing
 from dicomd.archive import ArchiveHandler, PrintHandler
 from dicomd.config import _DEFAULTS as EMBEDDED_DEFAULTS
 from dicomd.config import (
+    TLS,
     Access,
     CallingAE,
     Config,
@@ -138,7 +139,7 @@ def test_example_file_and_embedded_defaults_agree() -> None:
 def test_every_key_in_the_example_file_has_a_comment_above_it() -> None:
     lines = EXAMPLE_FILE.read_text().splitlines()
     keys = [n for n, line in enumerate(lines) if re.match(r"\s*[a-z_]+:", line)]
-    assert len(keys) == 27
+    assert len(keys) == 28
     for number in keys:
         assert lines[number - 1].lstrip().startswith("#"), lines[number]
 
@@ -839,3 +840,50 @@ def test_destinations_are_known_aes_with_host_and_port() -> None:
 )
 def test_bad_destinations_name_the_key(destinations: object, message: str) -> None:
     assert str(error_of({"destinations": destinations})).startswith(message)
+
+
+def _tls_files(tmp_path: Path) -> dict[str, str]:
+    for name in ("server.pem", "server.key", "ca.pem"):
+        (tmp_path / name).write_text("PEM")
+    return {
+        "certificate": str(tmp_path / "server.pem"),
+        "private_key": str(tmp_path / "server.key"),
+        "ca_certificates": str(tmp_path / "ca.pem"),
+    }
+
+
+def test_a_tls_section_names_its_files_and_the_client_certificate_mode(tmp_path: Path) -> None:
+    files = _tls_files(tmp_path)
+    config = parse_config(
+        {"listen": "tcp:2762", "tls": {**files, "client_certificates": "required"}}
+    )
+    assert config.tls == TLS(
+        certificate=tmp_path / "server.pem",
+        private_key=tmp_path / "server.key",
+        ca_certificates=tmp_path / "ca.pem",
+        client_certificates="required",
+    )
+    assert parse_config({}).tls is None
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "problem"),
+    [
+        ({"listen": "unix:/run/dicomd.sock"}, "tls", "needs a tcp: listen endpoint"),
+        ({"tls": {"client_certificates": "sometimes"}}, "tls.client_certificates", "not none"),
+        ({"tls": {"ca_certificates": None, "client_certificates": "optional"}},
+         "tls.ca_certificates", "needed to check client certificates"),
+        ({"tls": {"certificate": "/nonexistent.pem"}}, "tls.certificate", "no such file"),
+        ({"tls": {"private_key": None}}, "tls.private_key", "missing"),
+        ({"tls": {"cipher": "NULL"}}, "tls.cipher", "unknown key"),
+    ],
+)  # fmt: skip
+def test_a_tls_section_that_cannot_work_is_refused(
+    tmp_path: Path, change: dict, key: str, problem: str
+) -> None:
+    settings = {"listen": "tcp:2762", "tls": _tls_files(tmp_path)}
+    settings = {**settings, **{k: v for k, v in change.items() if k != "tls"}}
+    settings["tls"] = {**settings["tls"], **change.get("tls", {})}
+    with pytest.raises(ConfigError) as raised:
+        parse_config(settings)
+    assert raised.value.key == key and problem in str(raised.value)

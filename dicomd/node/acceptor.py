@@ -55,6 +55,7 @@ from dicomd.ul.pdu import (
     UserIdentityAC,
     UserInformation,
 )
+from dicomd.ul.tls import peer_certificate
 
 if TYPE_CHECKING:
     from dicomd.ul.protocol import UpperLayerProtocol
@@ -282,6 +283,7 @@ class Acceptor(DimseAssociation):
             ),
             implementation_class_uid=info.implementation_class_uid,
             implementation_version_name=info.implementation_version_name,
+            peer_certificate=peer_certificate(self.protocol.transport),
         )
 
     # The requestor-side confirmations never reach an acceptor.

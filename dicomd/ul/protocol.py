@@ -27,6 +27,7 @@ from dicomd.ul.pdu import (
     parse_header,
 )
 from dicomd.ul.timer import Timer
+from dicomd.ul.tls import handshake_failure
 
 # The largest A-ASSOCIATE-RQ/AC we take.  Our maximum PDU length bounds only
 # P-DATA-TF (PS3.8 9.3.1); an association request proposing 128 contexts of
@@ -135,6 +136,9 @@ class UpperLayerProtocol(Protocol):
             self.machine.pdu_received(pdu)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        refused = handshake_failure(reason)
+        if refused is not None:
+            self.log.warn("TLS handshake with {peer} failed: {why}", peer=self.peer, why=refused)
         self._idle.stop()
         self._pdu_deadline.stop()
         self.stop_artim()
