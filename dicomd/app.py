@@ -43,7 +43,7 @@ from dicomd.node.services.retrieve import GetService, MoveService
 from dicomd.node.services.store import StorageService
 from dicomd.node.validation import AccessValidator
 from dicomd.scu.destinations import KnownDestinations
-from dicomd.ul.tls import TLSFileError, server_options
+from dicomd.ul.tls import Identity, TLSFileError, server_options
 
 _Listener = TypeVar("_Listener", bound=StreamServerEndpointService)
 
@@ -173,7 +173,13 @@ def services(config: Config, plugins: Sequence[object], clock: IReactorTime) -> 
         found.append(storage)
     sources = providing(plugins, IRetrieveSource)
     if sources:
-        destinations = KnownDestinations(clock, config.destinations, client_settings(config))  # type: ignore[arg-type]
+        identity = Identity(config.tls.certificate, config.tls.private_key) if config.tls else None
+        destinations = KnownDestinations(
+            clock,  # type: ignore[arg-type]
+            config.destinations,
+            client_settings(config),
+            identity,
+        )
         found.append(MoveService(sources[0], destinations))
         found.append(GetService(sources[0]))
     fallback = storage if config.store.accept_unknown_sop_classes else None

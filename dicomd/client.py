@@ -26,12 +26,14 @@ from dicomd.dimse.errors import (
     AssociationTimeout,
     DimseTimeout,
     NoAcceptedContext,
+    TLSHandshakeFailed,
 )
 from dicomd.dimse.storage import UNCOMPRESSED_SYNTAXES, StoreResult, storage_contexts
 from dicomd.scu.connect import associate, association_request, cfind, propose, retrieve_contexts
 from dicomd.scu.operations import FindFailed, FindResult, RetrieveProgress, RetrieveResult
 from dicomd.scu.requestor import ClientSettings, Requestor
 from dicomd.ul.pdu import PresentationContextRQ
+from dicomd.ul.tls import Identity, TLSFileError, client_options
 
 ClientAssociation = Requestor
 """The association `associate` fires with."""
@@ -48,14 +50,18 @@ __all__ = [
     "DimseTimeout",
     "FindFailed",
     "FindResult",
+    "Identity",
     "NoAcceptedContext",
     "PresentationContextRQ",
     "RetrieveProgress",
     "RetrieveResult",
     "StoreResult",
+    "TLSFileError",
+    "TLSHandshakeFailed",
     "associate",
     "association_request",
     "cfind",
+    "client_options",
     "propose",
     "retrieve_contexts",
     "storage_contexts",

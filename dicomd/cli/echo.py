@@ -27,6 +27,7 @@ COMMAND = "echo"
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         COMMAND,
+        prefix_chars="-+",  # dcmtk's +tls, +cf...
         help="verify that a peer answers (C-ECHO)",
         description=(
             "Open an association, send C-ECHO and print the status and round-trip time"

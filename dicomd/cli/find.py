@@ -61,6 +61,7 @@ DEFAULT_KEYS: Final[dict[str, tuple[str, ...]]] = {
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         COMMAND,
+        prefix_chars="-+",  # dcmtk's +tls, +cf...
         help="query a peer (C-FIND)",
         description=(
             "Send one C-FIND and print the matches as a table whose columns are the keys"

@@ -14,10 +14,12 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydicom.uid import UID
 from twisted.internet import defer, error, task
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -37,9 +39,13 @@ from dicomd.client import (
     ClientAssociation,
     ClientSettings,
     DimseTimeout,
+    Identity,
     NoAcceptedContext,
     PresentationContextRQ,
+    TLSFileError,
+    TLSHandshakeFailed,
     associate,
+    client_options,
 )
 from dicomd.describe import describe_abort, describe_rejection
 
@@ -150,6 +156,28 @@ def add_network_options(parser: argparse.ArgumentParser) -> None:
             f" associate, {seconds(defaults.dimse_timeout)} for a response)"
         ),
     )
+    tls = parser.add_argument_group("transport layer security (TLS)")
+    tls.add_argument(
+        "+tls",
+        "--enable-tls",
+        nargs=2,
+        dest="tls_identity",
+        metavar=("KEY", "CERTIFICATE"),
+        help="use TLS, presenting this private key and certificate (PEM files)",
+    )
+    tls.add_argument(
+        "+tla",
+        "--anonymous-tls",
+        action="store_true",
+        help="use TLS without a certificate of our own",
+    )
+    tls.add_argument(
+        "+cf",
+        "--add-cert-file",
+        dest="ca_certificates",
+        metavar="FILE",
+        help="trust a peer certificate signed by one in FILE (PEM; default: the system's)",
+    )
     logging = parser.add_argument_group("logging").add_mutually_exclusive_group()
     logging.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     logging.add_argument("-d", "--debug", action="store_true", help="log everything to stderr")
@@ -167,6 +195,7 @@ class Peer:
     host: str
     port: int
     settings: ClientSettings
+    tls: IOpenSSLClientConnectionCreator | None = None
 
     @classmethod
     def from_arguments(cls, arguments: argparse.Namespace) -> Peer:
@@ -179,7 +208,7 @@ class Peer:
             max_pdu_length=arguments.max_pdu_length,
             **timeouts,
         )
-        return cls(arguments.host, arguments.port, settings)
+        return cls(arguments.host, arguments.port, settings, _tls(arguments))
 
     @property
     def address(self) -> str:
@@ -187,6 +216,21 @@ class Peer:
 
     def __str__(self) -> str:
         return f"{self.settings.called_ae_title} at {self.address}"
+
+
+def _tls(arguments: argparse.Namespace) -> IOpenSSLClientConnectionCreator | None:
+    """TLS options from ``+tls KEY CERTIFICATE``, ``+tla`` and ``+cf FILE``; None for TCP."""
+    if arguments.tls_identity is None and not arguments.anonymous_tls:
+        return None
+    identity = None
+    if arguments.tls_identity is not None:
+        key, certificate = arguments.tls_identity
+        identity = Identity(Path(certificate), Path(key))
+    authorities = Path(arguments.ca_certificates) if arguments.ca_certificates else None
+    try:
+        return client_options(arguments.host, authorities, identity)
+    except TLSFileError as error:
+        raise CommandFailed(str(error)) from None
 
 
 def explain_association_failure(failure: BaseException, peer: Peer) -> str:
@@ -201,6 +245,8 @@ def explain_association_failure(failure: BaseException, peer: Peer) -> str:
             return f"timed out after {seconds(acse_timeout)} waiting to connect to {peer.address}"
         case error.ConnectError():
             return f"cannot connect to {peer.address}: {failure}"
+        case TLSHandshakeFailed(problem=problem):
+            return f"TLS handshake with {peer.address} failed: {problem}"
         case AssociationRejected(result=result, source=source, reason=reason):
             meaning = describe_rejection(result, source, reason)
             return f"association rejected by {peer.settings.called_ae_title}: {meaning}"
@@ -248,7 +294,7 @@ async def associated(
     )
     try:
         association = await associate(
-            reactor, peer.host, peer.port, peer.settings, contexts, scp_roles
+            reactor, peer.host, peer.port, peer.settings, contexts, scp_roles, tls=peer.tls
         )
     except Exception as failure:
         raise CommandFailed(explain_association_failure(failure, peer)) from failure

@@ -98,7 +98,9 @@ def add_parser(subparsers: Any, command: str) -> None:
             " association; each instance is written to the output folder as"
             " <SOP Instance UID>.dcm, its data set as sent.  Progress goes to stderr."
         )
-    parser = subparsers.add_parser(command, help=summary, description=description)
+    parser = subparsers.add_parser(
+        command, help=summary, description=description, prefix_chars="-+"
+    )
     add_network_options(parser)
     query = add_query_arguments(
         parser,

@@ -58,6 +58,7 @@ log = Logger()
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         COMMAND,
+        prefix_chars="-+",  # dcmtk's +tls, +cf...
         help="send files to a peer (C-STORE)",
         description=(
             "Send DICOM Part 10 files, and every such file under the directories named, as"

@@ -30,6 +30,7 @@ from dicomd.dimse.errors import (
     AssociationReleased,
     DimseTimeout,
     NoAcceptedContext,
+    TLSHandshakeFailed,
 )
 from dicomd.dimse.messages import (
     DEFAULT_MAX_COMMAND_LENGTH,
@@ -598,7 +599,8 @@ class DimseAssociation:
             source=source,
             reason=reason,
         )
-        self._end(AssociationAborted(source, reason))
+        problem = self.protocol.tls_failure
+        self._end(TLSHandshakeFailed(problem) if problem else AssociationAborted(source, reason))
 
     def _protocol_error(self, problem: str) -> None:
         self.log.warn(

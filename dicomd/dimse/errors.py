@@ -31,6 +31,16 @@ class AssociationAborted(AssociationError):
         self.source, self.reason = source, reason
 
 
+class TLSHandshakeFailed(AssociationAborted):
+    """The connection ended in its TLS handshake: the peer refused our certificate (or our
+    lack of one), or we refused its.  ``problem`` is OpenSSL's reason."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
+        self.args = (f"TLS handshake failed: {problem}",)
+        self.problem = problem
+
+
 class AssociationTimeout(AssociationAborted):
     """Our ACSE timer ran out: the peer did not answer A-ASSOCIATE-RQ or A-RELEASE-RQ in time.
 

@@ -14,11 +14,11 @@ from typing import Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTCP
-from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
 
 from dicomd.scu.connect import associate
 from dicomd.scu.requestor import ClientSettings, Requestor
 from dicomd.ul.pdu import PresentationContextRQ
+from dicomd.ul.tls import Identity, TLSFileError, client_options
 
 
 class Destination(Protocol):
@@ -33,17 +33,20 @@ class Destination(Protocol):
 
 
 class KnownDestinations:
-    """The configured destinations of C-MOVE, reached with ``settings(ae_title)``."""
+    """The configured destinations of C-MOVE, reached with ``settings(ae_title)``; over TLS,
+    the node presents ``identity`` (its own certificate) to those that ask for one."""
 
     def __init__(
         self,
         reactor: IReactorTCP,
         destinations: Mapping[str, Destination],
         settings: Callable[[str], ClientSettings],
+        identity: Identity | None = None,
     ) -> None:
         self.reactor = reactor
         self.destinations = destinations
         self.settings = settings
+        self.identity = identity
         self._turns = {
             name: defer.DeferredSemaphore(destination.max_associations)
             for name, destination in destinations.items()
@@ -75,22 +78,21 @@ class KnownDestinations:
     def _open(
         self, destination: Destination, contexts: Sequence[PresentationContextRQ]
     ) -> defer.Deferred[Requestor]:
+        try:
+            tls = self._tls(destination)
+        except TLSFileError as error:  # a CA or key file that changed since the start
+            return defer.fail(error)
         return associate(
             self.reactor,
             destination.host,
             destination.port,
             self.settings(destination.ae_title),
             contexts,
-            tls=_tls(destination),
+            tls=tls,
         )
 
-
-def _tls(destination: Destination) -> IOpenSSLClientConnectionCreator | None:
-    """Client TLS options for a destination that asks for TLS, checking its certificate."""
-    if not destination.tls:
-        return None
-    if destination.ca_certificates is None:
-        trust = platformTrust()
-    else:
-        trust = Certificate.loadPEM(destination.ca_certificates.read_bytes())
-    return optionsForClientTLS(destination.host, trustRoot=trust)
+    def _tls(self, destination: Destination) -> IOpenSSLClientConnectionCreator | None:
+        """Client TLS options for a destination that asks for TLS, checking its certificate."""
+        if not destination.tls:
+            return None
+        return client_options(destination.host, destination.ca_certificates, self.identity)

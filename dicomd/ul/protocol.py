@@ -59,6 +59,8 @@ class UpperLayerProtocol(Protocol):
     """
 
     log = Logger()
+    tls_failure: str | None = None
+    """OpenSSL's reason when the connection ended in its TLS handshake."""
 
     def __init__(
         self,
@@ -139,6 +141,7 @@ class UpperLayerProtocol(Protocol):
         refused = handshake_failure(reason)
         if refused is not None:
             self.log.warn("TLS handshake with {peer} failed: {why}", peer=self.peer, why=refused)
+            self.tls_failure = refused
         self._idle.stop()
         self._pdu_deadline.stop()
         self.stop_artim()

@@ -10,13 +10,25 @@ asked for, checked against the CA bundle, or required.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL, crypto
-from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    Certificate,
+    CertificateOptions,
+    KeyPair,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
 from twisted.python.failure import Failure
 
 from dicomd.interfaces import PeerCertificate
@@ -73,6 +85,34 @@ def server_options(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A certificate (its chain may follow it) and its private key, as PEM files: what we
+    present to a peer that asks for a client certificate."""
+
+    certificate: Path
+    private_key: Path
+
+
+def client_options(
+    host: str, ca_certificates: Path | None, identity: Identity | None = None
+) -> IOpenSSLClientConnectionCreator:
+    """TLS options for connecting to ``host``: its certificate checked against
+    ``ca_certificates`` (the system's trust store when None) and its name, and
+    ``identity`` presented when the peer asks for a client certificate."""
+    if ca_certificates is None:
+        trust: object = platformTrust()
+    else:
+        authorities = _certificates(ca_certificates, "ca_certificates")
+        trust = trustRootFromCertificates([Certificate(each) for each in authorities])
+    client = None
+    if identity is not None:
+        chain = _certificates(identity.certificate, "certificate")
+        key = _private_key(identity.private_key, "private_key")
+        client = PrivateCertificate.fromCertificateAndKeyPair(Certificate(chain[0]), KeyPair(key))
+    return optionsForClientTLS(host, trustRoot=trust, clientCertificate=client)
+
+
 def peer_certificate(transport: object) -> PeerCertificate | None:
     """The verified certificate of the peer on ``transport``; None without TLS or without one."""
     get = getattr(transport, "getPeerCertificate", None)
@@ -119,14 +159,12 @@ def _certificates(path: Path, key: str) -> list[crypto.X509]:
     return [crypto.X509.from_cryptography(certificate) for certificate in loaded]
 
 
-def _private_key(path: Path) -> crypto.PKey:
-    data = _read(path, "tls.private_key")
+def _private_key(path: Path, key: str = "tls.private_key") -> crypto.PKey:
+    data = _read(path, key)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        raise TLSFileError(
-            "tls.private_key", f"{path} holds no unencrypted PEM private key"
-        ) from None
+        raise TLSFileError(key, f"{path} holds no unencrypted PEM private key") from None
     return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
 
 

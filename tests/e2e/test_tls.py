@@ -12,13 +12,18 @@ import ssl
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from dicomd.part10 import read_header
 from tests.support.certificates import Authority
-from tests.support.daemons import DEFAULT_CONFIG, deep_merge, write_config
-from tests.support.dcmtk import run_echoscu
+from tests.support.daemons import DEFAULT_CONFIG, deep_merge, run_dicomd, stderr_lines, write_config
+from tests.support.dcmtk import dcmtk_peer, run_echoscu
 from tests.support.processes import LOCALHOST
+
+CT = Path(get_testdata_file("CT_small.dcm"))
+CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
 
 SITE_VALIDATOR = '''
 """Writes down, one JSON line each, the certificate every association presents."""
@@ -185,3 +190,82 @@ def test_a_certificate_file_that_is_no_certificate_stops_the_daemon_with_one_lin
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert output.strip() == f"dicomd: tls.certificate: {junk} holds no PEM certificate"
+
+
+def dicomd_echo(daemon, *options: str):
+    return run_dicomd("echo", "-aec", daemon.ae_title, *options, LOCALHOST, str(daemon.port))
+
+
+def test_dicomd_echo_speaks_tls_with_dcmtk_s_options(start_dicomd, tmp_path, pki):
+    daemon, seen = start_tls_daemon(start_dicomd, tmp_path, pki, "required")
+    modality, ca = pki["modality"], str(pki["ca"].path)
+
+    with_certificate = dicomd_echo(
+        daemon, "+tls", str(modality.private_key), str(modality.certificate), "+cf", ca
+    )
+    anonymous = dicomd_echo(daemon, "+tla", "+cf", ca)
+    untrusting = dicomd_echo(daemon, "+tla")  # the system's CAs do not know this server
+
+    assert with_certificate.returncode == 0, with_certificate.stderr
+    assert "Success" in with_certificate.stdout
+    assert [entry["subject"] for entry in seen_certificates(seen)] == ["CN=CT01,O=dicomd tests"]
+    assert anonymous.returncode == 1
+    assert stderr_lines(anonymous) == [
+        f"dicomd echo: TLS handshake with {LOCALHOST}:{daemon.port} failed:"
+        " tlsv13 alert certificate required"
+    ]
+    assert untrusting.returncode == 1
+    assert "certificate verify failed" in untrusting.stderr
+    assert len(stderr_lines(untrusting)) == 1
+
+
+@pytest.mark.parametrize("own_certificate", [True, False], ids=["with tls:", "without"])
+def test_a_move_to_a_destination_that_requires_a_client_certificate_presents_the_node_s_own(
+    start_dicomd, tmp_path, pki, own_certificate
+):
+    """The node's tls: certificate is its identity both ways: a storescp that requires
+    client certificates signed by the hospital CA takes what it moves; a node without
+    one gets nothing there."""
+    receiver = pki["ca"].issue("receiver", server=True)
+    folder = tmp_path / "received"
+    folder.mkdir()
+    ca = str(pki["ca"].path)
+    own = {
+        "certificate": str(pki["server"].certificate),
+        "private_key": str(pki["server"].private_key),
+    }
+    with dcmtk_peer(
+        "storescp", folder, "+tls", str(receiver.private_key), str(receiver.certificate),
+        "+cf", ca, "+B", "-od", str(folder),
+    ) as storescp:  # fmt: skip
+        daemon = start_dicomd(
+            plugins=[{"plugin": "archive"}],
+            tls=own if own_certificate else None,
+            destinations={
+                "SECURE": {
+                    "host": "localhost",
+                    "port": storescp.port,
+                    "tls": True,
+                    "ca_certificates": ca,
+                }
+            },
+        )
+        tls = ("+tla", "+cf", ca) if own_certificate else ()
+        address = (LOCALHOST, str(daemon.port))
+        stored = run_dicomd("store", *tls, "-aec", daemon.ae_title, *address, str(CT))
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+        moved = run_dicomd(
+            "move", *tls, "-S", "-aec", daemon.ae_title, "--dest", "SECURE",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={CT_STUDY}",
+            LOCALHOST, str(daemon.port),
+        )  # fmt: skip
+
+        arrived = list(folder.iterdir())
+    if own_certificate:
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert [read_header(path).sop_instance_uid for path in arrived] == [
+            read_header(CT).sop_instance_uid
+        ]
+    else:
+        assert moved.returncode == 1
+        assert arrived == []
