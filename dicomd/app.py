@@ -29,12 +29,16 @@ from dicomd.dimse.work import worker_for
 from dicomd.interfaces import (
     PLUGIN_INTERFACES,
     IAssociationValidator,
+    IAuthenticator,
+    IAuthorizer,
     IFindHandler,
     IRetrieveSource,
     IStoreHandler,
 )
 from dicomd.lag import LagMonitor
 from dicomd.node.acceptor import AcceptorSettings
+from dicomd.node.authentication import JWTAuthenticator, JWTSettings, PasswordAuthenticator
+from dicomd.node.authorization import Rule, RulesAuthorizer
 from dicomd.node.factory import AssociationLimits, DicomServerFactory
 from dicomd.node.registry import ServiceRegistry
 from dicomd.node.services.echo import VerificationService
@@ -70,6 +74,7 @@ def node_factory(
     for the associations C-MOVE opens to its destinations.
     """
     access = config.access
+    authorizer = _authorizer(config, plugins)
     settings = AcceptorSettings(
         ae_title=config.ae_title,
         max_pdu_length=config.limits.max_pdu_length,
@@ -80,6 +85,7 @@ def node_factory(
                 check_called_ae=access.check_called_ae,
                 calling_aes=[(entry.ae_title, entry.host) for entry in access.calling_aes],
             ),
+            *([authorizer] if isinstance(authorizer, RulesAuthorizer) else []),
             *providing(plugins, IAssociationValidator),
         ),
         services=services(config, plugins, clock),
@@ -87,6 +93,9 @@ def node_factory(
         max_command_length=config.limits.max_command_length,
         max_data_length=config.limits.max_identifier_length,
         max_identifier_keys=config.limits.max_identifier_keys,
+        authenticators=(*authenticators(config), *providing(plugins, IAuthenticator)),
+        identity_required=config.authentication.required,
+        authorizer=authorizer,
     )
     return DicomServerFactory(
         settings,
@@ -122,6 +131,32 @@ def service_tree(
     service.setName("dicom")
     service.setServiceParent(root)
     return root
+
+
+def _authorizer(config: Config, plugins: Sequence[object]) -> Any:
+    """An ``IAuthorizer`` plugin, else the ``authorization:`` rules, else None (all allowed)."""
+    found = providing(plugins, IAuthorizer)
+    if found:
+        return found[0]
+    if config.authorization is None:
+        return None
+    return RulesAuthorizer([Rule(rule.peers, rule.may) for rule in config.authorization])
+
+
+def authenticators(config: Config) -> list[object]:
+    """The built-in authenticators the ``authentication:`` section asks for."""
+    found: list[object] = []
+    settings = config.authentication
+    if settings.users_file is not None:
+        found.append(PasswordAuthenticator(settings.users_file))
+    if settings.jwt is not None:
+        jwt = settings.jwt
+        found.append(
+            JWTAuthenticator(
+                JWTSettings(jwt.secret, jwt.public_key, jwt.issuer, jwt.audience, jwt.algorithms)
+            )
+        )
+    return found
 
 
 def with_tls(config: Config, factory: DicomServerFactory) -> ServerFactory:

@@ -71,8 +71,12 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "destinations": {},
         "plugins": [{"plugin": "archive"}],
         "tls": None,
+        "authentication": {"required": False, "users_file": None, "jwt": None},
+        "authorization": None,
     }
 )
+_OPERATIONS: Final = ("echo", "store", "find", "move", "get")
+_JWT_KEYS: Final = ("secret", "public_key", "issuer", "audience", "algorithms")
 _TLS_KEYS: Final = ("certificate", "private_key", "ca_certificates", "client_certificates")
 
 
@@ -161,6 +165,35 @@ class TLS:
 
 
 @dataclass(frozen=True, slots=True)
+class JWT:
+    """How JWT bearer tokens are verified; see ``conf/scp.yaml``."""
+
+    secret: str | None
+    public_key: Path | None
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """Whether a user identity is required, and the built-in ways to verify one."""
+
+    required: bool = False
+    users_file: Path | None = None
+    jwt: JWT | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRule:
+    """Peers (``*``, ``AE``, ``AE@host``, ``user:NAME``, ``subject:DN``) and what they may do
+    (echo, store, find, get, move, or ``move:AE`` for one destination)."""
+
+    peers: tuple[str, ...]
+    may: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Plugin:
     """A plugin as the file names it: the dotted name of a callable and its keyword arguments.
 
@@ -185,6 +218,8 @@ class Config:
     destinations: Mapping[str, Destination]
     plugins: tuple[Plugin, ...]
     tls: TLS | None = None
+    authentication: Authentication = Authentication()
+    authorization: tuple[AuthorizationRule, ...] | None = None
 
 
 def default_config() -> Config:
@@ -298,6 +333,93 @@ def parse_config(data: Mapping[str, Any]) -> Config:
             for index, entry in enumerate(_list(settings["plugins"], "plugins"))
         ),
         tls=_tls(settings["tls"], settings["listen"]),
+        authentication=_authentication(settings["authentication"]),
+        authorization=_authorization(settings["authorization"], "authorization"),
+    )
+
+
+def _authorization(value: object, key: str) -> tuple[AuthorizationRule, ...] | None:
+    """The rules, in order; None (the key left out) lets every peer do everything."""
+    if value is None:
+        return None
+    rules = []
+    for index, entry in enumerate(_list(value, key)):
+        rule_key = f"{key}[{index}]"
+        fields = _with_defaults(entry, rule_key, {"peers": None, "may": None})
+        peers = tuple(
+            _text(peer, f"{rule_key}.peers[{number}]")
+            for number, peer in enumerate(_list(fields["peers"] or [], f"{rule_key}.peers"))
+        )
+        if not peers:
+            raise ConfigError(f"{rule_key}.peers", "names no peer ('*' names every peer)")
+        may = frozenset(
+            _operation(operation, f"{rule_key}.may[{number}]")
+            for number, operation in enumerate(_list(fields["may"] or [], f"{rule_key}.may"))
+        )
+        rules.append(AuthorizationRule(peers, may))
+    return tuple(rules)
+
+
+def _operation(value: object, key: str) -> str:
+    operation = _text(value, key)
+    if operation in _OPERATIONS:
+        return operation
+    kind, _, destination = operation.partition(":")
+    if kind == "move" and destination:
+        return f"move:{_ae_title(destination, key)}"
+    raise ConfigError(key, f"{operation!r} is none of {', '.join(_OPERATIONS)} or move:AE")
+
+
+def _authentication(value: object) -> Authentication:
+    fields = _with_defaults(value, "authentication", _DEFAULTS["authentication"])
+    users_file = fields["users_file"]
+    return Authentication(
+        required=_boolean(fields["required"], "authentication.required"),
+        users_file=None
+        if users_file is None
+        else Path(_text(users_file, "authentication.users_file")),
+        jwt=_jwt(fields["jwt"], "authentication.jwt"),
+    )
+
+
+def _jwt(value: object, key: str) -> JWT | None:
+    """Bearer tokens signed with a shared secret (HS256) or a public key file (RS256,
+    ES256), naming an issuer and an audience."""
+    if value is None:
+        return None
+    defaults = {
+        "secret": None,
+        "public_key": None,
+        "issuer": None,
+        "audience": None,
+        "algorithms": None,
+    }
+    fields = _with_defaults(value, key, defaults)
+    if (fields["secret"] is None) == (fields["public_key"] is None):
+        raise ConfigError(key, "needs one of secret and public_key")
+    for required in ("issuer", "audience"):
+        if fields[required] is None:
+            raise ConfigError(f"{key}.{required}", "missing: tokens must name it")
+    public_key = (
+        None
+        if fields["public_key"] is None
+        else _existing_file(fields["public_key"], f"{key}.public_key")
+    )
+    default_algorithms = ["HS256"] if public_key is None else ["RS256", "ES256"]
+    algorithms = tuple(
+        _text(entry, f"{key}.algorithms[{index}]")
+        for index, entry in enumerate(
+            _list(fields["algorithms"] or default_algorithms, f"{key}.algorithms")
+        )
+    )
+    if "none" in (name.lower() for name in algorithms):
+        raise ConfigError(f"{key}.algorithms", "'none' would accept unsigned tokens")
+    return JWT(
+        secret=None if fields["secret"] is None else _text(fields["secret"], f"{key}.secret"),
+        public_key=public_key,
+        issuer=_text(fields["issuer"], f"{key}.issuer"),
+        audience=_text(fields["audience"], f"{key}.audience"),
+        algorithms=algorithms,
     )
 
 

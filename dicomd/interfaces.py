@@ -67,6 +67,8 @@ class AssociationRequest:
     implementation_class_uid: str | None
     implementation_version_name: str | None
     peer_certificate: PeerCertificate | None = None
+    user: str | None = None
+    """Who the user identity proved the peer to be (`IAuthenticator`), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +221,46 @@ class IFindHandler(Interface):
 
     def find(query: FindQuery) -> Iterable[Dataset] | AsyncIterable[Dataset]:
         """The matches of ``query``, streamed to the peer as they come."""
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """An authenticator's answer for an identity it verified: who it is, and the server
+    response sent back when the peer asked for a positive response (Kerberos, SAML)."""
+
+    user: str
+    server_response: bytes = b""
+
+
+class AuthenticationFailed(Exception):
+    """Raised by an authenticator for an identity that is wrong: the association is
+    rejected (1, 1, 1) and the message is logged, never sent."""
+
+
+class IAuthenticator(Interface):
+    """Decides who a peer is from its user identity (PS3.7 D.3.3.7).
+
+    Called in a worker thread, so checking a slow hash or reading a file is
+    fine; authenticators are asked in turn (the built-in ones first) until one
+    answers.
+    """
+
+    def authenticate(identity: UserIdentity, request: AssociationRequest) -> Authenticated | None:
+        """`Authenticated` for an identity it verified, None for one it does not handle
+        (another authenticator may), or raise `AuthenticationFailed` for a wrong one."""
+
+
+class IAuthorizer(Interface):
+    """Decides which requests an association may make: the built-in ``authorization:``
+    rules, or a plugin providing this instead.
+
+    Asked once per request, on the reactor: answer at once, from what the
+    association request says (AE titles, host, ``user``, ``peer_certificate``).
+    """
+
+    def may(request: AssociationRequest, operation: str, destination: str | None) -> bool:
+        """Whether the peer of ``request`` may make ``operation`` (echo, store, find, move,
+        get); ``destination`` is the Move Destination of a C-MOVE, None otherwise."""
 
 
 class IReadsAttributes(Interface):

@@ -15,7 +15,14 @@ import dicomd
 
 PACKAGE = Path(dicomd.__file__).parent
 
-LEAVES = {"dicomd", "dicomd.uids", "dicomd.part10", "dicomd.interfaces", "dicomd.describe"}
+LEAVES = {
+    "dicomd",
+    "dicomd.uids",
+    "dicomd.part10",
+    "dicomd.interfaces",
+    "dicomd.describe",
+    "dicomd.users",
+}
 """Small modules of facts and values that any layer may use."""
 
 ALLOWED: dict[str, set[str]] = {
@@ -46,7 +53,7 @@ ALLOWED: dict[str, set[str]] = {
         "dicomd.ul",
         "dicomd.node",
     },
-    "dicomd.cli": {"dicomd.cli", "dicomd.client", "dicomd.dump"},
+    "dicomd.cli": {"dicomd.cli", "dicomd.client", "dicomd.dump", "dicomd.users"},
 }
 
 

@@ -102,7 +102,7 @@ def test_contexts_follow_our_preference_and_say_why_they_are_refused() -> None:
     assert ac.presentation_contexts[0].transfer_syntax == EXPLICIT
 
 
-def test_async_window_and_user_identity_are_answered() -> None:
+def test_async_window_is_answered_and_an_identity_nobody_checked_is_not_confirmed() -> None:
     peer = Peer()
     ac = peer.associate(
         request(
@@ -111,7 +111,7 @@ def test_async_window_and_user_identity_are_answered() -> None:
         )
     )
     assert ac.user_information.async_operations_window == AsyncOperationsWindow(1, 1)
-    assert ac.user_information.user_identity_ac is not None
+    assert ac.user_information.user_identity_ac is None  # no authenticator is configured
 
 
 def test_wrong_called_ae_is_rejected_permanently() -> None:

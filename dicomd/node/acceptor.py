@@ -17,17 +17,20 @@ from typing import TYPE_CHECKING, Final
 
 from pydicom import Dataset
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from dicomd import uids
 from dicomd.dimse.association import (
     DEFAULT_MAX_DATA_LENGTH,
+    DataSink,
     DimseAssociation,
+    DiscardSink,
     Request,
     Service,
     decode_in,
     out_of_resources,
 )
-from dicomd.dimse.command import Command
+from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import DataSetError, DataSetTooLarge
 from dicomd.dimse.messages import DEFAULT_MAX_COMMAND_LENGTH
 from dicomd.dimse.negotiation import AcceptedContext, negotiate
@@ -38,8 +41,12 @@ from dicomd.interfaces import (
     REJECT_NO_REASON,
     Accept,
     AssociationRequest,
+    Authenticated,
+    AuthenticationFailed,
     FindQuery,
     IAssociationValidator,
+    IAuthenticator,
+    IAuthorizer,
     ProposedContext,
     Rejection,
     UserIdentity,
@@ -62,6 +69,19 @@ if TYPE_CHECKING:
 
 _REJECT_APPLICATION_CONTEXT = Rejection(1, 1, 2, "application context name not supported")
 _REJECT_PROTOCOL_VERSION = Rejection(1, 2, 2, "protocol version not supported")
+_REJECT_IDENTITY = Rejection(1, 1, 1, "user identity refused")
+
+
+def _first_answer(
+    authenticators: Sequence[IAuthenticator], identity: UserIdentity, request: AssociationRequest
+) -> Authenticated | None:
+    """Blocking: the first authenticator's answer for ``identity``; `AuthenticationFailed`
+    from one that finds it wrong ends the search."""
+    for authenticator in authenticators:
+        answer = authenticator.authenticate(identity, request)
+        if answer is not None:
+            return answer
+    return None
 
 
 DEFAULT_MAX_IDENTIFIER_KEYS: Final = 1024
@@ -81,6 +101,9 @@ class AcceptorSettings:
     max_command_length: int = DEFAULT_MAX_COMMAND_LENGTH
     max_data_length: int = DEFAULT_MAX_DATA_LENGTH
     max_identifier_keys: int = DEFAULT_MAX_IDENTIFIER_KEYS
+    authenticators: Sequence[IAuthenticator] = ()
+    identity_required: bool = False
+    authorizer: IAuthorizer | None = None
 
 
 class QueryRefused(Exception):
@@ -104,6 +127,9 @@ class Acceptor(DimseAssociation):
         )
         self.settings = settings
         self.peer_scp_roles: frozenset[str] = frozenset()
+        # The server response of a verified identity whose peer asked for a positive one.
+        self._identity_response: bytes | None = None
+        self.description: AssociationRequest | None = None
 
     async def read_query(self, request: Request) -> FindQuery:
         """The identifier of a C-FIND, C-MOVE or C-GET request as handlers see it.
@@ -152,7 +178,26 @@ class Acceptor(DimseAssociation):
         service = self.settings.services.service_for(context.abstract_syntax)
         if service is None or command.command_field not in service.operations:
             return None
-        return service
+        refusal = self._not_authorized(command)
+        return service if refusal is None else refusal
+
+    def _not_authorized(self, command: Command) -> NotAuthorized | None:
+        """A stand-in for the service when the authorizer does not allow ``command``."""
+        authorizer = self.settings.authorizer
+        operation = _OPERATIONS.get(command.command_field)
+        if authorizer is None or operation is None or self.description is None:
+            return None
+        destination = command.move_destination if operation == "move" else None
+        if authorizer.may(self.description, operation, destination):
+            return None
+        what = f"{operation} to {destination}" if destination else operation
+        self.log.warn(
+            "{peer_ae} at {peer} may not {what}; refused with 0124",
+            peer_ae=self.peer_ae_title,
+            peer=self.peer,
+            what=what,
+        )
+        return NotAuthorized(f"{self.peer_ae_title} may not {what}")
 
     # -- A-ASSOCIATE ------------------------------------------------------
 
@@ -175,8 +220,63 @@ class Acceptor(DimseAssociation):
         if rejection is not None:
             self._reject(rejection)
             return
-        d = _first_rejection(self.settings.validators, self._describe(request))
+        d = self._authenticate(self._describe(request))
+        d.addCallback(self._validate)
         d.addCallback(self._decided, request)
+
+    def _authenticate(
+        self, request: AssociationRequest
+    ) -> defer.Deferred[AssociationRequest | Rejection]:
+        """Who the peer is by its user identity: the request with its ``user``, or the
+        rejection (1, 1, 1) of a wrong identity, or of a missing one when one is required.
+        With no authenticator configured, an identity is neither checked nor confirmed."""
+        identity = request.user_identity
+        if identity is None or not self.settings.authenticators:
+            if identity is None and self.settings.identity_required:
+                return defer.succeed(self._refused_identity("no user identity was sent"))
+            return defer.succeed(request)
+        d = self.settings.worker.run(_first_answer, self.settings.authenticators, identity, request)
+
+        def answered(answer: Authenticated | None) -> AssociationRequest | Rejection:
+            if answer is None:
+                return self._refused_identity(
+                    f"no authenticator knows identity type {identity.identity_type}"
+                )
+            self._identity_response = (
+                answer.server_response if identity.positive_response_requested else None
+            )
+            self.log.info(
+                "{calling} at {peer} authenticated as {user}",
+                calling=request.calling_ae_title,
+                peer=self.peer,
+                user=answer.user,
+            )
+            return dataclasses.replace(request, user=answer.user)
+
+        def failed(failure: Failure) -> Rejection:
+            if failure.check(AuthenticationFailed):
+                return self._refused_identity(failure.getErrorMessage())
+            self.log.failure("an authenticator failed", failure)
+            return self._refused_identity("the authenticator failed")
+
+        return d.addCallbacks(answered, failed)
+
+    def _refused_identity(self, why: str) -> Rejection:
+        self.log.warn(
+            "user identity of {calling} at {peer} refused: {why}",
+            calling=self.calling_ae_title,
+            peer=self.peer,
+            why=why,
+        )
+        return _REJECT_IDENTITY
+
+    def _validate(
+        self, request: AssociationRequest | Rejection
+    ) -> defer.Deferred[Accept | Rejection]:
+        if isinstance(request, Rejection):
+            return defer.succeed(request)
+        self.description = request
+        return _first_rejection(self.settings.validators, request)
 
     def _decided(self, decision: Accept | Rejection, request: AAssociateRQ) -> None:
         if self.machine.state is not State.STA3:
@@ -193,7 +293,6 @@ class Acceptor(DimseAssociation):
         self.contexts = negotiated.accepted
         proposed_info = request.user_information
         self.peer_max_pdu_length = proposed_info.max_length or 0
-        identity = proposed_info.user_identity_rq
         roles = self._roles(proposed_info.role_selections)
         self.peer_scp_roles = frozenset(role.sop_class_uid for role in roles if role.scp_role)
         self._open_outbox()
@@ -206,7 +305,9 @@ class Acceptor(DimseAssociation):
                 AsyncOperationsWindow(1, 1) if proposed_info.async_operations_window else None
             ),
             user_identity_ac=(
-                UserIdentityAC(b"") if identity and identity.positive_response_requested else None
+                UserIdentityAC(self._identity_response)
+                if self._identity_response is not None
+                else None
             ),
             role_selections=roles,
         )
@@ -353,3 +454,31 @@ def count_keys(identifier: Dataset, up_to: int) -> int:
     """The keys of ``identifier``, those inside sequence items included, counted up to
     ``up_to``: each one read costs, so counting stops there."""
     return sum(1 for _ in islice(identifier.iterall(), up_to))
+
+
+_OPERATIONS: Final = {
+    CommandField.C_ECHO_RQ: "echo",
+    CommandField.C_STORE_RQ: "store",
+    CommandField.C_FIND_RQ: "find",
+    CommandField.C_MOVE_RQ: "move",
+    CommandField.C_GET_RQ: "get",
+}
+
+
+class NotAuthorized:
+    """Answers a request the peer may not make: its data set read and dropped, then 0124."""
+
+    operations = frozenset(_OPERATIONS)
+
+    def __init__(self, comment: str) -> None:
+        self.comment = comment
+
+    def open_sink(
+        self, association: DimseAssociation, context: AcceptedContext, command: Command
+    ) -> DataSink:
+        return DiscardSink()
+
+    def handle(self, association: DimseAssociation, request: Request) -> None:
+        association.respond(
+            request, uids.Status.NOT_AUTHORIZED, error_comment=uids.error_comment(self.comment)
+        )

@@ -190,13 +190,15 @@ def run_twistd(config_path: Path, timeout: float = 15.0) -> subprocess.Completed
 
 
 def run_dicomd(
-    *arguments: str, timeout: float = COMMAND_TIMEOUT
+    *arguments: str, timeout: float = COMMAND_TIMEOUT, input_text: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``dicomd ARGUMENTS`` as a shell runs it, from any directory."""
+    """``dicomd ARGUMENTS`` as a shell runs it, from any directory; ``input_text`` is its
+    standard input (none by default)."""
     return subprocess.run(
         [sys.executable, "-m", "dicomd.cli", *arguments],
         env=daemon_environment(),
-        stdin=subprocess.DEVNULL,
+        input=input_text,
+        stdin=subprocess.DEVNULL if input_text is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
