@@ -71,10 +71,17 @@ def node_factory(
     """The node's Twisted factory, serving what ``plugins`` provide (in their order).
 
     ``clock`` is the reactor: its time for every timer, and ``IReactorTCP``
-    for the associations C-MOVE opens to its destinations.
+    for the associations C-MOVE opens to its destinations.  Raises
+    ``ConfigError`` when an identity is required and nothing can check one.
     """
     access = config.access
     authorizer = _authorizer(config, plugins)
+    checkers = (*authenticators(config), *providing(plugins, IAuthenticator))
+    if config.authentication.required and not checkers:
+        raise ConfigError(
+            "authentication.required",
+            "nothing can check an identity: set users_file or jwt, or add an IAuthenticator plugin",
+        )
     settings = AcceptorSettings(
         ae_title=config.ae_title,
         max_pdu_length=config.limits.max_pdu_length,
@@ -93,7 +100,7 @@ def node_factory(
         max_command_length=config.limits.max_command_length,
         max_data_length=config.limits.max_identifier_length,
         max_identifier_keys=config.limits.max_identifier_keys,
-        authenticators=(*authenticators(config), *providing(plugins, IAuthenticator)),
+        authenticators=checkers,
         identity_required=config.authentication.required,
         authorizer=authorizer,
     )

@@ -12,8 +12,10 @@ import jwt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
-from dicomd.config import Authentication
+from dicomd.app import node_factory
+from dicomd.config import Authentication, ConfigError
 from dicomd.interfaces import (
     AssociationRequest,
     Authenticated,
@@ -153,3 +155,9 @@ def test_a_wrong_identity_or_a_missing_required_one_is_rejected_1_1_1(tmp_path: 
     )  # nobody here verifies tokens
     assert answer_to(node(tmp_path, required=True), None) == AAssociateRJ(1, 1, 1)
     assert isinstance(answer_to(node(tmp_path), None), AAssociateAC)  # not required
+
+
+def test_requiring_an_identity_with_nothing_to_check_it_is_a_configuration_error() -> None:
+    config = dataclasses.replace(bare_config(), authentication=Authentication(required=True))
+    with pytest.raises(ConfigError, match=r"authentication\.required: nothing can check"):
+        node_factory(config, clock=Clock())

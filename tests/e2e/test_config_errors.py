@@ -15,6 +15,8 @@ from tests.support.daemons import DEFAULT_CONFIG, deep_merge, write_config
         ({"timeouts": {"artim_seconds": 5}}, "artim_seconds"),
         ({"plugins": [{"plugin": "dicomd_no_such_module.Handler"}]}, "plugins[0].plugin"),
         ({"plugins": [{"plugin": "archive", "options": {"colour": 1}}]}, "plugins[0].options"),
+        ({"authentication": {"required": True}}, "authentication.required"),
+        ({"authorization": [{"peers": ["*"], "may": ["delete"]}]}, "authorization[0].may[0]"),
     ],
 )
 def test_bad_configuration_stops_the_daemon_with_one_line(tmp_path, twistd, overrides, key):
