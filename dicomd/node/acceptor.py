@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 _REJECT_APPLICATION_CONTEXT = Rejection(1, 1, 2, "application context name not supported")
 _REJECT_PROTOCOL_VERSION = Rejection(1, 2, 2, "protocol version not supported")
 _REJECT_IDENTITY = Rejection(1, 1, 1, "user identity refused")
+_LOGINS_AT_ONCE: Final = 2
 
 
 def _first_answer(
@@ -104,6 +105,11 @@ class AcceptorSettings:
     authenticators: Sequence[IAuthenticator] = ()
     identity_required: bool = False
     authorizer: IAuthorizer | None = None
+    # scrypt takes 16 MiB and tens of milliseconds a login: a flood of logins queues here
+    # instead of filling memory and every worker thread.
+    logins: defer.DeferredSemaphore = dataclasses.field(
+        default_factory=lambda: defer.DeferredSemaphore(_LOGINS_AT_ONCE)
+    )
 
 
 class QueryRefused(Exception):
@@ -235,7 +241,9 @@ class Acceptor(DimseAssociation):
             if identity is None and self.settings.identity_required:
                 return defer.succeed(self._refused_identity("no user identity was sent"))
             return defer.succeed(request)
-        d = self.settings.worker.run(_first_answer, self.settings.authenticators, identity, request)
+        d = self.settings.logins.run(
+            self.settings.worker.run, _first_answer, self.settings.authenticators, identity, request
+        )
 
         def answered(answer: Authenticated | None) -> AssociationRequest | Rejection:
             if answer is None:

@@ -4,6 +4,7 @@ and passcode from the users file that ``dicomd user`` writes, or with a JWT."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -11,6 +12,7 @@ from pynetdicom import AE
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.sop_class import Verification
 
+from tests.support.attacks import peak_memory_mib
 from tests.support.daemons import run_dicomd
 from tests.support.processes import LOCALHOST
 
@@ -96,3 +98,16 @@ def test_a_jwt_is_accepted_until_it_expires(daemon):
     assert refused.is_rejected
     assert "authenticated as dr.who" in daemon.log_text()
     assert "JWT refused: Signature has expired" in daemon.log_text()
+
+
+def test_a_flood_of_logins_is_checked_a_few_at_a_time(daemon):
+    """Each passcode check takes scrypt's 16 MiB; 24 peers logging in at once are checked
+    two at a time, so the daemon's peak stays near its idle size instead of growing by
+    16 MiB for every worker thread."""
+    with ThreadPoolExecutor(24) as pool:
+        attempts = list(pool.map(lambda _: associate(daemon, 2, b"alice", b"wrong"), range(24)))
+
+    assert all(attempt.is_rejected for attempt in attempts)
+    peak = peak_memory_mib(daemon.pid)
+    assert peak < 160, f"VmHWM {peak:.0f} MiB"  # 118 measured; 230 checking ten at a time
+    assert "Traceback" not in daemon.log_text()
