@@ -76,8 +76,18 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
     }
 )
 _OPERATIONS: Final = ("echo", "store", "find", "move", "get")
-_JWT_KEYS: Final = ("secret", "public_key", "issuer", "audience", "algorithms")
-_TLS_KEYS: Final = ("certificate", "private_key", "ca_certificates", "client_certificates")
+_TLS_DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "certificate": None,
+        "private_key": None,
+        "ca_certificates": None,
+        "client_certificates": "none",
+    }
+)
+_JWT_DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
+    {"secret": None, "public_key": None, "issuer": None, "audience": None, "algorithms": None}
+)
+_CLIENT_CERTIFICATE_MODES: Final = ("none", "optional", "required")
 
 
 _HOST_NAME: Final = re.compile(
@@ -387,14 +397,7 @@ def _jwt(value: object, key: str) -> JWT | None:
     ES256), naming an issuer and an audience."""
     if value is None:
         return None
-    defaults = {
-        "secret": None,
-        "public_key": None,
-        "issuer": None,
-        "audience": None,
-        "algorithms": None,
-    }
-    fields = _with_defaults(value, key, defaults)
+    fields = _with_defaults(value, key, _JWT_DEFAULTS)
     if (fields["secret"] is None) == (fields["public_key"] is None):
         raise ConfigError(key, "needs one of secret and public_key")
     for required in ("issuer", "audience"):
@@ -428,27 +431,21 @@ def _tls(value: object, listen: str) -> TLS | None:
     ``tcp:`` listen endpoint for it to wrap."""
     if value is None:
         return None
-    if not isinstance(value, Mapping):
-        raise ConfigError("tls", f"expected a mapping, got {short_repr(value)}")
-    for name in value:
-        if name not in _TLS_KEYS:
-            raise ConfigError(
-                _join("tls", name), f"unknown key (expected one of: {', '.join(_TLS_KEYS)})"
-            )
+    fields = _with_defaults(value, "tls", _TLS_DEFAULTS)
     if not str(listen).lower().startswith("tcp:"):
         raise ConfigError("tls", f"needs a tcp: listen endpoint to serve TLS on, not {listen!r}")
-    mode = _text(value.get("client_certificates", "none"), "tls.client_certificates")
-    if mode not in ("none", "optional", "required"):
+    mode = _text(fields["client_certificates"], "tls.client_certificates")
+    if mode not in _CLIENT_CERTIFICATE_MODES:
         raise ConfigError("tls.client_certificates", f"{mode!r} is not none, optional or required")
     for required in ("certificate", "private_key"):
-        if value.get(required) is None:
+        if fields[required] is None:
             raise ConfigError(f"tls.{required}", "missing: a PEM file is needed")
-    authorities = _certificates(value.get("ca_certificates"), "tls.ca_certificates")
+    authorities = _certificates(fields["ca_certificates"], "tls.ca_certificates")
     if mode != "none" and authorities is None:
         raise ConfigError("tls.ca_certificates", f"needed to check client certificates ({mode})")
     return TLS(
-        certificate=_existing_file(value["certificate"], "tls.certificate"),
-        private_key=_existing_file(value["private_key"], "tls.private_key"),
+        certificate=_existing_file(fields["certificate"], "tls.certificate"),
+        private_key=_existing_file(fields["private_key"], "tls.private_key"),
         ca_certificates=authorities,
         client_certificates=mode,
     )

@@ -23,8 +23,6 @@ from dicomd.interfaces import (
     Rejection,
 )
 
-OPERATIONS = ("echo", "store", "find", "move", "get")
-
 
 @dataclass(frozen=True, slots=True)
 class Rule:

@@ -33,8 +33,6 @@ from twisted.python.failure import Failure
 
 from dicomd.interfaces import PeerCertificate
 
-CLIENT_CERTIFICATE_MODES: Final = ("none", "optional", "required")
-
 BCP195_CIPHERS: Final = ":".join(
     (
         "ECDHE-ECDSA-AES128-GCM-SHA256",
