@@ -24,6 +24,10 @@ _HASH_BYTES: Final = 32
 MAX_NAME_LENGTH: Final = 64
 
 
+_UNKNOWN_USER: Final = f"scrypt:{_N}:{_R}:{_P}:{'00' * _SALT_BYTES}:{'00' * _HASH_BYTES}"
+"""A stored hash no passcode matches, checked for names that are not in the file."""
+
+
 class UsersFileError(ValueError):
     """A users file that cannot be read or a name that cannot be in one."""
 
@@ -84,8 +88,13 @@ class UsersFile:
         return users
 
     def verify(self, name: str, passcode: bytes) -> bool:
+        """Whether ``name`` is a user with that passcode.  An unknown name costs the same
+        scrypt as a known one, so that the time of a refusal does not tell names apart."""
         stored = self.read().get(name)
-        return stored is not None and matches(stored, passcode)
+        if stored is None:
+            matches(_UNKNOWN_USER, passcode)
+            return False
+        return matches(stored, passcode)
 
     def add(self, name: str, passcode: bytes) -> None:
         """Add ``name``, or give it a new passcode."""

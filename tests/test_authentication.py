@@ -4,6 +4,7 @@ association request with a right, wrong or missing identity gets."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from dicomd.app import node_factory
-from dicomd.config import Authentication, ConfigError
+from dicomd.config import JWT, Authentication, ConfigError
 from dicomd.interfaces import (
     AssociationRequest,
     Authenticated,
@@ -161,3 +162,40 @@ def test_requiring_an_identity_with_nothing_to_check_it_is_a_configuration_error
     config = dataclasses.replace(bare_config(), authentication=Authentication(required=True))
     with pytest.raises(ConfigError, match=r"authentication\.required: nothing can check"):
         node_factory(config, clock=Clock())
+
+
+def test_an_unknown_name_costs_the_same_scrypt_as_a_known_one(tmp_path, monkeypatch) -> None:
+    """The time of a refusal must not tell which names exist."""
+    users = UsersFile(users_file(tmp_path, alice="right"))
+    calls: list[bytes] = []
+    real_scrypt = hashlib.scrypt
+
+    def counting_scrypt(password: bytes, **parameters: object) -> bytes:
+        calls.append(password)
+        return real_scrypt(password, **parameters)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting_scrypt)
+    assert not users.verify("alice", b"wrong")
+    assert not users.verify("mallory", b"wrong")
+    assert calls == [b"wrong", b"wrong"]
+
+
+def test_a_user_name_that_is_no_user_name_is_refused_whoever_vouches_for_it(tmp_path) -> None:
+    """A token's sub goes into logs and rules: a line break in it would forge a log line."""
+    jwt_settings = JWT(SECRET, None, "https://login.example", "dicomd", ("HS256",))
+    config = dataclasses.replace(bare_config(), authentication=Authentication(jwt=jwt_settings))
+    forged = token(sub="bob\n2026-01-01T00:00:00+0000 [Acceptor#info] admin authenticated")
+
+    assert answer_to(Peer(config), UserIdentityRQ(5, True, forged, b"")) == AAssociateRJ(1, 1, 1)
+    assert isinstance(answer_to(Peer(config), UserIdentityRQ(5, True, token(), b"")), AAssociateAC)
+
+
+def test_a_flood_of_logins_past_the_queue_is_turned_away_transiently(tmp_path) -> None:
+    peer = node(tmp_path)
+    logins = peer.factory.settings.logins
+    for _ in range(2 + 32):  # both checks busy, 32 logins waiting their turn
+        logins.acquire()
+
+    answer = answer_to(peer, UserIdentityRQ(2, True, b"alice", b"right"))
+
+    assert answer == AAssociateRJ(2, 3, 1)

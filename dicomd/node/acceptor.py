@@ -63,6 +63,7 @@ from dicomd.ul.pdu import (
     UserInformation,
 )
 from dicomd.ul.tls import peer_certificate
+from dicomd.users import name_problem
 
 if TYPE_CHECKING:
     from dicomd.ul.protocol import UpperLayerProtocol
@@ -71,6 +72,10 @@ _REJECT_APPLICATION_CONTEXT = Rejection(1, 1, 2, "application context name not s
 _REJECT_PROTOCOL_VERSION = Rejection(1, 2, 2, "protocol version not supported")
 _REJECT_IDENTITY = Rejection(1, 1, 1, "user identity refused")
 _LOGINS_AT_ONCE: Final = 2
+_MOST_LOGINS_WAITING: Final = 32
+"""A flood of logins past this is turned away at once, transiently, so that a login that
+gets in waits a fraction of a second for the checks before it, not the ACSE timeout."""
+_REJECT_CONGESTION = Rejection(2, 3, 1, "too many logins waiting to be checked")
 
 
 def _first_answer(
@@ -241,6 +246,14 @@ class Acceptor(DimseAssociation):
             if identity is None and self.settings.identity_required:
                 return defer.succeed(self._refused_identity("no user identity was sent"))
             return defer.succeed(request)
+        if len(self.settings.logins.waiting) >= _MOST_LOGINS_WAITING:
+            self.log.warn(
+                "{calling} at {peer}: {waiting} logins already wait to be checked; rejected",
+                calling=request.calling_ae_title,
+                peer=self.peer,
+                waiting=len(self.settings.logins.waiting),
+            )
+            return defer.succeed(_REJECT_CONGESTION)
         d = self.settings.logins.run(
             self.settings.worker.run, _first_answer, self.settings.authenticators, identity, request
         )
@@ -250,6 +263,9 @@ class Acceptor(DimseAssociation):
                 return self._refused_identity(
                     f"no authenticator knows identity type {identity.identity_type}"
                 )
+            problem = name_problem(answer.user)
+            if problem is not None:  # a token's sub, a plugin's answer: it goes into logs and rules
+                return self._refused_identity(f"user {answer.user[:80]!r}: {problem}")
             self._identity_response = (
                 answer.server_response if identity.positive_response_requested else None
             )
