@@ -8,6 +8,7 @@ not catch ``SystemExit``, so that line is the whole output: no traceback.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -15,7 +16,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from dicomd import app
-from dicomd.config import ConfigError, load_config
+from dicomd.config import Config, ConfigError, load_config
 
 
 class Options(usage.Options):
@@ -39,13 +40,21 @@ def makeService(options: Options, reactor: object | None = None) -> MultiService
     if reactor is None:
         from twisted.internet import reactor
     try:
-        config = load_config(options["config"])
-        app.prepare_storage(config)
-        plugins = app.build_plugins(config)
-        return app.service_tree(config, plugins, reactor, listener=_Listener)
+        return node_service(load_config(options["config"]), reactor)
     except ConfigError as error:
         sys.stderr.write(f"dicomd: {error}\n")
         raise SystemExit(1) from None
+
+
+def node_service(config: Config, reactor: Any) -> MultiService:
+    """The daemon's service tree for a checked ``config``; ``dicomd scp`` runs this one too.
+
+    Prepares the storage folder and builds the plugins (raising ``ConfigError``);
+    a port that cannot be had stops the process with one line when it starts.
+    """
+    app.prepare_storage(config)
+    plugins = app.build_plugins(config)
+    return app.service_tree(config, plugins, reactor, listener=_Listener)
 
 
 class _Listener(StreamServerEndpointService):

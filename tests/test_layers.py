@@ -53,7 +53,14 @@ ALLOWED: dict[str, set[str]] = {
         "dicomd.ul",
         "dicomd.node",
     },
-    "dicomd.cli": {"dicomd.cli", "dicomd.client", "dicomd.dump", "dicomd.users"},
+    "dicomd.cli": {
+        "dicomd.cli",
+        "dicomd.client",
+        "dicomd.dump",
+        "dicomd.users",
+        "dicomd.config",
+        "dicomd.tap",
+    },
 }
 
 

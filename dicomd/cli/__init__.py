@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from dicomd import __version__
-from dicomd.cli import dump, echo, find, retrieve, store, user
+from dicomd.cli import dump, echo, find, retrieve, scp, store, user
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dicomd {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for command in (dump, echo, find, store, user):
+    for command in (dump, echo, find, store, user, scp):
         command.add_parser(subparsers)
     retrieve.add_parsers(subparsers)
     return parser
