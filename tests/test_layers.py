@@ -22,6 +22,8 @@ LEAVES = {
     "dicomd.interfaces",
     "dicomd.describe",
     "dicomd.users",
+    "dicomd.dictionary",
+    "dicomd.dictionary_2024d",
 }
 """Small modules of facts and values that any layer may use."""
 
