@@ -199,12 +199,14 @@ def serve(root: MultiService, reactor: Any) -> int:
 
     application = service.Application("dicomd")
     root.setServiceParent(application)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     service.IService(application).privilegedStartService()
     try:
         twisted_app.startApplication(application, save=False)
     except Exception as error:  # a plugin may fail to start in any way; the operator gets one line
         return _failed(f"cannot start: {describe_error(error)}")
+    # Twisted keeps the events logged so far until logging begins: on a failed start they are
+    # dropped, and the one line above is all the output.
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     reactor.run()
     return 0
 
