@@ -10,6 +10,8 @@ objects it built itself instead of the ones a file names.
 from __future__ import annotations
 
 import importlib
+import os
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +24,10 @@ from twisted.internet.protocol import ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface.interface import InterfaceClass
 
+from dicomd.audit.events import LocalNode
+from dicomd.audit.messages import AuditSource
+from dicomd.audit.syslog import SyslogHeader, TLSSyslog, UDPSyslog
+from dicomd.audit.trail import AuditFile, AuditSink, AuditTrail
 from dicomd.client import ClientSettings
 from dicomd.config import BUILTIN_PLUGINS, Config, ConfigError, describe_error, short_repr
 from dicomd.dimse.walker import InflationLimits
@@ -47,7 +53,7 @@ from dicomd.node.services.retrieve import GetService, MoveService
 from dicomd.node.services.store import StorageService
 from dicomd.node.validation import AccessValidator
 from dicomd.scu.destinations import KnownDestinations
-from dicomd.ul.tls import Identity, TLSFileError, server_options
+from dicomd.ul.tls import Identity, TLSFileError, client_options, server_options
 
 _Listener = TypeVar("_Listener", bound=StreamServerEndpointService)
 
@@ -66,13 +72,18 @@ def build_plugins(config: Config) -> tuple[object, ...]:
 
 
 def node_factory(
-    config: Config, plugins: Sequence[object] = (), *, clock: IReactorTime
+    config: Config,
+    plugins: Sequence[object] = (),
+    *,
+    clock: IReactorTime,
+    audit: AuditTrail | None = None,
 ) -> DicomServerFactory:
     """The node's Twisted factory, serving what ``plugins`` provide (in their order).
 
     ``clock`` is the reactor: its time for every timer, and ``IReactorTCP``
-    for the associations C-MOVE opens to its destinations.  Raises
-    ``ConfigError`` when an identity is required and nothing can check one.
+    for the associations C-MOVE opens to its destinations.  ``audit`` is the
+    trail its associations write to (`audit_trail`).  Raises ``ConfigError``
+    when an identity is required and nothing can check one.
     """
     access = config.access
     authorizer = _authorizer(config, plugins)
@@ -95,7 +106,7 @@ def node_factory(
             *([authorizer] if isinstance(authorizer, RulesAuthorizer) else []),
             *providing(plugins, IAssociationValidator),
         ),
-        services=services(config, plugins, clock),
+        services=services(config, plugins, clock, audited=audit is not None and audit.enabled),
         worker=worker_for(clock),
         max_command_length=config.limits.max_command_length,
         max_data_length=config.limits.max_identifier_length,
@@ -103,6 +114,7 @@ def node_factory(
         authenticators=checkers,
         identity_required=config.authentication.required,
         authorizer=authorizer,
+        audit=audit,
     )
     return DicomServerFactory(
         settings,
@@ -129,15 +141,49 @@ def service_tree(
     ``listener`` makes the listening service from the endpoint and the factory.
     """
     root = MultiService()
+    trail = audit_trail(config, reactor)
+    trail.setServiceParent(root)  # first to start, last to stop
     LagMonitor(reactor).setServiceParent(root)
     for plugin in providing(plugins, IService):
         plugin.setServiceParent(root)  # type: ignore[attr-defined]
     endpoint = endpoints.serverFromString(reactor, config.listen)
-    factory = node_factory(config, plugins, clock=reactor)
+    factory = node_factory(config, plugins, clock=reactor, audit=trail)
     service = listener(endpoint, with_tls(config, factory))
     service.setName("dicom")
     service.setServiceParent(root)
     return root
+
+
+def audit_trail(config: Config, reactor: Any) -> AuditTrail:
+    """The trail the ``audit:`` section asks for; one with no file and no collector records
+    nothing.  Raises ``ConfigError`` for a file that cannot be opened for appending, or
+    certificates a ``tls://`` collector cannot be reached with."""
+    settings = config.audit
+    host_name = socket.gethostname()  # no DNS lookup: the start must not wait on a resolver
+    node = LocalNode(os.getpid(), config.ae_title, host_name)
+    sinks: list[AuditSink] = []
+    if settings.file is not None:
+        try:
+            sinks.append(AuditFile(settings.file, worker_for(reactor)))
+        except OSError as error:
+            problem = f"cannot append to {settings.file}: {error.strerror}"
+            raise ConfigError("audit.file", problem) from None
+    collector = settings.syslog
+    if collector is not None:
+        header = SyslogHeader(host_name, os.getpid())
+        if collector.transport == "udp":
+            sinks.append(UDPSyslog(reactor, collector.host, collector.port, header))
+        else:
+            identity = (
+                Identity(config.tls.certificate, config.tls.private_key) if config.tls else None
+            )
+            try:
+                options = client_options(collector.host, settings.ca_certificates, identity)
+            except TLSFileError as error:
+                raise ConfigError(f"audit.{error.key}", str(error)) from None
+            sinks.append(TLSSyslog(reactor, collector.host, collector.port, header, options))
+    source = AuditSource(settings.source_id or config.ae_title, settings.enterprise_site)
+    return AuditTrail(node, source, sinks, reactor.seconds)
 
 
 def _authorizer(config: Config, plugins: Sequence[object]) -> Any:
@@ -197,7 +243,9 @@ def providing(plugins: Sequence[object], interface: InterfaceClass) -> list[obje
     return [plugin for plugin in plugins if interface.providedBy(plugin)]
 
 
-def services(config: Config, plugins: Sequence[object], clock: IReactorTime) -> ServiceRegistry:
+def services(
+    config: Config, plugins: Sequence[object], clock: IReactorTime, *, audited: bool = False
+) -> ServiceRegistry:
     """Verification always; Storage, Query and Retrieve when plugins for them are given."""
     found = [VerificationService()]
     find_handlers = providing(plugins, IFindHandler)
@@ -210,7 +258,11 @@ def services(config: Config, plugins: Sequence[object], clock: IReactorTime) -> 
             config.limits.max_inflated_length, config.limits.max_inflation_ratio
         )
         storage = StorageService(
-            config.storage_path, store_handlers, config.transfer_syntaxes, inflation
+            config.storage_path,
+            store_handlers,
+            config.transfer_syntaxes,
+            inflation,
+            audited=audited,
         )
         found.append(storage)
     sources = providing(plugins, IRetrieveSource)

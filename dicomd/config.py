@@ -73,6 +73,13 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "tls": None,
         "authentication": {"required": False, "users_file": None, "jwt": None},
         "authorization": None,
+        "audit": {
+            "file": None,
+            "syslog": None,
+            "ca_certificates": None,
+            "source_id": None,
+            "enterprise_site": None,
+        },
     }
 )
 _OPERATIONS: Final = ("echo", "store", "find", "move", "get")
@@ -204,6 +211,30 @@ class AuthorizationRule:
 
 
 @dataclass(frozen=True, slots=True)
+class SyslogCollector:
+    """Where audit records go by syslog: ``udp`` (RFC 5426) or ``tls`` (RFC 5425)."""
+
+    transport: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """The audit trail (PS3.15 A.5): a local file, a syslog collector, both or neither.
+
+    ``ca_certificates`` checks a ``tls`` collector (None: the system's trust);
+    ``source_id`` is AuditSourceID (None: the AE title).
+    """
+
+    file: Path | None = None
+    syslog: SyslogCollector | None = None
+    ca_certificates: Path | None = None
+    source_id: str | None = None
+    enterprise_site: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Plugin:
     """A plugin as the file names it: the dotted name of a callable and its keyword arguments.
 
@@ -230,6 +261,7 @@ class Config:
     tls: TLS | None = None
     authentication: Authentication = Authentication()
     authorization: tuple[AuthorizationRule, ...] | None = None
+    audit: Audit = Audit()
 
 
 def default_config() -> Config:
@@ -345,7 +377,42 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         tls=_tls(settings["tls"], settings["listen"]),
         authentication=_authentication(settings["authentication"]),
         authorization=_authorization(settings["authorization"], "authorization"),
+        audit=_audit(settings["audit"]),
     )
+
+
+_SYSLOG_PORTS: Final[Mapping[str, int]] = MappingProxyType({"udp": 514, "tls": 6514})
+
+
+def _audit(value: object) -> Audit:
+    fields = _with_defaults(value, "audit", _DEFAULTS["audit"])
+    file = fields["file"]
+    return Audit(
+        file=Path(_text(file, "audit.file")) if file is not None else None,
+        syslog=_syslog(fields["syslog"], "audit.syslog") if fields["syslog"] else None,
+        ca_certificates=_certificates(fields["ca_certificates"], "audit.ca_certificates"),
+        source_id=_text(fields["source_id"], "audit.source_id") if fields["source_id"] else None,
+        enterprise_site=(
+            _text(fields["enterprise_site"], "audit.enterprise_site")
+            if fields["enterprise_site"]
+            else None
+        ),
+    )
+
+
+def _syslog(value: object, key: str) -> SyslogCollector:
+    """``udp://host[:port]`` or ``tls://host[:port]``; the ports default to 514 and 6514."""
+    text = _text(value, key)
+    transport, separator, rest = text.partition("://")
+    if not separator or transport not in _SYSLOG_PORTS:
+        raise ConfigError(key, f"{text!r} is not udp://host[:port] or tls://host[:port]")
+    host, colon, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    number = _SYSLOG_PORTS[transport]
+    if colon:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(key, f"{port!r} is not a port number")
+        number = int(port)
+    return SyslogCollector(transport, _host(host, key, ""), number)
 
 
 def _authorization(value: object, key: str) -> tuple[AuthorizationRule, ...] | None:

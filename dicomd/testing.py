@@ -44,6 +44,7 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from dicomd import uids
 from dicomd.app import node_factory
+from dicomd.audit.trail import AuditTrail
 from dicomd.client import ClientAssociation, ClientSettings, propose
 from dicomd.config import Config, default_config
 from dicomd.dimse.datasets import encode_dataset
@@ -155,7 +156,8 @@ class MemoryNode:
 
     A node with store handlers writes what it receives under
     ``storage_path`` (in its ``.incoming`` folder, as the daemon does), so
-    it needs one: pytest's ``tmp_path`` will do.
+    it needs one: pytest's ``tmp_path`` will do.  ``audit`` is a trail
+    (`dicomd.app.audit_trail`) its associations write to.
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class MemoryNode:
         storage_path: str | Path | None = None,
         config: Config | None = None,
         clock: Clock | None = None,
+        audit: AuditTrail | None = None,
         **changes: Any,
     ) -> None:
         base = config if config is not None else default_config()
@@ -177,7 +180,9 @@ class MemoryNode:
         self.config: Config = dataclasses.replace(base, **changes)
         self.plugins: tuple[object, ...] = tuple(plugins)
         self.clock: Clock = clock if clock is not None else Clock()
-        self.factory: DicomServerFactory = node_factory(self.config, self.plugins, clock=self.clock)
+        self.factory: DicomServerFactory = node_factory(
+            self.config, self.plugins, clock=self.clock, audit=audit
+        )
         self.connections: list[Connection] = []
         self._ports = itertools.count(50000)
 

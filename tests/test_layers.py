@@ -30,7 +30,8 @@ LEAVES = {
 ALLOWED: dict[str, set[str]] = {
     "dicomd.ul": {"dicomd.ul"},
     "dicomd.dimse": {"dicomd.ul", "dicomd.dimse"},
-    "dicomd.node": {"dicomd.ul", "dicomd.dimse", "dicomd.node"},
+    "dicomd.audit": {"dicomd.ul", "dicomd.dimse", "dicomd.audit"},
+    "dicomd.node": {"dicomd.ul", "dicomd.dimse", "dicomd.audit", "dicomd.node"},
     "dicomd.scu": {"dicomd.ul", "dicomd.dimse", "dicomd.scu"},
     "dicomd.client": {"dicomd.ul", "dicomd.dimse", "dicomd.scu"},
     "dicomd.archive": {"dicomd.archive"},
@@ -43,11 +44,13 @@ ALLOWED: dict[str, set[str]] = {
         "dicomd.client",
         "dicomd.config",
         "dicomd.archive",
+        "dicomd.audit",
         "dicomd.lag",
     },
     "dicomd.tap": {"dicomd.app", "dicomd.config"},
     "dicomd.testing": {
         "dicomd.app",
+        "dicomd.audit",
         "dicomd.config",
         "dicomd.client",
         "dicomd.scu",

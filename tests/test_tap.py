@@ -13,6 +13,7 @@ from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.testing import MemoryReactorClock
 
 from dicomd.archive import ArchiveHandler
+from dicomd.audit.trail import AuditTrail
 from dicomd.config import default_config
 from dicomd.lag import LagMonitor
 from dicomd.node.factory import DicomServerFactory
@@ -94,7 +95,8 @@ def test_make_service_without_a_file_uses_the_defaults(
 def test_plugins_that_are_services_start_before_the_listener(tmp_path: Path) -> None:
     path = write(tmp_path / "site.yaml", f"storage: {{path: {tmp_path / 'archive'}}}\n")
     root = makeService(options("-c", str(path)), reactor=MemoryReactorClock())
-    monitor, archive, listener = list(IServiceCollection(root))
+    trail, monitor, archive, listener = list(IServiceCollection(root))
+    assert isinstance(trail, AuditTrail)  # the first to start records the start
     assert isinstance(monitor, LagMonitor)
     assert isinstance(archive, ArchiveHandler)
     assert archive.path == tmp_path / "archive"

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from dicomd import uids
 from dicomd.dimse.association import (
     DEFAULT_MAX_DATA_LENGTH,
+    Data,
     DataSink,
     DimseAssociation,
     DiscardSink,
@@ -51,6 +52,7 @@ from dicomd.interfaces import (
     Rejection,
     UserIdentity,
 )
+from dicomd.node.auditing import AssociationAudit
 from dicomd.node.registry import ServiceRegistry
 from dicomd.ul.fsm import State
 from dicomd.ul.pdu import (
@@ -66,6 +68,7 @@ from dicomd.ul.tls import peer_certificate
 from dicomd.users import name_problem
 
 if TYPE_CHECKING:
+    from dicomd.audit.trail import AuditTrail
     from dicomd.ul.protocol import UpperLayerProtocol
 
 _REJECT_APPLICATION_CONTEXT = Rejection(1, 1, 2, "application context name not supported")
@@ -110,6 +113,7 @@ class AcceptorSettings:
     authenticators: Sequence[IAuthenticator] = ()
     identity_required: bool = False
     authorizer: IAuthorizer | None = None
+    audit: AuditTrail | None = None
     # scrypt takes 16 MiB and tens of milliseconds a login: a flood of logins queues here
     # instead of filling memory and every worker thread.
     logins: defer.DeferredSemaphore = dataclasses.field(
@@ -140,7 +144,9 @@ class Acceptor(DimseAssociation):
         self.peer_scp_roles: frozenset[str] = frozenset()
         # The server response of a verified identity whose peer asked for a positive one.
         self._identity_response: bytes | None = None
+        self._identity_refusal: str | None = None
         self.description: AssociationRequest | None = None
+        self.audit: AssociationAudit | None = None
 
     async def read_query(self, request: Request) -> FindQuery:
         """The identifier of a C-FIND, C-MOVE or C-GET request as handlers see it.
@@ -157,6 +163,8 @@ class Acceptor(DimseAssociation):
             raise self._too_large(request, str(error)) from None
         except DataSetError as error:
             raise QueryRefused(uids.Status.CANNOT_UNDERSTAND, str(error)) from None
+        if self.audit is not None:
+            self.audit.identifier_read(request, identifier)
         limit = self.settings.max_identifier_keys
         if count_keys(identifier, up_to=limit + 1) > limit:
             raise self._too_large(request, f"an identifier of more than {limit} keys")
@@ -202,6 +210,8 @@ class Acceptor(DimseAssociation):
         if authorizer.may(self.description, operation, destination):
             return None
         what = f"{operation} to {destination}" if destination else operation
+        if self.audit is not None:
+            self.audit.refused(f"{self.peer_ae_title} may not {what}")
         self.log.warn(
             "{peer_ae} at {peer} may not {what}; refused with 0124",
             peer_ae=self.peer_ae_title,
@@ -215,6 +225,11 @@ class Acceptor(DimseAssociation):
     def associate_indication(self, request: AAssociateRQ) -> None:
         self.calling_ae_title = request.calling_ae_title
         self.called_ae_title = request.called_ae_title
+        trail = self.settings.audit
+        if trail is not None and trail.enabled:
+            self.audit = AssociationAudit(trail, self.peer_host)
+            self.audit.named(request.calling_ae_title)
+            self.ended.addCallback(lambda _: self.audit and self.audit.ended())
         self.log.info(
             "association requested by {calling} at {peer} for {called}",
             calling=request.calling_ae_title,
@@ -275,6 +290,8 @@ class Acceptor(DimseAssociation):
                 peer=self.peer,
                 user=answer.user,
             )
+            if self.audit is not None:
+                self.audit.named(request.calling_ae_title, answer.user)
             return dataclasses.replace(request, user=answer.user)
 
         def failed(failure: Failure) -> Rejection:
@@ -286,6 +303,7 @@ class Acceptor(DimseAssociation):
         return d.addCallbacks(answered, failed)
 
     def _refused_identity(self, why: str) -> Rejection:
+        self._identity_refusal = why
         self.log.warn(
             "user identity of {calling} at {peer} refused: {why}",
             calling=self.calling_ae_title,
@@ -342,6 +360,8 @@ class Acceptor(DimseAssociation):
             user_information=info,
         )
         self.machine.associate_response(accept)
+        if self.audit is not None:
+            self.audit.accepted()
         self.log.info(
             "association accepted: {calling} at {peer} -> {called}, {accepted} of {proposed}"
             " presentation contexts accepted",
@@ -383,6 +403,11 @@ class Acceptor(DimseAssociation):
         )
         reject = AAssociateRJ(rejection.result, rejection.source, rejection.reason)
         self.machine.associate_response(reject)
+        if self.audit is not None:
+            self.audit.rejected(
+                self._identity_refusal or rejection.message or "no reason given",
+                identity=self._identity_refusal is not None,
+            )
 
     def _describe(self, request: AAssociateRQ) -> AssociationRequest:
         info = request.user_information
@@ -410,6 +435,13 @@ class Acceptor(DimseAssociation):
             implementation_version_name=info.implementation_version_name,
             peer_certificate=peer_certificate(self.protocol.transport),
         )
+
+    def respond(
+        self, request: Request, status: int, dataset: Data = None, **fields: object
+    ) -> None:
+        super().respond(request, status, dataset, **fields)
+        if self.audit is not None:
+            self.audit.responded(request, status, fields)
 
     # The requestor-side confirmations never reach an acceptor.
     def associate_accepted(self, accept: AAssociateAC) -> None:

@@ -20,6 +20,7 @@ from dicomd.interfaces import (
     Rejection,
 )
 from dicomd.node.acceptor import Acceptor, AcceptorSettings
+from dicomd.node.auditing import AssociationAudit
 from dicomd.ul.fsm import State
 from dicomd.ul.protocol import UpperLayerProtocol
 
@@ -50,6 +51,9 @@ class _NodeProtocol(UpperLayerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
         super().connectionLost(reason)
+        trail = self.factory.settings.audit
+        if self.tls_failure is not None and trail is not None and trail.enabled:
+            AssociationAudit(trail, self.user.peer_host).tls_refused(self.tls_failure)
 
 
 @dataclass(frozen=True, slots=True)

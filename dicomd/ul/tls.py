@@ -103,12 +103,19 @@ def client_options(
     else:
         authorities = _certificates(ca_certificates, "ca_certificates")
         trust = trustRootFromCertificates([Certificate(each) for each in authorities])
-    client = None
-    if identity is not None:
-        chain = _certificates(identity.certificate, "certificate")
-        key = _private_key(identity.private_key, "private_key")
-        client = PrivateCertificate.fromCertificateAndKeyPair(Certificate(chain[0]), KeyPair(key))
-    return optionsForClientTLS(host, trustRoot=trust, clientCertificate=client)
+    if identity is None:
+        return optionsForClientTLS(host, trustRoot=trust)
+    chain = _certificates(identity.certificate, "certificate")
+    key = _private_key(identity.private_key, "private_key")
+    client = PrivateCertificate.fromCertificateAndKeyPair(Certificate(chain[0]), KeyPair(key))
+    # The intermediates after our certificate go with it, or a peer that trusts only the
+    # root cannot build the path.
+    return optionsForClientTLS(
+        host,
+        trustRoot=trust,
+        clientCertificate=client,
+        extraCertificateOptions={"extraCertChain": chain[1:]},
+    )
 
 
 def peer_certificate(transport: object) -> PeerCertificate | None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydicom.tag import Tag
+
 from dicomd import uids
 from dicomd.dimse.storage import StoreReceiver
 from dicomd.dimse.walker import DEFAULT_INFLATION, InflationLimits
 from dicomd.interfaces import IStoreHandler
+from dicomd.node.auditing import AUDITED_ATTRIBUTES
 from dicomd.part10 import INCOMING_FOLDER
 
 
@@ -27,8 +30,16 @@ class StorageService(StoreReceiver):
         handlers: Sequence[IStoreHandler],
         transfer_syntaxes: Sequence[str],
         inflation: InflationLimits = DEFAULT_INFLATION,
+        *,
+        audited: bool = False,
     ) -> None:
+        """``audited``: the audit trail names each instance's patient and study, so the
+        walker collects them too."""
         super().__init__(storage_path / INCOMING_FOLDER, handlers, inflation)
+        if audited:
+            self.wanted = self.wanted | frozenset(
+                int(Tag(keyword)) for keyword in (*AUDITED_ATTRIBUTES, "SpecificCharacterSet")
+            )
         self.abstract_syntaxes = uids.STORAGE_SOP_CLASSES
         # Our preference first, then every other transfer syntax pydicom knows,
         # so that compressed instances are kept as they were sent.

@@ -1,0 +1,151 @@
+"""The node's audit trail: where each audit record goes, and the records of its own life.
+
+`AuditTrail` is a Twisted service: started before the listener, it writes
+Application Start; stopped after it, Application Stop, then lets its sinks
+finish.  Its sinks are a local file (one record per line) and a syslog
+collector (`dicomd.audit.syslog`).  Writing a record never blocks the
+reactor: the file is appended to in a worker thread, a batch at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from dicomd.audit.events import LocalNode, application_activity
+from dicomd.audit.messages import AuditMessage, AuditSource, to_xml
+from dicomd.audit.syslog import MOST_WAITING
+from dicomd.dimse.work import Worker
+
+
+class AuditSink(Protocol):
+    """Takes each record (the XML) with its time; never blocks."""
+
+    def start(self) -> None: ...
+
+    def write(self, record: bytes, time: float) -> None: ...
+
+    def stop(self) -> defer.Deferred[None]: ...
+
+
+class AuditFile:
+    """Appends records to ``path``, one per line, in the order they were made.
+
+    One append is in flight at a time; records made meanwhile are joined into
+    the next one, so a slow disk costs one write per batch, not per record.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: Path, worker: Worker) -> None:
+        """Opens ``path`` at once, so that one that cannot be written to stops the start
+        (``OSError``) instead of losing every record later."""
+        self.path = path
+        self.worker = worker
+        self._pending: list[bytes] = []
+        self._writing: defer.Deferred[None] | None = None
+        self._descriptor: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self.dropped = 0
+
+    def start(self) -> None:
+        """Nothing to do: the file is open."""
+
+    def write(self, record: bytes, time: float) -> None:
+        if len(self._pending) >= MOST_WAITING:
+            self.dropped += 1
+            if self.dropped == 1:
+                self.log.warn("audit file {path} cannot keep up; records dropped", path=self.path)
+            return
+        self._pending.append(record + b"\n")
+        if self._writing is None:
+            self._write_next()
+
+    def _write_next(self) -> None:
+        batch, self._pending = b"".join(self._pending), []
+        self._writing = self.worker.run(self._append, batch)
+        self._writing.addErrback(self._failed)
+        self._writing.addCallback(self._written)
+
+    def _append(self, batch: bytes) -> None:
+        assert self._descriptor is not None, "started"
+        view = memoryview(batch)
+        while view:
+            view = view[os.write(self._descriptor, view) :]
+
+    def _failed(self, failure: Any) -> None:
+        self.log.error(
+            "audit file {path}: {problem}", path=self.path, problem=failure.getErrorMessage()
+        )
+
+    def _written(self, _: None) -> None:
+        self._writing = None
+        if self._pending:
+            self._write_next()
+
+    def stop(self) -> defer.Deferred[None]:
+        """Once every record made so far is in the file, close it."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def wait(_: object = None) -> None:
+            if self._writing is not None:
+                self._writing.addBoth(wait)
+            else:
+                if self._descriptor is not None:
+                    os.close(self._descriptor)
+                    self._descriptor = None
+                d.callback(None)
+
+        wait()
+        return d
+
+
+class AuditTrail(Service):
+    """Builds each record from an `AuditMessage` and gives it to every sink.
+
+    ``seconds`` is the clock the records' times come from (the reactor's).
+    A trail without sinks records nothing and costs nothing: the node asks
+    `enabled` before it gathers what a record needs.
+    """
+
+    def __init__(
+        self,
+        node: LocalNode,
+        source: AuditSource,
+        sinks: Sequence[AuditSink],
+        seconds: Callable[[], float],
+    ) -> None:
+        self.node = node
+        self.source = source
+        self.sinks = tuple(sinks)
+        self.seconds = seconds
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sinks)
+
+    def now(self) -> float:
+        return self.seconds()
+
+    def record(self, message: AuditMessage) -> None:
+        if not self.sinks:
+            return
+        xml = to_xml(message, self.source)
+        for sink in self.sinks:
+            sink.write(xml, message.time)
+
+    def startService(self) -> None:
+        super().startService()
+        for sink in self.sinks:
+            sink.start()
+        self.record(application_activity(self.node, self.now(), started=True))
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        self.record(application_activity(self.node, self.now(), started=False))
+        return defer.gatherResults([sink.stop() for sink in self.sinks], consumeErrors=True)
