@@ -114,6 +114,7 @@ def node_factory(
         authenticators=checkers,
         identity_required=config.authentication.required,
         authorizer=authorizer,
+        relational=config.query_retrieve.relational,
         audit=audit,
     )
     return DicomServerFactory(

@@ -68,6 +68,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         ],
         "access": {"check_called_ae": True, "calling_aes": []},
         "store": {"accept_unknown_sop_classes": False},
+        "query_retrieve": {"relational": "negotiated"},
         "destinations": {},
         "plugins": [{"plugin": "archive"}],
         "tls": None,
@@ -95,6 +96,7 @@ _JWT_DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
     {"secret": None, "public_key": None, "issuer": None, "audience": None, "algorithms": None}
 )
 _CLIENT_CERTIFICATE_MODES: Final = ("none", "optional", "required")
+_RELATIONAL_MODES: Final = ("never", "negotiated", "always")
 
 
 _HOST_NAME: Final = re.compile(
@@ -157,6 +159,17 @@ class Access:
 @dataclass(frozen=True, slots=True)
 class Store:
     accept_unknown_sop_classes: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRetrieve:
+    """C-FIND, C-MOVE and C-GET of the Patient and Study Root models.
+
+    ``relational``: whom relational (non-hierarchical) identifiers are answered for:
+    ``never``, the peers that negotiate them (``negotiated``), or every peer (``always``).
+    """
+
+    relational: str = "negotiated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +275,7 @@ class Config:
     authentication: Authentication = Authentication()
     authorization: tuple[AuthorizationRule, ...] | None = None
     audit: Audit = Audit()
+    query_retrieve: QueryRetrieve = QueryRetrieve()
 
 
 def default_config() -> Config:
@@ -378,7 +392,18 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         authentication=_authentication(settings["authentication"]),
         authorization=_authorization(settings["authorization"], "authorization"),
         audit=_audit(settings["audit"]),
+        query_retrieve=_query_retrieve(settings["query_retrieve"]),
     )
+
+
+def _query_retrieve(value: object) -> QueryRetrieve:
+    fields = _with_defaults(value, "query_retrieve", _DEFAULTS["query_retrieve"])
+    relational = _text(fields["relational"], "query_retrieve.relational")
+    if relational not in _RELATIONAL_MODES:
+        raise ConfigError(
+            "query_retrieve.relational", f"{relational!r} is not never, negotiated or always"
+        )
+    return QueryRetrieve(relational=relational)
 
 
 _SYSLOG_PORTS: Final[Mapping[str, int]] = MappingProxyType({"udp": 514, "tls": 6514})

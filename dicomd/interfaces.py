@@ -187,6 +187,15 @@ class FindQuery:
     (Patient Root, Study Root, Modality Worklist...), ``level`` the Query/
     Retrieve Level ("PATIENT", "STUDY", "SERIES", "IMAGE"; empty for a
     worklist).
+
+    ``relational`` says that the identifier need not be hierarchical: the peer
+    negotiated relational queries or retrieval (PS3.4 C.4.1.2.2, C.4.2.2.2),
+    or the node accepts them from every peer (``query_retrieve.relational``).
+    Unique keys of the levels above ``level`` may then be missing, as in an
+    IMAGE query or retrieve naming only a StudyInstanceUID; a handler that
+    cannot answer such a query raises `InvalidIdentifier` (A900).  When it is
+    False, a handler may answer A900 to an identifier without them, as the
+    standard's baseline behaviour asks.
     """
 
     identifier: Dataset
@@ -195,6 +204,7 @@ class FindQuery:
     calling_ae_title: str
     called_ae_title: str
     peer_host: str
+    relational: bool = False
 
 
 class InvalidIdentifier(ValueError):

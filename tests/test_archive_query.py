@@ -38,9 +38,22 @@ from dicomd.archive.index import (
 from dicomd.archive.query import ArchiveQuery, QueryError
 from dicomd.dimse.datasets import decode_dataset, encode_dataset
 from dicomd.interfaces import FindQuery
-from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+from dicomd.uids import (
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+)
 
 PR, SR = PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+PR_MOVE, PR_GET, SR_MOVE, SR_GET = (
+    PATIENT_ROOT_MOVE,
+    PATIENT_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    STUDY_ROOT_GET,
+)
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
 US = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -189,10 +202,17 @@ def folding_engine(small_archive: ArchiveIndex) -> Iterator[ArchiveQuery]:
 
 
 def find(
-    engine: ArchiveQuery, model: str, level: str, ds: Dataset | None = None, **keys: object
+    engine: ArchiveQuery,
+    model: str,
+    level: str,
+    ds: Dataset | None = None,
+    *,
+    relational: bool = False,
+    **keys: object,
 ) -> list[Dataset]:
     ds = ds if ds is not None else identifier(**keys)
-    return engine.find(FindQuery(ds, model, level, "FINDSCU", "DICOMD", "127.0.0.1"))
+    query = FindQuery(ds, model, level, "FINDSCU", "DICOMD", "127.0.0.1", relational=relational)
+    return engine.find(query)
 
 
 def found(engine: ArchiveQuery, model: str, level: str, unique: str, **keys: object) -> list[str]:
@@ -266,6 +286,126 @@ def test_patient_root_series_and_image_queries_need_only_the_parent_uid(
         "1.1.1.2",
         "1.1.1.3",
     ]
+
+
+@pytest.mark.parametrize(
+    ("model", "level", "keys", "unique", "expected"),
+    [
+        (PR, "STUDY", {}, "StudyInstanceUID", ALL_STUDIES),
+        (PR, "STUDY", {"PatientID": "P*"}, "StudyInstanceUID", ALL_STUDIES),
+        (PR, "STUDY", {"PatientID": "P1\\P2"}, "StudyInstanceUID", ["1.1", "1.2", "2.1"]),
+        (PR, "STUDY", {"PatientSex": "F"}, "StudyInstanceUID", ["2.1", "3.1", "3.2"]),
+        (PR, "SERIES", {"PatientID": "P1"}, "SeriesInstanceUID", ["1.1.1", "1.1.2", "1.2.1"]),
+        (SR, "SERIES", {"Modality": "CT"}, "SeriesInstanceUID", ["1.1.1", "1.2.1", "3.2.1"]),
+        (
+            SR,
+            "SERIES",
+            {"StudyInstanceUID": "1.1\\1.2"},
+            "SeriesInstanceUID",
+            ["1.1.1", "1.1.2", "1.2.1"],
+        ),
+        (
+            SR,
+            "IMAGE",
+            {"StudyInstanceUID": "1.1"},
+            "SOPInstanceUID",
+            ["1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.2.1"],
+        ),
+        (PR, "IMAGE", {"PatientName": "doe*"}, "SOPInstanceUID", ["3.1.1.1", "3.2.1.1"]),
+        (SR, "IMAGE", {"SOPClassUID": MR}, "SOPInstanceUID", ["1.1.2.1", "3.1.1.1"]),
+    ],
+)
+def test_a_relational_query_needs_no_unique_key_of_the_levels_above(
+    engine: ArchiveQuery,
+    model: str,
+    level: str,
+    keys: dict[str, str],
+    unique: str,
+    expected: list[str],
+) -> None:
+    with pytest.raises(QueryError, match="single value"):
+        find(engine, model, level, **keys)
+    matches = find(engine, model, level, relational=True, **keys)
+    assert sorted(str(match[unique].value) for match in matches) == expected
+
+
+def test_a_relational_query_still_refuses_values_that_do_not_fit(engine: ArchiveQuery) -> None:
+    with pytest.raises(QueryError, match="wildcards"):
+        find(engine, SR, "IMAGE", relational=True, SeriesInstanceUID="1.1.*")
+    with pytest.raises(QueryError, match="level"):
+        find(engine, SR, "PATIENT", relational=True, PatientID="P1")
+
+
+def test_keys_below_the_level_constrain_nothing_in_a_relational_query_either(
+    engine: ArchiveQuery,
+) -> None:
+    matches = find(engine, PR, "STUDY", relational=True, Modality="PT", SOPInstanceUID="9.9")
+    assert sorted(match.StudyInstanceUID for match in matches) == ALL_STUDIES
+
+
+def retrieved(
+    engine: ArchiveQuery, model: str, level: str, *, relational: bool = False, **keys: object
+) -> list[str]:
+    """The SOP Instance UIDs a C-MOVE or C-GET identifier selects, sorted."""
+    ds = identifier(QueryRetrieveLevel=level, **keys)
+    query = FindQuery(ds, model, level, "MOVESCU", "DICOMD", "127.0.0.1", relational=relational)
+    return sorted(sop_instance_uid for _, _, sop_instance_uid, _ in engine.instances(query))
+
+
+STUDY_1_1 = ["1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.2.1"]
+
+
+def test_a_hierarchical_retrieve_needs_the_unique_key_of_its_level(engine: ArchiveQuery) -> None:
+    assert retrieved(engine, SR_MOVE, "STUDY", StudyInstanceUID="1.1") == STUDY_1_1
+    assert retrieved(engine, SR_GET, "IMAGE", SOPInstanceUID="1.1.1.1\\2.1.1.1") == [
+        "1.1.1.1",
+        "2.1.1.1",
+    ]
+    for keys in ({"StudyInstanceUID": "1.1"}, {"SOPInstanceUID": ""}, {"SOPInstanceUID": "*"}):
+        with pytest.raises(QueryError, match="IMAGE retrieve needs SOPInstanceUID"):
+            retrieved(engine, SR_MOVE, "IMAGE", **keys)
+    with pytest.raises(QueryError, match="SERIES retrieve needs SeriesInstanceUID"):
+        retrieved(engine, PR_MOVE, "SERIES", PatientID="P1", StudyInstanceUID="1.1")
+
+
+def test_a_relational_retrieve_selects_by_any_unique_key_at_or_above_its_level(
+    engine: ArchiveQuery,
+) -> None:
+    assert retrieved(engine, SR_MOVE, "IMAGE", relational=True, StudyInstanceUID="1.1") == (
+        STUDY_1_1
+    )
+    assert retrieved(engine, SR_GET, "SERIES", relational=True, StudyInstanceUID="1.1") == (
+        STUDY_1_1
+    )
+    assert retrieved(engine, PR_GET, "IMAGE", relational=True, PatientID="P3") == [
+        "3.1.1.1",
+        "3.2.1.1",
+    ]
+    keys = {"StudyInstanceUID": "1.1\\2.1", "SeriesInstanceUID": "1.1.2\\2.1.1"}
+    assert retrieved(engine, SR_MOVE, "IMAGE", relational=True, **keys) == ["1.1.2.1", "2.1.1.1"]
+
+
+def test_a_relational_retrieve_never_means_everything(engine: ArchiveQuery) -> None:
+    for keys in ({}, {"StudyInstanceUID": ""}, {"SeriesInstanceUID": "*", "Modality": "CT"}):
+        with pytest.raises(
+            QueryError, match="SERIES retrieve needs one of PatientID, StudyInstanceUID, Series"
+        ):
+            retrieved(engine, SR_MOVE, "SERIES", relational=True, **keys)
+
+
+def test_keys_below_the_retrieve_level_select_nothing(engine: ArchiveQuery) -> None:
+    with pytest.raises(QueryError, match=r"needs one of PatientID, StudyInstanceUID$"):
+        retrieved(engine, PR_MOVE, "STUDY", relational=True, SeriesInstanceUID="1.1.1")
+
+
+def test_unique_keys_of_higher_levels_narrow_a_retrieve(engine: ArchiveQuery) -> None:
+    assert (
+        retrieved(engine, SR_MOVE, "SERIES", StudyInstanceUID="2.1", SeriesInstanceUID="1.1.1")
+        == []
+    )
+    assert retrieved(engine, PR_MOVE, "STUDY", PatientID="P1", StudyInstanceUID="1.1\\2.1") == (
+        STUDY_1_1
+    )
 
 
 def test_higher_unique_keys_when_present_still_constrain(engine: ArchiveQuery) -> None:
@@ -1083,8 +1223,11 @@ def entities(level: int) -> dict[tuple[object, ...], Entity]:
     return found_
 
 
-def oracle(ds: Dataset, model: str, level: int, folding: bool) -> list[tuple[object, ...]]:
-    """The unique keys of the entities ``ds`` matches; raises ``Invalid`` if it does not fit."""
+def oracle(
+    ds: Dataset, model: str, level: int, folding: bool, relational: bool = False
+) -> list[tuple[object, ...]]:
+    """The unique keys of the entities ``ds`` matches; raises ``Invalid`` if it does not fit.
+    A relational query needs no unique key of a higher level."""
     if model == SR and level == 0:
         raise Invalid("no PATIENT level in Study Root")
     keys = {
@@ -1093,7 +1236,7 @@ def oracle(ds: Dataset, model: str, level: int, folding: bool) -> list[tuple[obj
         if KEY_LEVEL.get(keyword, 99) <= level or (keyword in STUDY_LISTS and level >= 1)
     }
     parent = PARENT.get((model, level))
-    if parent is not None:
+    if parent is not None and not relational:
         values = keys.get(parent, [])
         if len(values) != 1 or is_universal(values) or "*" in values[0] or "?" in values[0]:
             raise Invalid(parent)
@@ -1247,17 +1390,22 @@ def held_values(match: Dataset | Entity, level: int) -> dict[str, str]:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @settings(max_examples=400, deadline=None)
-@given(query=identifiers(), folding=st.booleans())
+@given(query=identifiers(), folding=st.booleans(), relational=st.booleans())
 def test_random_identifiers_match_exactly_what_the_oracle_matches(
-    oracle_engines: dict[bool, ArchiveQuery], query: tuple[str, int, Dataset], folding: bool
+    oracle_engines: dict[bool, ArchiveQuery],
+    query: tuple[str, int, Dataset],
+    folding: bool,
+    relational: bool,
 ) -> None:
     model, level, ds = query
     try:
-        expected: list[tuple[object, ...]] | None = oracle(ds, model, level, folding)
+        expected: list[tuple[object, ...]] | None = oracle(ds, model, level, folding, relational)
     except Invalid:
         expected = None
     try:
-        matches = find(oracle_engines[folding], model, LEVEL_NAMES[level], ds)
+        matches = find(
+            oracle_engines[folding], model, LEVEL_NAMES[level], ds, relational=relational
+        )
     except QueryError:
         assert expected is None, "the engine refused an identifier that fits"
         return

@@ -281,7 +281,7 @@ class ArchiveHandler(Service):
         return self._in_flight.track(deferToThreadPool(self._reactor, pool, self._instances, query))
 
     def _instances(self, query: FindQuery) -> list[RetrieveItem]:
-        rows = self.query.instances(query.level, query.identifier)
+        rows = self.query.instances(query)
         return [
             RetrieveItem(self.path / path, sop_class, sop_instance, syntax or "")
             for path, sop_class, sop_instance, syntax in rows

@@ -13,7 +13,10 @@ What it accepts, beyond the letter of PS3.4 C.4.1.2.2.1 / C.4.1.3.1:
   Instance UID at SERIES level, Series Instance UID at IMAGE level), because
   UIDs are unique on their own and dcmtk and pynetdicom peers often send just
   that one.  Other keys of higher levels, unique or not, are matched like any
-  key of the query level.
+  key of the query level.  A relational query (``FindQuery.relational``, PS3.4
+  C.4.1.2.2) needs not even that one: an IMAGE query may name only a
+  StudyInstanceUID, a Patient Root STUDY query no PatientID.  Keys of levels
+  below the query level stay return keys in either kind.
 * Keys of lower levels than the query level, sequences, and attributes the
   index does not hold are return keys: they never constrain the match, and
   the service answers them empty.  ``supported_keys`` names what this engine
@@ -252,27 +255,41 @@ class ArchiveQuery:
         rows = self._connection().execute(statement.sql, statement.parameters).fetchall()
         return [_dataset(statement.returned, row) for row in rows]
 
-    def instances(self, level: str, identifier: Dataset) -> list[tuple[str, str, str, str]]:
-        """The instances a C-MOVE or C-GET identifier selects, by the unique key of its level.
+    def instances(self, query: FindQuery) -> list[tuple[str, str, str, str]]:
+        """The instances a C-MOVE or C-GET identifier selects by its unique keys.
 
-        Rows of (path, SOPClassUID, SOPInstanceUID, TransferSyntaxUID).  The
-        key may hold a list of values (PS3.4 C.4.2.2.1); it is required: a
-        retrieve never means "everything".
+        Rows of (path, SOPClassUID, SOPInstanceUID, TransferSyntaxUID).  Each
+        unique key of the query level and of the levels above it (PatientID,
+        StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) that the identifier
+        holds selects, with a value or a list of them (PS3.4 C.4.2.2.1).  A
+        hierarchical retrieve needs the key of its own level; a relational one
+        (``query.relational``, C.4.2.2.2) any one of them, so that an IMAGE
+        retrieve with only a StudyInstanceUID sends the whole study.  A retrieve
+        never means "everything".  PatientID selects in Study Root too, where it
+        is an attribute of the study.
         """
-        depth = _level_number(level)
-        keyword, column = _RETRIEVE_KEYS[depth]
-        raw = identifier.get(keyword)
-        given = raw if isinstance(raw, MultiValue) else [raw]
-        values = [str(value).strip() for value in given if value and str(value).strip()]
-        if not values:
-            raise QueryError(f"a {level} retrieve needs {keyword}")
-        placeholders = ", ".join("?" * len(values))
+        keys = _RETRIEVE_KEYS[: _level_number(query.level) + 1]
+        selecting = [
+            (column, values)
+            for keyword, column in keys
+            if (values := _unique_key_values(query.identifier, keyword))
+        ]
+        own_keyword, own_column = keys[-1]
+        if not query.relational and not any(column == own_column for column, _ in selecting):
+            raise QueryError(f"a {query.level} retrieve needs {own_keyword}")
+        if not selecting:
+            named = ", ".join(keyword for keyword, _ in keys)
+            raise QueryError(f"a {query.level} retrieve needs one of {named}")
+        conditions = [
+            f"{column} IN ({', '.join('?' * len(values))})" for column, values in selecting
+        ]
+        parameters = [value for _, values in selecting for value in values]
         sql = (
             "SELECT i.path, i.SOPClassUID, i.SOPInstanceUID, i.TransferSyntaxUID "
-            f"FROM {_TABLES[3]} WHERE {column} IN ({placeholders}) "
+            f"FROM {_TABLES[3]} WHERE {' AND '.join(conditions)} "
             "ORDER BY st.pk, se.SeriesNumber, se.pk, i.InstanceNumber, i.pk"
         )
-        return self._connection().execute(sql, values).fetchall()
+        return self._connection().execute(sql, parameters).fetchall()
 
     def supported_keys(self, level: str) -> frozenset[str]:
         """The keywords this engine matches or returns at ``level`` (in any model).
@@ -331,7 +348,7 @@ class _Statement:
         depth = _query_level(query)
         keys = _keys(query.identifier, depth)
         parent = _PARENT_KEYS.get((query.model, depth))
-        if parent is not None:
+        if parent is not None and not query.relational:
             _require_single_value(parent, keys.get(parent))
         conditions = _Conditions(fold_names)
         # Studies and series of instances that carried no UID for them are
@@ -416,6 +433,15 @@ def _values(keyword: str, value: object) -> list[str]:
             if stripped:
                 values.append(stripped)
     return values
+
+
+def _unique_key_values(identifier: Dataset, keyword: str) -> list[str]:
+    """The values of a retrieve's unique key; none when it is absent, empty or universal."""
+    try:
+        value = identifier[keyword].value if keyword in identifier else None
+    except (ValueError, TypeError) as error:
+        raise QueryError(f"{keyword}: {error}") from None
+    return [text for text in _values(keyword, value) if not _is_universal(text)]
 
 
 def _require_single_value(keyword: str, values: list[str] | None) -> None:

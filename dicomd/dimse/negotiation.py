@@ -1,4 +1,5 @@
-"""Presentation context negotiation (PS3.8 9.3.2.2, PS3.7 D.3.2): a pure function.
+"""Presentation context negotiation (PS3.8 9.3.2.2, PS3.7 D.3.2) and the SOP Class Extended
+Negotiation of relational queries (PS3.7 D.3.3.5, PS3.4 C.5): pure functions.
 
 An acceptor answers every proposed context: an abstract syntax it does not
 serve gets result 3; one it serves gets the first transfer syntax of *our*
@@ -9,22 +10,35 @@ the peer's, because it decides what ends up on disk.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from pydicom.uid import UID
 
-from dicomd.uids import IMPLICIT_VR_LITTLE_ENDIAN
-from dicomd.ul.pdu import ContextResult, PresentationContextAC, PresentationContextRQ
+from dicomd.uids import IMPLICIT_VR_LITTLE_ENDIAN, QUERY_RETRIEVE_LEVELS
+from dicomd.ul.pdu import (
+    ContextResult,
+    PresentationContextAC,
+    PresentationContextRQ,
+    SOPClassExtendedNegotiation,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class AcceptedContext:
-    """A presentation context both sides agreed on."""
+    """A presentation context both sides agreed on.
+
+    ``relational``: both sides agreed, in SOP Class Extended Negotiation, to
+    relational queries (C-FIND) or relational retrieval (C-MOVE, C-GET) for
+    its abstract syntax.
+    """
 
     context_id: int
     abstract_syntax: str
     transfer_syntax: str
+    relational: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +84,61 @@ def _answer(context: PresentationContextRQ, preference: Sequence[str]) -> tuple[
         if syntax in offered:
             return ContextResult.ACCEPTANCE, syntax
     return ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, offered_first
+
+
+RELATIONAL_SOP_CLASSES: Final = frozenset(QUERY_RETRIEVE_LEVELS)
+"""The Patient Root and Study Root FIND, MOVE and GET SOP classes, whose service-class
+application information starts with the relational-queries (C-FIND, PS3.4 C.5.1.1) or
+relational-retrieval (C-MOVE, C-GET, C.5.2.1, C.5.3.1) byte."""
+
+_AGREED: Final = b"\x01"
+_NOT_AGREED: Final = b"\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendedNegotiated:
+    """Our SOP Class Extended Negotiation sub-items for the A-ASSOCIATE-AC, and the accepted
+    contexts with ``relational`` set where it was agreed."""
+
+    answers: tuple[SOPClassExtendedNegotiation, ...]
+    accepted: dict[int, AcceptedContext]
+
+
+def negotiate_relational(
+    proposed: Iterable[SOPClassExtendedNegotiation],
+    accepted: Mapping[int, AcceptedContext],
+    *,
+    willing: bool,
+) -> ExtendedNegotiated:
+    """Answer the peer's extended negotiation of relational queries and retrievals.
+
+    Only SOP classes the peer proposed a sub-item for get an answer (PS3.7
+    D.3.3.5), and of those only Query/Retrieve ones that an accepted context
+    carries: for anything else the sub-item is left out, which means no
+    extended behaviour.  The answer is the single relational byte, 1 when the
+    peer asked for it and we are ``willing``, else 0: one byte is what PS3.4
+    C.5.1.1 and C.5.2.1 allow whatever the peer offered (a missing byte reads
+    as 0), so that we never agree to an option such as fuzzy matching that a
+    find handler may not honour.  A peer's second sub-item for a SOP class is
+    ignored.
+    """
+    served = {context.abstract_syntax for context in accepted.values()}
+    answers: dict[str, SOPClassExtendedNegotiation] = {}
+    for item in proposed:
+        uid = item.sop_class_uid
+        if uid in answers or uid not in RELATIONAL_SOP_CLASSES or uid not in served:
+            continue
+        agreed = willing and item.application_info[:1] == _AGREED
+        answers[uid] = SOPClassExtendedNegotiation(uid, _AGREED if agreed else _NOT_AGREED)
+    relational = {uid for uid, answer in answers.items() if answer.application_info == _AGREED}
+    return ExtendedNegotiated(
+        tuple(answers.values()),
+        {
+            context_id: (
+                dataclasses.replace(context, relational=True)
+                if context.abstract_syntax in relational
+                else context
+            )
+            for context_id, context in accepted.items()
+        },
+    )

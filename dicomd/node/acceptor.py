@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from pydicom import Dataset
 from twisted.internet import defer
@@ -34,7 +34,7 @@ from dicomd.dimse.association import (
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import DataSetError, DataSetTooLarge
 from dicomd.dimse.messages import DEFAULT_MAX_COMMAND_LENGTH
-from dicomd.dimse.negotiation import AcceptedContext, negotiate
+from dicomd.dimse.negotiation import AcceptedContext, negotiate, negotiate_relational
 from dicomd.dimse.work import Worker
 from dicomd.interfaces import (
     REJECT_CALLED_AE,
@@ -96,6 +96,10 @@ def _first_answer(
 DEFAULT_MAX_IDENTIFIER_KEYS: Final = 1024
 """Real queries ask for tens of keys; each answer costs tens of microseconds a key."""
 
+RelationalQueries = Literal["never", "negotiated", "always"]
+"""Whom the node answers relational (non-hierarchical) queries and retrievals: nobody, the
+peers that negotiate them, or every peer."""
+
 
 @dataclass(frozen=True, slots=True)
 class AcceptorSettings:
@@ -114,6 +118,7 @@ class AcceptorSettings:
     identity_required: bool = False
     authorizer: IAuthorizer | None = None
     audit: AuditTrail | None = None
+    relational: RelationalQueries = "negotiated"
     # scrypt takes 16 MiB and tens of milliseconds a login: a flood of logins queues here
     # instead of filling memory and every worker thread.
     logins: defer.DeferredSemaphore = dataclasses.field(
@@ -154,7 +159,9 @@ class Acceptor(DimseAssociation):
         Raises `QueryRefused` with the answer the standard gives when the
         identifier does not decode (C000), holds more keys than the node answers
         (A700, A701), or names a Query/Retrieve Level the model does not have
-        (A900); a worklist identifier has no level.
+        (A900); a worklist identifier has no level.  The query is ``relational`` when
+        the peer negotiated it for the context's SOP class, or the node takes
+        relational identifiers from every peer.
         """
         model = request.context.abstract_syntax
         try:
@@ -181,6 +188,7 @@ class Acceptor(DimseAssociation):
             self.calling_ae_title,
             self.called_ae_title,
             self.peer_host,
+            relational=request.context.relational or self.settings.relational == "always",
         )
 
     def _too_large(self, request: Request, problem: str) -> QueryRefused:
@@ -332,8 +340,13 @@ class Acceptor(DimseAssociation):
         negotiated = negotiate(
             request.presentation_contexts, self.settings.services.transfer_syntaxes_for
         )
-        self.contexts = negotiated.accepted
         proposed_info = request.user_information
+        extended = negotiate_relational(
+            proposed_info.sop_class_extended,
+            negotiated.accepted,
+            willing=self.settings.relational != "never",
+        )
+        self.contexts = extended.accepted
         self.peer_max_pdu_length = proposed_info.max_length or 0
         roles = self._roles(proposed_info.role_selections)
         self.peer_scp_roles = frozenset(role.sop_class_uid for role in roles if role.scp_role)
@@ -352,6 +365,7 @@ class Acceptor(DimseAssociation):
                 else None
             ),
             role_selections=roles,
+            sop_class_extended=extended.answers,
         )
         accept = AAssociateAC(
             called_ae_title=request.called_ae_title,
