@@ -33,7 +33,7 @@ from dicomd.scu.connect import associate, association_request, cfind, propose, r
 from dicomd.scu.operations import FindFailed, FindResult, RetrieveProgress, RetrieveResult
 from dicomd.scu.requestor import ClientSettings, Requestor
 from dicomd.ul.pdu import PresentationContextRQ
-from dicomd.ul.tls import Identity, TLSFileError, client_options
+from dicomd.ul.tls import ClientOptions, Identity, TLSFileError, client_options
 
 ClientAssociation = Requestor
 """The association `associate` fires with."""
@@ -46,6 +46,7 @@ __all__ = [
     "AssociationReleased",
     "AssociationTimeout",
     "ClientAssociation",
+    "ClientOptions",
     "ClientSettings",
     "DimseTimeout",
     "FindFailed",

@@ -20,6 +20,7 @@ from typing import Final
 
 from twisted.application.internet import ClientService
 from twisted.internet import defer, endpoints
+from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
@@ -85,6 +86,8 @@ class _Waiting:
 class UDPSyslog(DatagramProtocol):
     """Sends each record as one datagram to ``host``:``port`` once the name is resolved."""
 
+    noisy = False  # the port it sends from is nothing to log
+
     def __init__(self, reactor: object, host: str, port: int, header: SyslogHeader) -> None:
         self.reactor = reactor
         self.host, self.port = host, port
@@ -117,7 +120,15 @@ class UDPSyslog(DatagramProtocol):
 
     def _send(self, message: bytes) -> None:
         assert self.transport is not None and self._address is not None
-        self.transport.write(message, self._address)
+        try:
+            self.transport.write(message, self._address)
+        except (OSError, MessageLengthError) as error:  # a record too long, ENOBUFS
+            self.waiting.log.warn(
+                "audit record of {size} bytes not sent to {what}: {problem}",
+                size=len(message),
+                what=self.waiting.what,
+                problem=error,
+            )
 
     def stop(self) -> defer.Deferred[None]:
         if self._port is not None:

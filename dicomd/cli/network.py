@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 from pydicom.uid import UID
 from twisted.internet import defer, error, task
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -37,6 +36,7 @@ from dicomd.client import (
     AssociationRejected,
     AssociationTimeout,
     ClientAssociation,
+    ClientOptions,
     ClientSettings,
     DimseTimeout,
     Identity,
@@ -178,6 +178,12 @@ def add_network_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="trust a peer certificate signed by one in FILE (PEM; default: the system's)",
     )
+    tls.add_argument(
+        "-ic",
+        "--ignore-peer-cert",
+        action="store_true",
+        help="do not verify the peer's certificate (encrypted, but the peer is unproven)",
+    )
     logging = parser.add_argument_group("logging").add_mutually_exclusive_group()
     logging.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     logging.add_argument("-d", "--debug", action="store_true", help="log everything to stderr")
@@ -195,7 +201,7 @@ class Peer:
     host: str
     port: int
     settings: ClientSettings
-    tls: IOpenSSLClientConnectionCreator | None = None
+    tls: ClientOptions | None = None
 
     @classmethod
     def from_arguments(cls, arguments: argparse.Namespace) -> Peer:
@@ -218,8 +224,9 @@ class Peer:
         return f"{self.settings.called_ae_title} at {self.address}"
 
 
-def _tls(arguments: argparse.Namespace) -> IOpenSSLClientConnectionCreator | None:
-    """TLS options from ``+tls KEY CERTIFICATE``, ``+tla`` and ``+cf FILE``; None for TCP."""
+def _tls(arguments: argparse.Namespace) -> ClientOptions | None:
+    """TLS options from ``+tls KEY CERTIFICATE``, ``+tla``, ``+cf FILE`` and ``-ic``; None for
+    TCP."""
     if arguments.tls_identity is None and not arguments.anonymous_tls:
         return None
     identity = None
@@ -228,7 +235,9 @@ def _tls(arguments: argparse.Namespace) -> IOpenSSLClientConnectionCreator | Non
         identity = Identity(Path(certificate), Path(key))
     authorities = Path(arguments.ca_certificates) if arguments.ca_certificates else None
     try:
-        return client_options(arguments.host, authorities, identity)
+        return client_options(
+            arguments.host, authorities, identity, verify_peer=not arguments.ignore_peer_cert
+        )
     except TLSFileError as error:
         raise CommandFailed(str(error)) from None
 

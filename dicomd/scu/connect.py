@@ -15,7 +15,6 @@ from pydicom import Dataset
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
     IReactorTCP,
     IReactorTime,
     IStreamClientEndpoint,
@@ -33,6 +32,7 @@ from dicomd.ul.pdu import (
     UserInformation,
 )
 from dicomd.ul.protocol import UpperLayerProtocol
+from dicomd.ul.tls import ClientOptions
 
 _MAX_SYNTAXES_PER_CONTEXT: Final = 32
 """dcmtk refuses an association whose contexts propose more transfer syntaxes than that."""
@@ -123,12 +123,12 @@ def associate(
     settings: ClientSettings,
     contexts: Sequence[PresentationContextRQ] = propose([uids.VERIFICATION]),
     scp_roles: Iterable[str] = (),
-    tls: IOpenSSLClientConnectionCreator | None = None,
+    tls: ClientOptions | None = None,
 ) -> defer.Deferred[Requestor]:
     """Connect and negotiate; fires with the association or fails with the reason.
 
     ``scp_roles`` (for C-GET) are the SOP classes we take the SCP role for.
-    ``tls`` (from `twisted.internet.ssl.optionsForClientTLS`) runs the
+    ``tls`` (`dicomd.ul.tls.client_options`) runs the
     association over DICOM TLS (PS3.15 B.1).
 
     Connecting may take ``settings.acse_timeout``, and so may the answer to

@@ -92,29 +92,50 @@ class Identity:
     private_key: Path
 
 
+ClientOptions = IOpenSSLClientConnectionCreator | CertificateOptions
+"""What a TLS client endpoint takes: Twisted adapts context factories itself."""
+
+
 def client_options(
-    host: str, ca_certificates: Path | None, identity: Identity | None = None
-) -> IOpenSSLClientConnectionCreator:
+    host: str,
+    ca_certificates: Path | None,
+    identity: Identity | None = None,
+    *,
+    verify_peer: bool = True,
+) -> ClientOptions:
     """TLS options for connecting to ``host``: its certificate checked against
     ``ca_certificates`` (the system's trust store when None) and its name, and
-    ``identity`` presented when the peer asks for a client certificate."""
+    ``identity`` presented when the peer asks for a client certificate.  Without
+    ``verify_peer`` (dcmtk's ``-ic``) the peer's certificate is not checked at all:
+    the traffic is encrypted, but anyone in between may be the peer."""
+    profile: dict[str, object] = {
+        "raiseMinimumTo": TLSVersion.TLSv1_2,
+        "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(BCP195_CIPHERS),
+    }
+    own: dict[str, object] = {}
+    if identity is not None:
+        chain = _certificates(identity.certificate, "certificate")
+        key = _private_key(identity.private_key, "private_key")
+        # The intermediates after our certificate go with it, or a peer that trusts only
+        # the root cannot build the path.
+        own = {"privateKey": key, "certificate": chain[0], "extraCertChain": chain[1:]}
+    if not verify_peer:
+        return CertificateOptions(verify=False, **own, **profile)  # type: ignore[arg-type]
     if ca_certificates is None:
         trust: object = platformTrust()
     else:
         authorities = _certificates(ca_certificates, "ca_certificates")
         trust = trustRootFromCertificates([Certificate(each) for each in authorities])
-    if identity is None:
-        return optionsForClientTLS(host, trustRoot=trust)
-    chain = _certificates(identity.certificate, "certificate")
-    key = _private_key(identity.private_key, "private_key")
-    client = PrivateCertificate.fromCertificateAndKeyPair(Certificate(chain[0]), KeyPair(key))
-    # The intermediates after our certificate go with it, or a peer that trusts only the
-    # root cannot build the path.
+    client = None
+    extra = dict(profile)
+    if own:
+        client = PrivateCertificate.fromCertificateAndKeyPair(
+            Certificate(own["certificate"]),  # type: ignore[arg-type]
+            KeyPair(own["privateKey"]),  # type: ignore[arg-type]
+        )
+        extra["extraCertChain"] = own["extraCertChain"]
     return optionsForClientTLS(
-        host,
-        trustRoot=trust,
-        clientCertificate=client,
-        extraCertificateOptions={"extraCertChain": chain[1:]},
+        host, trustRoot=trust, clientCertificate=client, extraCertificateOptions=extra
     )
 
 

@@ -219,6 +219,37 @@ def test_dicomd_echo_speaks_tls_with_dcmtk_s_options(start_dicomd, tmp_path, pki
     assert len(stderr_lines(untrusting)) == 1
 
 
+def test_a_client_certificate_from_an_intermediate_ca_is_sent_with_its_chain(
+    start_dicomd, tmp_path, pki
+):
+    daemon, seen = start_tls_daemon(start_dicomd, tmp_path, pki, "required")
+    issued = pki["ca"].intermediate("ward").issue("US01")  # the node trusts the root only
+
+    echoed = dicomd_echo(
+        daemon, "+tls", str(issued.private_key), str(issued.certificate), "+cf", str(pki["ca"].path)
+    )
+
+    assert echoed.returncode == 0, echoed.stderr
+    assert [entry["subject"] for entry in seen_certificates(seen)] == ["CN=US01,O=dicomd tests"]
+
+
+def test_dicomd_echo_ic_takes_a_server_certificate_nobody_vouches_for(start_dicomd, tmp_path, pki):
+    daemon, _ = start_tls_daemon(start_dicomd, tmp_path, pki, "optional")
+    stranger = pki["stranger"]  # signed by a CA the client was not told of
+
+    unverified = dicomd_echo(daemon, "+tla", "-ic")
+    presenting = dicomd_echo(
+        daemon, "+tls", str(pki["modality"].private_key), str(pki["modality"].certificate), "-ic"
+    )
+    verified = dicomd_echo(daemon, "+tls", str(stranger.private_key), str(stranger.certificate))
+
+    assert unverified.returncode == 0, unverified.stderr
+    assert "Success" in unverified.stdout
+    assert presenting.returncode == 0, presenting.stderr
+    assert verified.returncode == 1  # without -ic the unknown server CA is refused
+    assert "certificate verify failed" in verified.stderr
+
+
 @pytest.mark.parametrize("own_certificate", [True, False], ids=["with tls:", "without"])
 def test_a_move_to_a_destination_that_requires_a_client_certificate_presents_the_node_s_own(
     start_dicomd, tmp_path, pki, own_certificate

@@ -26,19 +26,27 @@ class Issued:
 class Authority:
     """A CA that signs the certificates of a test."""
 
-    def __init__(self, folder: Path, name: str) -> None:
+    def __init__(self, folder: Path, name: str, parent: Authority | None = None) -> None:
         self.folder = folder
         self.name = name
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = _name(f"{name} test CA")
         self.subject = subject
+        issuer, signer = (parent.subject, parent.key) if parent else (subject, self.key)
         self.certificate = (
-            _builder(subject, subject, self.key.public_key())
+            _builder(subject, issuer, self.key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
+            .sign(signer, hashes.SHA256())
         )
+        pem = self.certificate.public_bytes(serialization.Encoding.PEM)
+        # What a certificate this CA issues is sent with: the intermediates, not the root.
+        self.chain = pem + parent.chain if parent else b""
         self.path = folder / f"{name}-ca.pem"
-        self.path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+        self.path.write_bytes(pem)
+
+    def intermediate(self, name: str) -> Authority:
+        """A CA this one signs; what it issues carries it as the chain after the certificate."""
+        return Authority(self.folder, name, parent=self)
 
     def issue(self, common_name: str, *, server: bool = False) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -53,7 +61,9 @@ class Authority:
         certificate = builder.sign(self.key, hashes.SHA256())
         stem = self.folder / f"{self.name}-{common_name}"
         certificate_path, key_path = stem.with_suffix(".pem"), stem.with_suffix(".key")
-        certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        certificate_path.write_bytes(
+            certificate.public_bytes(serialization.Encoding.PEM) + self.chain
+        )
         key_path.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM,
