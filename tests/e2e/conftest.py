@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support.daemons import RunningDaemon, run_twistd, start_daemon
-from tests.support.dcmtk import run_echoscu
+from tests.support.dcmtk import DcmtkPeer, dcmtk_peer, run_echoscu
 
 _DAEMONS = pytest.StashKey[list[RunningDaemon]]()
 
@@ -96,3 +96,12 @@ def echoscu() -> Callable[..., subprocess.CompletedProcess[str]]:
 def twistd() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``twistd(config_path)``: run the daemon to completion, for configs that must stop it."""
     return run_twistd
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[DcmtkPeer]:
+    """A dcmtk storescp keeping what it receives bit for bit: a C-MOVE destination."""
+    folder = tmp_path / "received"
+    folder.mkdir()
+    with dcmtk_peer("storescp", folder, "+B", "-od", str(folder)) as peer:
+        yield peer

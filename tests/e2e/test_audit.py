@@ -15,7 +15,7 @@ from pynetdicom.sop_class import Verification
 from tests.support.audit import records_in, summary
 from tests.support.certificates import Authority
 from tests.support.daemons import run_dicomd
-from tests.support.dcmtk import dcmtk_peer, run_dcmtk, run_echoscu
+from tests.support.dcmtk import run_dcmtk, run_echoscu
 from tests.support.processes import LOCALHOST
 from tests.support.syslog import TLSCollector, UDPCollector
 
@@ -30,14 +30,6 @@ def udp_collector():
     collector = UDPCollector()
     yield collector
     collector.close()
-
-
-@pytest.fixture
-def receiver(tmp_path: Path):
-    folder = tmp_path / "received"
-    folder.mkdir()
-    with dcmtk_peer("storescp", folder, "+B", "-od", str(folder)) as peer:
-        yield peer
 
 
 def as_peer(daemon, tool: str, calling: str, *options: str, files: tuple[str, ...] = ()):

@@ -11,19 +11,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicomd.part10 import read_header
-from tests.support.dcmtk import dcmtk_peer, run_dcmtk, run_echoscu
+from tests.support.dcmtk import run_dcmtk, run_echoscu
 from tests.support.processes import LOCALHOST
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
-
-
-@pytest.fixture
-def receiver(tmp_path: Path):
-    folder = tmp_path / "received"
-    folder.mkdir()
-    with dcmtk_peer("storescp", folder, "+B", "-od", str(folder)) as peer:
-        yield peer
 
 
 @pytest.fixture

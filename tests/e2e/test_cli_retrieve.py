@@ -53,15 +53,6 @@ def same_data_set(path: Path, original: Path) -> bool:
 
 
 @pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[DcmtkPeer]:
-    """A dcmtk storescp keeping what it receives bit for bit, the move destination."""
-    folder = tmp_path / "received"
-    folder.mkdir()
-    with dcmtk_peer("storescp", folder, "+B", "-od", str(folder)) as peer:
-        yield peer
-
-
-@pytest.fixture
 def dcmqrscp(tmp_path: Path, receiver: DcmtkPeer) -> Iterator[DcmtkPeer]:
     """dcmqrscp serving pydicom's CT_small and MR_small as ARCHIVE; it knows RECEIVER."""
     storage = tmp_path / "storage"
