@@ -137,11 +137,13 @@ def service_tree(
     listener: Callable[..., _Listener] = StreamServerEndpointService,
 ) -> MultiService:
     """The node as a service: plugins that are services (the archive opens its index) start
+    root: MultiService | None = None,
     before the listener, which is named ``dicom``; a `LagMonitor` reports reactor stalls.
 
-    ``listener`` makes the listening service from the endpoint and the factory.
+    ``listener`` makes the listening service from the endpoint and the factory; ``root``
+    is the service the tree is built into (a new `MultiService` by default).
     """
-    root = MultiService()
+    root = root if root is not None else MultiService()
     trail = audit_trail(config, reactor)
     trail.setServiceParent(root)  # first to start, last to stop
     LagMonitor(reactor).setServiceParent(root)

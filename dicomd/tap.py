@@ -16,7 +16,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from dicomd import app
-from dicomd.config import Config, ConfigError, load_config
+from dicomd.config import Config, ConfigError, describe_error, load_config
 
 
 class Options(usage.Options):
@@ -40,21 +40,34 @@ def makeService(options: Options, reactor: object | None = None) -> MultiService
     if reactor is None:
         from twisted.internet import reactor
     try:
-        return node_service(load_config(options["config"]), reactor)
+        return node_service(load_config(options["config"]), reactor, root=_Node())
     except ConfigError as error:
         sys.stderr.write(f"dicomd: {error}\n")
         raise SystemExit(1) from None
 
 
-def node_service(config: Config, reactor: Any) -> MultiService:
-    """The daemon's service tree for a checked ``config``; ``dicomd scp`` runs this one too.
+def node_service(config: Config, reactor: Any, root: MultiService | None = None) -> MultiService:
+    """The daemon's service tree for a checked ``config``, built into ``root`` (a new
+    `MultiService` by default); ``dicomd scp`` runs this one too.
 
     Prepares the storage folder and builds the plugins (raising ``ConfigError``);
     a port that cannot be had stops the process with one line when it starts.
     """
     app.prepare_storage(config)
     plugins = app.build_plugins(config)
-    return app.service_tree(config, plugins, reactor, listener=_Listener)
+    return app.service_tree(config, plugins, reactor, listener=_Listener, root=root)
+
+
+class _Node(MultiService):
+    """The daemon's root: a service that cannot start (an archive folder it must not touch)
+    stops twistd with one line, like a bad config, instead of a traceback."""
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except Exception as error:  # a plugin may fail to start in any way; one line says how
+            sys.stderr.write(f"dicomd: cannot start: {describe_error(error)}\n")
+            raise SystemExit(1) from None
 
 
 class _Listener(StreamServerEndpointService):

@@ -93,6 +93,21 @@ def test_twistd_on_a_port_in_use_exits_non_zero_with_one_line(tmp_path: Path) ->
     assert "Traceback" not in output
 
 
+def test_twistd_on_an_archive_folder_of_unknown_files_exits_with_one_line(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "somebody-elses.dcm").write_bytes(b"not ours")
+    write(
+        tmp_path / "site.yaml", f"listen: tcp:0:interface=127.0.0.1\nstorage: {{path: {archive}}}\n"
+    )
+    result = twistd("-n", "--pidfile=", "--logfile=-", "dicomd", "-c", "site.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert f"dicomd: cannot start: ArchiveError: {archive} holds files but no index" in output
+    assert (archive / "somebody-elses.dcm").read_bytes() == b"not ours"
+
+
 # The wheel
 
 
