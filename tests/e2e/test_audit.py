@@ -66,7 +66,7 @@ def test_a_scripted_session_leaves_one_record_per_event(
         destinations={"RECEIVER": {"host": LOCALHOST, "port": receiver.port}},
         authentication={"users_file": str(users)},
         authorization=[
-            {"peers": ["CT01"], "may": ["echo", "store", "find", "move"]},
+            {"peers": ["CT01"], "may": ["echo", "store", "find", "move", "get"]},
             {"peers": ["FINDER", "PACSUSER"], "may": ["echo", "find"]},
         ],
         audit={
@@ -76,12 +76,16 @@ def test_a_scripted_session_leaves_one_record_per_event(
         },
     )
 
+    got = tmp_path / "got"
+    got.mkdir()
     steps = [
         as_peer(daemon, "echoscu", "CT01"),
         as_peer(daemon, "storescu", "CT01", files=(str(CT),)),
         as_peer(daemon, "findscu", "CT01", "-S", "-k", "QueryRetrieveLevel=STUDY",
                 "-k", "StudyInstanceUID", "-k", "PatientID"),
         as_peer(daemon, "movescu", "CT01", "-S", "-aem", "RECEIVER",
+                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={CT_STUDY}"),
+        as_peer(daemon, "getscu", "CT01", "-S", "-od", str(got),
                 "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={CT_STUDY}"),
     ]  # fmt: skip
     for step in steps:
@@ -100,6 +104,7 @@ def test_a_scripted_session_leaves_one_record_per_event(
         login, ("110104", None, "0"), logout,  # CT01 stores
         login, ("110112", None, "0"), logout,  # CT01 queries
         login, ("110104", None, "0"), logout,  # CT01 moves to RECEIVER
+        login, ("110104", None, "0"), logout,  # CT01 gets it back
         login, ("110113", "110132", "4"), logout,  # FINDER may not store
         ("110113", "110126", "4"),  # NOBODY is named by no rule
         ("110114", "110122", "4"), ("110113", "110126", "4"),  # alice's wrong passcode
@@ -127,9 +132,15 @@ def test_a_scripted_session_leaves_one_record_per_event(
     assert moved.object_ids("110180") == [CT_STUDY]
     assert moved.description == "1 completed, 0 warning, 0 failed"
     assert b"1CT1" not in sent[7].query()  # the identifier as sent: PatientID asked, empty
-    assert sent[13].description == "FINDER may not store"
-    assert "alice" in sent[16].description
-    assert sent[18].participants[0].user_id == "alice"  # the user, not the AE title
+    got_back = sent[13]
+    assert [(p.user_id, p.role, p.requestor) for p in got_back.participants] == [
+        (str(daemon.pid), "110153", False),
+        ("CT01", "110152", True),
+    ]
+    assert got_back.description == "1 completed, 0 warning, 0 failed"
+    assert sent[16].description == "FINDER may not store"
+    assert "alice" in sent[19].description
+    assert sent[21].participants[0].user_id == "alice"  # the user, not the AE title
     assert all(record.source_id == "DICOMD" for record in sent)
     assert "Traceback" not in daemon.log_text()
 
