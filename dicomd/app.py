@@ -135,9 +135,9 @@ def service_tree(
     plugins: Sequence[object],
     reactor: Any,
     listener: Callable[..., _Listener] = StreamServerEndpointService,
+    root: MultiService | None = None,
 ) -> MultiService:
     """The node as a service: plugins that are services (the archive opens its index) start
-    root: MultiService | None = None,
     before the listener, which is named ``dicom``; a `LagMonitor` reports reactor stalls.
 
     ``listener`` makes the listening service from the endpoint and the factory; ``root``
