@@ -30,6 +30,7 @@ from dicomd.audit.syslog import SyslogHeader, TLSSyslog, UDPSyslog
 from dicomd.audit.trail import AuditFile, AuditSink, AuditTrail
 from dicomd.client import ClientSettings
 from dicomd.config import BUILTIN_PLUGINS, Config, ConfigError, describe_error, short_repr
+from dicomd.dimse.transcode import Decompressor
 from dicomd.dimse.walker import InflationLimits
 from dicomd.dimse.work import worker_for
 from dicomd.interfaces import (
@@ -52,6 +53,7 @@ from dicomd.node.services.find import FindService
 from dicomd.node.services.retrieve import GetService, MoveService
 from dicomd.node.services.store import StorageService
 from dicomd.node.validation import AccessValidator
+from dicomd.part10 import INCOMING_FOLDER
 from dicomd.scu.destinations import KnownDestinations
 from dicomd.ul.tls import Identity, TLSFileError, client_options, server_options
 
@@ -277,8 +279,11 @@ def services(
             client_settings(config),
             identity,
         )
-        found.append(MoveService(sources[0], destinations))
-        found.append(GetService(sources[0]))
+        decompressor = Decompressor(
+            config.storage_path / INCOMING_FOLDER, config.retrieve.decoder_processes
+        )
+        found.append(MoveService(sources[0], destinations, decompressor))
+        found.append(GetService(sources[0], decompressor if config.retrieve.decompress else None))
     fallback = storage if config.store.accept_unknown_sop_classes else None
     return ServiceRegistry(found, config.transfer_syntaxes, fallback)
 

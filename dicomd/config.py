@@ -70,6 +70,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "store": {"accept_unknown_sop_classes": False},
         "query_retrieve": {"relational": "negotiated"},
         "destinations": {},
+        "retrieve": {"transcode": "decompress", "decoder_processes": 2},
         "plugins": [{"plugin": "archive"}],
         "tls": None,
         "authentication": {"required": False, "users_file": None, "jwt": None},
@@ -182,6 +183,21 @@ class Destination:
     max_associations: int | None = None
     tls: bool = False
     ca_certificates: Path | None = None
+    decompress: bool = True
+    """``transcode: decompress``: instances go decompressed when it accepts none of their
+    compressed syntaxes; ``as-stored``: they count as failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieve:
+    """How C-MOVE and C-GET send what the archive keeps compressed; see ``conf/scp.yaml``.
+
+    ``decompress`` is ``transcode: decompress`` for C-GET requesters and for
+    destinations without a ``transcode`` of their own.
+    """
+
+    decompress: bool = True
+    decoder_processes: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +288,7 @@ class Config:
     destinations: Mapping[str, Destination]
     plugins: tuple[Plugin, ...]
     tls: TLS | None = None
+    retrieve: Retrieve = Retrieve()
     authentication: Authentication = Authentication()
     authorization: tuple[AuthorizationRule, ...] | None = None
     audit: Audit = Audit()
@@ -326,6 +343,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     access = _with_defaults(settings["access"], "access", _DEFAULTS["access"])
     store = _with_defaults(settings["store"], "store", _DEFAULTS["store"])
     storage_path = Path(_text(storage["path"], "storage.path"))
+    retrieve = _retrieve(settings["retrieve"])
     return Config(
         ae_title=_ae_title(settings["ae_title"], "ae_title"),
         listen=_server_endpoint(settings["listen"], "listen"),
@@ -383,7 +401,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
                 store["accept_unknown_sop_classes"], "store.accept_unknown_sop_classes"
             )
         ),
-        destinations=_destinations(settings["destinations"], "destinations"),
+        destinations=_destinations(settings["destinations"], "destinations", retrieve.decompress),
+        retrieve=retrieve,
         plugins=tuple(
             _plugin(entry, f"plugins[{index}]")
             for index, entry in enumerate(_list(settings["plugins"], "plugins"))
@@ -659,8 +678,9 @@ def _existing_file(value: object, key: str) -> Path:
     return path
 
 
-def _destinations(value: object, key: str) -> Mapping[str, Destination]:
-    """AE title -> {host, port, max_associations, tls, ca_certificates}: where C-MOVE may send."""
+def _destinations(value: object, key: str, decompress: bool) -> Mapping[str, Destination]:
+    """AE title -> {host, port, max_associations, tls, ca_certificates, transcode}: where C-MOVE
+    may send; ``decompress`` for those without a ``transcode`` of their own."""
     if not isinstance(value, Mapping):
         raise ConfigError(key, f"expected a mapping of AE titles, got {short_repr(value)}")
     destinations: dict[str, Destination] = {}
@@ -676,6 +696,7 @@ def _destinations(value: object, key: str) -> Mapping[str, Destination]:
                 "max_associations": None,
                 "tls": False,
                 "ca_certificates": None,
+                "transcode": None,
             },
         )
         if fields["host"] is None or fields["port"] is None:
@@ -697,8 +718,34 @@ def _destinations(value: object, key: str) -> Mapping[str, Destination]:
             ca_certificates=_certificates(
                 fields["ca_certificates"], f"{entry_key}.ca_certificates"
             ),
+            decompress=(
+                decompress
+                if fields["transcode"] is None
+                else _decompresses(fields["transcode"], f"{entry_key}.transcode")
+            ),
         )
     return MappingProxyType(destinations)
+
+
+_TRANSCODE_CHOICES: Final = MappingProxyType({"decompress": True, "as-stored": False})
+
+
+def _retrieve(value: object) -> Retrieve:
+    fields = _with_defaults(value, "retrieve", _DEFAULTS["retrieve"])
+    return Retrieve(
+        decompress=_decompresses(fields["transcode"], "retrieve.transcode"),
+        decoder_processes=_integer(
+            fields["decoder_processes"], "retrieve.decoder_processes", (0, 64)
+        ),
+    )
+
+
+def _decompresses(value: object, key: str) -> bool:
+    """``transcode``: decompress (True) or as-stored (False)."""
+    choice = _text(value, key)
+    if choice not in _TRANSCODE_CHOICES:
+        raise ConfigError(key, f"{choice!r} is not decompress or as-stored")
+    return _TRANSCODE_CHOICES[choice]
 
 
 def _plugin(value: object, key: str) -> Plugin:

@@ -11,11 +11,10 @@ header.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
 from pydicom import dcmread
 from pydicom.datadict import get_entry
@@ -25,6 +24,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
+
+from dicomd.part10 import Part10Error, encapsulated_length
 
 MAX_VALUE_CHARS: Final = 64
 """Longer values are cut here, with an ellipsis and the value's length in bytes."""
@@ -38,8 +39,6 @@ BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 """VRs whose value is a byte string, shown only by its length."""
 
 UNDEFINED_LENGTH: Final = 0xFFFFFFFF
-_ITEM: Final = 0xFFFEE000
-_SEQUENCE_DELIMITER: Final = 0xFFFEE0DD
 
 
 class NotDicomError(Exception):
@@ -143,29 +142,11 @@ def _deferred_size(dataset: Dataset, raw: RawDataElement) -> str:
         return "<undefined length, encapsulated>"
     with open(filename, "rb") as stream:
         stream.seek(raw.value_tell)
-        return f"<{_encapsulated_length(stream, raw.is_little_endian)} bytes, encapsulated>"
-
-
-def _encapsulated_length(stream: BinaryIO, little_endian: bool) -> int:
-    """Bytes of an encapsulated value up to its sequence delimiter, skipping over each item.
-
-    That is the length pydicom gives the value once loaded: the items with
-    their headers, without the delimiter (PS3.5 A.4).
-    """
-    header = struct.Struct("<HHL" if little_endian else ">HHL")
-    total = 0
-    while True:
-        chunk = stream.read(header.size)
-        if len(chunk) < header.size:
-            raise NotDicomError("encapsulated value ends without a sequence delimiter")
-        group, element, length = header.unpack(chunk)
-        tag = group << 16 | element
-        if tag == _SEQUENCE_DELIMITER:
-            return total
-        if tag != _ITEM:
-            raise NotDicomError(f"encapsulated value holds {Tag(tag)} where an item belongs")
-        stream.seek(length, 1)
-        total += header.size + length
+        try:
+            length = encapsulated_length(stream, raw.is_little_endian)
+        except Part10Error as error:
+            raise NotDicomError(str(error)) from None
+        return f"<{length} bytes, encapsulated>"
 
 
 def element_keyword(tag: BaseTag) -> str:

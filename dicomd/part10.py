@@ -257,6 +257,35 @@ def inflated_pieces(file: BinaryIO, length: int, piece: int) -> Iterator[bytes]:
 
 _COMPRESSED_READ: Final = 1 << 16
 
+_ITEM: Final = 0xFFFEE000
+_SEQUENCE_DELIMITER: Final = 0xFFFEE0DD
+
+
+def encapsulated_length(stream: BinaryIO, little_endian: bool = True) -> int:
+    """Bytes of an encapsulated value, from where ``stream`` stands to its sequence
+    delimiter, skipping over each item; ``stream`` is left just past the delimiter.
+
+    That is the length pydicom gives the value once loaded: the items with
+    their headers, without the delimiter (PS3.5 A.4).  Raises `Part10Error`
+    for a value that holds anything else or does not end.
+    """
+    header = struct.Struct("<HHL" if little_endian else ">HHL")
+    total = 0
+    while True:
+        chunk = stream.read(header.size)
+        if len(chunk) < header.size:
+            raise Part10Error("encapsulated value ends without a sequence delimiter")
+        group, element, length = header.unpack(chunk)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_DELIMITER:
+            return total
+        if tag != _ITEM:
+            raise Part10Error(
+                f"encapsulated value holds ({group:04X},{element:04X}) where an item belongs"
+            )
+        stream.seek(length, 1)
+        total += header.size + length
+
 
 class ForwardReader:
     """Bytes that come in pieces (`inflated_pieces`), read as a file that only goes forward.

@@ -94,7 +94,9 @@ def encode_in_pieces(
             if len(run):
                 pieces.append(_encoded(run, implicit_vr, little_endian, transfer_syntax))
                 run = Dataset()
-            pieces.append(_header(element.tag, element.VR, len(value), implicit_vr, little_endian))
+            pieces.append(
+                element_header(element.tag, element.VR, len(value), implicit_vr, little_endian)
+            )
             pieces.extend(large_value(element))
         else:
             run.add(element)
@@ -118,7 +120,7 @@ def _encoded(ds: Dataset, implicit_vr: bool, little_endian: bool, transfer_synta
     return fp.getvalue()
 
 
-def _header(tag: int, vr: str, length: int, implicit_vr: bool, little_endian: bool) -> bytes:
+def element_header(tag: int, vr: str, length: int, implicit_vr: bool, little_endian: bool) -> bytes:
     """The header of a long-form element (PS3.5 7.1.2): tag, VR and reserved bytes, length."""
     order = "<" if little_endian else ">"
     group, element = tag >> 16, tag & 0xFFFF

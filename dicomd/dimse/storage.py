@@ -2,10 +2,13 @@
 
 Sending: a Part 10 file goes as it is, streamed from disk, when a context
 has its transfer syntax; an uncompressed one is re-encoded for another
-uncompressed syntax the peer accepted.  Re-encoding (and reading a whole
-data set into memory) runs in the association's worker, never on the
-reactor thread.  The `dicomd store` command, the C-MOVE sub-associations and
-the C-GET SCP all send through `send_store`.
+uncompressed syntax the peer accepted; and, given a `Decompressor`, a
+compressed one the peer has no context for is decompressed into a spool file
+(`dicomd.dimse.transcode`) that goes out like a stored file and is then
+removed.  Re-encoding, decompressing (and reading a whole data set into
+memory) run in the association's worker, never on the reactor thread.  The
+`dicomd store` command, the C-MOVE sub-associations and the C-GET SCP all
+send through `send_store`.
 
 Receiving: `StoreReceiver` streams each data set, fragment by fragment, into
 a temporary Part 10 file behind our File Meta Information, then asks a chain
@@ -51,6 +54,7 @@ from dicomd.dimse.datasets import (
 from dicomd.dimse.errors import NoAcceptedContext
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.dimse.outbox import FileData
+from dicomd.dimse.transcode import Decompressor
 from dicomd.dimse.walker import (
     DEFAULT_INFLATION,
     DataSetWalker,
@@ -86,6 +90,8 @@ class StoreMessage:
     context: AcceptedContext
     command: Command
     data: bytes | tuple[Buffer, ...] | FileData
+    spooled: Path | None = None
+    """A decompressed copy that ``data`` reads from, to remove once the C-STORE is over."""
 
 
 def send_store(
@@ -94,13 +100,17 @@ def send_store(
     contexts: Iterable[AcceptedContext],
     priority: int = 0,
     move_originator: tuple[str, int] | None = None,
+    decompressor: Decompressor | None = None,
 ) -> defer.Deferred[StoreResult]:
     """C-STORE ``source`` (a Part 10 file or a Dataset) on one of ``contexts``.
 
     ``move_originator`` (AE title, message ID) marks a C-STORE made for a
-    C-MOVE.  Fails with `NoAcceptedContext` when no context can carry it.
+    C-MOVE.  With a ``decompressor``, a compressed file that no context
+    takes as it is goes decompressed.  Fails with `NoAcceptedContext` when
+    no context can carry it, and with `DecompressionError` when it does not
+    decode.
     """
-    d = prepare_store(association.worker, tuple(contexts), source, priority)
+    d = prepare_store(association.worker, tuple(contexts), source, priority, decompressor)
 
     def send(message: StoreMessage) -> defer.Deferred[StoreResult]:
         command = message.command
@@ -110,6 +120,8 @@ def send_store(
             command.move_originator_message_id = message_id
         sop_instance = command.affected_sop_instance_uid or ""
         sent = association.request(Operation(message.context), command, message.data)
+        if message.spooled is not None:
+            sent.addBoth(_removing, message.spooled)
         return sent.addCallback(
             lambda response: StoreResult(response.status, sop_instance, response.error_comment)
         )
@@ -117,26 +129,40 @@ def send_store(
     return d.addCallback(send)
 
 
+def _removing(result: object, spooled: Path) -> object:
+    """Remove a spool file once its C-STORE is answered or failed: the outbox opened it before
+    the command left, and reads on from an open file that is gone from its folder."""
+    spooled.unlink(missing_ok=True)
+    return result
+
+
 def prepare_store(
     worker: Worker,
     contexts: Sequence[AcceptedContext],
     source: str | Path | Dataset,
     priority: int = 0,
+    decompressor: Decompressor | None = None,
 ) -> defer.Deferred[StoreMessage]:
     """The message for ``source``: at once when the file goes as it is or only inflated
     (the outbox inflates it a PDU at a time), else from ``worker``.
 
     Only a file's File Meta is read here (a few hundred bytes); encoding a
-    data set, converting a file, or reading a deflated one whole to pad it
-    happens in the worker.
+    data set, converting or decompressing a file, or reading a deflated one
+    whole to pad it happens in the worker.
     """
     if isinstance(source, Dataset):
         return worker.run(_dataset_message, contexts, source, priority)
     try:
         header = part10.read_header(source)
-        context = _context_for_syntax(contexts, header.sop_class_uid, header.transfer_syntax)
+        syntax = header.transfer_syntax
+        targets = decompressor.targets(syntax) if decompressor is not None else ()
+        context = _context_for_syntax(contexts, header.sop_class_uid, syntax, targets)
     except Exception:
         return defer.fail()
+    if decompressor is not None and context.transfer_syntax in targets:
+        return worker.run(
+            _decompressed_message, decompressor, context, Path(source), header, priority
+        )
     conversion = (header.transfer_syntax, context.transfer_syntax)
     if conversion == _INFLATING or (
         context.transfer_syntax == header.transfer_syntax and not header.data_set_length % 2
@@ -175,6 +201,19 @@ def _file_message(
     return StoreMessage(context, _store_command(header, priority), data)
 
 
+def _decompressed_message(
+    decompressor: Decompressor,
+    context: AcceptedContext,
+    path: Path,
+    header: part10.Part10Header,
+    priority: int,
+) -> StoreMessage:
+    """Blocking: a compressed file decompressed for ``context``, from a spool file."""
+    decompressed = decompressor.decompress(path, context.transfer_syntax)
+    data = FileData(decompressed.path, 0, decompressed.length)
+    return StoreMessage(context, _store_command(header, priority), data, decompressed.path)
+
+
 _INFLATING: Final = (uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, uids.EXPLICIT_VR_LITTLE_ENDIAN)
 """A deflated data set inflated is the same data set in explicit VR little endian."""
 
@@ -195,23 +234,30 @@ def _dataset_message(
 
 
 def _context_for_syntax(
-    contexts: Iterable[AcceptedContext], abstract_syntax: str, syntax: str
+    contexts: Iterable[AcceptedContext],
+    abstract_syntax: str,
+    syntax: str,
+    decompressed: Sequence[str] = (),
 ) -> AcceptedContext:
-    """The context to send data in ``syntax`` on: the same syntax, or any uncompressed one."""
-    fallback = None
-    for context in contexts:
-        if context.abstract_syntax != abstract_syntax:
-            continue
+    """The context to send data in ``syntax`` on: the same syntax; else, for uncompressed
+    data, any uncompressed one; else the first of the ``decompressed`` syntaxes (those a
+    compressed ``syntax`` can be decompressed into, best first) that the peer accepted."""
+    candidates = [context for context in contexts if context.abstract_syntax == abstract_syntax]
+    for context in candidates:
         if context.transfer_syntax == syntax:
             return context
-        if not is_encapsulated(syntax) and not is_encapsulated(context.transfer_syntax):
-            fallback = fallback or context
-    if fallback is None:
-        raise NoAcceptedContext(
-            f"the peer accepted no presentation context for {abstract_syntax}"
-            f" in {syntax} or one it can be converted to"
-        )
-    return fallback
+    if not is_encapsulated(syntax):
+        for context in candidates:
+            if not is_encapsulated(context.transfer_syntax):
+                return context
+    for target in decompressed:
+        for context in candidates:
+            if context.transfer_syntax == target:
+                return context
+    raise NoAcceptedContext(
+        f"the peer accepted no presentation context for {abstract_syntax}"
+        f" in {syntax} or one it can be converted to"
+    )
 
 
 _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
@@ -564,21 +610,36 @@ def _status_for_failure(
     return Status(uids.Status.CANNOT_UNDERSTAND, f"{type(handler).__name__}: {failure.value}")
 
 
-def storage_contexts(kinds: Iterable[tuple[str, str]]) -> tuple[PresentationContextRQ, ...]:
+def storage_contexts(
+    kinds: Iterable[tuple[str, str]], decompressor: Decompressor | None = None
+) -> tuple[PresentationContextRQ, ...]:
     """One context for each (SOP class, transfer syntax) among the instances to send.
 
     Each proposes the instances' own syntax first, so that they can go as
     they are; an uncompressed syntax also offers the other uncompressed ones,
-    which `send_store` converts to when the peer prefers them (a compressed
-    one cannot be converted).
+    which `send_store` converts to when the peer prefers them.  A compressed
+    syntax is proposed alone; with a ``decompressor`` that can decompress it,
+    its SOP class also gets a context of the uncompressed syntaxes (unless
+    one of its kinds brought one), to send it decompressed on when the peer
+    refuses the compressed one.
     """
-    contexts = []
-    for index, (sop_class, syntax) in enumerate(dict.fromkeys(kinds)):
-        syntaxes = [syntax]
-        if not is_encapsulated(syntax):
-            syntaxes += [other for other in UNCOMPRESSED_SYNTAXES if other != syntax]
-        contexts.append(PresentationContextRQ(2 * index + 1, sop_class, tuple(syntaxes)))
-    return tuple(contexts)
+    unique = dict.fromkeys(kinds)
+    proposals = [
+        (sop_class, syntax)
+        if is_encapsulated(syntax)
+        else (sop_class, syntax, *(other for other in UNCOMPRESSED_SYNTAXES if other != syntax))
+        for sop_class, syntax in unique
+    ]
+    if decompressor is not None:
+        uncompressed = {sop_class for sop_class, syntax in unique if not is_encapsulated(syntax)}
+        for sop_class, syntax in unique:
+            if sop_class not in uncompressed and decompressor.targets(syntax):
+                proposals.append((sop_class, *decompressor.targets(syntax)))
+                uncompressed.add(sop_class)
+    return tuple(
+        PresentationContextRQ(2 * index + 1, sop_class, tuple(syntaxes))
+        for index, (sop_class, *syntaxes) in enumerate(proposals)
+    )
 
 
 UNCOMPRESSED_SYNTAXES: Final = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)

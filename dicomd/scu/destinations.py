@@ -3,7 +3,9 @@
 The node's C-MOVE service asks for an association to a destination by AE
 title; this opens it (over TLS when the destination wants it, checking its
 certificate) and keeps a destination's ``max_associations``: moves beyond
-that wait their turn until an earlier association to it ends.
+that wait their turn until an earlier association to it ends.  It also
+tells whether a destination takes instances decompressed when it accepts
+none of their compressed syntaxes (``transcode:``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Destination(Protocol):
     max_associations: int | None
     tls: bool
     ca_certificates: Path | None
+    decompress: bool
 
 
 class KnownDestinations:
@@ -55,6 +58,9 @@ class KnownDestinations:
 
     def __contains__(self, ae_title: object) -> bool:
         return ae_title in self.destinations
+
+    def decompresses(self, ae_title: str) -> bool:
+        return self.destinations[ae_title].decompress
 
     def associate(
         self, ae_title: str, contexts: Sequence[PresentationContextRQ]

@@ -82,7 +82,10 @@ GET_MODELS = {"-P": PATIENT_ROOT, "-S": STUDY_ROOT}
 def archive(
     tmp_path_factory: pytest.TempPathFactory, module_daemons: list[RunningDaemon]
 ) -> Archive:
-    return start_archive(tmp_path_factory.mktemp("get"), module_daemons, {})
+    # as stored: each instance goes back as the archive keeps it, or fails
+    # (decompressing for the requester is test_retrieve_transcode's)
+    overrides = {"retrieve": {"transcode": "as-stored"}}
+    return start_archive(tmp_path_factory.mktemp("get"), module_daemons, overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +211,8 @@ def test_getscu_gets_every_instance_as_archived(archive, tmp_path, selection):
 
 def test_getscu_counts_instances_it_offered_no_syntax_for_as_failed(archive, tmp_path):
     """getscu offers no compressed syntax: the compressed instances of the mixed study cannot
-    go back as they are, and each counts as a failed sub-operation."""
+    go back as they are, and on a node configured ``retrieve.transcode: as-stored`` each
+    counts as a failed sub-operation."""
     mixed = archive.content.mixed
     uncompressed = [instance for instance in mixed if instance.uncompressed]
     failed = len(mixed) - len(uncompressed)

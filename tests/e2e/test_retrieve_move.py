@@ -383,7 +383,9 @@ class Destinations:
     def config(self) -> dict[str, dict[str, object]]:
         ports = {scp.ae_title: scp.port for scp in self.storescps}
         ports |= {self.recording.ae_title: self.recording.port, "DOWN": self.down_port}
-        return {ae: {"host": LOCALHOST, "port": port} for ae, port in ports.items()}
+        config = {ae: {"host": LOCALHOST, "port": port} for ae, port in ports.items()}
+        config["NATIVE"]["transcode"] = "as-stored"  # decompressing is test_retrieve_transcode's
+        return config
 
     def forget(self) -> None:
         for scp in self.storescps:
@@ -801,7 +803,8 @@ def test_an_unreachable_destination_fails_every_instance_with_a702(archive, fres
 
 
 def test_instances_the_destination_has_no_context_for_fail_one_by_one_with_b000(archive, fresh):
-    """NATIVE accepts no compressed syntax: those instances fail, the others arrive."""
+    """NATIVE accepts no compressed syntax and is configured ``transcode: as-stored``: those
+    instances fail, the others arrive."""
     mixed = archive.content.mixed
     compressed = [instance for instance in mixed if not instance.uncompressed]
     with requester(archive) as assoc:

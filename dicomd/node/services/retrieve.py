@@ -7,7 +7,10 @@ identifier selects and whether the caller may have them sent to the move
 destination, opens its own association to that destination, sends every
 instance as it is stored (C-STORE sub-operations carrying the move
 originator), and reports progress after each with a pending response
-holding the sub-operation counts.  The requesting association is never
+holding the sub-operation counts.  An instance stored compressed in a
+syntax the peer did not accept goes decompressed when a `Decompressor` is
+given (for C-GET) or the destination asks for it (C-MOVE); otherwise it
+counts as a failed sub-operation.  The requesting association is never
 harmed by what the destination does: a refusal or an abort there only turns
 the remaining sub-operations into failures.  The final status is B000 when
 some sub-operations failed and others did not, A702 when every one failed
@@ -34,6 +37,7 @@ from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.errors import AssociationError, NoAcceptedContext
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.dimse.storage import StoreResult, send_store, storage_contexts
+from dicomd.dimse.transcode import Decompressor
 from dicomd.interfaces import InvalidIdentifier, IRetrieveSource, RetrieveItem
 from dicomd.node.acceptor import Acceptor, QueryRefused
 from dicomd.ul.pdu import PresentationContextRQ
@@ -52,6 +56,10 @@ class MoveDestinations(Protocol):
     ) -> defer.Deferred[DimseAssociation]:
         """An association to ``ae_title`` proposing ``contexts``; it may wait for a free turn
         when the destination limits its associations, until the association ends."""
+
+    def decompresses(self, ae_title: str) -> bool:
+        """Whether instances go to ``ae_title`` decompressed when it accepts none of their
+        compressed syntaxes (else they count as failed)."""
 
 
 @dataclass(slots=True)
@@ -129,7 +137,7 @@ class _RetrieveService:
             return
         kinds = [(item.sop_class_uid, item.transfer_syntax) for item in items]
         try:
-            sub_associations = await self.sub_associations(association, request, kinds)
+            sub_associations = await self.sub_associations(destination, association, kinds)
         except Exception as error:
             self.log.warn(
                 "retrieve to {destination}: cannot associate: {error}",
@@ -142,7 +150,7 @@ class _RetrieveService:
         try:
             await self._store_each(
                 reply,
-                self.storer(sub_associations),
+                self.storer(sub_associations, destination),
                 items,
                 progress,
                 request.command.message_id or 0,
@@ -164,14 +172,14 @@ class _RetrieveService:
         raise NotImplementedError
 
     async def sub_associations(
-        self, association: Acceptor, request: Request, kinds: list[tuple[str, str]]
+        self, destination: str, association: Acceptor, kinds: list[tuple[str, str]]
     ) -> DimseAssociation:
-        """Where the sub-operations go, for instances of these (SOP class, transfer syntax)
-        kinds; an exception when they cannot go anywhere."""
+        """Where the sub-operations to ``destination`` go, for instances of these (SOP class,
+        transfer syntax) kinds; an exception when they cannot go anywhere."""
         raise NotImplementedError
 
-    def storer(self, association: DimseAssociation) -> Storer:
-        """How one sub-operation is sent on ``association``."""
+    def storer(self, association: DimseAssociation, destination: str) -> Storer:
+        """How one sub-operation to ``destination`` is sent on ``association``."""
         raise NotImplementedError
 
     def done(self, association: DimseAssociation) -> None:
@@ -225,9 +233,15 @@ class MoveService(_RetrieveService):
     models = frozenset({uids.PATIENT_ROOT_MOVE, uids.STUDY_ROOT_MOVE})
     operations = frozenset({CommandField.C_MOVE_RQ})
 
-    def __init__(self, source: IRetrieveSource, destinations: MoveDestinations) -> None:
+    def __init__(
+        self,
+        source: IRetrieveSource,
+        destinations: MoveDestinations,
+        decompressor: Decompressor | None = None,
+    ) -> None:
         super().__init__(source)
         self.destinations = destinations
+        self.decompressor = decompressor
 
     def destination(self, association: Acceptor, request: Request, reply: _Replier) -> str | None:
         name = (request.command.move_destination or "").strip()
@@ -239,15 +253,23 @@ class MoveService(_RetrieveService):
         return name
 
     async def sub_associations(
-        self, association: Acceptor, request: Request, kinds: list[tuple[str, str]]
+        self, destination: str, association: Acceptor, kinds: list[tuple[str, str]]
     ) -> DimseAssociation:
-        ae_title = (request.command.move_destination or "").strip()
-        return await self.destinations.associate(ae_title, storage_contexts(kinds))
+        contexts = storage_contexts(kinds, self._decompressor_for(destination))
+        return await self.destinations.associate(destination, contexts)
 
-    def storer(self, association: DimseAssociation) -> Storer:
+    def storer(self, association: DimseAssociation, destination: str) -> Storer:
+        decompressor = self._decompressor_for(destination)
         return lambda source, originator: send_store(
-            association, source, association.contexts.values(), move_originator=originator
+            association,
+            source,
+            association.contexts.values(),
+            move_originator=originator,
+            decompressor=decompressor,
         )
+
+    def _decompressor_for(self, destination: str) -> Decompressor | None:
+        return self.decompressor if self.destinations.decompresses(destination) else None
 
     def done(self, association: DimseAssociation) -> None:
         if association.is_established:
@@ -259,24 +281,31 @@ class MoveService(_RetrieveService):
 
 class GetService(_RetrieveService):
     """C-GET SCP: the sub-operations go back over the requesting association itself, on the
-    presentation contexts it proposed for storage and took the SCP role for (PS3.4 C.4.3.1)."""
+    presentation contexts it proposed for storage and took the SCP role for (PS3.4 C.4.3.1);
+    with a ``decompressor``, decompressed when it proposed none of an instance's syntax."""
 
     models = frozenset({uids.PATIENT_ROOT_GET, uids.STUDY_ROOT_GET})
     operations = frozenset({CommandField.C_GET_RQ})
+
+    def __init__(self, source: IRetrieveSource, decompressor: Decompressor | None = None) -> None:
+        super().__init__(source)
+        self.decompressor = decompressor
 
     def destination(self, association: Acceptor, request: Request, reply: _Replier) -> str | None:
         return association.calling_ae_title
 
     async def sub_associations(
-        self, association: Acceptor, request: Request, kinds: list[tuple[str, str]]
+        self, destination: str, association: Acceptor, kinds: list[tuple[str, str]]
     ) -> DimseAssociation:
         return association
 
-    def storer(self, association: DimseAssociation) -> Storer:
+    def storer(self, association: DimseAssociation, destination: str) -> Storer:
         acceptor: Acceptor = association  # type: ignore[assignment]
         roles = acceptor.peer_scp_roles
         contexts = [c for c in acceptor.contexts.values() if c.abstract_syntax in roles]
-        return lambda source, _originator: send_store(acceptor, source, contexts)
+        return lambda source, _originator: send_store(
+            acceptor, source, contexts, decompressor=self.decompressor
+        )
 
 
 class _Replier:
