@@ -67,17 +67,13 @@ def report_throughput(
         ours, theirs = rates.get((*scenario, "dicomd"), 0.0), rates.get((*scenario, other), 0.0)
         return f"{ours / theirs:.2f}" if ours and theirs else "-"
 
+    others = [p for p in dict.fromkeys(row.program for row in rows) if p != "dicomd"]
     print("files/s ratios (above 1: dicomd is faster)")
     print(
         format_table(
-            ["set", "assocs", "dicomd/dcmtk", "dicomd/pynetdicom"],
+            ["set", "assocs", *(f"dicomd/{other}" for other in others)],
             [
-                [
-                    name,
-                    str(count),
-                    ratio((name, count), "dcmtk"),
-                    ratio((name, count), "pynetdicom"),
-                ]
+                [name, str(count), *(ratio((name, count), other) for other in others)]
                 for name, count in scenarios
             ],
         )

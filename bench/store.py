@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -132,6 +133,35 @@ def _dcmtk(port: int, storage: Path, work: Path) -> tuple[list[str], dict[str, s
     return [*argv, str(port)], dcmtk_environment()
 
 
+ORTHANC_SETTINGS: Final = {
+    "Name": "ORTHANC",
+    "DicomAet": "ORTHANC",
+    "DicomCheckCalledAet": False,
+    "HttpServerEnabled": False,
+    "RemoteAccessAllowed": False,
+    "SyncStorageArea": True,  # fsync each file before answering, as dicomd does
+    "StorageCompression": False,
+    "DicomThreadsCount": 8,  # one per association of the 8-association runs
+    "MaximumPduLength": MAX_PDU,
+    "Plugins": [],
+}
+
+
+def _orthanc(port: int, storage: Path, work: Path) -> tuple[list[str], dict[str, str]]:
+    """Orthanc with its SQLite index beside (not in) the storage folder counted for files."""
+    index = work / "orthanc-index"
+    index.mkdir()
+    config = work / "orthanc.json"
+    settings = {
+        **ORTHANC_SETTINGS,
+        "DicomPort": port,
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(index),
+    }
+    config.write_text(json.dumps(settings, indent=2))
+    return ["Orthanc", str(config)], dict(os.environ)
+
+
 def _pynetdicom(port: int, storage: Path, work: Path) -> tuple[list[str], dict[str, str]]:
     argv = [sys.executable, "-m", "pynetdicom", "storescp", "-ba", LOCALHOST]
     return [*argv, "-pdu", str(MAX_PDU), "-od", str(storage), str(port)], dict(os.environ)
@@ -153,6 +183,14 @@ RECEIVERS: Final = (
         f"storescp --fork +B -dhl -pdu {MAX_PDU} -od <dir> (a process per association,"
         " bit-preserving, no fsync), TCP_NODELAY=1",
         _dcmtk,
+    ),
+    Receiver(
+        "orthanc",
+        "ORTHANC",
+        "*",
+        "Orthanc <json> (Debian package): SyncStorageArea true (fsync), SQLite index,"
+        f" DicomThreadsCount 8, MaximumPduLength {MAX_PDU}, HTTP off",
+        _orthanc,
     ),
     Receiver(
         "pynetdicom",
