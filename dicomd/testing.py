@@ -340,6 +340,7 @@ def find_query(
     calling_ae_title: str = TEST_AE_TITLE,
     called_ae_title: str = "DICOMD",
     peer_host: str = TEST_HOST,
+    relational: bool = False,
 ) -> FindQuery:
     """The `FindQuery` a find handler (or retrieve source) gets for ``identifier``.
 
@@ -349,7 +350,8 @@ def find_query(
     Root FIND by default).  ``level`` is read from the identifier's
     QueryRetrieveLevel as the node does; given here, it is also put in the
     identifier of a Query/Retrieve model that has none.  A worklist query has
-    no level.
+    no level.  ``relational`` is what the node sets when the peer negotiated
+    relational queries (or the node takes them from everyone).
     """
     if isinstance(identifier, Dataset):
         query = copy.deepcopy(identifier)
@@ -366,4 +368,4 @@ def find_query(
             raise ValueError(f"level {level!r} but the identifier asks for {asked!r}")
         if model in _QR_MODELS and not asked:
             query.QueryRetrieveLevel = level
-    return FindQuery(query, model, level, calling_ae_title, called_ae_title, peer_host)
+    return FindQuery(query, model, level, calling_ae_title, called_ae_title, peer_host, relational)

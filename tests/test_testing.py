@@ -320,6 +320,12 @@ def test_find_query_reads_the_level_and_copies_the_identifier() -> None:
     assert identifier.Modality == "CT"
 
 
+def test_find_query_is_hierarchical_unless_told_relational() -> None:
+    identifier = {"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": "1.2.3"}
+    assert find_query(identifier).relational is False
+    assert find_query(identifier, relational=True).relational is True
+
+
 def test_a_worklist_query_has_no_level() -> None:
     query = find_query({"PatientID": "1"}, model=uids.MODALITY_WORKLIST_FIND)
     assert query.level == ""
