@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface.interface import InterfaceClass
@@ -282,6 +282,8 @@ def services(
         decompressor = Decompressor(
             config.storage_path / INCOMING_FOLDER, config.retrieve.decoder_processes
         )
+        if IReactorCore.providedBy(clock):
+            clock.addSystemEventTrigger("before", "shutdown", decompressor.close)
         found.append(MoveService(sources[0], destinations, decompressor))
         found.append(GetService(sources[0], decompressor if config.retrieve.decompress else None))
     fallback = storage if config.store.accept_unknown_sop_classes else None

@@ -40,6 +40,7 @@ import signal
 import struct
 import tempfile
 import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -135,11 +136,13 @@ class Decompressor:
         return Decompressed(destination, length)
 
     def close(self) -> None:
-        """End the decoder processes (they also end with the program)."""
+        """Let the decoder processes end once their present frame is written, without waiting
+        for them; instances not begun fail.  (They also end on their own soon after the
+        program does, however it ends.)"""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _write(self, source: Path, target: str, destination: Path) -> int:
         if not self.processes:
@@ -170,11 +173,24 @@ class Decompressor:
 def _quiet_decoder_process() -> None:
     """A decoder process says nothing of its own: its errors travel back as exceptions, the
     terminal's Ctrl-C is for the daemon, and pydicom's warnings about the files it decodes
-    would land raw on the daemon's standard error."""
+    would land raw on the daemon's standard error.  It ends when the daemon is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.simplefilter("ignore")
     logging.getLogger("pydicom").addHandler(logging.NullHandler())
     logging.getLogger("pydicom").propagate = False
+    threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _end_with_parent(parent: int) -> None:
+    """End this process once ``parent`` has.  A daemon that stops on a signal ends without
+    running its exit handlers (twistd re-raises SIGTERM), so the pool never says goodbye,
+    and the process, which holds both ends of its own task queue, would wait forever."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_CHECK_SECONDS)
+    os._exit(0)
+
+
+_PARENT_CHECK_SECONDS: Final = 1.0
 
 
 def write_decompressed(source: Path, target: str, destination: Path) -> int:

@@ -29,6 +29,7 @@ reactor does not stall.
 from __future__ import annotations
 
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -503,3 +504,20 @@ def instance_of(path: Path) -> Instance:
         str(dataset.SOPInstanceUID),
         str(dataset.file_meta.TransferSyntaxUID),
     )
+
+
+def test_the_decoder_processes_end_with_the_daemon(start_dicomd, tmp_path):
+    """twistd ends on SIGTERM by raising it again, without exit handlers: the decoder
+    processes must see for themselves that the daemon is gone."""
+    daemon = start_dicomd(plugins=[archive_plugin()])
+    rle = instance_of(next(p for p in part10_test_files() if p.name == "MR_small_RLE.dcm"))
+    assert store(daemon, [rle]) == {rle.sop_instance_uid: SUCCESS}
+    got = retrieve_by_getscu(Archive(daemon, [rle]), image_keys(rle), tmp_path / "got")
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    decoders = descendants(daemon.pid)
+    assert decoders, "no decoder process was started"
+    daemon.stop()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in decoders):
+        assert time.monotonic() < deadline, f"decoder processes {decoders} outlived the daemon"
+        time.sleep(0.1)
