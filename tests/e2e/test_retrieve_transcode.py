@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -56,6 +55,7 @@ from tests.support.datasets import dataset_bytes
 from tests.support.dcmtk import run_dcmtk
 from tests.support.processes import LOCALHOST
 from tests.support.testdata import part10_test_files
+from tests.test_transcode import pixels, read_quietly
 
 from .test_retrieve_get import STUDY_ROOT, requester
 from .test_retrieve_move import (
@@ -78,27 +78,15 @@ from .test_retrieve_move import (
 pytestmark = pytest.mark.usefixtures("report_module_daemons")
 
 UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
-MIB = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
 # What is archived
 
 
-def read_quietly(path: Path, **options: object) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns about odd values in its test files
-        return dcmread(path, **options)  # type: ignore[arg-type]
-
-
 def decoded(path: Path) -> np.ndarray | None:
     """pydicom's decoding of a file's pixel data, or None when it cannot decode it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return read_quietly(path).pixel_array
-        except Exception:
-            return None
+    return pixels(read_quietly(path))
 
 
 def compressed_samples() -> list[Path]:
