@@ -46,7 +46,7 @@ from dicomd.lag import LagMonitor
 from dicomd.node.acceptor import AcceptorSettings
 from dicomd.node.authentication import JWTAuthenticator, JWTSettings, PasswordAuthenticator
 from dicomd.node.authorization import Rule, RulesAuthorizer
-from dicomd.node.factory import AssociationLimits, DicomServerFactory
+from dicomd.node.factory import Admission, AssociationLimits, DicomServerFactory
 from dicomd.node.registry import ServiceRegistry
 from dicomd.node.services.echo import VerificationService
 from dicomd.node.services.find import FindService
@@ -79,13 +79,15 @@ def node_factory(
     *,
     clock: IReactorTime,
     audit: AuditTrail | None = None,
+    admission: Admission | None = None,
 ) -> DicomServerFactory:
     """The node's Twisted factory, serving what ``plugins`` provide (in their order).
 
     ``clock`` is the reactor: its time for every timer, and ``IReactorTCP``
     for the associations C-MOVE opens to its destinations.  ``audit`` is the
-    trail its associations write to (`audit_trail`).  Raises ``ConfigError``
-    when an identity is required and nothing can check one.
+    trail its associations write to (`audit_trail`); ``admission`` holds the
+    association limits when a parent process holds them for its workers.
+    Raises ``ConfigError`` when an identity is required and nothing can check one.
     """
     access = config.access
     authorizer = _authorizer(config, plugins)
@@ -116,8 +118,8 @@ def node_factory(
         authenticators=checkers,
         identity_required=config.authentication.required,
         authorizer=authorizer,
-        relational=config.query_retrieve.relational,
         audit=audit,
+        relational=config.query_retrieve.relational,
     )
     return DicomServerFactory(
         settings,
@@ -129,6 +131,7 @@ def node_factory(
         ),
         artim_timeout=config.timeouts.artim,
         idle_timeout=config.timeouts.network_idle,
+        admission=admission,
     )
 
 
@@ -138,12 +141,14 @@ def service_tree(
     reactor: Any,
     listener: Callable[..., _Listener] = StreamServerEndpointService,
     root: MultiService | None = None,
+    admission: Admission | None = None,
 ) -> MultiService:
     """The node as a service: plugins that are services (the archive opens its index) start
     before the listener, which is named ``dicom``; a `LagMonitor` reports reactor stalls.
 
     ``listener`` makes the listening service from the endpoint and the factory; ``root``
-    is the service the tree is built into (a new `MultiService` by default).
+    is the service the tree is built into (a new `MultiService` by default);
+    ``admission`` is passed to `node_factory`.
     """
     root = root if root is not None else MultiService()
     trail = audit_trail(config, reactor)
@@ -152,7 +157,7 @@ def service_tree(
     for plugin in providing(plugins, IService):
         plugin.setServiceParent(root)  # type: ignore[attr-defined]
     endpoint = endpoints.serverFromString(reactor, config.listen)
-    factory = node_factory(config, plugins, clock=reactor, audit=trail)
+    factory = node_factory(config, plugins, clock=reactor, audit=trail, admission=admission)
     service = listener(endpoint, with_tls(config, factory))
     service.setName("dicom")
     service.setServiceParent(root)

@@ -47,6 +47,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
     {
         "ae_title": "DICOMD",
         "listen": "tcp:11112",
+        "workers": 1,
         "storage": {"path": "./var/archive"},
         "limits": {
             "max_pdu_length": 262144,
@@ -292,6 +293,7 @@ class Config:
     authentication: Authentication = Authentication()
     authorization: tuple[AuthorizationRule, ...] | None = None
     audit: Audit = Audit()
+    workers: int = 1
     query_retrieve: QueryRetrieve = QueryRetrieve()
 
 
@@ -347,6 +349,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     return Config(
         ae_title=_ae_title(settings["ae_title"], "ae_title"),
         listen=_server_endpoint(settings["listen"], "listen"),
+        workers=_workers(settings["workers"], settings["listen"]),
         storage_path=storage_path,
         limits=Limits(
             max_pdu_length=_integer(
@@ -423,6 +426,17 @@ def _query_retrieve(value: object) -> QueryRetrieve:
             "query_retrieve.relational", f"{relational!r} is not never, negotiated or always"
         )
     return QueryRetrieve(relational=relational)
+
+
+WORKERS_RANGE: Final = (1, 64)
+
+
+def _workers(value: object, listen: object) -> int:
+    """How many processes serve the node; more than one needs a TCP listener to share."""
+    workers = _integer(value, "workers", WORKERS_RANGE)
+    if workers > 1 and not str(listen).lower().startswith(("tcp:", "tcp6:")):
+        raise ConfigError("workers", f"{workers} workers need a tcp: or tcp6: listen endpoint")
+    return workers
 
 
 _SYSLOG_PORTS: Final[Mapping[str, int]] = MappingProxyType({"udp": 514, "tls": 6514})

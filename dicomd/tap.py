@@ -55,6 +55,10 @@ def node_service(config: Config, reactor: Any, root: MultiService | None = None)
     """
     app.prepare_storage(config)
     plugins = app.build_plugins(config)
+    if config.workers > 1:
+        from dicomd.fleet.parent import pool_service
+
+        return pool_service(config, reactor, root or MultiService(), plugins)
     return app.service_tree(config, plugins, reactor, listener=_Listener, root=root)
 
 

@@ -47,7 +47,15 @@ ALLOWED: dict[str, set[str]] = {
         "dicomd.audit",
         "dicomd.lag",
     },
-    "dicomd.tap": {"dicomd.app", "dicomd.config"},
+    "dicomd.fleet": {
+        "dicomd.app",
+        "dicomd.archive",
+        "dicomd.config",
+        "dicomd.fleet",
+        "dicomd.interfaces",
+        "dicomd.node",
+    },
+    "dicomd.tap": {"dicomd.app", "dicomd.config", "dicomd.fleet"},
     "dicomd.testing": {
         "dicomd.app",
         "dicomd.audit",

@@ -212,6 +212,9 @@ class ArchiveHandler(Service):
         self._locks = KeyedLocks()
         self._in_flight = InFlight()
         self.attributes_read = frozenset((*INDEXED_KEYWORDS, *self.layout.keywords()))
+        self.reconcile_at_start = True
+        """False in a worker process: its parent reconciled before any worker began, and a
+        worker reconciling would delete what the others are receiving."""
         self._last_needed_tag = int(max(Tag(keyword) for keyword in self.attributes_read))
 
     # -- the Twisted service ----------------------------------------------------------------
@@ -226,7 +229,10 @@ class ArchiveHandler(Service):
             from twisted.internet import reactor
 
             self._reactor = reactor
-        self.open()
+        if self.reconcile_at_start:
+            self.open()
+        else:
+            self.index.open()
         self.index.close_writer()  # reconciliation's; the writer thread opens its own
         self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="dicomd-archive")
         self._writer_pool = ThreadPool(minthreads=1, maxthreads=1, name="dicomd-archive-index")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
@@ -51,6 +53,9 @@ class _NodeProtocol(UpperLayerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
         super().connectionLost(reason)
+        admission = self.factory.admission
+        if admission is not None:
+            admission.left(self.user.peer_host, self.user.peer_port)
         trail = self.factory.settings.audit
         if self.tls_failure is not None and trail is not None and trail.enabled:
             AssociationAudit(trail, self.user.peer_host).tls_refused(self.tls_failure)
@@ -67,6 +72,15 @@ class AssociationLimits:
     total: int
     per_host: int
     per_calling_ae: int
+
+
+class Admission(Protocol):
+    """Limits held somewhere else (the parent of worker processes): it validates each
+    association first, and hears when one ends."""
+
+    def validate(self, request: AssociationRequest) -> Deferred[Accept | Rejection]: ...
+
+    def left(self, host: str, port: int) -> None: ...
 
 
 @implementer(IAssociationValidator)
@@ -107,7 +121,8 @@ class DicomServerFactory(Factory):
 
     ``settings`` is ready-made: the AE title, the services and the validators.
     Unless ``limits`` is None, a ``ConcurrencyLimit`` on this factory's
-    connections is asked before those validators.  ``artim_timeout``
+    connections is asked before those validators; an ``admission`` is asked
+    instead, when the limits are held across processes.  ``artim_timeout``
     and ``idle_timeout`` are the seconds of PS3.8's ARTIM timer and of a
     connection with no traffic.
     """
@@ -122,14 +137,18 @@ class DicomServerFactory(Factory):
         limits: AssociationLimits | None,
         artim_timeout: float,
         idle_timeout: float,
+        admission: Admission | None = None,
     ) -> None:
         self.clock = clock
         self.artim_timeout = artim_timeout
         self.idle_timeout = idle_timeout
         self.connections: set[UpperLayerProtocol] = set()
-        if limits is not None:
-            limit = ConcurrencyLimit(self.connections, limits)
-            settings = dataclasses.replace(settings, validators=(limit, *settings.validators))
+        self.admission = admission
+        first: IAssociationValidator | Admission | None = admission
+        if first is None and limits is not None:
+            first = ConcurrencyLimit(self.connections, limits)
+        if first is not None:
+            settings = dataclasses.replace(settings, validators=(first, *settings.validators))
         self.settings = settings
 
     def buildProtocol(self, addr: IAddress) -> UpperLayerProtocol:

@@ -1,0 +1,214 @@
+"""The node as N worker processes sharing one listening socket: the parent's side.
+
+Python runs one thread at a time, so one process uses one core.  With
+``workers: N`` the parent listens (so a port in use is still one line at
+start) but never accepts; N children adopt its socket (``adoptStreamPort``)
+and the kernel hands each new connection to one of them.  Every worker
+serves every service over the same archive: SQLite in WAL mode takes one
+writer at a time and makes the others wait (its busy timeout), and readers
+never wait.
+
+The parent also:
+- reconciles the archive folder and its index once, before any worker
+  starts, because a worker reconciling would delete what the others are
+  receiving;
+- holds the association limits for all workers (`Admissions`);
+- restarts a worker that ends, later each time it ends young; only that
+  worker's associations are lost;
+- logs what its workers log, each line prefixed with the worker's number;
+- on stop, stops every worker (SIGTERM) and waits for them to finish what
+  they are filing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from typing import Any, Final
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, endpoints, error
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from dicomd.archive.handler import ArchiveHandler
+from dicomd.config import Config
+from dicomd.fleet.admission import Admissions, AdmissionServer
+from dicomd.fleet.child import CONTROL_FD, LISTENING_FD, pickled
+from dicomd.node.factory import AssociationLimits
+
+FIRST_RESTART_DELAY: Final = 0.5
+LONGEST_RESTART_DELAY: Final = 30.0
+YOUNG: Final = 10.0
+"""A worker that ends within this many seconds of its start is restarted later each time."""
+STOP_GRACE: Final = 30.0
+"""How long stopping waits for a worker to finish before it is killed."""
+
+_LEVELS: Final = {
+    "#debug]": LogLevel.debug,
+    "#info]": LogLevel.info,
+    "#warn]": LogLevel.warn,
+    "#error]": LogLevel.error,
+    "#critical]": LogLevel.critical,
+}
+
+
+class _Worker(ProcessProtocol):
+    """One child: relays its output lines to the log, tells the pool when it ends."""
+
+    log = Logger(namespace="dicomd.fleet")
+
+    def __init__(self, pool: WorkerPool, number: int) -> None:
+        self.pool = pool
+        self.number = number
+        self.started_at = pool.reactor.seconds()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._pending = b""
+
+    def outReceived(self, data: bytes) -> None:
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        for line in lines:
+            self._relay(line)
+
+    errReceived = outReceived
+
+    def _relay(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").removeprefix("- ")
+        level = next((lvl for mark, lvl in _LEVELS.items() if mark in line[:120]), LogLevel.info)
+        self.log.emit(level, "worker {number}: {line}", number=self.number, line=line)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._pending:
+            self._relay(self._pending)
+        self.ended.callback(None)
+        self.pool.ended(self, reason)
+
+
+class WorkerPool(Service):
+    """Starts, watches and stops the node's worker processes."""
+
+    log = Logger(namespace="dicomd.fleet")
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.admissions = Admissions(
+            AssociationLimits(
+                config.limits.max_associations,
+                config.limits.max_associations_per_host,
+                config.limits.max_associations_per_calling_ae,
+            )
+        )
+        self.workers: dict[int, _Worker] = {}
+        self._delays: dict[int, float] = {}
+        self._port: Any = None
+        self._family = "inet"
+
+    def privilegedStartService(self) -> None:
+        """Listen now, as twistd's listener does, so a port in use stops the start."""
+        super().privilegedStartService()
+        endpoint = endpoints.serverFromString(self.reactor, self.config.listen)
+        holder = Factory()
+        holder.noisy = False  # it never builds a protocol: the workers accept
+        listening = endpoint.listen(holder)
+        self._port = listening.result  # a TCP endpoint listens at once, or fails at once
+        if isinstance(self._port, Failure):
+            self._port.raiseException()
+        self._port.stopReading()  # the workers accept; the parent only holds the socket
+        address = self._port.getHost()
+        self._family = "inet6" if getattr(address, "type", "TCP") == "TCP6" else "inet"
+
+    def startService(self) -> None:
+        super().startService()
+        for number in range(1, self.config.workers + 1):
+            self._start(number)
+
+    def _start(self, number: int) -> None:
+        parent_end, child_end = socket.socketpair()
+        worker = _Worker(self, number)
+        process = self.reactor.spawnProcess(
+            worker,
+            sys.executable,
+            [sys.executable, "-m", "dicomd.fleet", str(number), self._family],
+            env=os.environ.copy(),
+            childFDs={
+                0: "w",
+                1: "r",
+                2: "r",
+                LISTENING_FD: self._port.fileno(),
+                CONTROL_FD: child_end.fileno(),
+            },
+        )
+        child_end.close()
+        process.write(pickled(self.config))
+        process.closeStdin()
+        server = AdmissionServer(self.admissions, number)
+        self.reactor.adoptStreamConnection(
+            parent_end.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: server)
+        )
+        parent_end.close()
+        self.workers[number] = worker
+        self.log.info("worker {number} started (pid {pid})", number=number, pid=process.pid)
+
+    def ended(self, worker: _Worker, reason: Failure) -> None:
+        if self.workers.get(worker.number) is not worker:
+            return
+        del self.workers[worker.number]
+        self.admissions.forget(worker.number)
+        if not self.running:
+            return
+        young = self.reactor.seconds() - worker.started_at < YOUNG
+        delay = self._delays.get(worker.number, FIRST_RESTART_DELAY) if young else 0.0
+        doubled = max(delay, FIRST_RESTART_DELAY) * 2
+        self._delays[worker.number] = min(doubled, LONGEST_RESTART_DELAY)
+        self.log.warn(
+            "worker {number} ended ({why}); another starts in {delay:.1f} s",
+            number=worker.number,
+            why=_why(reason),
+            delay=delay,
+        )
+        self.reactor.callLater(delay, self._restart, worker.number)
+
+    def _restart(self, number: int) -> None:
+        if self.running and number not in self.workers:
+            self._start(number)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        ending = []
+        for worker in list(self.workers.values()):
+            ending.append(worker.ended)
+            _signal(worker, "TERM")
+            self.reactor.callLater(STOP_GRACE, _signal, worker, "KILL")
+        if self._port is not None:
+            self._port.stopListening()
+        return defer.gatherResults(ending).addCallback(lambda _: None)
+
+
+def _signal(worker: _Worker, name: str) -> None:
+    if worker.transport is not None and not worker.ended.called:
+        with contextlib.suppress(error.ProcessExitedAlready):
+            worker.transport.signalProcess(name)
+
+
+def _why(reason: Failure) -> str:
+    value = reason.value
+    if isinstance(value, error.ProcessTerminated) and value.signal is not None:
+        return f"signal {value.signal}"
+    exit_code = getattr(value, "exitCode", None)
+    return f"exit status {exit_code}"
+
+
+def pool_service(config: Config, reactor: Any, root: MultiService, plugins: Any) -> MultiService:
+    """The parent's service tree: the archives reconciled now, then the pool of workers."""
+    for plugin in plugins:
+        if isinstance(plugin, ArchiveHandler):
+            plugin.open()
+            plugin.close()
+    pool = WorkerPool(config, reactor)
+    pool.setName("dicom")
+    pool.setServiceParent(root)
+    return root
