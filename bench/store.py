@@ -122,9 +122,15 @@ class Receiver:
     command: Callable[[int, Path, Path], tuple[list[str], dict[str, str]]]
 
 
+DICOMD_WORKERS: dict[str, int] = {"workers": os.cpu_count() or 1}
+"""Set from --workers before any run."""
+
+
 def _dicomd(port: int, storage: Path, work: Path) -> tuple[list[str], dict[str, str]]:
     config = work / "dicomd.yaml"
-    write_dicomd_config(config, port=port, storage=storage, extra=DICOMD_SETTINGS)
+    write_dicomd_config(
+        config, port=port, storage=storage, extra={**DICOMD_SETTINGS, **DICOMD_WORKERS}
+    )
     return daemon_command(config, work / "dicomd.log"), daemon_environment()
 
 
@@ -205,6 +211,7 @@ RECEIVERS: Final = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parse(argv)
+    DICOMD_WORKERS["workers"] = arguments.workers
     exit_on_sigterm()
     sets = QUICK_SETS if arguments.quick else FULL_SETS
     receivers = [receiver for receiver in RECEIVERS if receiver.name in arguments.only]
@@ -217,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         " profile = CT Image Storage with explicit VR little endian only;"
         f" 1 process with every file, or N processes with 1/N each (N = {max(CONCURRENCY)})"
     )
-    print(f"dicomd yaml: {DICOMD_SETTINGS} + ae_title, listen, storage.path")
+    print(f"dicomd yaml: {DICOMD_SETTINGS | DICOMD_WORKERS} + ae_title, listen, storage.path")
     print(f"storage:    under {arguments.storage} ({filesystem_of(arguments.storage)})")
     print()
 
@@ -274,8 +281,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         storage_help="folder under which the receivers store (default: %(default)s); /dev/shm"
         " takes the disk out of the measurement",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="dicomd's worker processes (default: the number of cores, %(default)s)",
+    )
     arguments = parser.parse_args(argv)
     check_throughput_arguments(parser, arguments, names, "receiver")
+    if arguments.workers < 1:
+        parser.error("--workers: at least 1")
     return arguments
 
 

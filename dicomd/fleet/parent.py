@@ -34,8 +34,8 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from dicomd.archive.handler import ArchiveHandler
-from dicomd.config import Config
+from dicomd.archive.handler import ArchiveError, ArchiveHandler
+from dicomd.config import Config, ConfigError
 from dicomd.fleet.admission import Admissions, AdmissionServer
 from dicomd.fleet.child import CONTROL_FD, LISTENING_FD, pickled
 from dicomd.node.factory import AssociationLimits
@@ -203,10 +203,16 @@ def _why(reason: Failure) -> str:
 
 
 def pool_service(config: Config, reactor: Any, root: MultiService, plugins: Any) -> MultiService:
-    """The parent's service tree: the archives reconciled now, then the pool of workers."""
+    """The parent's service tree: the archives reconciled now, then the pool of workers.
+
+    Raises ``ConfigError`` for an archive folder that cannot be used.
+    """
     for plugin in plugins:
         if isinstance(plugin, ArchiveHandler):
-            plugin.open()
+            try:
+                plugin.open()
+            except ArchiveError as error:
+                raise ConfigError("storage.path", str(error)) from None
             plugin.close()
     pool = WorkerPool(config, reactor)
     pool.setName("dicom")

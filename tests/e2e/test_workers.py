@@ -14,6 +14,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from tests.support.daemons import DEFAULT_CONFIG, deep_merge, write_config
 from tests.support.datasets import write_ct_files
 from tests.support.dcmtk import run_dcmtk, run_echoscu
 from tests.support.processes import LOCALHOST
@@ -128,3 +129,25 @@ def test_stopping_the_parent_stops_every_worker(start_dicomd):
     assert daemon.process.returncode == -signal.SIGTERM  # twistd ends by raising it again
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     assert "Traceback" not in daemon.log_text()
+
+
+def test_an_archive_folder_of_unknown_files_stops_the_parent_with_one_line(twistd, tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "somebody-elses.dcm").write_bytes(b"not ours")
+    config = deep_merge(
+        DEFAULT_CONFIG,
+        {
+            "listen": "tcp:0",
+            "workers": 2,
+            "storage": {"path": str(archive)},
+            "plugins": [{"plugin": "archive"}],
+        },
+    )
+    result = twistd(write_config(tmp_path, config))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert [line for line in output.splitlines() if line.strip()] == [
+        f"dicomd: storage.path: {archive} holds files but no index (index.sqlite); dicomd will"
+        " not delete them: move them away or choose another folder"
+    ]
