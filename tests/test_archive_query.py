@@ -13,9 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from functools import cache
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -46,6 +45,7 @@ from dicomd.uids import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
 )
+from tests.support.archive import LargeIndex
 
 PR, SR = PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 PR_MOVE, PR_GET, SR_MOVE, SR_GET = (
@@ -189,14 +189,15 @@ def small_archive(opened: Callable[[str], ArchiveIndex]) -> ArchiveIndex:
 
 @pytest.fixture(scope="module")
 def engine(small_archive: ArchiveIndex) -> Iterator[ArchiveQuery]:
-    query = ArchiveQuery(small_archive.connect_reader)
+    """Matches read three at a time: most queries take several pages."""
+    query = ArchiveQuery(small_archive.connect_reader, page_rows=3)
     yield query
     query.close()
 
 
 @pytest.fixture(scope="module")
 def folding_engine(small_archive: ArchiveIndex) -> Iterator[ArchiveQuery]:
-    query = ArchiveQuery(small_archive.connect_reader, case_insensitive_names=True)
+    query = ArchiveQuery(small_archive.connect_reader, case_insensitive_names=True, page_rows=3)
     yield query
     query.close()
 
@@ -1023,7 +1024,7 @@ CORPUS = oracle_corpus()
 
 
 @pytest.fixture(scope="module")
-def oracle_engines(opened: Callable[[str], ArchiveIndex]) -> Iterator[dict[bool, ArchiveQuery]]:
+def oracle_index(opened: Callable[[str], ArchiveIndex]) -> ArchiveIndex:
     index = opened("oracle")
     for number, row in enumerate(CORPUS):
         keys = {
@@ -1041,8 +1042,18 @@ def oracle_engines(opened: Callable[[str], ArchiveIndex]) -> Iterator[dict[bool,
                 transfer_syntax_uid=row["AvailableTransferSyntaxUID"],
             )
         )
+    return index
+
+
+@pytest.fixture(scope="module")
+def oracle_engines(oracle_index: ArchiveIndex) -> Iterator[dict[bool, ArchiveQuery]]:
+    index = oracle_index
+    # Two matches a page, each page read by a statement of its own that resumes after the
+    # last match (its snapshot expires at once): the oracle judges the resumed reads too.
     engines = {
-        fold: ArchiveQuery(index.connect_reader, case_insensitive_names=fold)
+        fold: ArchiveQuery(
+            index.connect_reader, case_insensitive_names=fold, page_rows=2, snapshot_seconds=0
+        )
         for fold in (False, True)
     }
     yield engines
@@ -1416,75 +1427,37 @@ def test_random_identifiers_match_exactly_what_the_oracle_matches(
         assert held_values(match, level) == held_values(entity, level)
 
 
-# Timing: study queries over 100 000 instances.
-
-SURNAMES = ("DOE", "SMITH", "JONES", "BROWN", "TAYLOR", "WILSON", "DAVIES", "EVANS")
-
-
-def fill_large_index(path: Path) -> None:
-    """200 patients, 1 000 studies (one a day), 10 series each, 10 instances each, written
-    straight into the index's tables in one transaction."""
-    patients, studies_, series, instances = [], [], [], []
-    first_day = date(2021, 1, 1)
-    for p in range(200):
-        name = f"{SURNAMES[p % len(SURNAMES)]}^GIVEN{p}"
-        patients.append((p, f"PID{p:05d}", "", name, "19700101", "O"))
-    for s in range(1000):
-        day = (first_day + timedelta(days=s)).strftime("%Y%m%d")
-        studies_.append(
-            (s, s % 200, f"1.2.826.0.1.{s}", day, f"{8 + s % 10:02d}{s % 60:02d}00", f"A{s}")
-        )
-        for e in range(10):
-            series_pk = s * 10 + e
-            modality = ("CT", "MR", "PT", "US", "CR")[e % 5]
-            series.append((series_pk, s, f"1.2.826.0.1.{s}.{e}", modality, e + 1))
-            for n in range(10):
-                pk = series_pk * 10 + n
-                instances.append(
-                    (
-                        pk,
-                        series_pk,
-                        f"1.2.826.0.1.{s}.{e}.{n}",
-                        CT,
-                        n + 1,
-                        f"{pk}.dcm",
-                        1,
-                        "-",
-                        "AE",
-                    )
-                )
-    connection = sqlite3.connect(path, isolation_level=None)
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(max_examples=200, deadline=None)
+@given(query=identifiers(), relational=st.booleans())
+def test_pages_read_by_resumed_statements_come_in_the_order_of_one_read(
+    oracle_index: ArchiveIndex, query: tuple[str, int, Dataset], relational: bool
+) -> None:
+    model, level, ds = query
+    whole = ArchiveQuery(oracle_index.connect_reader, page_rows=len(CORPUS) + 1)
+    resumed = ArchiveQuery(oracle_index.connect_reader, page_rows=1, snapshot_seconds=0)
     try:
-        connection.execute("BEGIN")
-        connection.executemany(
-            "INSERT INTO patients (pk, PatientID, IssuerOfPatientID, PatientName, "
-            "PatientBirthDate, PatientSex) VALUES (?, ?, ?, ?, ?, ?)",
-            patients,
-        )
-        connection.executemany(
-            "INSERT INTO studies (pk, patient_pk, StudyInstanceUID, StudyDate, StudyTime, "
-            "AccessionNumber) VALUES (?, ?, ?, ?, ?, ?)",
-            studies_,
-        )
-        connection.executemany(
-            "INSERT INTO series (pk, study_pk, SeriesInstanceUID, Modality, SeriesNumber) "
-            "VALUES (?, ?, ?, ?, ?)",
-            series,
-        )
-        connection.executemany(
-            "INSERT INTO instances (pk, series_pk, SOPInstanceUID, SOPClassUID, InstanceNumber, "
-            "path, size, received_at, calling_ae_title) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            instances,
-        )
-        connection.execute("COMMIT")
+        expected = find(whole, model, LEVEL_NAMES[level], ds, relational=relational)
+    except QueryError:
+        with pytest.raises(QueryError):
+            find(resumed, model, LEVEL_NAMES[level], ds, relational=relational)
+        return
     finally:
-        connection.close()
+        whole.close()
+    try:
+        matches = find(resumed, model, LEVEL_NAMES[level], ds, relational=relational)
+    finally:
+        resumed.close()
+    assert matches == expected
+
+
+# Timing: study queries over 100 000 instances.
 
 
 @pytest.fixture(scope="module")
 def large_archive(opened: Callable[[str], ArchiveIndex]) -> ArchiveIndex:
     index = opened("large")
-    fill_large_index(index.path)
+    LargeIndex().write(index.path)
     return index
 
 

@@ -53,7 +53,8 @@ from dicomd.archive.index import (
     record_from_dataset,
 )
 from dicomd.archive.layout import Layout
-from dicomd.archive.query import ArchiveQuery
+from dicomd.archive.matches import NotRunning, PagedMatches
+from dicomd.archive.query import ArchiveQuery, FindPages
 from dicomd.archive.writer import GroupCommit, InFlight, KeyedLocks
 from dicomd.interfaces import (
     FindQuery,
@@ -247,7 +248,9 @@ class ArchiveHandler(Service):
         """Refuse new work; once the work in flight has ended, stop the threads and close.
 
         The Deferred fires when every instance being filed has its answer (its
-        row committed, for a success) and the index is closed.
+        row committed, for a success) and the index is closed.  A query being
+        answered waits for no more than the page it is reading: its read is
+        closed with the index, and the rest of its matches are not read.
         """
         super().stopService()
         return ensureDeferred(self._stop())
@@ -276,15 +279,18 @@ class ArchiveHandler(Service):
         steps = _Steps(self._in_pool, self._writes.submit)
         return self._in_flight.track(ensureDeferred(self._file(instance, steps)))
 
-    def find(self, query: FindQuery) -> Deferred[list[Dataset]]:
-        """Search the index in the archive's threads (``IFindHandler``)."""
-        pool = self._started_pool()
-        return self._in_flight.track(deferToThreadPool(self._reactor, pool, self.query.find, query))
+    def find(self, query: FindQuery) -> Deferred[PagedMatches]:
+        """Search the index (``IFindHandler``): the matches come a page at a time, each read
+        in the archive's threads as the peer takes the previous ones (`PagedMatches`)."""
+        opening = self._in_threads(self.query.pages, query)
+        return opening.addCallback(self._paged)
+
+    def _paged(self, pages: FindPages) -> PagedMatches:
+        return PagedMatches(pages, self._in_threads, self._reactor)
 
     def instances(self, query: FindQuery) -> Deferred[list[RetrieveItem]]:
         """The archived instances a C-MOVE or C-GET selects (``IRetrieveSource``)."""
-        pool = self._started_pool()
-        return self._in_flight.track(deferToThreadPool(self._reactor, pool, self._instances, query))
+        return self._in_threads(self._instances, query)
 
     def _instances(self, query: FindQuery) -> list[RetrieveItem]:
         rows = self.query.instances(query)
@@ -303,8 +309,13 @@ class ArchiveHandler(Service):
 
     def _started_pool(self) -> ThreadPool:
         if self._pool is None or not self.running:
-            raise RuntimeError(f"the archive {self.path} is not started")
+            raise NotRunning(f"the archive {self.path} is not running")
         return self._pool
+
+    def _in_threads(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        """``function`` in the archive's threads, as work in flight that stopping waits for."""
+        pool = self._started_pool()
+        return self._in_flight.track(deferToThreadPool(self._reactor, pool, function, *args))
 
     def _in_pool(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
         assert self._pool is not None

@@ -2,8 +2,9 @@
 
 The C-FIND service decodes the peer's identifier and streams the answers;
 this module only decides which entities match and what the index knows of
-them.  It blocks (SQLite), so the service calls it from a thread pool; each
-thread keeps its own read connection.
+them, and reads them a page at a time (`FindPages`), so that a query over
+the whole archive never holds more than a page of matches.  It blocks
+(SQLite), so the archive calls it from a thread pool.
 
 What it accepts, beyond the letter of PS3.4 C.4.1.2.2.1 / C.4.1.3.1:
 
@@ -57,9 +58,11 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import date
 from functools import cache
 from typing import Any, Final
@@ -110,11 +113,12 @@ _TABLES: Final = (
     "JOIN studies AS st ON st.pk = se.study_pk JOIN patients AS p ON p.pk = st.patient_pk",
 )
 _ORDER: Final = (
-    "p.pk",
-    "st.StudyDate, st.StudyTime, st.pk",
-    "se.SeriesNumber, se.pk",
-    "i.InstanceNumber, i.pk",
+    ("p.pk",),
+    ("st.StudyDate", "st.StudyTime", "st.pk"),
+    ("se.SeriesNumber", "se.pk"),
+    ("i.InstanceNumber", "i.pk"),
 )
+"""The order of the matches at each level; each ends with a primary key, so it is total."""
 _ALIASES: Final = ("p", "st", "se", "i")
 _RETRIEVE_KEYS: Final = (
     ("PatientID", "p.PatientID"),
@@ -126,6 +130,13 @@ _HAS_UID: Final = {
     1: "st.StudyInstanceUID IS NOT NULL",
     2: "se.SeriesInstanceUID IS NOT NULL",
 }
+
+PAGE_ROWS: Final = 256
+"""Matches read and made into data sets at a time: what a query holds in memory."""
+SNAPSHOT_SECONDS: Final = 30.0
+"""The longest one read of a query keeps its snapshot of the index.  A reader holding a
+snapshot keeps the writer's WAL from being checkpointed past it, so the WAL grows while a
+slow peer takes its matches; past this the read ends and the next page starts a new one."""
 
 _INSTANCE_KEYS_RENAMED: Final = {"TransferSyntaxUID": "AvailableTransferSyntaxUID"}
 _NOT_KEYS: Final = frozenset({"SpecificCharacterSet"})
@@ -231,8 +242,11 @@ class ArchiveQuery:
     """Finds the entities of the archive index that match a C-FIND identifier.
 
     ``connect`` opens a read connection to the index
-    (``ArchiveIndex.connect_reader``); each thread that calls ``find`` opens
-    one and keeps it until ``close``.
+    (``ArchiveIndex.connect_reader``).  ``find`` and ``instances`` use one
+    per calling thread, kept until ``close``; ``pages`` opens one for each
+    query, because the pages of one query may be read by different threads
+    while other queries use theirs.  ``page_rows`` and ``snapshot_seconds``
+    are `PAGE_ROWS` and `SNAPSHOT_SECONDS` unless told otherwise.
     """
 
     def __init__(
@@ -240,20 +254,44 @@ class ArchiveQuery:
         connect: Callable[[], sqlite3.Connection],
         *,
         case_insensitive_names: bool = False,
+        page_rows: int = PAGE_ROWS,
+        snapshot_seconds: float = SNAPSHOT_SECONDS,
     ) -> None:
         self._connect = connect
         self.case_insensitive_names = case_insensitive_names
+        self.page_rows = page_rows
+        self.snapshot_seconds = snapshot_seconds
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._open_pages: weakref.WeakSet[FindPages] = weakref.WeakSet()
 
     def find(self, query: FindQuery) -> list[Dataset]:
         """The matches of ``query``, each with every attribute the index holds at its level and
         above and the computed attributes the identifier asks for.  Blocks; raises
-        ``QueryError`` when the identifier does not fit the model or its level."""
-        statement = _Statement.build(query, fold_names=self.case_insensitive_names)
-        rows = self._connection().execute(statement.sql, statement.parameters).fetchall()
-        return [_dataset(statement.returned, row) for row in rows]
+        ``QueryError`` when the identifier does not fit the model or its level.
+
+        Read through the same pages as `pages`, on this thread's connection.
+        """
+        statement = self._statement(query)
+        pages = FindPages(self._connection(), statement, self.page_rows, self.snapshot_seconds)
+        try:
+            return [match for page in iter(pages.page, []) for match in page]
+        finally:
+            pages.close()
+
+    def pages(self, query: FindQuery) -> FindPages:
+        """The matches of ``query`` (as `find` has them), to be read a page at a time over a
+        connection of their own, which `FindPages.close` closes.  Blocks; raises
+        ``QueryError`` before opening anything when the identifier does not fit."""
+        statement = self._statement(query)
+        connection = self._open_connection()
+        pages = FindPages(
+            connection, statement, self.page_rows, self.snapshot_seconds, owns_connection=True
+        )
+        with self._lock:
+            self._open_pages.add(pages)
+        return pages
 
     def instances(self, query: FindQuery) -> list[tuple[str, str, str, str]]:
         """The instances a C-MOVE or C-GET identifier selects by its unique keys.
@@ -305,22 +343,136 @@ class ArchiveQuery:
         )
 
     def close(self) -> None:
-        """Close every connection opened so far; a later ``find`` opens new ones."""
+        """Close every connection opened so far, those of unfinished `pages` too; a later
+        ``find`` opens new ones.  No page may be being read meanwhile."""
         with self._lock:
             connections, self._connections = self._connections, []
+            open_pages, self._open_pages = list(self._open_pages), weakref.WeakSet()
             self._local = threading.local()
+        for pages in open_pages:
+            pages.close()
         for connection in connections:
             connection.close()
+
+    def _statement(self, query: FindQuery) -> _Statement:
+        return _Statement.build(query, fold_names=self.case_insensitive_names)
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = self._connect()
-            connection.create_function("dicomd_fold", 1, _fold_name, deterministic=True)
+            connection = self._open_connection()
             with self._lock:
                 self._connections.append(connection)
                 self._local.connection = connection
         return connection
+
+    def _open_connection(self) -> sqlite3.Connection:
+        connection = self._connect()
+        connection.create_function("dicomd_fold", 1, _fold_name, deterministic=True)
+        return connection
+
+
+class FindPages:
+    """The matches of one query, read from the index a page at a time.
+
+    Blocking, and for one thread at a time (any thread: a lock keeps two
+    calls from overlapping).  The matches come in the order of the statement;
+    a read keeps a snapshot of the index while its statement is open, so
+    after ``snapshot_seconds`` the statement is ended and the next page is
+    read by a new one that starts after the last row read (by the ORDER BY
+    key, which ends with a primary key): a slow reader never keeps the WAL
+    from being checkpointed for longer.  Rows changed in between are seen as
+    they are then, as a page read at that time would see them.
+
+    ``done`` once the last match has been read: the statement has ended.
+    `close` ends it early, and closes the connection when it is the query's
+    own (``owns_connection``).
+    """
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        statement: _Statement,
+        page_rows: int,
+        snapshot_seconds: float,
+        *,
+        owns_connection: bool = False,
+    ) -> None:
+        self.done = False
+        self.closed = False
+        self.read = 0
+        """How many matches have been read so far."""
+        self.snapshots = 0
+        """How many statements have been opened: each read a snapshot of its own."""
+        self._connection = connection
+        self._statement = statement
+        self._page_rows = page_rows
+        self._snapshot_seconds = snapshot_seconds
+        self._owns_connection = owns_connection
+        self._lock = threading.Lock()
+        self._cursor: sqlite3.Cursor | None = None
+        self._opened_at = 0.0
+        self._last_key: tuple[Any, ...] | None = None
+
+    def page(self) -> list[Dataset]:
+        """The next matches, at most ``page_rows`` of them; ``[]`` once there are no more."""
+        with self._lock:
+            if self.done:
+                return []
+            if self.closed:
+                raise sqlite3.ProgrammingError("the query was closed before its last page")
+            if self._cursor is not None and time.monotonic() >= self._deadline():
+                self._end_snapshot()
+            cursor = self._cursor if self._cursor is not None else self._execute()
+            rows = cursor.fetchmany(self._page_rows)
+            if len(rows) < self._page_rows:
+                self.done = True
+                self._end_snapshot()
+            width = len(self._statement.returned)
+            if rows:
+                self._last_key = tuple(rows[-1][width:])
+                self.read += len(rows)
+            return [_dataset(self._statement.returned, row[:width]) for row in rows]
+
+    def snapshot_left(self) -> float | None:
+        """Seconds the open statement may still keep its snapshot; None when none is open."""
+        if self._cursor is None:
+            return None
+        return max(self._deadline() - time.monotonic(), 0.0)
+
+    def release(self, snapshot: int) -> None:
+        """End the statement numbered ``snapshot`` if it is still open: the next page starts
+        a new one.  For a reader that has not asked for a page in a while."""
+        with self._lock:
+            if self.snapshots == snapshot:
+                self._end_snapshot()
+
+    def close(self) -> None:
+        """End the read, and close the connection if it is the query's own.  Idempotent."""
+        with self._lock:
+            if self.closed:
+                return
+            self._end_snapshot()
+            if self._owns_connection:
+                self._connection.close()
+            self.closed = True
+
+    def _execute(self) -> sqlite3.Cursor:
+        statement = self._statement
+        if self._last_key is not None:
+            statement = statement.after(self._last_key)
+        self._cursor = self._connection.execute(statement.sql, statement.parameters)
+        self._opened_at = time.monotonic()
+        self.snapshots += 1
+        return self._cursor
+
+    def _deadline(self) -> float:
+        return self._opened_at + self._snapshot_seconds
+
+    def _end_snapshot(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
 
 
 def _fold_name(text: str | None) -> str | None:
@@ -337,10 +489,14 @@ def _level_number(level: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Statement:
-    """One SELECT: its text, its parameters and the keywords of its result columns."""
+    """One SELECT: its conditions and their parameters, the keywords of its first result
+    columns and the columns it is ordered by, which end each row so that a read can go on
+    after any row (`after`)."""
 
-    sql: str
+    select: str
+    clauses: tuple[str, ...]
     parameters: tuple[Any, ...]
+    order: tuple[str, ...]
     returned: tuple[str, ...]
 
     @classmethod
@@ -365,13 +521,43 @@ class _Statement:
                 conditions.add_any_below(_COMPUTED[keyword], values)
         held = [column for column in _COLUMNS.values() if column.level <= depth]
         computed = [_COMPUTED[keyword] for keyword in keys if keyword in _COMPUTED]
+        order = _ORDER[depth]
         select = [column.sql for column in held] + [attribute.select for attribute in computed]
-        sql = f"SELECT {', '.join(select)} FROM {_TABLES[depth]}"
-        if conditions.clauses:
-            sql += " WHERE " + " AND ".join(conditions.clauses)
-        sql += f" ORDER BY {_ORDER[depth]}"
         returned = tuple(attribute.keyword for attribute in (*held, *computed))
-        return cls(sql, tuple(conditions.parameters), returned)
+        return cls(
+            f"SELECT {', '.join((*select, *order))} FROM {_TABLES[depth]}",
+            tuple(conditions.clauses),
+            tuple(conditions.parameters),
+            order,
+            returned,
+        )
+
+    @property
+    def sql(self) -> str:
+        where = f" WHERE {' AND '.join(self.clauses)}" if self.clauses else ""
+        return f"{self.select}{where} ORDER BY {', '.join(self.order)}"
+
+    def after(self, key: Sequence[Any]) -> _Statement:
+        """The same statement for the rows ordered after the row whose order columns hold
+        ``key``.  SQLite sorts NULL first: any value comes after it, and ``IS`` compares
+        NULLs as equal."""
+        alternatives = []
+        parameters: list[Any] = []
+        for position, (column, value) in enumerate(zip(self.order, key, strict=True)):
+            terms = [f"{earlier} IS ?" for earlier in self.order[:position]]
+            parameters += key[:position]
+            if value is None:
+                terms.append(f"{column} IS NOT NULL")
+            else:
+                terms.append(f"{column} > ?")
+                parameters.append(value)
+            alternatives.append(" AND ".join(terms))
+        clause = "(" + " OR ".join(f"({terms})" for terms in alternatives) + ")"
+        return replace(
+            self,
+            clauses=(*self.clauses, clause),
+            parameters=(*self.parameters, *parameters),
+        )
 
 
 def _query_level(query: FindQuery) -> int:

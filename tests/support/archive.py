@@ -8,9 +8,11 @@ import shutil
 import sqlite3
 import tempfile
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from dicomd.archive.index import ArchiveIndex
 from tests.support.daemons import RunningDaemon
 
 INDEX_FILE_NAMES = frozenset(f"index.sqlite{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
@@ -88,3 +90,93 @@ def archive_of(daemon: RunningDaemon) -> ArchiveView:
 def archive_plugin(**options: Any) -> dict[str, Any]:
     """The ``plugins:`` entry of the built-in archive."""
     return {"plugin": "archive", "options": options}
+
+
+SURNAMES: Final = ("DOE", "SMITH", "JONES", "BROWN", "TAYLOR", "WILSON", "DAVIES", "EVANS")
+CT_IMAGE_STORAGE: Final = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@dataclass(frozen=True)
+class LargeIndex:
+    """An archive index of many instances, written straight into its tables in one
+    transaction: seconds for 100 000 instances, where storing each takes many minutes.
+
+    Patient ``p`` is ``PID{p:05d}``, named ``SURNAME^GIVEN{p}``; study ``s`` (one a day
+    from 2021-01-01, UID ``1.2.826.0.1.{s}``) belongs to patient ``s % patients``; its
+    series ``e`` (``.{e}``, modalities CT, MR, PT, US, CR in turn) hold instances ``n``
+    (``.{n}``, InstanceNumber ``n + 1``) kept at ``{pk}.dcm``.
+    """
+
+    studies: int = 1000
+    series_per_study: int = 10
+    instances_per_series: int = 10
+    patients: int = 200
+
+    @property
+    def instances(self) -> int:
+        return self.studies * self.series_per_study * self.instances_per_series
+
+    def paths(self) -> list[str]:
+        """The relative path of every instance."""
+        return [f"{pk}.dcm" for pk in range(self.instances)]
+
+    def write(self, path: Path) -> None:
+        """Fill the index at ``path``, whose schema exists (``ArchiveIndex.open``)."""
+        patients = [
+            (p, f"PID{p:05d}", "", f"{SURNAMES[p % len(SURNAMES)]}^GIVEN{p}", "19700101", "O")
+            for p in range(self.patients)
+        ]
+        studies, series, instances = [], [], []
+        first_day = date(2021, 1, 1)
+        for s in range(self.studies):
+            day = (first_day + timedelta(days=s)).strftime("%Y%m%d")
+            time_of_day = f"{8 + s % 10:02d}{s % 60:02d}00"
+            studies.append((s, s % self.patients, f"1.2.826.0.1.{s}", day, time_of_day, f"A{s}"))
+            for e in range(self.series_per_study):
+                series_pk = s * self.series_per_study + e
+                modality = ("CT", "MR", "PT", "US", "CR")[e % 5]
+                series.append((series_pk, s, f"1.2.826.0.1.{s}.{e}", modality, e + 1))
+                for n in range(self.instances_per_series):
+                    pk = series_pk * self.instances_per_series + n
+                    uid = f"1.2.826.0.1.{s}.{e}.{n}"
+                    instances.append(
+                        (pk, series_pk, uid, CT_IMAGE_STORAGE, n + 1, f"{pk}.dcm", 1, "-", "AE")
+                    )
+        connection = sqlite3.connect(path, isolation_level=None)
+        try:
+            connection.execute("BEGIN")
+            connection.executemany(
+                "INSERT INTO patients (pk, PatientID, IssuerOfPatientID, PatientName, "
+                "PatientBirthDate, PatientSex) VALUES (?, ?, ?, ?, ?, ?)",
+                patients,
+            )
+            connection.executemany(
+                "INSERT INTO studies (pk, patient_pk, StudyInstanceUID, StudyDate, StudyTime, "
+                "AccessionNumber) VALUES (?, ?, ?, ?, ?, ?)",
+                studies,
+            )
+            connection.executemany(
+                "INSERT INTO series (pk, study_pk, SeriesInstanceUID, Modality, SeriesNumber) "
+                "VALUES (?, ?, ?, ?, ?)",
+                series,
+            )
+            connection.executemany(
+                "INSERT INTO instances (pk, series_pk, SOPInstanceUID, SOPClassUID, "
+                "InstanceNumber, path, size, received_at, calling_ae_title) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                instances,
+            )
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+
+    def write_archive(self, root: Path) -> None:
+        """An archive folder a daemon can start on: the index, and an empty file for each
+        instance (start-up reconciliation forgets rows whose file is missing)."""
+        root.mkdir(parents=True, exist_ok=True)
+        index = ArchiveIndex(root / "index.sqlite")
+        index.open()
+        index.close()
+        self.write(index.path)
+        for relative in self.paths():
+            os.close(os.open(root / relative, os.O_CREAT | os.O_WRONLY, 0o644))

@@ -10,8 +10,8 @@ C-CANCEL and other associations get their turn, and the statuses.
 from __future__ import annotations
 
 import codecs
-from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from pydicom import Dataset
 from pydicom.charset import convert_encodings
@@ -35,6 +35,9 @@ _ADDED_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "Retrieve
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
 _KEYS_ANSWERED_INLINE = 64
 """Up to this many keys, an answer takes a millisecond or two: made on the reactor."""
+_END: Any = object()
+"""What ``anext`` answers for a handler's iterator that has no more matches."""
+_T = TypeVar("_T")
 
 
 class Cancelled(Exception):
@@ -108,6 +111,7 @@ class _Answer:
         self.query = query
         self.pending = uids.Status.PENDING
         self.cancelled = False
+        self.exhausted = False
         self.matches = 0
         self.many_keys = count_keys(query.identifier, up_to=_KEYS_ANSWERED_INLINE + 1) > (
             _KEYS_ANSWERED_INLINE
@@ -134,13 +138,18 @@ class _Answer:
 
     def _stream(self, matches: Iterable[Dataset] | AsyncIterable[Dataset]) -> Any:
         if isinstance(matches, AsyncIterable):
-            return defer.Deferred.fromCoroutine(self._stream_async(matches))
-        return self.service.cooperator.cooperate(self._send_each(iter(matches))).whenDone()
+            iterator = aiter(matches)
+            return self._paced(self._send_each_async(iterator)).addBoth(_closing, iterator)
+        return self._paced(self._send_each(iter(matches)))
+
+    def _paced(self, steps: Iterator[defer.Deferred[Any]]) -> defer.Deferred[Any]:
+        """The cooperator takes a step after another for a few milliseconds, then yields to
+        the reactor, so that a cancel or another association gets in; it waits on each
+        step's Deferred, so nothing more is done while the peer has not read what was sent."""
+        return self.service.cooperator.cooperate(steps).whenDone()
 
     def _send_each(self, matches: Iterator[Dataset]) -> Iterator[defer.Deferred[None]]:
-        """A match per step; the cooperator yields to the reactor every few milliseconds,
-        so that a cancel or another association gets in, and waits while the peer has not
-        read what was sent."""
+        """A match per step."""
         for match in matches:
             if self.cancelled:
                 raise Cancelled()
@@ -148,13 +157,20 @@ class _Answer:
         if self.cancelled:
             raise Cancelled()
 
-    async def _stream_async(self, matches: AsyncIterable[Dataset]) -> None:
-        async for match in matches:
-            if self.cancelled:
-                raise Cancelled()
-            await self._send(match)
+    def _send_each_async(self, matches: AsyncIterator[Dataset]) -> Iterator[defer.Deferred[Any]]:
+        """A step awaits the next match and sends it; none is asked for once the peer
+        cancelled or left."""
+        while not (self.cancelled or self.exhausted):
+            arriving = defer.ensureDeferred(_awaited(anext(matches, _END)))
+            yield arriving.addCallback(self._send_unless_over)
         if self.cancelled:
             raise Cancelled()
+
+    def _send_unless_over(self, match: Any) -> defer.Deferred[None] | None:
+        if match is _END:
+            self.exhausted = True
+            return None
+        return None if self.cancelled else self._send(match)
 
     def _send(self, match: Dataset) -> defer.Deferred[None]:
         """Shape, encode and send one match; fires when the peer may take the next.
@@ -258,3 +274,17 @@ def _can_encode(charset: str | list[str], texts: list[str]) -> bool:
     except (LookupError, UnicodeEncodeError):
         return False
     return True
+
+
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+def _closing(result: _T, matches: AsyncIterator[Dataset]) -> _T | defer.Deferred[_T]:
+    """Close a handler's async iterator (``aclose``) however its stream ended, so that what
+    it holds for the query (a cursor, a connection) goes at once, not when it is garbage;
+    then pass ``result`` on."""
+    close = getattr(matches, "aclose", None)
+    if close is None:
+        return result
+    return defer.ensureDeferred(_awaited(close())).addCallback(lambda _: result)
