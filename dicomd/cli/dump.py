@@ -13,10 +13,10 @@ from dicomd.dump import NotDicomError, dump_file
 COMMAND = "dump"
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any, command: str, summary: str) -> None:
     parser = subparsers.add_parser(
-        COMMAND,
-        help="print the elements of Part 10 files",
+        command,
+        help=summary,
         description=(
             "Print each file's meta information and data set, one element per line:"
             " (gggg,eeee) VR Keyword  value.  Items of sequences are indented below"

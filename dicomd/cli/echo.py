@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from dicomd import uids
+from dicomd.cli.arguments import positive_integer
 from dicomd.cli.network import (
     CommandFailed,
     Peer,
@@ -15,7 +16,6 @@ from dicomd.cli.network import (
     add_network_options,
     answer,
     associated,
-    positive_integer,
     run,
 )
 from dicomd.client import propose
@@ -24,11 +24,11 @@ from dicomd.describe import describe_status, status_meaning
 COMMAND = "echo"
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any, command: str, summary: str) -> None:
     parser = subparsers.add_parser(
-        COMMAND,
+        command,
         prefix_chars="-+",  # dcmtk's +tls, +cf...
-        help="verify that a peer answers (C-ECHO)",
+        help=summary,
         description=(
             "Open an association, send C-ECHO and print the status and round-trip time"
             " of each; exit status 0 when every echo succeeded."

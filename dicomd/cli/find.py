@@ -58,11 +58,11 @@ DEFAULT_KEYS: Final[dict[str, tuple[str, ...]]] = {
 """Return keys asked for when the command line names none, so that a bare query shows something."""
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any, command: str, summary: str) -> None:
     parser = subparsers.add_parser(
-        COMMAND,
+        command,
         prefix_chars="-+",  # dcmtk's +tls, +cf...
-        help="query a peer (C-FIND)",
+        help=summary,
         description=(
             "Send one C-FIND and print the matches as a table whose columns are the keys"
             " asked for, in order (or as JSON with --json); the number of matches goes to"

@@ -30,6 +30,7 @@ from twisted.logger import (
 )
 
 from dicomd import uids
+from dicomd.cli.arguments import max_pdu_length, port_number, timeout_seconds
 from dicomd.cli.output import error_line, seconds
 from dicomd.client import (
     AssociationAborted,
@@ -71,47 +72,6 @@ def ae_title(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
-
-
-def port_number(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not between 1 and 65535")
-    return port
-
-
-def max_pdu_length(text: str) -> int:
-    """The largest PDU we accept: at least 4096 (as dcmtk), at most what 4 length bytes hold."""
-    try:
-        length = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
-    if not 4096 <= length <= 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"{length} is not between 4096 and 4294967295")
-    return length
-
-
-def timeout_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("a timeout must be more than 0 seconds")
-    return value
-
-
-def positive_integer(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is less than 1")
-    return value
 
 
 def add_network_options(parser: argparse.ArgumentParser) -> None:

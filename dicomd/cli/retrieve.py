@@ -79,20 +79,14 @@ GET_STORAGE_CLASSES: Final = tuple(
 """What ``dicomd get`` is ready to receive unless told more with ``--storage-class``."""
 
 
-def add_parsers(subparsers: Any) -> None:
-    for command in ("move", "get"):
-        add_parser(subparsers, command)
-
-
-def add_parser(subparsers: Any, command: str) -> None:
+def add_parser(subparsers: Any, command: str, summary: str) -> None:
+    """The parser of ``move`` or ``get`` (``command``)."""
     if command == "move":
-        summary = "have a peer send instances to another AE (C-MOVE)"
         description = (
             "Send one C-MOVE: the peer sends what the keys select to the AE named by"
             " --dest, which it must know.  Progress goes to stderr."
         )
     else:
-        summary = "fetch instances from a peer into a folder (C-GET)"
         description = (
             "Send one C-GET: the peer sends what the keys select back over the same"
             " association; each instance is written to the output folder as"

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dicomd.cli.network import port_number
+from dicomd.cli.arguments import port_number
 from dicomd.cli.output import error_line
 
 if TYPE_CHECKING:
@@ -42,10 +42,10 @@ _CONFIG_FIELDS: Final = {
 """The settings the options give, and the ``Config`` field each one becomes."""
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any, command: str, summary: str) -> None:
     parser = subparsers.add_parser(
-        COMMAND,
-        help="run a store SCP in the foreground (twistd -n dicomd, set up by options)",
+        command,
+        help=summary,
         description=(
             "Receive instances by C-STORE until stopped (Ctrl-C, SIGTERM), logging to stderr."
             " --print, --save and --archive say what to do with each instance, in that"

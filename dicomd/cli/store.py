@@ -23,6 +23,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from dicomd import uids
+from dicomd.cli.arguments import positive_integer
 from dicomd.cli.network import (
     CommandFailed,
     Peer,
@@ -30,7 +31,6 @@ from dicomd.cli.network import (
     add_network_options,
     associated,
     explain_failure,
-    positive_integer,
     run,
 )
 from dicomd.cli.output import error_line
@@ -55,11 +55,11 @@ TICK_INTERVAL = 1.0
 log = Logger()
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any, command: str, summary: str) -> None:
     parser = subparsers.add_parser(
-        COMMAND,
+        command,
         prefix_chars="-+",  # dcmtk's +tls, +cf...
-        help="send files to a peer (C-STORE)",
+        help=summary,
         description=(
             "Send DICOM Part 10 files, and every such file under the directories named, as"
             " they are (or in an uncompressed syntax the peer prefers).  Files that are not"
@@ -175,12 +175,13 @@ def find_instances(paths: Iterable[str]) -> tuple[list[Instance], list[tuple[Pat
         for candidate in _files_under(path):
             try:
                 header = read_header(candidate)
-                size = candidate.stat().st_size
             except Part10Error as error:
                 skipped.append((candidate, f"not a DICOM file ({error})"))
             except OSError as error:
                 skipped.append((candidate, error.strerror or str(error)))
             else:
+                # The data set runs to the end of the file: its size needs no second stat.
+                size = header.data_set_offset + header.data_set_length
                 instances.append(
                     Instance(candidate, size, header.sop_class_uid, header.transfer_syntax)
                 )

@@ -14,10 +14,10 @@ from dicomd.users import UsersFile, UsersFileError
 COMMAND = "user"
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any, command: str, summary: str) -> None:
     parser = subparsers.add_parser(
-        COMMAND,
-        help="add, remove or list the users who log in with a passcode",
+        command,
+        help=summary,
         description=(
             "Manage the users file named by authentication.users_file: user names and"
             " scrypt hashes of their passcodes.  A running node reads it again at each"
