@@ -12,13 +12,15 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -152,6 +154,7 @@ def service_tree(
     """
     root = root if root is not None else MultiService()
     trail = audit_trail(config, reactor)
+    trail.setName("audit")
     trail.setServiceParent(root)  # first to start, last to stop
     LagMonitor(reactor).setServiceParent(root)
     for plugin in providing(plugins, IService):
@@ -237,6 +240,14 @@ def with_tls(config: Config, factory: DicomServerFactory) -> ServerFactory:
     except TLSFileError as error:
         raise ConfigError(error.key, str(error)) from None
     return TLSMemoryBIOFactory(options, False, factory)
+
+
+def stop_on_listen_failure(error: CannotListenError) -> NoReturn:
+    """A port that cannot be had stops the daemon with one line, like a bad config."""
+    where = f"{error.interface or '*'}:{error.port}"
+    reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+    sys.stderr.write(f"dicomd: listen: cannot listen on {where}: {reason}\n")
+    raise SystemExit(1) from None
 
 
 def prepare_storage(config: Config) -> None:

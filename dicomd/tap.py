@@ -83,7 +83,4 @@ class _Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as error:
-            where = f"{error.interface or '*'}:{error.port}"
-            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-            sys.stderr.write(f"dicomd: listen: cannot listen on {where}: {reason}\n")
-            raise SystemExit(1) from None
+            app.stop_on_listen_failure(error)

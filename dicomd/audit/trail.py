@@ -124,6 +124,8 @@ class AuditTrail(Service):
         self.source = source
         self.sinks = tuple(sinks)
         self.seconds = seconds
+        self.records_activity = True
+        """False in a worker process: its parent records the node's start and stop."""
 
     @property
     def enabled(self) -> bool:
@@ -143,9 +145,11 @@ class AuditTrail(Service):
         super().startService()
         for sink in self.sinks:
             sink.start()
-        self.record(application_activity(self.node, self.now(), started=True))
+        if self.records_activity:
+            self.record(application_activity(self.node, self.now(), started=True))
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
-        self.record(application_activity(self.node, self.now(), started=False))
+        if self.records_activity:
+            self.record(application_activity(self.node, self.now(), started=False))
         return defer.gatherResults([sink.stop() for sink in self.sinks], consumeErrors=True)

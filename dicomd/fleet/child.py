@@ -96,6 +96,7 @@ def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
         listener=lambda _endpoint, factory: AdoptedPort(factory),
         admission=SharedLimit(control),
     )
+    root.getServiceNamed("audit").records_activity = False  # the parent's start and stop
     root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()

@@ -26,6 +26,7 @@ import contextlib
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any, Final
 
 from twisted.application.service import MultiService, Service
@@ -34,8 +35,9 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from dicomd.archive.handler import ArchiveError, ArchiveHandler
-from dicomd.config import Config, ConfigError
+from dicomd import app
+from dicomd.archive.handler import ArchiveHandler
+from dicomd.config import Config
 from dicomd.fleet.admission import Admissions, AdmissionServer
 from dicomd.fleet.child import CONTROL_FD, LISTENING_FD, pickled
 from dicomd.node.factory import AssociationLimits
@@ -92,9 +94,10 @@ class WorkerPool(Service):
 
     log = Logger(namespace="dicomd.fleet")
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, plugins: Sequence[object]) -> None:
         self.config = config
         self.reactor = reactor
+        self.plugins = plugins
         self.admissions = Admissions(
             AssociationLimits(
                 config.limits.max_associations,
@@ -113,16 +116,25 @@ class WorkerPool(Service):
         endpoint = endpoints.serverFromString(self.reactor, self.config.listen)
         holder = Factory()
         holder.noisy = False  # it never builds a protocol: the workers accept
-        listening = endpoint.listen(holder)
-        self._port = listening.result  # a TCP endpoint listens at once, or fails at once
+        outcome: list[Any] = []  # a TCP endpoint listens at once, or fails at once
+        endpoint.listen(holder).addBoth(outcome.append)
+        self._port = outcome[0]
         if isinstance(self._port, Failure):
+            if self._port.check(error.CannotListenError):
+                app.stop_on_listen_failure(self._port.value)
             self._port.raiseException()
         self._port.stopReading()  # the workers accept; the parent only holds the socket
         address = self._port.getHost()
         self._family = "inet6" if getattr(address, "type", "TCP") == "TCP6" else "inet"
 
     def startService(self) -> None:
+        """Reconcile each archive once, then start the workers; an archive that cannot be
+        used raises here, as it does in a daemon of one process."""
         super().startService()
+        for plugin in self.plugins:
+            if isinstance(plugin, ArchiveHandler):
+                plugin.open()
+                plugin.close()
         for number in range(1, self.config.workers + 1):
             self._start(number)
 
@@ -202,19 +214,20 @@ def _why(reason: Failure) -> str:
     return f"exit status {exit_code}"
 
 
-def pool_service(config: Config, reactor: Any, root: MultiService, plugins: Any) -> MultiService:
-    """The parent's service tree: the archives reconciled now, then the pool of workers.
+def pool_service(
+    config: Config, reactor: Any, root: MultiService, plugins: Sequence[object]
+) -> MultiService:
+    """The parent's service tree: its audit trail (the node's start and stop), then the pool.
 
-    Raises ``ConfigError`` for an archive folder that cannot be used.
+    The node a worker builds is built here once too, and dropped, so that a
+    mistake it holds (certificates, identity checking, the audit file) stops
+    the start with the ``ConfigError`` a daemon of one process raises.
     """
-    for plugin in plugins:
-        if isinstance(plugin, ArchiveHandler):
-            try:
-                plugin.open()
-            except ArchiveError as error:
-                raise ConfigError("storage.path", str(error)) from None
-            plugin.close()
-    pool = WorkerPool(config, reactor)
+    app.with_tls(config, app.node_factory(config, plugins, clock=reactor))
+    trail = app.audit_trail(config, reactor)
+    trail.setName("audit")
+    trail.setServiceParent(root)
+    pool = WorkerPool(config, reactor, plugins)
     pool.setName("dicom")
     pool.setServiceParent(root)
     return root

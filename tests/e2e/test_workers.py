@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -44,8 +45,8 @@ def test_every_worker_serves_and_the_shared_archive_indexes_each_instance_once(
     start_dicomd, tmp_path
 ):
     daemon = start_dicomd(workers=2, plugins=[{"plugin": "archive"}])
-    assert len(workers_of(daemon)) == 2
     wait_for_workers(daemon, 2)
+    assert len(workers_of(daemon)) == 2
     files = write_ct_files(tmp_path / "ct", 40)
 
     stores = [
@@ -147,7 +148,35 @@ def test_an_archive_folder_of_unknown_files_stops_the_parent_with_one_line(twist
     result = twistd(write_config(tmp_path, config))
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert [line for line in output.splitlines() if line.strip()] == [
-        f"dicomd: storage.path: {archive} holds files but no index (index.sqlite); dicomd will"
-        " not delete them: move them away or choose another folder"
-    ]
+    assert "Traceback" not in output, output
+    assert (
+        f"dicomd: cannot start: ArchiveError: {archive} holds files but no index (index.sqlite)"
+        in output
+    )
+    assert "worker 1 started" not in output  # no worker began on an archive it must not touch
+
+
+def test_a_port_in_use_stops_the_parent_with_one_line(twistd, tmp_path):
+    with socket.socket() as taken:
+        taken.bind((LOCALHOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = deep_merge(
+            DEFAULT_CONFIG, {"listen": f"tcp:{port}:interface={LOCALHOST}", "workers": 2}
+        )
+        result = twistd(write_config(tmp_path, config))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output, output
+    assert f"dicomd: listen: cannot listen on {LOCALHOST}:{port}: Address already in use" in output
+
+
+def test_a_mistake_only_the_node_finds_stops_the_parent_with_one_line(twistd, tmp_path):
+    config = deep_merge(
+        DEFAULT_CONFIG,
+        {"listen": "tcp:0", "workers": 2, "authentication": {"required": True}},
+    )
+    result = twistd(write_config(tmp_path, config))
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 1
+    assert len(lines) == 1 and lines[0].startswith("dicomd: authentication.required:"), lines
