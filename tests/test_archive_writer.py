@@ -7,6 +7,9 @@ hands back a Deferred the test fires when it wants the commit to end.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from dicomd.archive.index import ArchiveIndex, Outcome, adding
-from dicomd.archive.writer import GroupCommit, KeyedLocks
+from dicomd.archive.writer import LOCK_BUCKETS, GroupCommit, KeyedLocks, ProcessLocks
 from tests.support.received import record
 
 
@@ -211,3 +214,45 @@ def test_waiters_get_the_lock_in_order(count: int) -> None:
         releases.pop(0)()
     assert order == list(range(count))
     assert len(locks) == 0
+
+
+def bucket_of(key: str) -> int:
+    return zlib.crc32(key.encode()) % LOCK_BUCKETS
+
+
+def bucket_is_free(folder: Path, key: str) -> bool:
+    """Whether another holder could lock ``key``'s bucket now (without waiting)."""
+    descriptor = os.open(folder / f"{bucket_of(key):03d}", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def test_process_locks_hold_each_keys_bucket_until_released(tmp_path: Path) -> None:
+    keys = ("uid:1.2.3", "path:a/b.dcm")
+    other = next(
+        f"uid:{n}" for n in range(100_000) if bucket_of(f"uid:{n}") not in map(bucket_of, keys)
+    )
+    release = ProcessLocks(tmp_path).hold(*keys)
+    assert not bucket_is_free(tmp_path, keys[0])
+    assert not bucket_is_free(tmp_path, keys[1])
+    assert bucket_is_free(tmp_path, other)
+    release()
+    assert bucket_is_free(tmp_path, keys[0])
+    assert bucket_is_free(tmp_path, keys[1])
+
+
+def test_process_locks_take_a_shared_bucket_once(tmp_path: Path) -> None:
+    """Two keys in one bucket: locking it twice from one holder would wait on itself."""
+    first = "uid:1"
+    second = next(
+        f"uid:{n}" for n in range(2, 100_000) if bucket_of(f"uid:{n}") == bucket_of(first)
+    )
+    release = ProcessLocks(tmp_path).hold(first, second)
+    assert not bucket_is_free(tmp_path, first)
+    release()
+    assert bucket_is_free(tmp_path, second)

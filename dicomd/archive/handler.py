@@ -55,7 +55,7 @@ from dicomd.archive.index import (
 from dicomd.archive.layout import Layout
 from dicomd.archive.matches import NotRunning, PagedMatches
 from dicomd.archive.query import ArchiveQuery, FindPages
-from dicomd.archive.writer import GroupCommit, InFlight, KeyedLocks
+from dicomd.archive.writer import GroupCommit, InFlight, KeyedLocks, ProcessLocks
 from dicomd.interfaces import (
     FindQuery,
     IFindHandler,
@@ -99,6 +99,8 @@ _READABLE: Final = {
 }
 """Transfer syntaxes whose data set's head pydicom reads without reading the rest."""
 _INFLATED_PIECE: Final = 1 << 16
+LOCKS_FOLDER: Final = ".locks"
+"""Where worker processes sharing the archive lock UIDs and paths (`ProcessLocks`)."""
 
 _T = TypeVar("_T")
 
@@ -213,9 +215,11 @@ class ArchiveHandler(Service):
         self._locks = KeyedLocks()
         self._in_flight = InFlight()
         self.attributes_read = frozenset((*INDEXED_KEYWORDS, *self.layout.keywords()))
-        self.reconcile_at_start = True
-        """False in a worker process: its parent reconciled before any worker began, and a
-        worker reconciling would delete what the others are receiving."""
+        self.shared = False
+        """True in one of several worker processes serving this archive: the parent
+        reconciled before any of them began (a worker reconciling would delete what the
+        others are receiving), and a UID or a path is locked across the processes too."""
+        self._process_locks: ProcessLocks | None = None
         self._last_needed_tag = int(max(Tag(keyword) for keyword in self.attributes_read))
 
     # -- the Twisted service ----------------------------------------------------------------
@@ -230,10 +234,13 @@ class ArchiveHandler(Service):
             from twisted.internet import reactor
 
             self._reactor = reactor
-        if self.reconcile_at_start:
-            self.open()
-        else:
+        if self.shared:
             self.index.open()
+            locks = self.path / LOCKS_FOLDER
+            locks.mkdir(exist_ok=True)
+            self._process_locks = ProcessLocks(locks)
+        else:
+            self.open()
         self.index.close_writer()  # reconciliation's; the writer thread opens its own
         self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="dicomd-archive")
         self._writer_pool = ThreadPool(minthreads=1, maxthreads=1, name="dicomd-archive-index")
@@ -375,7 +382,14 @@ class ArchiveHandler(Service):
             await flushing
         if not isinstance(checked, InstanceRecord):
             return checked
-        release = await self._locks.hold(f"uid:{checked.SOPInstanceUID}", f"path:{checked.path}")
+        keys = (f"uid:{checked.SOPInstanceUID}", f"path:{checked.path}")
+        release = await self._locks.hold(*keys)
+        if self._process_locks is not None:
+            try:
+                release = _both(release, await steps.blocking(self._process_locks.hold, *keys))
+            except BaseException:
+                release()
+                raise
         try:
             placed = await steps.blocking(self._move_in, instance, checked)
             if not isinstance(placed, _Placed):
@@ -585,6 +599,16 @@ def _mismatch(dataset: Dataset, instance: ReceivedInstance) -> Dataset | None:
             "SOP Instance UID of the data set differs from the command's",
         )
     return None
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    """A release that lets go of the locks of ``second``, then of ``first``."""
+
+    def release() -> None:
+        second()
+        first()
+
+    return release
 
 
 def _fsync(path: Path) -> None:

@@ -7,9 +7,13 @@ blocking steps (parsing, fsync, rename, one transaction).
 
 from __future__ import annotations
 
+import fcntl
+import os
+import zlib
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, succeed
 from twisted.python.failure import Failure
@@ -154,3 +158,39 @@ class KeyedLocks:
             lock.release()
             if not lock.locked:
                 del self._locks[key]
+
+
+LOCK_BUCKETS: Final = 256
+
+
+class ProcessLocks:
+    """Locks on keys that hold across the processes sharing an archive, and across threads.
+
+    Each key maps to one of `LOCK_BUCKETS` files in ``folder``, locked with
+    ``flock``; a holder takes its buckets in sorted order, so two holders never
+    deadlock, and two keys that share a bucket merely wait for each other.
+    Blocking: for the archive's threads, never the reactor's.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def hold(self, *keys: str) -> Callable[[], None]:
+        """Once every key is held, the function that releases them."""
+        buckets = sorted({zlib.crc32(key.encode("utf-8")) % LOCK_BUCKETS for key in keys})
+        held: list[int] = []
+        try:
+            for bucket in buckets:
+                descriptor = os.open(self.folder / f"{bucket:03d}", os.O_RDWR | os.O_CREAT, 0o600)
+                held.append(descriptor)
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except BaseException:
+            _close_all(held)
+            raise
+        return partial(_close_all, held)
+
+
+def _close_all(descriptors: list[int]) -> None:
+    """Closing a descriptor lets go of its flock."""
+    for descriptor in descriptors:
+        os.close(descriptor)

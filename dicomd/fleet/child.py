@@ -57,6 +57,7 @@ def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
     from twisted.protocols import amp
 
     from dicomd import app
+    from dicomd.archive.handler import ArchiveHandler
     from dicomd.fleet.admission import SharedLimit
 
     class Control(amp.AMP):
@@ -87,8 +88,8 @@ def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
 
     plugins = app.build_plugins(config)
     for plugin in plugins:
-        if hasattr(plugin, "reconcile_at_start"):
-            plugin.reconcile_at_start = False  # the parent reconciled before any worker began
+        if isinstance(plugin, ArchiveHandler):
+            plugin.shared = True  # the parent reconciled; locks hold across the workers
     root = app.service_tree(
         config,
         plugins,

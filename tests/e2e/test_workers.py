@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pynetdicom.sop_class import Verification
 
 from tests.support.daemons import DEFAULT_CONFIG, deep_merge, write_config
 from tests.support.datasets import write_ct_files
-from tests.support.dcmtk import run_dcmtk, run_echoscu
+from tests.support.dcmtk import dcmtk_environment, run_dcmtk, run_echoscu
 from tests.support.processes import LOCALHOST
 
 
@@ -180,3 +181,26 @@ def test_a_mistake_only_the_node_finds_stops_the_parent_with_one_line(twistd, tm
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert result.returncode == 1
     assert len(lines) == 1 and lines[0].startswith("dicomd: authentication.required:"), lines
+
+
+def test_one_instance_sent_at_once_to_both_workers_is_kept_once(start_dicomd, tmp_path):
+    """keep-first across processes: one copy succeeds, every other is told B000."""
+    daemon = start_dicomd(workers=2, plugins=[{"plugin": "archive"}])
+    wait_for_workers(daemon, 2)
+    (instance,) = write_ct_files(tmp_path / "ct", 1)
+
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-v", "-aec", daemon.ae_title, LOCALHOST, str(daemon.port),
+             str(instance)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_environment(),
+        )
+        for _ in range(8)
+    ]  # fmt: skip
+    outputs = [sender.communicate(timeout=60)[0] for sender in senders]
+
+    statuses = [re.search(r"Received Store Response \((\w+)", out).group(1) for out in outputs]
+    assert sorted(statuses) == ["Success"] + ["Warning"] * 7, outputs
+    assert serving_workers(daemon.log_text()) == {"1", "2"}
+    archive = daemon.directory / daemon.config["storage"]["path"]
+    assert len([p for p in archive.rglob("*.dcm") if ".incoming" not in p.parts]) == 1
