@@ -6,6 +6,7 @@ The start-up itself, in a fresh interpreter, is tested in ``tests/e2e/test_cli_s
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from collections.abc import Iterator
@@ -126,3 +127,14 @@ def test_an_unknown_command_is_a_usage_error_naming_the_commands(
     complaint = capsys.readouterr().err
     assert "invalid choice: 'ecoh'" in complaint
     assert all(f"'{name}'" in complaint for name in EVERY_COMMAND)
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_the_garbage_collector_is_left_on_or_off_as_it_was(collecting: bool) -> None:
+    (gc.enable if collecting else gc.disable)()
+    try:
+        with pytest.raises(SystemExit):
+            main(["--version"])
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
