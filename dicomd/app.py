@@ -56,7 +56,7 @@ from dicomd.node.services.retrieve import GetService, MoveService
 from dicomd.node.services.store import StorageService
 from dicomd.node.validation import AccessValidator
 from dicomd.part10 import INCOMING_FOLDER
-from dicomd.scu.destinations import KnownDestinations
+from dicomd.scu.destinations import KnownDestinations, TurnsFor
 from dicomd.ul.tls import Identity, TLSFileError, client_options, server_options
 
 _Listener = TypeVar("_Listener", bound=StreamServerEndpointService)
@@ -82,13 +82,15 @@ def node_factory(
     clock: IReactorTime,
     audit: AuditTrail | None = None,
     admission: Admission | None = None,
+    turns_for: TurnsFor | None = None,
 ) -> DicomServerFactory:
     """The node's Twisted factory, serving what ``plugins`` provide (in their order).
 
     ``clock`` is the reactor: its time for every timer, and ``IReactorTCP``
     for the associations C-MOVE opens to its destinations.  ``audit`` is the
-    trail its associations write to (`audit_trail`); ``admission`` holds the
-    association limits when a parent process holds them for its workers.
+    trail its associations write to (`audit_trail`); ``admission`` and ``turns_for``
+    hold the association limits and the destinations' when a parent process holds
+    them for its workers.
     Raises ``ConfigError`` when an identity is required and nothing can check one.
     """
     access = config.access
@@ -112,7 +114,13 @@ def node_factory(
             *([authorizer] if isinstance(authorizer, RulesAuthorizer) else []),
             *providing(plugins, IAssociationValidator),
         ),
-        services=services(config, plugins, clock, audited=audit is not None and audit.enabled),
+        services=services(
+            config,
+            plugins,
+            clock,
+            audited=audit is not None and audit.enabled,
+            turns_for=turns_for,
+        ),
         worker=worker_for(clock),
         max_command_length=config.limits.max_command_length,
         max_data_length=config.limits.max_identifier_length,
@@ -144,13 +152,14 @@ def service_tree(
     listener: Callable[..., _Listener] = StreamServerEndpointService,
     root: MultiService | None = None,
     admission: Admission | None = None,
+    turns_for: TurnsFor | None = None,
 ) -> MultiService:
     """The node as a service: plugins that are services (the archive opens its index) start
     before the listener, which is named ``dicom``; a `LagMonitor` reports reactor stalls.
 
     ``listener`` makes the listening service from the endpoint and the factory; ``root``
     is the service the tree is built into (a new `MultiService` by default);
-    ``admission`` is passed to `node_factory`.
+    ``admission`` and ``turns_for`` are passed to `node_factory`.
     """
     root = root if root is not None else MultiService()
     trail = audit_trail(config, reactor)
@@ -160,7 +169,9 @@ def service_tree(
     for plugin in providing(plugins, IService):
         plugin.setServiceParent(root)  # type: ignore[attr-defined]
     endpoint = endpoints.serverFromString(reactor, config.listen)
-    factory = node_factory(config, plugins, clock=reactor, audit=trail, admission=admission)
+    factory = node_factory(
+        config, plugins, clock=reactor, audit=trail, admission=admission, turns_for=turns_for
+    )
     service = listener(endpoint, with_tls(config, factory))
     service.setName("dicom")
     service.setServiceParent(root)
@@ -265,9 +276,17 @@ def providing(plugins: Sequence[object], interface: InterfaceClass) -> list[obje
 
 
 def services(
-    config: Config, plugins: Sequence[object], clock: IReactorTime, *, audited: bool = False
+    config: Config,
+    plugins: Sequence[object],
+    clock: IReactorTime,
+    *,
+    audited: bool = False,
+    turns_for: TurnsFor | None = None,
 ) -> ServiceRegistry:
-    """Verification always; Storage, Query and Retrieve when plugins for them are given."""
+    """Verification always; Storage, Query and Retrieve when plugins for them are given.
+
+    ``turns_for`` keeps the destinations' ``max_associations`` (in this process by default).
+    """
     found = [VerificationService()]
     find_handlers = providing(plugins, IFindHandler)
     if find_handlers:
@@ -294,6 +313,7 @@ def services(
             config.destinations,
             client_settings(config),
             identity,
+            **({"turns_for": turns_for} if turns_for is not None else {}),
         )
         decompressor = Decompressor(
             config.storage_path / INCOMING_FOLDER, config.retrieve.decoder_processes

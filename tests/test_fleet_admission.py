@@ -6,7 +6,13 @@ from __future__ import annotations
 from twisted.protocols import amp
 from twisted.test.iosim import connectedServerAndClient
 
-from dicomd.fleet.admission import Admissions, AdmissionServer, SharedLimit
+from dicomd.fleet.admission import (
+    Admissions,
+    AdmissionServer,
+    DestinationTurns,
+    SharedLimit,
+    SharedTurns,
+)
 from dicomd.interfaces import ACCEPT, AssociationRequest, Rejection
 from dicomd.node.factory import AssociationLimits
 
@@ -43,7 +49,7 @@ def request(host: str, port: int, calling: str = "CT01") -> AssociationRequest:
 def connected_worker(book: Admissions, number: int):
     worker = amp.AMP()
     server, _client, pump = connectedServerAndClient(
-        lambda: AdmissionServer(book, number), lambda: worker
+        lambda: AdmissionServer(book, DestinationTurns(), number), lambda: worker
     )
     return SharedLimit(worker), pump, server
 
@@ -91,3 +97,52 @@ def test_a_worker_whose_parent_is_gone_admits_nothing() -> None:
     assert isinstance(refused, Rejection)
     assert refused.message == "local limit exceeded: the parent is gone"
     assert book.held() == 0
+
+
+def connected_turns(turns: DestinationTurns, number: int):
+    worker = amp.AMP()
+    server, _client, pump = connectedServerAndClient(
+        lambda: AdmissionServer(Admissions(LIMITS), turns, number), lambda: worker
+    )
+    return SharedTurns(worker, "VIEWER", 1), pump, server
+
+
+def test_a_destination_takes_one_association_at_a_time_from_all_workers() -> None:
+    turns = DestinationTurns()
+    first, first_pump, _ = connected_turns(turns, 1)
+    second, second_pump, _ = connected_turns(turns, 2)
+
+    taken = first.acquire()
+    first_pump.flush()
+    waiting = second.acquire()
+    second_pump.flush()
+    assert taken.called and not waiting.called
+    assert turns.held("VIEWER") == 1
+
+    first.release()
+    first_pump.flush()
+    second_pump.flush()
+    assert waiting.called
+    assert turns.held("VIEWER") == 1
+
+
+def test_a_worker_that_ends_gives_back_its_turns_and_those_it_waited_for() -> None:
+    turns = DestinationTurns()
+    first, first_pump, first_server = connected_turns(turns, 1)
+    second, second_pump, second_server = connected_turns(turns, 2)
+    third, third_pump, _ = connected_turns(turns, 3)
+    first.acquire()
+    first_pump.flush()
+    second.acquire()  # waits behind the first
+    second_pump.flush()
+    waiting = third.acquire()
+    third_pump.flush()
+
+    second_server.transport.loseConnection()  # the waiting worker ends
+    second_pump.flush()
+    first_server.transport.loseConnection()  # then the holder
+    first_pump.flush()
+    third_pump.flush()
+
+    assert waiting.called
+    assert turns.held("VIEWER") == 1  # the third's, and nothing left for the dead ones

@@ -4,9 +4,11 @@ Each worker asks the parent before it accepts an association (`Admit`) and
 tells it when one ends (`Leave`); the parent counts every worker's
 associations in one `Admissions` and answers with the same rules a single
 process applies (`dicomd.node.factory.ConcurrencyLimit`): in all, from one
-host, for one calling AE.  The question goes over an AMP connection the
-parent made for each worker; it costs a local round trip per association,
-not per message.
+host, for one calling AE.  Likewise a worker takes a turn from the parent
+before it opens an association to a C-MOVE destination with
+``max_associations`` (`TakeTurn`), and gives it back when that ends
+(`GiveTurn`).  The questions go over an AMP connection the parent made for
+each worker; they cost a local round trip per association, not per message.
 """
 
 from __future__ import annotations
@@ -51,6 +53,60 @@ class Leave(amp.Command):
     requiresAnswer = False
 
 
+class TakeTurn(amp.Command):
+    """Answered once the worker may open an association to ``destination``."""
+
+    arguments = [(b"destination", amp.Unicode()), (b"most", amp.Integer())]  # noqa: RUF012
+    response = []  # noqa: RUF012
+
+
+class GiveTurn(amp.Command):
+    """The worker's association to ``destination`` has ended."""
+
+    arguments = [(b"destination", amp.Unicode())]  # noqa: RUF012
+    response = []  # noqa: RUF012
+    requiresAnswer = False
+
+
+class DestinationTurns:
+    """Every worker's associations to each destination, at most its ``max_associations``."""
+
+    def __init__(self) -> None:
+        self._semaphores: dict[str, defer.DeferredSemaphore] = {}
+        self._held: dict[tuple[int, str], int] = {}
+        self._gone: set[int] = set()
+
+    def take(self, worker: int, destination: str, most: int) -> defer.Deferred[None]:
+        semaphore = self._semaphores.setdefault(destination, defer.DeferredSemaphore(most))
+
+        def granted(_: object) -> None:
+            if worker in self._gone:  # it ended while it waited: the turn goes on at once
+                semaphore.release()
+                return
+            key = (worker, destination)
+            self._held[key] = self._held.get(key, 0) + 1
+
+        return semaphore.acquire().addCallback(granted)
+
+    def give(self, worker: int, destination: str) -> None:
+        key = (worker, destination)
+        if self._held.get(key, 0) > 0:
+            self._held[key] -= 1
+            self._semaphores[destination].release()
+
+    def forget(self, worker: int) -> None:
+        """A worker that ended gives back every turn it held, and any it waits for."""
+        self._gone.add(worker)
+        for (holder, destination), count in list(self._held.items()):
+            if holder == worker:
+                del self._held[(holder, destination)]
+                for _ in range(count):
+                    self._semaphores[destination].release()
+
+    def held(self, destination: str) -> int:
+        return sum(count for (_, name), count in self._held.items() if name == destination)
+
+
 @dataclass(frozen=True, slots=True)
 class _Held:
     host: str
@@ -92,10 +148,20 @@ class Admissions:
 class AdmissionServer(amp.AMP):
     """The parent's end of one worker's control connection."""
 
-    def __init__(self, admissions: Admissions, worker: int) -> None:
+    def __init__(self, admissions: Admissions, turns: DestinationTurns, worker: int) -> None:
         super().__init__()
         self.admissions = admissions
+        self.turns = turns
         self.worker = worker
+
+    @TakeTurn.responder
+    def take_turn(self, destination: str, most: int) -> defer.Deferred[dict[str, Any]]:
+        return self.turns.take(self.worker, destination, most).addCallback(lambda _: {})
+
+    @GiveTurn.responder
+    def give_turn(self, destination: str) -> dict[str, Any]:
+        self.turns.give(self.worker, destination)
+        return {}
 
     @Admit.responder
     def admit(self, key: str, host: str, calling: str) -> dict[str, str]:
@@ -108,6 +174,7 @@ class AdmissionServer(amp.AMP):
 
     def connectionLost(self, reason: Failure) -> None:
         self.admissions.forget(self.worker)
+        self.turns.forget(self.worker)
         super().connectionLost(reason)
 
 
@@ -155,3 +222,18 @@ class SharedLimit:
         if key in self._admitted:
             self._admitted.discard(key)
             self.control.callRemote(Leave, key=key)
+
+
+class SharedTurns:
+    """A destination's turns in a worker: the parent keeps them for every worker."""
+
+    def __init__(self, control: amp.AMP, destination: str, most: int) -> None:
+        self.control = control
+        self.destination = destination
+        self.most = most
+
+    def acquire(self) -> defer.Deferred[object]:
+        return self.control.callRemote(TakeTurn, destination=self.destination, most=self.most)
+
+    def release(self) -> None:
+        self.control.callRemote(GiveTurn, destination=self.destination)

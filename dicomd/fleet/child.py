@@ -58,7 +58,7 @@ def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
 
     from dicomd import app
     from dicomd.archive.handler import ArchiveHandler
-    from dicomd.fleet.admission import SharedLimit
+    from dicomd.fleet.admission import SharedLimit, SharedTurns
 
     class Control(amp.AMP):
         def connectionLost(self, reason: object) -> None:
@@ -96,6 +96,7 @@ def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
         reactor,
         listener=lambda _endpoint, factory: AdoptedPort(factory),
         admission=SharedLimit(control),
+        turns_for=lambda destination, most: SharedTurns(control, destination, most),
     )
     root.getServiceNamed("audit").records_activity = False  # the parent's start and stop
     root.startService()

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from dicomd import app
 from dicomd.archive.handler import ArchiveHandler
 from dicomd.config import Config
-from dicomd.fleet.admission import Admissions, AdmissionServer
+from dicomd.fleet.admission import Admissions, AdmissionServer, DestinationTurns
 from dicomd.fleet.child import CONTROL_FD, LISTENING_FD, pickled
 from dicomd.node.factory import AssociationLimits
 
@@ -105,6 +105,7 @@ class WorkerPool(Service):
                 config.limits.max_associations_per_calling_ae,
             )
         )
+        self.turns = DestinationTurns()
         self.workers: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
         self._port: Any = None
@@ -157,7 +158,7 @@ class WorkerPool(Service):
         child_end.close()
         process.write(pickled(self.config))
         process.closeStdin()
-        server = AdmissionServer(self.admissions, number)
+        server = AdmissionServer(self.admissions, self.turns, number)
         self.reactor.adoptStreamConnection(
             parent_end.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: server)
         )

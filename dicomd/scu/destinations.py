@@ -35,9 +35,27 @@ class Destination(Protocol):
     decompress: bool
 
 
+class Turns(Protocol):
+    """Who may open an association to a destination now: a semaphore, or one held by the
+    parent of worker processes for all of them."""
+
+    def acquire(self) -> defer.Deferred[object]: ...
+
+    def release(self) -> None: ...
+
+
+TurnsFor = Callable[[str, int], Turns]
+"""The turns of a destination, given its AE title and ``max_associations``."""
+
+
+def _semaphore(ae_title: str, most: int) -> Turns:
+    return defer.DeferredSemaphore(most)
+
+
 class KnownDestinations:
     """The configured destinations of C-MOVE, reached with ``settings(ae_title)``; over TLS,
-    the node presents ``identity`` (its own certificate) to those that ask for one."""
+    the node presents ``identity`` (its own certificate) to those that ask for one.
+    ``turns_for`` keeps each one's ``max_associations`` (in this process by default)."""
 
     def __init__(
         self,
@@ -45,13 +63,14 @@ class KnownDestinations:
         destinations: Mapping[str, Destination],
         settings: Callable[[str], ClientSettings],
         identity: Identity | None = None,
+        turns_for: TurnsFor = _semaphore,
     ) -> None:
         self.reactor = reactor
         self.destinations = destinations
         self.settings = settings
         self.identity = identity
         self._turns = {
-            name: defer.DeferredSemaphore(destination.max_associations)
+            name: turns_for(name, destination.max_associations)
             for name, destination in destinations.items()
             if destination.max_associations
         }

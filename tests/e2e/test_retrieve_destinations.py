@@ -3,6 +3,7 @@ on how many moves may send to one destination at once."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -55,8 +56,10 @@ def move_study(daemon: RunningDaemon, destination: str) -> subprocess.CompletedP
     )  # fmt: skip
 
 
-def archive_with(start_dicomd, destinations: dict) -> RunningDaemon:
-    daemon = start_dicomd(plugins=[{"plugin": "archive"}], destinations=destinations)
+def archive_with(start_dicomd, destinations: dict, workers: int = 1) -> RunningDaemon:
+    daemon = start_dicomd(
+        plugins=[{"plugin": "archive"}], destinations=destinations, workers=workers
+    )
     stored = run_dcmtk("storescu", "-aec", daemon.ae_title, LOCALHOST, str(daemon.port), str(CT))
     assert stored.returncode == 0, stored.stdout + stored.stderr
     return daemon
@@ -140,40 +143,52 @@ class CountingReceiver:
         return 0x0000
 
 
-def test_max_associations_makes_moves_to_a_destination_take_turns(start_dicomd) -> None:
+def move_to_counter(daemon: RunningDaemon) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            "movescu",
+            "-S",
+            "-aec",
+            daemon.ae_title,
+            "-aem",
+            "COUNTER",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={CT_STUDY}",
+            LOCALHOST,
+            str(daemon.port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one process", "two workers"])
+def test_max_associations_makes_moves_to_a_destination_take_turns(start_dicomd, workers) -> None:
+    """Rounds of moves at once; with workers, until both have taken moves (the kernel picks
+    the worker), so that the parent's count for them all is what keeps the limit."""
     receiver = CountingReceiver()
     try:
         daemon = archive_with(
             start_dicomd,
             {"COUNTER": {"host": LOCALHOST, "port": receiver.port, "max_associations": 1}},
+            workers,
         )
-        movers = [
-            subprocess.Popen(
-                [
-                    "movescu",
-                    "-S",
-                    "-aec",
-                    daemon.ae_title,
-                    "-aem",
-                    "COUNTER",
-                    "-k",
-                    "QueryRetrieveLevel=STUDY",
-                    "-k",
-                    f"StudyInstanceUID={CT_STUDY}",
-                    LOCALHOST,
-                    str(daemon.port),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
-            )
-            for _ in range(3)
-        ]
-        for mover in movers:
-            output, _ = mover.communicate(timeout=60)
-            assert mover.returncode == 0, output
-        assert len(receiver.stored) == 3
+        moved = 0
+        for _ in range(5):
+            movers = [move_to_counter(daemon) for _ in range(4)]
+            for mover in movers:
+                output, _ = mover.communicate(timeout=60)
+                assert mover.returncode == 0, output
+            moved += len(movers)
+            serving = set(re.findall(r"worker (\d): .*accepted: MOVESCU", daemon.log_text()))
+            if workers == 1 or serving == {"1", "2"}:
+                break
+        assert workers == 1 or serving == {"1", "2"}
+        assert len(receiver.stored) == moved
         assert receiver.most == 1
     finally:
         receiver.server.shutdown()

@@ -184,23 +184,29 @@ def test_a_mistake_only_the_node_finds_stops_the_parent_with_one_line(twistd, tm
 
 
 def test_one_instance_sent_at_once_to_both_workers_is_kept_once(start_dicomd, tmp_path):
-    """keep-first across processes: one copy succeeds, every other is told B000."""
+    """keep-first across processes: one copy succeeds, every other is told B000.  Rounds of
+    eight at once until both workers have taken some (the kernel picks the worker)."""
     daemon = start_dicomd(workers=2, plugins=[{"plugin": "archive"}])
     wait_for_workers(daemon, 2)
     (instance,) = write_ct_files(tmp_path / "ct", 1)
 
-    senders = [
-        subprocess.Popen(
-            ["storescu", "-v", "-aec", daemon.ae_title, LOCALHOST, str(daemon.port),
-             str(instance)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_environment(),
-        )
-        for _ in range(8)
-    ]  # fmt: skip
-    outputs = [sender.communicate(timeout=60)[0] for sender in senders]
+    statuses: list[str] = []
+    for _ in range(4):
+        senders = [
+            subprocess.Popen(
+                ["storescu", "-v", "-aec", daemon.ae_title, LOCALHOST, str(daemon.port),
+                 str(instance)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=dcmtk_environment(),
+            )
+            for _ in range(8)
+        ]  # fmt: skip
+        outputs = [sender.communicate(timeout=60)[0] for sender in senders]
+        statuses += [re.search(r"Store Response \((\w+)", out).group(1) for out in outputs]
+        if serving_workers(daemon.log_text()) == {"1", "2"}:
+            break
 
-    statuses = [re.search(r"Received Store Response \((\w+)", out).group(1) for out in outputs]
-    assert sorted(statuses) == ["Success"] + ["Warning"] * 7, outputs
     assert serving_workers(daemon.log_text()) == {"1", "2"}
+    assert sorted(statuses) == ["Success"] + ["Warning"] * (len(statuses) - 1)
     archive = daemon.directory / daemon.config["storage"]["path"]
     assert len([p for p in archive.rglob("*.dcm") if ".incoming" not in p.parts]) == 1
