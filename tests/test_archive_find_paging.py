@@ -106,7 +106,7 @@ def checkpoint(index: ArchiveIndex) -> tuple[int, int]:
 def write_something(index: ArchiveIndex) -> None:
     connection = sqlite3.connect(index.path, isolation_level=None)
     try:
-        connection.execute("UPDATE patients SET PatientSex = 'F'")
+        connection.execute("UPDATE patients SET PatientSex = 'F'")  # 'O' before: a change
     finally:
         connection.close()
 

@@ -297,6 +297,18 @@ def test_idle_association_is_aborted() -> None:
     assert peer.received() == [AAbort(2, 0)]
 
 
+def test_artim_after_an_idle_abort_drops_the_connection_whatever_is_unsent() -> None:
+    """A peer that stopped reading leaves our A-ABORT behind the answers it did not take: a
+    graceful close would wait for it for ever, holding the association and its work."""
+    peer = Peer()
+    peer.associate()
+    peer.clock.advance(default_config().timeouts.network_idle + 1)
+    assert peer.received() == [AAbort(2, 0)]
+    assert not peer.transport.disconnected
+    peer.clock.advance(default_config().timeouts.artim + 1)
+    assert peer.transport.disconnected  # aborted, not waiting for the buffer to drain
+
+
 def test_incomplete_data_set_hits_the_dimse_timeout() -> None:
     peer = Peer()
     peer.associate()

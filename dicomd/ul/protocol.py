@@ -191,6 +191,9 @@ class UpperLayerProtocol(Protocol):
     def _artim_expired(self) -> None:
         self.log.info("ARTIM expired for {peer}; closing", peer=self.peer)
         self.machine.artim_expired()
+        # The peer had ARTIM's time to close.  A graceful close would wait for it to read
+        # what is still unsent, which a peer that stopped reading never does.
+        self.transport.abortConnection()
 
     def _pdu_expired(self) -> None:
         """A PDU begun ``pdu_timeout`` ago is still not whole: a peer trickling bytes to hold

@@ -130,6 +130,12 @@ class _Answer:
     def _cancel(self) -> None:
         self.cancelled = True
 
+    @property
+    def stopped(self) -> bool:
+        """The peer cancelled, or the association is over (aborted on a timeout too, which
+        the association's services are not told of)."""
+        return self.cancelled or not self.association.is_established
+
     def _find(
         self, pending: int, handler: IFindHandler
     ) -> defer.Deferred[Iterable[Dataset] | AsyncIterable[Dataset]]:
@@ -151,26 +157,26 @@ class _Answer:
     def _send_each(self, matches: Iterator[Dataset]) -> Iterator[defer.Deferred[None]]:
         """A match per step."""
         for match in matches:
-            if self.cancelled:
+            if self.stopped:
                 raise Cancelled()
             yield self._send(match)
-        if self.cancelled:
+        if self.stopped:
             raise Cancelled()
 
     def _send_each_async(self, matches: AsyncIterator[Dataset]) -> Iterator[defer.Deferred[Any]]:
         """A step awaits the next match and sends it; none is asked for once the peer
         cancelled or left."""
-        while not (self.cancelled or self.exhausted):
+        while not (self.stopped or self.exhausted):
             arriving = defer.ensureDeferred(_awaited(anext(matches, _END)))
             yield arriving.addCallback(self._send_unless_over)
-        if self.cancelled:
+        if self.stopped:
             raise Cancelled()
 
     def _send_unless_over(self, match: Any) -> defer.Deferred[None] | None:
         if match is _END:
             self.exhausted = True
             return None
-        return None if self.cancelled else self._send(match)
+        return None if self.stopped else self._send(match)
 
     def _send(self, match: Dataset) -> defer.Deferred[None]:
         """Shape, encode and send one match; fires when the peer may take the next.
