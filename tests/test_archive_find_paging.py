@@ -405,13 +405,16 @@ class PagedMatchesTests(unittest.TestCase):
         pages = query.pages(in_series())
         matches = PagedMatches(pages, partial(deferToThreadPool, reactor, pool), clock)
         first = yield ensureDeferred(take(matches, 1))
-        yield until(lambda: pages.read == 2 * PAGE and bool(clock.getDelayedCalls()))
+        yield until(lambda: pages.read == 2 * PAGE)  # the second page, read ahead
         write_something(self.handler.index)
         logged, copied = checkpoint(self.handler.index)
         self.assertLess(copied, logged)
 
-        clock.advance(0)  # the snapshot has been held long enough
-        yield until(lambda: pages.snapshot_left() is None)
+        def time_passes() -> bool:
+            clock.advance(0)  # the snapshot has been held long enough
+            return pages.snapshot_left() is None
+
+        yield until(time_passes)
 
         logged, copied = checkpoint(self.handler.index)
         self.assertEqual(copied, logged)
