@@ -302,10 +302,9 @@ def cached_find_files(spec: FindSet, studies: int) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
     try:
         with ProcessPoolExecutor() as pool:
-            for done in [
-                pool.submit(_study_files, spec, study, scratch) for study in range(studies)
-            ]:
-                done.result()
+            made = [pool.submit(_study_files, spec, study, scratch) for study in range(studies)]
+            for study in made:
+                study.result()
         scratch.rename(cache)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -397,10 +396,13 @@ def _bulk_studies(
     for study in range(first, last):
         original: Path | None = None
         for series in range(spec.series_per_study):
+            folder = None
             for ds in _series_instances(spec, study, series):
                 relative = str(layout.path_for(ds))
                 path = archive / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.parent != folder:
+                    folder = path.parent
+                    folder.mkdir(parents=True, exist_ok=True)
                 if original is None:
                     dcmwrite(path, ds, enforce_file_format=True)
                     original, size = path, path.stat().st_size
