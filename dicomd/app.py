@@ -9,6 +9,7 @@ objects it built itself instead of the ones a file names.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore, IReactorTime
@@ -175,7 +176,19 @@ def service_tree(
     service = listener(endpoint, with_tls(config, factory))
     service.setName("dicom")
     service.setServiceParent(root)
+    StartupFrozen().setServiceParent(root)  # last: everything the start made is frozen
     return root
+
+
+class StartupFrozen(Service):
+    """Freezes what the start made (modules, pydicom's dictionaries, the plugins) out of the
+    garbage collector's later passes (`gc.freeze`): a full collection of the started node
+    otherwise walks some 66,000 objects, 13 ms on a quiet machine and several times that
+    under load, on the reactor thread, while a C-FIND streams."""
+
+    def startService(self) -> None:
+        super().startService()
+        gc.freeze()
 
 
 def audit_trail(config: Config, reactor: Any) -> AuditTrail:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -47,7 +48,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
     {
         "ae_title": "DICOMD",
         "listen": "tcp:11112",
-        "workers": 1,
+        "workers": "auto",
         "storage": {"path": "./var/archive"},
         "limits": {
             "max_pdu_length": 262144,
@@ -294,6 +295,7 @@ class Config:
     authorization: tuple[AuthorizationRule, ...] | None = None
     audit: Audit = Audit()
     workers: int = 1
+    """Processes serving the node: ``auto`` in the file is one per core."""
     query_retrieve: QueryRetrieve = QueryRetrieve()
 
 
@@ -432,9 +434,13 @@ WORKERS_RANGE: Final = (1, 64)
 
 
 def _workers(value: object, listen: object) -> int:
-    """How many processes serve the node; more than one needs a TCP listener to share."""
+    """How many processes serve the node: ``auto`` is one per core when the listener is TCP
+    (it can be shared), else 1; a number above 1 needs a TCP listener."""
+    tcp = str(listen).lower().startswith(("tcp:", "tcp6:"))
+    if value == "auto":
+        return min(os.cpu_count() or 1, WORKERS_RANGE[1]) if tcp else 1
     workers = _integer(value, "workers", WORKERS_RANGE)
-    if workers > 1 and not str(listen).lower().startswith(("tcp:", "tcp6:")):
+    if workers > 1 and not tcp:
         raise ConfigError("workers", f"{workers} workers need a tcp: or tcp6: listen endpoint")
     return workers
 

@@ -7,6 +7,7 @@ Running it (a real port, dcmtk's storescu and findscu, signals) is tested in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -148,12 +149,17 @@ def test_save_beside_the_archive_folder_is_fine(tmp_path: Path) -> None:
     check_folders(scp_arguments("--archive", str(tmp_path / "a"), "--save", str(tmp_path / "ab")))
 
 
+def one_process(config: Config) -> Config:
+    """The node as one process, whose tree holds the listener itself (not a pool of workers)."""
+    return dataclasses.replace(config, workers=1)
+
+
 def test_the_service_tree_is_twistds_with_the_three_handlers(tmp_path: Path) -> None:
     config = config_of(
         "--port", "8104", "--print", "--save", str(tmp_path / "save"),
         "--archive", str(tmp_path / "archive"),
     )  # fmt: skip
-    root = node_service(config, MemoryReactorClock())
+    root = node_service(one_process(config), MemoryReactorClock())
 
     children = list(IServiceCollection(root))
     [archive] = [child for child in children if isinstance(child, ArchiveHandler)]
@@ -168,7 +174,8 @@ def test_the_service_tree_is_twistds_with_the_three_handlers(tmp_path: Path) -> 
 
 
 def test_print_and_save_alone_serve_no_query(tmp_path: Path) -> None:
-    root = node_service(config_of("--print", "--save", str(tmp_path)), MemoryReactorClock())
+    config = one_process(config_of("--print", "--save", str(tmp_path)))
+    root = node_service(config, MemoryReactorClock())
     services = IServiceCollection(root).getServiceNamed("dicom").factory.settings.services
     assert services.service_for(uids.STUDY_ROOT_FIND) is None
     assert services.service_for(CTImageStorage) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import re
 import sys
 import textwrap
@@ -115,7 +116,16 @@ def test_default_config_has_the_documented_values() -> None:
         store=Store(accept_unknown_sop_classes=False),
         destinations={},
         plugins=(Plugin("dicomd.archive.ArchiveHandler", {}),),
+        workers=os.cpu_count() or 1,  # auto: one per core
     )
+
+
+def test_workers_auto_is_one_per_core_on_tcp_and_one_elsewhere() -> None:
+    assert parse_config({"workers": "auto"}).workers == (os.cpu_count() or 1)
+    assert parse_config({"workers": "auto", "listen": "unix:/tmp/dicomd.sock"}).workers == 1
+    assert parse_config({"workers": 3}).workers == 3
+    with pytest.raises(ConfigError, match="workers: 2 workers need a tcp: or tcp6: listen"):
+        parse_config({"workers": 2, "listen": "unix:/tmp/dicomd.sock"})
 
 
 def test_no_file_means_the_defaults() -> None:

@@ -12,9 +12,11 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.testing import MemoryReactorClock
 
+from dicomd.app import StartupFrozen
 from dicomd.archive import ArchiveHandler
 from dicomd.audit.trail import AuditTrail
 from dicomd.config import default_config
+from dicomd.fleet.parent import WorkerPool
 from dicomd.lag import LagMonitor
 from dicomd.node.factory import DicomServerFactory
 from dicomd.tap import Options, _Listener, makeService
@@ -52,7 +54,8 @@ def test_make_service_builds_the_dicom_listener(tmp_path: Path) -> None:
     storage = tmp_path / "archive" / "instances"
     path = write(
         tmp_path / "site.yaml",
-        f"ae_title: STORE\nlisten: tcp:11112:interface=127.0.0.1\nstorage: {{path: {storage}}}\n",
+        f"ae_title: STORE\nlisten: tcp:11112:interface=127.0.0.1\nstorage: {{path: {storage}}}\n"
+        "workers: 1\n",
     )
     reactor = MemoryReactorClock()
     root = makeService(options("-c", str(path)), reactor=reactor)
@@ -76,9 +79,15 @@ def test_make_service_builds_the_dicom_listener(tmp_path: Path) -> None:
 def test_make_service_without_a_file_uses_the_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One worker per core by default; the node they run is the defaults' node."""
     monkeypatch.chdir(tmp_path)
     root = makeService(options(), reactor=MemoryReactorClock())
     defaults = default_config()
+    pool = IServiceCollection(root).getServiceNamed("dicom")
+    assert isinstance(pool, WorkerPool) == (defaults.workers > 1)
+    assert (tmp_path / "var" / "archive").is_dir()
+    write(tmp_path / "one.yaml", "workers: 1\n")
+    root = makeService(options("-c", "one.yaml"), reactor=MemoryReactorClock())
     listener = IServiceCollection(root).getServiceNamed("dicom")
     factory = listener.factory
     assert (factory.settings.ae_title, factory.settings.max_pdu_length) == (
@@ -89,18 +98,27 @@ def test_make_service_without_a_file_uses_the_defaults(
         defaults.timeouts.artim,
         defaults.timeouts.network_idle,
     )
-    assert (tmp_path / "var" / "archive").is_dir()
 
 
 def test_plugins_that_are_services_start_before_the_listener(tmp_path: Path) -> None:
-    path = write(tmp_path / "site.yaml", f"storage: {{path: {tmp_path / 'archive'}}}\n")
+    path = write(tmp_path / "site.yaml", f"workers: 1\nstorage: {{path: {tmp_path / 'archive'}}}\n")
     root = makeService(options("-c", str(path)), reactor=MemoryReactorClock())
-    trail, monitor, archive, listener = list(IServiceCollection(root))
+    trail, monitor, archive, listener, frozen = list(IServiceCollection(root))
     assert isinstance(trail, AuditTrail)  # the first to start records the start
     assert isinstance(monitor, LagMonitor)
     assert isinstance(archive, ArchiveHandler)
     assert archive.path == tmp_path / "archive"
     assert isinstance(listener, _Listener)
+    assert isinstance(frozen, StartupFrozen)  # last: it freezes what the others made
+
+
+def test_with_workers_the_parent_holds_its_trail_and_the_pool(tmp_path: Path) -> None:
+    path = write(tmp_path / "site.yaml", f"workers: 3\nstorage: {{path: {tmp_path / 'a'}}}\n")
+    root = makeService(options("-c", str(path)), reactor=MemoryReactorClock())
+    trail, pool = list(IServiceCollection(root))
+    assert isinstance(trail, AuditTrail)
+    assert isinstance(pool, WorkerPool)
+    assert pool.config.workers == 3
 
 
 def test_bad_config_is_one_line_on_stderr_and_exit_status_1(

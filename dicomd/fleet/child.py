@@ -54,6 +54,7 @@ def main() -> int:
 def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
     from twisted.application.service import Service
     from twisted.internet.protocol import Factory
+    from twisted.logger import Logger
     from twisted.protocols import amp
 
     from dicomd import app
@@ -81,6 +82,7 @@ def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
             super().startService()
             self.port = reactor.adoptStreamPort(LISTENING_FD, family, self.factory)
             os.close(LISTENING_FD)
+            Logger(namespace="dicomd.fleet").info("accepting connections")
 
         def stopService(self) -> Any:
             super().stopService()

@@ -50,9 +50,7 @@ from tests.support.attacks import (
     ct_header,
     is_abort,
     low_entropy_block,
-    peak_memory_mib,
     replaced,
-    reset_peak_memory,
     send_until_answered,
     sparse_block,
     study_identifier_around,
@@ -91,7 +89,7 @@ def _print_figures(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def record(request: pytest.FixtureRequest, daemon: RunningDaemon, **more: object) -> None:
     measured = {
-        "VmHWM": f"{peak_memory_mib(daemon.pid):.0f} MiB",
+        "VmHWM": f"{daemon.peak_memory_mib():.0f} MiB",
         "worst stall": f"{worst_stall_ms(daemon)} ms",
         **more,
     }
@@ -110,7 +108,7 @@ def assert_figures(daemon: RunningDaemon, echoscu: Callable[..., object]) -> Non
     assert served.returncode == 0, f"echoscu after the attack: {served.stdout}{served.stderr}"
     assert daemon.is_running()
     assert "Traceback" not in daemon.log_text()
-    peak = peak_memory_mib(daemon.pid)
+    peak = daemon.peak_memory_mib()
     assert peak < MAX_PEAK_MIB, f"the daemon's VmHWM reached {peak:.0f} MiB"
     worst = worst_stall_ms(daemon)
     assert worst <= MAX_STALL_MS, f"the reactor stalled for {worst} ms"
@@ -392,8 +390,8 @@ def test_a_large_deflated_instance_is_converted_for_c_get_without_stalling_the_r
     stored = pynetdicom_store(daemon, source, CTImageStorage, DEFLATED)
     assert stored.Status == SUCCESS, stored
     source.unlink()
-    store_peak = peak_memory_mib(daemon.pid)
-    reset_peak_memory(daemon.pid)
+    store_peak = daemon.peak_memory_mib()
+    daemon.reset_peak_memory()
 
     received: list[tuple[str, int, str]] = []
 
@@ -434,7 +432,7 @@ def test_a_large_deflated_instance_is_converted_for_c_get_without_stalling_the_r
     assert statuses[-1] == SUCCESS, statuses
     assert received == [(ExplicitVRLittleEndian, len(header) + repeats * MIB, expected.hexdigest())]
     assert store_peak < MAX_PEAK_MIB, f"VmHWM {store_peak:.0f} MiB storing it"
-    assert peak_memory_mib(daemon.pid) < MAX_PEAK_MIB, "VmHWM sending it inflated"
+    assert daemon.peak_memory_mib() < MAX_PEAK_MIB, "VmHWM sending it inflated"
     assert len(echoes.results) >= 3, "no echo ran alongside the C-GET"
     assert echoes.failures() == [], echoes.results
     worst = worst_stall_ms(daemon)

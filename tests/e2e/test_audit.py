@@ -170,6 +170,7 @@ def test_records_reach_a_tls_collector_with_the_nodes_certificate(start_dicomd, 
                              pki["ca"].path)  # fmt: skip
     try:
         daemon = start_dicomd(
+            workers=1,  # one process: one TLS connection, its records in order
             tls={
                 "certificate": str(pki["node"].certificate),
                 "private_key": str(pki["node"].private_key),

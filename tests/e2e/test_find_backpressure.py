@@ -25,7 +25,6 @@ from tests.support.attacks import (
     EchoesDuring,
     RawAssociation,
     associate_rq,
-    peak_memory_mib,
     wait_for_lag_monitor,
     worst_stall_ms,
 )
@@ -123,7 +122,7 @@ def test_answers_wait_for_a_peer_that_does_not_read(start_dicomd, tmp_path: Path
         ask(peer)
         time.sleep(4)  # the peer reads nothing
         made_while_unread = int(made.read_text())
-        peak_while_unread = peak_memory_mib(daemon.pid)
+        peak_while_unread = daemon.peak_memory_mib()
     statuses, lengths = read_answers(peer)
     peer.release()
 
@@ -132,6 +131,6 @@ def test_answers_wait_for_a_peer_that_does_not_read(start_dicomd, tmp_path: Path
     assert echoes.results and not echoes.failures(), echoes.results
     assert statuses == [0xFF00] * MATCHES + [0x0000]
     assert len(lengths) == MATCHES and min(lengths) > MATCH_TEXT
-    assert peak_memory_mib(daemon.pid) < 256
+    assert daemon.peak_memory_mib() < 256
     assert worst_stall_ms(daemon) <= 200
     assert "Traceback" not in daemon.log_text()

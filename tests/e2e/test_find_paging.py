@@ -39,8 +39,6 @@ from tests.support.attacks import (
     EchoesDuring,
     RawAssociation,
     associate_rq,
-    peak_memory_mib,
-    reset_peak_memory,
     stalls_ms,
     wait_for_lag_monitor,
 )
@@ -176,7 +174,7 @@ def test_every_instance_comes_at_once_in_bounded_memory_while_echoes_are_answere
 ) -> None:
     daemon = start_on_archive(query_retrieve={"relational": "always"})
     before = rss_mib(daemon)
-    reset_peak_memory(daemon.pid)
+    daemon.reset_peak_memory()
 
     with EchoesDuring(daemon) as echoes:
         started = time.monotonic()
@@ -185,7 +183,7 @@ def test_every_instance_comes_at_once_in_bounded_memory_while_echoes_are_answere
         first_after = time.monotonic() - started
         stalls_before = len(stalls_ms(daemon.log_text()))  # start-up reconciles 100 000 files
         rest = list(answers)
-    peak = peak_memory_mib(daemon.pid)
+    peak = daemon.peak_memory_mib()
     stalls = stalls_ms(daemon.log_text())[stalls_before:]
 
     assert first == PENDING and first_after < FIRST_MATCH_SECONDS, first_after
@@ -209,7 +207,7 @@ def test_pynetdicom_reading_slowly_then_cancelling_ends_the_query_s_read(
 ) -> None:
     daemon = start_on_archive()  # relational queries for the peers that negotiate them
     before = rss_mib(daemon)
-    reset_peak_memory(daemon.pid)
+    daemon.reset_peak_memory()
     ae = AE(ae_title="SLOWREADER")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     assoc = ae.associate(
@@ -239,7 +237,7 @@ def test_pynetdicom_reading_slowly_then_cancelling_ends_the_query_s_read(
     assert 300 <= len(seen) - 1 < LARGE.instances
     assert not held_back_after  # the cancelled query reads the index no more
     assert echo.returncode == 0
-    assert peak_memory_mib(daemon.pid) - before < GROWTH_MIB
+    assert daemon.peak_memory_mib() - before < GROWTH_MIB
     assert "Traceback" not in daemon.log_text()
 
 
@@ -250,7 +248,7 @@ def test_a_peer_that_stops_reading_is_dropped_after_the_idle_timeout_and_its_que
         query_retrieve={"relational": "always"}, timeouts={"network_idle": 2, "artim": 2}
     )
     before = rss_mib(daemon)
-    reset_peak_memory(daemon.pid)
+    daemon.reset_peak_memory()
 
     peer = raw_find(daemon)  # and it reads nothing more
     assert next(statuses(peer)) == PENDING
@@ -260,7 +258,7 @@ def test_a_peer_that_stops_reading_is_dropped_after_the_idle_timeout_and_its_que
     assert is_dropped(peer, seconds=30), "the daemon still holds the connection"
     assert eventually(lambda: not wal_held_back(large_archive), 5), "the query still reads"
     assert run_echoscu(daemon).returncode == 0
-    assert peak_memory_mib(daemon.pid) - before < GROWTH_MIB
+    assert daemon.peak_memory_mib() - before < GROWTH_MIB
     assert "Traceback" not in daemon.log_text()
     peer.close()
 

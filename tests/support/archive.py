@@ -26,11 +26,12 @@ class ArchiveView:
     root: Path
 
     def files(self) -> set[str]:
-        """Every file but the index and ``.incoming``, as relative POSIX paths."""
+        """Every file but the index, ``.incoming`` and the lock files of worker processes
+        (``.locks``), as relative POSIX paths."""
         found = set()
         for folder, subfolders, names in os.walk(self.root):
             if Path(folder) == self.root:
-                subfolders[:] = [name for name in subfolders if name != INCOMING]
+                subfolders[:] = [name for name in subfolders if name not in (INCOMING, ".locks")]
                 names = [name for name in names if name not in INDEX_FILE_NAMES]
             found.update((Path(folder) / name).relative_to(self.root).as_posix() for name in names)
         return found

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import yaml
 
 from tests.support.processes import (
     LOCALHOST,
+    STARTUP_DEADLINE,
     OutputCollector,
     daemon_environment,
     free_tcp_port,
@@ -115,17 +118,52 @@ class RunningDaemon:
     def is_running(self) -> bool:
         return self.process.poll() is None
 
+    @property
+    def workers(self) -> int:
+        """How many worker processes serve it (1: the daemon's process serves)."""
+        return expected_workers(self.config)
+
+    def serving_processes(self) -> list[int]:
+        """The processes that hold associations: its workers, or its own process."""
+        if self.workers == 1:
+            return [self.pid]
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [int(child) for child in children]
+
     def rss_kib(self) -> int:
-        """Resident set size from ``/proc`` (psutil is not a dependency)."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError(f"no VmRSS in /proc/{self.pid}/status")
+        """The largest resident set size of a serving process, from ``/proc`` (psutil is
+        not a dependency)."""
+        return max(_status_kib(pid, "VmRSS") for pid in self.serving_processes())
+
+    def peak_memory_mib(self) -> float:
+        """The largest peak resident set size (``VmHWM``) of a serving process, in MiB."""
+        return max(_status_kib(pid, "VmHWM") for pid in self.serving_processes()) / 1024
+
+    def reset_peak_memory(self) -> None:
+        """Start every serving process's ``VmHWM`` again from its present size (``clear_refs``,
+        proc(5)), so that one phase of a test can be measured alone."""
+        for pid in self.serving_processes():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
 
     def stop(self) -> None:
         stop_process(self.process)
         self.output.join(5.0)
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def expected_workers(config: Mapping[str, Any]) -> int:
+    """The worker processes a daemon so configured runs (``auto``: one per core on TCP)."""
+    value = config.get("workers", "auto")
+    if value == "auto":
+        tcp = str(config.get("listen", "tcp:")).startswith(("tcp:", "tcp6:"))
+        return (os.cpu_count() or 1) if tcp else 1
+    return int(value)
 
 
 def log_lines_with(text: str, *words: str) -> list[str]:
@@ -164,10 +202,29 @@ def start_daemon(
     daemon = RunningDaemon(process, port, config["ae_title"], config, directory, output)
     try:
         wait_until_listening(process, port, output)
+        wait_for_workers(daemon)
     except BaseException:
         daemon.stop()
         raise
     return daemon
+
+
+_WORKER_LISTENS = re.compile(r"worker (\d+): .*accepting connections")
+
+
+def wait_for_workers(daemon: RunningDaemon, timeout: float = STARTUP_DEADLINE) -> None:
+    """With workers, the parent listens before they adopt its socket: wait until each has,
+    so that a test's first connection is accepted at once, as by a daemon of one process."""
+    if daemon.workers == 1:
+        return
+    log = daemon.wait_for_log(
+        lambda text: (
+            len(set(_WORKER_LISTENS.findall(text))) >= daemon.workers or not daemon.is_running()
+        ),
+        timeout,
+    )
+    if len(set(_WORKER_LISTENS.findall(log))) < daemon.workers:
+        pytest.fail(f"the daemon's {daemon.workers} workers did not all start:\n{log}")
 
 
 def run_twistd(config_path: Path, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
