@@ -215,7 +215,8 @@ class IFindHandler(Interface):
     """Answers C-FIND queries for the information models it names.
 
     ``find`` returns the matches as data sets: a list or any iterable, a
-    generator, an async generator, or a Deferred firing with a list.  They
+    generator, an async generator or iterable, or a Deferred firing with any
+    of these (the archive's pages come that way).  They
     may carry more attributes than asked for: the service answers exactly the
     requested keys (plus Specific Character Set, Query/Retrieve Level and
     Retrieve AE Title), empty where a match has no value.  `InvalidIdentifier`
