@@ -211,6 +211,12 @@ class InvalidIdentifier(ValueError):
     """Raised by a find handler when the identifier does not fit the model or level (A900)."""
 
 
+class Unavailable(RuntimeError):
+    """Raised by a find handler that cannot answer now, and knows why: it is stopping, say.
+    The peer gets A700 (out of resources) with the reason; the log one line, no traceback,
+    since nothing is broken."""
+
+
 class IFindHandler(Interface):
     """Answers C-FIND queries for the information models it names.
 

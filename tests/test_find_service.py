@@ -7,13 +7,20 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from pydicom import Dataset
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import alsoProvides, implementer
 
 from dicomd import uids
 from dicomd.config import default_config
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import decode_dataset, encode_dataset
-from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier, ISupportedKeys
+from dicomd.interfaces import (
+    FindQuery,
+    IFindHandler,
+    InvalidIdentifier,
+    ISupportedKeys,
+    Unavailable,
+)
 from dicomd.ul.pdu import PresentationContextRQ
 from tests.wire import EXPLICIT, IMPLICIT, Peer, request
 
@@ -329,3 +336,19 @@ def test_a_peer_that_does_not_read_holds_up_the_matches(style: str) -> None:
     outbox.resumeProducing()
     statuses = [status for status, _ in answers(peer)]
     assert statuses == [0xFF00] * 20 + [0x0000]
+
+
+def test_a_handler_that_cannot_answer_now_is_a700_with_its_reason_and_no_traceback() -> None:
+    """A stopping archive is no fault: the peer hears A700, the log gets one line."""
+    observed: list[dict] = []
+    globalLogPublisher.addObserver(observed.append)
+    try:
+        peer = find_peer(Handler(Unavailable("the archive is stopping")))
+        send_find(peer, identifier(PatientID=""))
+    finally:
+        globalLogPublisher.removeObserver(observed.append)
+    ((status, _),) = answers(peer)
+    assert status == 0xA700
+    assert peer.last_command[0].error_comment == "the archive is stopping"
+    assert not [event for event in observed if "log_failure" in event]
+    assert any("the archive is stopping" in formatEvent(event) for event in observed)

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dicomd.archive.query import FindPages
+from dicomd.interfaces import Unavailable
 
 _T = TypeVar("_T")
 
@@ -35,7 +36,7 @@ InThreads = Callable[..., Deferred[Any]]
 `NotRunning` when the archive is not running."""
 
 
-class NotRunning(RuntimeError):
+class NotRunning(Unavailable):
     """The archive is not running (not yet, or no longer): it takes no work, and when it
     stops it closes every query's read itself."""
 

@@ -27,7 +27,13 @@ from dicomd.dimse.association import DataSink, Request
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.negotiation import AcceptedContext
-from dicomd.interfaces import FindQuery, IFindHandler, InvalidIdentifier, ISupportedKeys
+from dicomd.interfaces import (
+    FindQuery,
+    IFindHandler,
+    InvalidIdentifier,
+    ISupportedKeys,
+    Unavailable,
+)
 from dicomd.node.acceptor import Acceptor, QueryRefused, count_keys
 
 _QR_MODELS = frozenset({uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND})
@@ -214,6 +220,14 @@ class _Answer:
             return
         if failure.check(InvalidIdentifier):
             status = uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+        elif failure.check(Unavailable):
+            self.service.log.warn(
+                "C-FIND from {calling} ended after {matches} matches: {why}",
+                calling=self.query.calling_ae_title,
+                matches=self.matches,
+                why=failure.getErrorMessage(),
+            )
+            status = uids.Status.OUT_OF_RESOURCES
         else:
             self.service.log.failure(
                 "find handler failed on a query from {calling}",
