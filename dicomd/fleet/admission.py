@@ -31,7 +31,7 @@ from dicomd.interfaces import (
     IAssociationValidator,
     Rejection,
 )
-from dicomd.node.factory import AssociationLimits
+from dicomd.node.factory import AssociationLimits, limit_passed
 
 
 class Admit(amp.Command):
@@ -121,15 +121,12 @@ class Admissions:
         self._held: dict[tuple[int, str], _Held] = {}
 
     def admit(self, worker: int, key: str, host: str, calling: str) -> str:
-        """Admit and count the association, or say which limit it would pass ("" = admitted)."""
-        held = self._held.values()
-        limits = self.limits
-        if len(self._held) >= limits.total:
-            return f"more than {limits.total} associations"
-        if sum(1 for h in held if h.host == host) >= limits.per_host:
-            return f"more than {limits.per_host} associations from {host}"
-        if sum(1 for h in held if h.calling == calling) >= limits.per_calling_ae:
-            return f"more than {limits.per_calling_ae} associations for {calling}"
+        """Admit and count the association, or say which limit it would pass ("" = admitted):
+        the rules of a daemon of one process (`limit_passed`)."""
+        held = [(h.host, h.calling) for h in self._held.values()]
+        passed = limit_passed(self.limits, [*held, (host, calling)], host, calling)
+        if passed is not None:
+            return passed
         self._held[(worker, key)] = _Held(host, calling)
         return ""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -101,15 +102,27 @@ class ConcurrencyLimit:
             for p in self.connections
             if p.machine.state in _ASSOCIATED
         ]
-        limits = self.limits
-        if len(held) > limits.total:
-            return _over(f"more than {limits.total} associations")
-        if sum(1 for a in held if a.peer_host == request.peer_host) > limits.per_host:
-            return _over(f"more than {limits.per_host} associations from {request.peer_host}")
-        calling = request.calling_ae_title
-        if sum(1 for a in held if a.calling_ae_title == calling) > limits.per_calling_ae:
-            return _over(f"more than {limits.per_calling_ae} associations for {calling}")
-        return ACCEPT
+        passed = limit_passed(
+            self.limits,
+            [(a.peer_host, a.calling_ae_title) for a in held],
+            request.peer_host,
+            request.calling_ae_title,
+        )
+        return ACCEPT if passed is None else _over(passed)
+
+
+def limit_passed(
+    limits: AssociationLimits, held: Sequence[tuple[str, str]], host: str, calling: str
+) -> str | None:
+    """The first of ``limits`` that the associations ``held`` (host, calling AE title), the
+    one being decided among them, go past; None when they keep to all three."""
+    if len(held) > limits.total:
+        return f"more than {limits.total} associations"
+    if sum(1 for peer, _ in held if peer == host) > limits.per_host:
+        return f"more than {limits.per_host} associations from {host}"
+    if sum(1 for _, title in held if title == calling) > limits.per_calling_ae:
+        return f"more than {limits.per_calling_ae} associations for {calling}"
+    return None
 
 
 def _over(what: str) -> Rejection:
