@@ -33,7 +33,7 @@ from pydicom.uid import (
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet, Verification
 
-from dicomd.dimse.command import DATA_SET_PRESENT, NO_DATA_SET, Command, CommandField
+from dicomd.dimse.command import NO_DATA_SET, Command, CommandField
 from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
 from dicomd.ul.pdu import AAbort, AAssociateAC, AAssociateRJ, PDataTF, encode_pdata
 from tests.support.archive import archive_of, archive_plugin
@@ -63,7 +63,7 @@ from tests.support.daemons import RunningDaemon
 from tests.support.datasets import write_part10
 from tests.support.processes import LOCALHOST
 from tests.support.pynetdicom_peers import pynetdicom_store
-from tests.support.raw_peer import store_command
+from tests.support.raw_peer import find_command, store_command
 
 MAX_PEAK_MIB = 256
 MAX_STALL_MS = 200
@@ -125,16 +125,6 @@ def associated(daemon: RunningDaemon, abstract_syntax: str, syntax: str) -> RawA
     [context] = peer.answer.presentation_contexts
     assert (context.context_id, context.result, context.transfer_syntax) == (CONTEXT, 0, syntax)
     return peer
-
-
-def find_command(message_id: int) -> bytes:
-    return Command(
-        command_field=CommandField.C_FIND_RQ,
-        message_id=message_id,
-        affected_sop_class_uid=STUDY_ROOT_FIND,
-        priority=0,
-        command_data_set_type=DATA_SET_PRESENT,
-    ).encode()
 
 
 def echo_command(sop_class_uid: str = Verification) -> bytes:

@@ -73,7 +73,7 @@ from dicomd.ul.pdu import (
 )
 from tests.support.datasets import ct_dataset, dataset_bytes, write_ct_files
 from tests.support.dcmtk import DcmtkPeer, dcmtk_peer, run_dcmtk
-from tests.support.processes import LOCALHOST, free_tcp_port
+from tests.support.processes import LOCALHOST, free_tcp_port, reset_peak_memory, status_kib
 from tests.support.pynetdicom_peers import pynetdicom_scp
 
 CALLING_AE = "INTEROP"
@@ -137,19 +137,6 @@ class PeerTestCase(unittest.TestCase):
 # -- dcmtk storescp ----------------------------------------------------------------------------
 
 
-def kib_of(field: str) -> int:
-    """A ``kB`` line of ``/proc/self/status`` (VmRSS, VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    """Make VmHWM start again from the current RSS (Linux 4.0 and later)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def write_large_ct(path: Path, pixel_bytes: int) -> Path:
     """A CT file with ``pixel_bytes`` of pixel data, written without holding them in memory."""
     dataset = ct_dataset(generate_uid(), generate_uid(), 1, rows=1, columns=1)
@@ -188,10 +175,10 @@ class StorescpTests(PeerTestCase):
         assert large.stat().st_size > LARGE_FILE_BYTES
         association = await connect(peer.port, "STORESCP", CTImageStorage)
         results = [await association.store(path) for path in files]
-        reset_peak_rss()
-        before = kib_of("VmRSS")
+        reset_peak_memory("self")
+        before = status_kib("self", "VmRSS")
         results.append(await association.store(large))
-        growth = kib_of("VmHWM") - before
+        growth = status_kib("self", "VmHWM") - before
         await association.release()
 
         assert [result.status for result in results] == [SUCCESS] * 4

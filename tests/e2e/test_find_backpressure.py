@@ -17,7 +17,7 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomd import uids
-from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
+from dicomd.dimse.command import Command
 from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
 from dicomd.ul.pdu import AAssociateAC, PDataTF
@@ -28,6 +28,7 @@ from tests.support.attacks import (
     wait_for_lag_monitor,
     worst_stall_ms,
 )
+from tests.support.raw_peer import find_command
 
 MATCHES = 200
 MATCH_TEXT = 1 << 20
@@ -62,14 +63,7 @@ class LargeMatches:
 
 def ask(peer: RawAssociation) -> None:
     identifier = encode_dataset(_identifier(), ExplicitVRLittleEndian)
-    command = Command(
-        command_field=CommandField.C_FIND_RQ,
-        message_id=3,
-        affected_sop_class_uid=uids.STUDY_ROOT_FIND,
-        priority=0,
-        command_data_set_type=DATA_SET_PRESENT,
-    )
-    peer.send_fragment(1, PDV_COMMAND | PDV_LAST, command.encode())
+    peer.send_fragment(1, PDV_COMMAND | PDV_LAST, find_command(3))
     peer.send_fragment(1, PDV_LAST, identifier)
 
 

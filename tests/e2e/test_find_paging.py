@@ -30,7 +30,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
 from dicomd import uids
-from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
+from dicomd.dimse.command import Command
 from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
 from dicomd.ul.pdu import AAssociateAC, PDataTF
@@ -45,6 +45,7 @@ from tests.support.attacks import (
 from tests.support.daemons import RunningDaemon
 from tests.support.dcmtk import run_echoscu
 from tests.support.processes import LOCALHOST
+from tests.support.raw_peer import find_command
 
 PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
 LARGE = LargeIndex()
@@ -103,14 +104,7 @@ def raw_find(daemon: RunningDaemon) -> RawAssociation:
         daemon, associate_rq(daemon, [(uids.STUDY_ROOT_FIND, [ExplicitVRLittleEndian])])
     )
     assert isinstance(peer.answer, AAssociateAC), peer.answer
-    command = Command(
-        command_field=CommandField.C_FIND_RQ,
-        message_id=1,
-        affected_sop_class_uid=uids.STUDY_ROOT_FIND,
-        priority=0,
-        command_data_set_type=DATA_SET_PRESENT,
-    )
-    peer.send_fragment(1, PDV_COMMAND | PDV_LAST, command.encode())
+    peer.send_fragment(1, PDV_COMMAND | PDV_LAST, find_command(1))
     peer.send_fragment(1, PDV_LAST, encode_dataset(every_image(), ExplicitVRLittleEndian))
     return peer
 

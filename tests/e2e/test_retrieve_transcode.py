@@ -49,11 +49,11 @@ from pynetdicom import AE
 
 from dicomd.dimse.datasets import decode_dataset
 from tests.support.archive import archive_of, archive_plugin
-from tests.support.attacks import peak_memory_mib, reset_peak_memory, worst_stall_ms
+from tests.support.attacks import peak_memory_mib, worst_stall_ms
 from tests.support.daemons import RunningDaemon, start_daemon
 from tests.support.datasets import dataset_bytes
 from tests.support.dcmtk import run_dcmtk
-from tests.support.processes import LOCALHOST
+from tests.support.processes import LOCALHOST, reset_peak_memory, status_kib
 from tests.support.testdata import part10_test_files
 from tests.test_transcode import pixels, read_quietly
 
@@ -423,10 +423,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def resident_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+    return status_kib(pid, "VmRSS") / 1024
 
 
 def test_a_large_multiframe_instance_goes_out_a_frame_at_a_time(archive, tmp_path, record_property):

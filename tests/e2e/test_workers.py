@@ -31,9 +31,7 @@ def workers_of(daemon) -> list[int]:
 def wait_for_workers(daemon, count: int, timeout: float = 20.0) -> str:
     """The log once ``count`` workers have said they listen."""
     return daemon.wait_for_log(
-        lambda log: (
-            len(set(re.findall(r"worker (\d+): .*accepting connections", log))) >= count
-        ),
+        lambda log: len(set(re.findall(r"worker (\d+): .*accepting connections", log))) >= count,
         timeout,
     )
 

@@ -21,7 +21,6 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -38,7 +37,7 @@ from dicomd.ul.pdu import (
 from tests.support.daemons import RunningDaemon
 from tests.support.datasets import ct_dataset
 from tests.support.dcmtk import run_echoscu
-from tests.support.processes import LOCALHOST
+from tests.support.processes import LOCALHOST, status_kib
 from tests.support.raw_peer import RawPeer
 
 MIB = 1024 * 1024
@@ -53,16 +52,7 @@ LARGEST_FRAGMENT = DAEMON_MAX_PDU - 6
 
 def peak_memory_mib(pid: int) -> float:
     """The peak resident set size of process ``pid`` so far (``VmHWM``), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
-
-
-def reset_peak_memory(pid: int) -> None:
-    """Start ``VmHWM`` of process ``pid`` again from its present resident set size
-    (``clear_refs``, proc(5)), so that one phase of a test can be measured alone."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return status_kib(pid, "VmHWM") / 1024
 
 
 _STALL = re.compile(r"reactor stalled for (\d+) ms")

@@ -22,6 +22,8 @@ from tests.support.processes import (
     OutputCollector,
     daemon_environment,
     free_tcp_port,
+    reset_peak_memory,
+    status_kib,
     stop_process,
     wait_until_listening,
 )
@@ -133,28 +135,21 @@ class RunningDaemon:
     def rss_kib(self) -> int:
         """The largest resident set size of a serving process, from ``/proc`` (psutil is
         not a dependency)."""
-        return max(_status_kib(pid, "VmRSS") for pid in self.serving_processes())
+        return max(status_kib(pid, "VmRSS") for pid in self.serving_processes())
 
     def peak_memory_mib(self) -> float:
         """The largest peak resident set size (``VmHWM``) of a serving process, in MiB."""
-        return max(_status_kib(pid, "VmHWM") for pid in self.serving_processes()) / 1024
+        return max(status_kib(pid, "VmHWM") for pid in self.serving_processes()) / 1024
 
     def reset_peak_memory(self) -> None:
         """Start every serving process's ``VmHWM`` again from its present size (``clear_refs``,
         proc(5)), so that one phase of a test can be measured alone."""
         for pid in self.serving_processes():
-            Path(f"/proc/{pid}/clear_refs").write_text("5")
+            reset_peak_memory(pid)
 
     def stop(self) -> None:
         stop_process(self.process)
         self.output.join(5.0)
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def expected_workers(config: Mapping[str, Any]) -> int:

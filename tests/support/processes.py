@@ -109,3 +109,17 @@ def daemon_environment(pythonpath: Sequence[Path] = ()) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, folders))
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def status_kib(pid: int | str, field: str) -> int:
+    """A ``kB`` line of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``); ``pid`` may be "self"."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def reset_peak_memory(pid: int | str) -> None:
+    """Start ``VmHWM`` of a process again from its present resident set size (``clear_refs``,
+    proc(5)), so that one phase of a test can be measured alone."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")

@@ -12,6 +12,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
 from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
+from dicomd.uids import STUDY_ROOT_FIND
 from dicomd.ul.pdu import (
     AAssociateAC,
     AAssociateRQ,
@@ -80,6 +81,17 @@ def store_command(sop_instance_uid: str) -> bytes:
         message_id=7,
         affected_sop_class_uid=CTImageStorage,
         affected_sop_instance_uid=sop_instance_uid,
+        priority=0,
+        command_data_set_type=DATA_SET_PRESENT,
+    ).encode()
+
+
+def find_command(message_id: int) -> bytes:
+    """A Study Root C-FIND-RQ whose identifier follows."""
+    return Command(
+        command_field=CommandField.C_FIND_RQ,
+        message_id=message_id,
+        affected_sop_class_uid=STUDY_ROOT_FIND,
         priority=0,
         command_data_set_type=DATA_SET_PRESENT,
     ).encode()
