@@ -88,6 +88,18 @@ def test_a_connection_that_was_never_admitted_releases_nothing() -> None:
     assert book.held() == 1
 
 
+def test_a_connection_that_ends_while_the_parent_decides_gives_its_admission_back() -> None:
+    book = Admissions(LIMITS)
+    limit, pump, _ = connected_worker(book, 1)
+    deciding = limit.validate(request("10.0.0.1", 40001))
+    limit.left("10.0.0.1", 40001)  # the peer reset before the parent's answer came
+    pump.flush()
+    outcome: list[object] = []
+    deciding.addBoth(outcome.append)
+    assert isinstance(outcome[0], Rejection)
+    assert book.held() == 0
+
+
 def test_a_worker_whose_parent_is_gone_admits_nothing() -> None:
     book = Admissions(LIMITS)
     limit, pump, server = connected_worker(book, 1)

@@ -181,44 +181,56 @@ class SharedLimit:
 
     ``control`` is the worker's AMP connection to the parent.  An association
     is known by its peer's host and port while it lasts; `left` tells the
-    parent it ended.  With the parent gone, nothing more is admitted.
+    parent it ended.  A connection may end while the parent decides (a peer
+    that sends its request and resets): its admission, when it comes, is
+    given back at once, or the parent would count it for ever.  With the
+    parent gone, nothing more is admitted.
     """
 
     log = Logger()
 
     def __init__(self, control: amp.AMP) -> None:
         self.control = control
+        self._deciding: set[str] = set()
         self._admitted: set[str] = set()
 
     def validate(self, request: AssociationRequest) -> defer.Deferred[Accept | Rejection]:
         key = f"{request.peer_host}:{request.peer_port}"
+        self._deciding.add(key)
         d = self.control.callRemote(
             Admit, key=key, host=request.peer_host, calling=request.calling_ae_title
         )
 
         def answered(response: dict[str, str]) -> Accept | Rejection:
+            still_connected = key in self._deciding
+            self._deciding.discard(key)
             refusal = response["refusal"]
             if refusal:
-                return dataclasses.replace(
-                    REJECT_LOCAL_LIMIT, message=f"local limit exceeded: {refusal}"
-                )
+                return _refused(refusal)
+            if not still_connected:
+                self.control.callRemote(Leave, key=key)
+                return _refused("the peer left while it was decided")
             self._admitted.add(key)
             return ACCEPT
 
         def unreachable(failure: Failure) -> Rejection:
+            self._deciding.discard(key)
             self.log.warn("the node's parent process did not answer: {why}", why=failure.value)
-            return dataclasses.replace(
-                REJECT_LOCAL_LIMIT, message="local limit exceeded: the parent is gone"
-            )
+            return _refused("the parent is gone")
 
         return d.addCallbacks(answered, unreachable)
 
     def left(self, host: str, port: int) -> None:
         """The connection from ``host``:``port`` ended; release its admission if it had one."""
         key = f"{host}:{port}"
+        self._deciding.discard(key)
         if key in self._admitted:
             self._admitted.discard(key)
             self.control.callRemote(Leave, key=key)
+
+
+def _refused(why: str) -> Rejection:
+    return dataclasses.replace(REJECT_LOCAL_LIMIT, message=f"local limit exceeded: {why}")
 
 
 class SharedTurns:
