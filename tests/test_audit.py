@@ -12,11 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydicom import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 
 from dicomd import uids
 from dicomd.app import audit_trail
+from dicomd.audit.backlog import MOST_WAITING
 from dicomd.audit.events import (
     QUERY_KEPT,
     LocalNode,
@@ -28,7 +31,14 @@ from dicomd.audit.events import (
     security_alert,
     user_authentication,
 )
-from dicomd.audit.messages import DESTINATION, SOURCE, AuditSource, to_xml
+from dicomd.audit.messages import (
+    DESTINATION,
+    MOST_CHARACTERS,
+    MOST_RECORD,
+    SOURCE,
+    AuditSource,
+    to_xml,
+)
 from dicomd.audit.syslog import SyslogHeader, octet_counted
 from dicomd.audit.trail import AuditFile, AuditTrail
 from dicomd.client import AssociationRejected
@@ -132,26 +142,94 @@ def test_instances_transferred_counts_instances_by_study_and_class() -> None:
     assert [p.role for p in record.participants] == ["110153", "110152"]
 
 
-@given(
-    st.text(max_size=40),
-    st.text(max_size=40),
+ANY_CHARACTER = st.characters(codec=None, categories=None)
+"""Every code point, surrogates, U+FFFE, NEL and U+2028 included: what a peer's bytes can
+decode to (latin-1 AE titles, any Specific Character Set, pydicom's replacement)."""
+PEER_TEXT = st.one_of(
+    st.text(ANY_CHARACTER, max_size=40),
+    st.sampled_from(["]]>", "<AuditMessage>", "&amp;", "\ufffe", "\ud800", "a\x85b", "\u2028"]),
+    st.builds(
+        lambda s, n: s * n, st.text(ANY_CHARACTER, min_size=1, max_size=3), st.integers(1, 5000)
+    ),
 )
-def test_whatever_a_peer_names_itself_the_record_stays_one_valid_line(user, patient) -> None:
-    peer = Peer("CT01", "10.0.0.7", user or None)
-    xml = to_xml(
+
+
+def one_line_records(message) -> list[bytes]:
+    """What the trail writes for ``message``: each record one line of UTF-8 XML, as any
+    reader splits lines (str.splitlines ends a line at NEL and U+2028 too), within the size
+    a collector takes, and valid against the schema."""
+    path_free = AuditTrail(NODE, SOURCE_ID, [], lambda: WHEN)
+    records = path_free._serialized(message)
+    for xml in records:
+        assert len(xml.decode("utf-8").splitlines()) == 1, xml[:200]
+        assert len(xml) <= MOST_RECORD
+        parse_record(xml)
+    return records
+
+
+@given(ae_title=PEER_TEXT, user=PEER_TEXT, patient=PEER_TEXT, study=PEER_TEXT, why=PEER_TEXT)
+def test_whatever_a_peer_names_itself_each_record_stays_one_valid_line(
+    ae_title, user, patient, study, why
+) -> None:
+    peer = Peer(ae_title, "10.0.0.7", user or None)
+    for message in (
+        user_authentication(NODE, peer, WHEN, login=True, refusal=why or None),
+        security_alert(NODE, peer, WHEN, description=why),
         instances_transferred(
             peer.participant(requestor=True, role=SOURCE),
             NODE.participant(role=DESTINATION),
             WHEN,
-            studies={"1.2.3": {}},
+            studies={study: {study: 1}},
             patient=Patient(patient, patient or None),
             action="C",
             succeeded=True,
         ),
-        SOURCE_ID,
+    ):
+        assert len(one_line_records(message)) == 1
+
+
+def test_a_value_longer_than_a_record_holds_is_cut_and_says_so() -> None:
+    (xml,) = one_line_records(
+        security_alert(NODE, Peer("CT01", "10.0.0.7"), WHEN, description="x" * 70_000)
     )
-    assert b"\n" not in xml and b"\r" not in xml
-    parse_record(xml)
+    description = parse_record(xml).description
+    assert description == "x" * (MOST_CHARACTERS - 1) + "\u2026"
+
+
+def test_a_transfer_of_more_studies_than_one_record_holds_is_written_as_several() -> None:
+    studies = {f"1.2.{number}": {CTImageStorage: 2, MRImageStorage: 1} for number in range(2000)}
+    message = instances_transferred(
+        PEER.participant(requestor=True, role=SOURCE),
+        NODE.participant(role=DESTINATION),
+        WHEN,
+        studies=studies,
+        patient=Patient("P1", "Doe^Jane"),
+        action="C",
+        succeeded=True,
+    )
+    records = [parse_record(xml) for xml in one_line_records(message)]
+    assert len(records) > 1
+    assert all(record.object_ids("2") == ["P1"] for record in records)
+    counted: dict[str, dict[str, int]] = {}
+    for record in records:
+        counted.update(record.instance_counts())
+    assert counted == studies
+
+
+def test_one_study_of_more_sop_classes_than_one_record_holds_is_written_as_several() -> None:
+    classes = {f"1.2.840.10008.5.1.4.1.1.{number}." + "9" * 40: 1 for number in range(400)}
+    message = instances_transferred(
+        PEER.participant(requestor=True, role=SOURCE),
+        NODE.participant(role=DESTINATION),
+        WHEN,
+        studies={"1.2.3": classes},
+        patient=None,
+        action="C",
+        succeeded=True,
+    )
+    records = [parse_record(xml) for xml in one_line_records(message)]
+    assert len(records) > 1
+    assert sum(len(record.instance_counts()["1.2.3"]) for record in records) == 400
 
 
 def test_syslog_message_has_the_header_ps3_15_asks_for() -> None:
@@ -171,6 +249,62 @@ def test_the_audit_file_gets_records_in_order_one_a_line(tmp_path: Path) -> None
     closed = sink.stop()
     assert closed.called
     assert path.read_bytes() == b"<r0/>\n<r1/>\n<r2/>\n"
+
+
+class StalledDisk:
+    """A worker whose appends finish only when the test says so: a disk that stalls."""
+
+    def __init__(self) -> None:
+        self.appends: list[tuple[defer.Deferred[None], bytes]] = []
+
+    def run(self, function, batch: bytes) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.appends.append((d, batch))
+        return d
+
+    def finish(self, failure: Exception | None = None) -> bytes:
+        d, batch = self.appends.pop(0)
+        if failure is None:
+            d.callback(None)
+        else:
+            d.errback(failure)
+        return batch
+
+
+def test_a_stalled_disk_holds_a_bounded_backlog_and_the_log_counts_what_was_dropped(
+    tmp_path: Path,
+) -> None:
+    disk = StalledDisk()
+    sink = AuditFile(tmp_path / "audit.log", disk)
+    record = b"<r>" + b"x" * 1000 + b"</r>"
+    with capturedLogs() as logged:
+        for _ in range(3 * MOST_WAITING // len(record)):
+            sink.write(record, WHEN)
+        assert sink.backlog.size <= MOST_WAITING
+        disk.finish()  # the first record; then the backlog goes in one batch
+        batch = disk.finish()
+    assert len(batch) <= MOST_WAITING
+    assert not disk.appends
+    lines = [formatEvent(event) for event in logged]
+    assert len(lines) == 2, lines
+    assert "are being dropped" in lines[0]
+    dropped = 3 * MOST_WAITING // len(record) - 1 - batch.count(b"\n")
+    assert lines[1] == f"{dropped} audit records to {tmp_path / 'audit.log'} were dropped"
+
+
+def test_a_disk_that_fails_costs_one_line_until_it_writes_again(tmp_path: Path) -> None:
+    disk = StalledDisk()
+    sink = AuditFile(tmp_path / "audit.log", disk)
+    with capturedLogs() as logged:
+        for _ in range(100):
+            sink.write(b"<r/>", WHEN)
+            disk.finish(OSError(28, "No space left on device"))
+        sink.write(b"<r/>", WHEN)
+        disk.finish()
+    lines = [formatEvent(event) for event in logged]
+    assert len(lines) == 2, lines
+    assert "No space left on device" in lines[0]
+    assert lines[1].startswith("100 audit records")
 
 
 def test_an_audit_file_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> None:

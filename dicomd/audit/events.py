@@ -8,7 +8,7 @@ trail where its record goes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from dicomd.audit.messages import (
@@ -140,7 +140,7 @@ def security_alert(
                 type_code="2",
                 role="13",  # security resource
                 name=subject.user or subject.ae_title or subject.host,
-                details=(("Alert Description", description.encode("utf-8")),),
+                details=(("Alert Description", description.encode("utf-8", "replace")),),
             ),
         ),
     )
@@ -239,4 +239,26 @@ def instances_transferred(
         time=time,
         participants=participants,
         objects=tuple(objects),
+    )
+
+
+def divided(message: AuditMessage) -> tuple[AuditMessage, AuditMessage] | None:
+    """A record too long for a collector (`MOST_RECORD`) as two halves: its studies shared
+    between them, or a lone study's SOP classes; every other part (the patient, who took
+    part) in both.  None when there is nothing to share (its values are already cut short)."""
+    studies = [o for o in message.objects if o.id_type == STUDY_INSTANCE_UID]
+    others = tuple(o for o in message.objects if o.id_type != STUDY_INSTANCE_UID)
+    if len(studies) >= 2:
+        middle = len(studies) // 2
+        first, second = studies[:middle], studies[middle:]
+    elif len(studies) == 1 and len(studies[0].contents) >= 2:
+        (study,) = studies
+        middle = len(study.contents) // 2
+        first = [replace(study, contents=study.contents[:middle])]
+        second = [replace(study, contents=study.contents[middle:])]
+    else:
+        return None
+    return (
+        replace(message, objects=(*first, *others)),
+        replace(message, objects=(*second, *others)),
     )

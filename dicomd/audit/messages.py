@@ -17,6 +17,7 @@ The events are those of the IHE ATNA profile that a DICOM node reports:
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +55,13 @@ STUDY_INSTANCE_UID: Final = Code("110180", "Study Instance UID")
 SOP_CLASS_UID: Final = Code("110181", "SOP Class UID")
 NODE_ID: Final = Code("110182", "Node ID")
 PATIENT_NUMBER: Final = Code("2", "Patient Number", "RFC-3881")
+
+MOST_RECORD: Final = 32 * 1024
+"""The bytes of XML a record holds at most: the 32 KiB every collector takes (PS3.15 A.6), and
+well within a UDP datagram.  A record past it is written as several (`events.divided`)."""
+MOST_CHARACTERS: Final = 1024
+"""A value a peer chose (a name, a UID, a reason) is cut to this many characters, so that
+no value can push a record past `MOST_RECORD`: a record too long for its collector is lost."""
 
 SUCCESS: Final = "0"
 MINOR_FAILURE: Final = "4"
@@ -184,7 +192,7 @@ def _object(root: Element, participant_object: ParticipantObject) -> None:
             element,
             "ParticipantObjectDetail",
             type=kind,
-            value=base64.b64encode(value).decode("ascii"),
+            value=base64.b64encode(value[:MOST_CHARACTERS]).decode("ascii"),
         )
     if participant_object.contents:
         description = SubElement(element, "ParticipantObjectDescription")
@@ -192,7 +200,7 @@ def _object(root: Element, participant_object: ParticipantObject) -> None:
             SubElement(
                 description,
                 "SOPClass",
-                UID=contents.sop_class_uid,
+                UID=_text(contents.sop_class_uid),
                 NumberOfInstances=str(contents.count),
             )
 
@@ -215,9 +223,17 @@ def _is_host_name(address: str) -> bool:
     return any(character.isalpha() for character in address) and ":" not in address
 
 
+_NOT_ON_ONE_LINE = re.compile(
+    "[^\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+"""What XML 1.0 cannot carry (control characters, surrogates, U+FFFE and U+FFFF) and what a
+reader may take for the end of a line (C1 controls with NEL, U+2028, U+2029)."""
+
+
 def _text(value: str) -> str:
-    """A value as XML 1.0 may carry it: control characters (a peer's) become U+FFFD, so
-    the record stays one line and well-formed whatever the peer sent."""
-    return "".join(
-        character if character >= " " or character == "\t" else "\ufffd" for character in value
-    )
+    """A value as one line of XML 1.0 may carry it, whatever a peer made of it: characters
+    it cannot carry become U+FFFD, and a value longer than `MOST_CHARACTERS` is cut, with a
+    last character that says so (U+2026)."""
+    if len(value) > MOST_CHARACTERS:
+        value = value[: MOST_CHARACTERS - 1] + "\u2026"
+    return _NOT_ON_ONE_LINE.sub("\ufffd", value)

@@ -5,33 +5,44 @@ severity 5, so PRI ``<85>``; MSGID ``DICOM+RFC3881``; the XML as MSG, in
 UTF-8 behind a byte order mark.  Over TLS each message is framed by its
 length (octet counting); over UDP each is one datagram.
 
-Neither transport ever blocks the node: records wait in a bounded queue
-while the collector is unreachable, and past that bound the oldest are
-dropped and counted, with one line in the log.
+Neither transport ever blocks the node nor holds more than a bounded backlog
+(`dicomd.audit.backlog`): records wait while the collector's name is not
+resolved, while its TLS connection is down or not yet through its handshake,
+and while the collector does not read what was sent (the connection pauses
+its writer); past the bound they are dropped and counted.  Stopping closes
+the connection gracefully, or aborts it after `STOP_DEADLINE` seconds when
+the collector does not take what is left.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from twisted.application.internet import ClientService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import MessageLengthError
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+)
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from twisted.logger import Logger
+from zope.interface import implementer
+
+from dicomd.audit.backlog import Backlog
 
 PRI: Final = b"<85>"
 """Facility 10 (security/authorization) * 8 + severity 5 (notice)."""
 MSGID: Final = "DICOM+RFC3881"
 APP_NAME: Final = "dicomd"
 UTF8_BOM: Final = b"\xef\xbb\xbf"
-MOST_WAITING: Final = 10_000
-"""Records kept while the collector cannot take them: at a few KiB each, tens of MiB at most."""
+HANDSHAKE_DEADLINE: Final = 10.0
+"""Seconds a collector has to finish the TLS handshake before the connection is dropped (and
+made again later): records written before it would wait in the TLS layer, unbounded."""
+STOP_DEADLINE: Final = 5.0
+"""Seconds stopping waits for the collector to take what was sent before it aborts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,67 +65,38 @@ def octet_counted(message: bytes) -> bytes:
     return b"%d " % len(message) + message
 
 
-class _Waiting:
-    """Messages not yet handed to a transport, oldest dropped first past ``MOST_WAITING``."""
-
-    log = Logger()
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.messages: deque[bytes] = deque()
-        self.dropped = 0
-
-    def add(self, message: bytes) -> None:
-        if len(self.messages) >= MOST_WAITING:
-            self.messages.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % MOST_WAITING == 0:
-                self.log.warn(
-                    "audit records to {what} are being dropped: {dropped} so far, the"
-                    " collector does not take them",
-                    what=self.what,
-                    dropped=self.dropped,
-                )
-        self.messages.append(message)
-
-    def take(self) -> list[bytes]:
-        taken = list(self.messages)
-        self.messages.clear()
-        return taken
-
-
 class UDPSyslog(DatagramProtocol):
     """Sends each record as one datagram to ``host``:``port`` once the name is resolved."""
 
     noisy = False  # the port it sends from is nothing to log
 
-    def __init__(self, reactor: object, host: str, port: int, header: SyslogHeader) -> None:
+    def __init__(self, reactor: Any, host: str, port: int, header: SyslogHeader) -> None:
         self.reactor = reactor
         self.host, self.port = host, port
         self.header = header
-        self.waiting = _Waiting(f"udp://{host}:{port}")
-        self._port: object | None = None
+        self.backlog = Backlog(f"udp://{host}:{port}")
+        self._port: Any = None
         self._address: tuple[str, int] | None = None
 
     def start(self) -> None:
-        self._port = self.reactor.listenUDP(0, self)  # type: ignore[attr-defined]
-        d = self.reactor.resolve(self.host)  # type: ignore[attr-defined]
+        self._port = self.reactor.listenUDP(0, self)
+        d = self.reactor.resolve(self.host)
         d.addCallbacks(self._resolved, self._unresolved)
 
     def _resolved(self, address: str) -> None:
         self._address = (address, self.port)
-        for message in self.waiting.take():
+        for message in self.backlog.take():
             self._send(message)
 
     def _unresolved(self, failure: object) -> None:
-        self.waiting.log.warn(
+        self.backlog.log.warn(
             "audit collector {host} cannot be resolved; its records wait", host=self.host
         )
 
     def write(self, record: bytes, time: float) -> None:
         message = self.header.message(record, time)
         if self._address is None:
-            self.waiting.add(message)
+            self.backlog.add(message)
         else:
             self._send(message)
 
@@ -123,78 +105,129 @@ class UDPSyslog(DatagramProtocol):
         try:
             self.transport.write(message, self._address)
         except (OSError, MessageLengthError) as error:  # a record too long, ENOBUFS
-            self.waiting.log.warn(
-                "audit record of {size} bytes not sent to {what}: {problem}",
-                size=len(message),
-                what=self.waiting.what,
-                problem=error,
-            )
+            self.backlog.lost(f"a datagram of {len(message)} bytes was not sent: {error}")
+        else:
+            self.backlog.delivered()
 
     def stop(self) -> defer.Deferred[None]:
+        self.backlog.close()
         if self._port is not None:
-            return defer.maybeDeferred(self._port.stopListening)  # type: ignore[attr-defined]
+            return defer.maybeDeferred(self._port.stopListening)
         return defer.succeed(None)
 
 
+@implementer(IHandshakeListener, IPushProducer)
 class _Sender(Protocol):
-    """One TLS connection to the collector: it writes, the collector only reads."""
+    """One TLS connection to the collector: it writes, the collector only reads.  It is ready
+    for records once its handshake is done, and again each time the connection, whose
+    buffer the collector had let fill, resumes it."""
 
     factory: _SenderFactory
 
     def connectionMade(self) -> None:
-        self.factory.connected(self)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._deadline = self.factory.reactor.callLater(
+            HANDSHAKE_DEADLINE,
+            self.transport.abortConnection,  # type: ignore[union-attr]
+        )
+        self.factory.sink.connected(self)
+
+    def handshakeCompleted(self) -> None:
+        self._deadline.cancel()
+        self.factory.sink.ready(self)
+
+    def pauseProducing(self) -> None:
+        self.factory.sink.paused(self)
+
+    def resumeProducing(self) -> None:
+        self.factory.sink.ready(self)
+
+    def stopProducing(self) -> None:
+        """The connection ends: `connectionLost` follows."""
 
     def connectionLost(self, reason: object = None) -> None:
-        self.factory.lost(self)
+        if self._deadline.active():
+            self._deadline.cancel()
+        self.factory.sink.lost(self)
 
 
 class _SenderFactory(Factory):
     protocol = _Sender
 
-    def __init__(self, connected: Callable[[_Sender], None], lost: Callable[[_Sender], None]):
-        self.connected, self.lost = connected, lost
+    def __init__(self, sink: TLSSyslog, reactor: Any) -> None:
+        self.sink, self.reactor = sink, reactor
 
 
 class TLSSyslog:
     """Keeps a TLS connection to the collector, reconnecting with backoff, and writes each
-    record to it framed by its length; while it is down, records wait."""
+    record to it framed by its length while it takes them; otherwise records wait."""
 
     def __init__(
         self,
-        reactor: object,
+        reactor: Any,
         host: str,
         port: int,
         header: SyslogHeader,
         options: IOpenSSLClientConnectionCreator,
     ) -> None:
+        self.reactor = reactor
         self.header = header
-        self.waiting = _Waiting(f"tls://{host}:{port}")
-        self._sender: _Sender | None = None
+        self.backlog = Backlog(f"tls://{host}:{port}")
+        self._connection: _Sender | None = None
+        self._ready: _Sender | None = None
         endpoint = endpoints.wrapClientTLS(
             options,
-            endpoints.HostnameEndpoint(reactor, host.encode("idna"), port),  # type: ignore[arg-type]
+            endpoints.HostnameEndpoint(reactor, host.encode("idna"), port),
         )
-        self._service = ClientService(endpoint, _SenderFactory(self._connected, self._lost))
+        self._service = ClientService(endpoint, _SenderFactory(self, reactor))
 
     def start(self) -> None:
         self._service.startService()
 
-    def _connected(self, sender: _Sender) -> None:
-        self._sender = sender
-        for message in self.waiting.take():
-            sender.transport.write(octet_counted(message))  # type: ignore[union-attr]
+    def connected(self, sender: _Sender) -> None:
+        self._connection = sender
 
-    def _lost(self, sender: _Sender) -> None:
-        if self._sender is sender:
-            self._sender = None
+    def ready(self, sender: _Sender) -> None:
+        """The handshake is done, or the collector read enough: send what waits."""
+        if sender is not self._connection:
+            return
+        self._ready = sender
+        for message in self.backlog.take():
+            sender.transport.write(octet_counted(message))  # type: ignore[union-attr]
+        self.backlog.delivered()
+
+    def paused(self, sender: _Sender) -> None:
+        if self._ready is sender:
+            self._ready = None
+
+    def lost(self, sender: _Sender) -> None:
+        if self._connection is sender:
+            self._connection = None
+        self.paused(sender)
 
     def write(self, record: bytes, time: float) -> None:
         message = self.header.message(record, time)
-        if self._sender is None:
-            self.waiting.add(message)
+        if self._ready is None:
+            self.backlog.add(message)
         else:
-            self._sender.transport.write(octet_counted(message))  # type: ignore[union-attr]
+            self._ready.transport.write(octet_counted(message))  # type: ignore[union-attr]
 
     def stop(self) -> defer.Deferred[None]:
-        """Close the connection once what was written has gone (a TLS close is orderly)."""
-        return self._service.stopService()
+        """Close the connection once what was written has gone (a TLS close is orderly), or
+        abort it after `STOP_DEADLINE` seconds: a collector that does not read cannot hold
+        the node's stop."""
+        connection = self._connection
+        if connection is not None:  # TLS closes once no producer is registered
+            connection.transport.unregisterProducer()  # type: ignore[union-attr]
+        deadline = self.reactor.callLater(
+            STOP_DEADLINE,
+            lambda: connection.transport.abortConnection() if connection else None,  # type: ignore[union-attr]
+        )
+
+        def stopped(result: object) -> object:
+            if deadline.active():
+                deadline.cancel()
+            self.backlog.close()
+            return result
+
+        return self._service.stopService().addBoth(stopped)

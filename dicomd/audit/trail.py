@@ -16,11 +16,10 @@ from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.logger import Logger
 
-from dicomd.audit.events import LocalNode, application_activity
-from dicomd.audit.messages import AuditMessage, AuditSource, to_xml
-from dicomd.audit.syslog import MOST_WAITING
+from dicomd.audit.backlog import Backlog
+from dicomd.audit.events import LocalNode, application_activity, divided
+from dicomd.audit.messages import MOST_RECORD, AuditMessage, AuditSource, to_xml
 from dicomd.dimse.work import Worker
 
 
@@ -37,40 +36,33 @@ class AuditSink(Protocol):
 class AuditFile:
     """Appends records to ``path``, one per line, in the order they were made.
 
-    One append is in flight at a time; records made meanwhile are joined into
-    the next one, so a slow disk costs one write per batch, not per record.
+    One append is in flight at a time; records made meanwhile wait (a bounded
+    `Backlog`) and are joined into the next one, so a slow disk costs one
+    write per batch, not per record, and a stalled one a bounded backlog.
     """
-
-    log = Logger()
 
     def __init__(self, path: Path, worker: Worker) -> None:
         """Opens ``path`` at once, so that one that cannot be written to stops the start
         (``OSError``) instead of losing every record later."""
         self.path = path
         self.worker = worker
-        self._pending: list[bytes] = []
+        self.backlog = Backlog(str(path))
         self._writing: defer.Deferred[None] | None = None
         self._descriptor: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self.dropped = 0
 
     def start(self) -> None:
         """Nothing to do: the file is open."""
 
     def write(self, record: bytes, time: float) -> None:
-        if len(self._pending) >= MOST_WAITING:
-            self.dropped += 1
-            if self.dropped == 1:
-                self.log.warn("audit file {path} cannot keep up; records dropped", path=self.path)
-            return
-        self._pending.append(record + b"\n")
+        self.backlog.add(record + b"\n")
         if self._writing is None:
             self._write_next()
 
     def _write_next(self) -> None:
-        batch, self._pending = b"".join(self._pending), []
-        self._writing = self.worker.run(self._append, batch)
-        self._writing.addErrback(self._failed)
-        self._writing.addCallback(self._written)
+        records = self.backlog.take()
+        self._writing = self.worker.run(self._append, b"".join(records))
+        self._writing.addCallbacks(self._written, self._failed, errbackArgs=(len(records),))
+        self._writing.addCallback(self._next)
 
     def _append(self, batch: bytes) -> None:
         assert self._descriptor is not None, "started"
@@ -78,14 +70,15 @@ class AuditFile:
         while view:
             view = view[os.write(self._descriptor, view) :]
 
-    def _failed(self, failure: Any) -> None:
-        self.log.error(
-            "audit file {path}: {problem}", path=self.path, problem=failure.getErrorMessage()
-        )
-
     def _written(self, _: None) -> None:
+        self.backlog.delivered()
+
+    def _failed(self, failure: Any, records: int) -> None:
+        self.backlog.lost(f"cannot append: {failure.getErrorMessage()}", records)
+
+    def _next(self, _: None) -> None:
         self._writing = None
-        if self._pending:
+        if self.backlog:
             self._write_next()
 
     def stop(self) -> defer.Deferred[None]:
@@ -99,6 +92,7 @@ class AuditFile:
                 if self._descriptor is not None:
                     os.close(self._descriptor)
                     self._descriptor = None
+                self.backlog.close()
                 d.callback(None)
 
         wait()
@@ -137,9 +131,18 @@ class AuditTrail(Service):
     def record(self, message: AuditMessage) -> None:
         if not self.sinks:
             return
+        for xml in self._serialized(message):
+            for sink in self.sinks:
+                sink.write(xml, message.time)
+
+    def _serialized(self, message: AuditMessage) -> list[bytes]:
+        """The message as records of at most `MOST_RECORD` bytes: one, or as many as its
+        studies take (a peer that stores or moves hundreds of studies at once)."""
         xml = to_xml(message, self.source)
-        for sink in self.sinks:
-            sink.write(xml, message.time)
+        halves = divided(message) if len(xml) > MOST_RECORD else None
+        if halves is None:
+            return [xml]
+        return [*self._serialized(halves[0]), *self._serialized(halves[1])]
 
     def startService(self) -> None:
         super().startService()
