@@ -8,9 +8,7 @@ copied here, so that upgrading pydicom is how dicomd learns new ones.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Final, Literal
-
-from pydicom._uid_dict import UID_dictionary
+from typing import TYPE_CHECKING, Final, Literal
 
 from dicomd import __version__
 
@@ -54,6 +52,9 @@ and big endian is retired but still sent by old equipment."""
 
 _NATIVE_TRANSFER_SYNTAXES: Final = frozenset(DEFAULT_TRANSFER_SYNTAX_PREFERENCE)
 
+UNCOMPRESSED_SYNTAXES: Final = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+"""What a requestor proposes by default, best first: every SCP accepts the second."""
+
 IMPLEMENTATION_CLASS_UID: Final = "2.25.176406262734583710505728729895178301289"
 """Derived once from the random UUID 84b69c41-b827-4ae3-85d0-ed8b86536f69 (PS3.5 B.2)."""
 
@@ -78,43 +79,79 @@ def _is_storage_sop_class(uid: str, name: str, uid_type: str) -> bool:
     )
 
 
-STORAGE_SOP_CLASSES: Final[frozenset[str]] = frozenset(
-    uid
-    for uid, (name, uid_type, _info, _retired, _keyword) in UID_dictionary.items()
-    if _is_storage_sop_class(uid, name, uid_type)
-)
-"""Every storage SOP class pydicom knows, retired ones included.
+_Registry = dict[str, tuple[str, str, str, str, str]]
+"""pydicom's UID registry: each UID's name, type, info, retired and keyword."""
 
-Retired classes are kept on purpose: an archive is where old equipment sends
-its images (the retired Ultrasound and Nuclear Medicine classes are still
-common), and accepting an instance costs nothing more than accepting a
-current one.
-"""
 
-ALL_TRANSFER_SYNTAXES: Final[frozenset[str]] = (
-    frozenset(
+def _storage_sop_classes(registry: _Registry) -> frozenset[str]:
+    """Every storage SOP class pydicom knows, retired ones included.
+
+    Retired classes are kept on purpose: an archive is where old equipment sends
+    its images (the retired Ultrasound and Nuclear Medicine classes are still
+    common), and accepting an instance costs nothing more than accepting a
+    current one.
+    """
+    return frozenset(
         uid
-        for uid, (_name, uid_type, _info, retired, _keyword) in UID_dictionary.items()
-        if uid_type == "Transfer Syntax" and not retired
+        for uid, (name, uid_type, _info, _retired, _keyword) in registry.items()
+        if _is_storage_sop_class(uid, name, uid_type)
     )
-    | _NATIVE_TRANSFER_SYNTAXES
-)
-"""Every current transfer syntax in pydicom's registry, plus explicit VR big
-endian: it is retired, but it is one of the native encodings dicomd can read
-and write, and peers still propose it.
 
-The registry is read when this module is first imported; pynetdicom, if
-imported before, adds the syntaxes newer than pydicom's edition to it.
+
+def _all_transfer_syntaxes(registry: _Registry) -> frozenset[str]:
+    """Every current transfer syntax in pydicom's registry, plus explicit VR big
+    endian: it is retired, but it is one of the native encodings dicomd can read
+    and write, and peers still propose it."""
+    return (
+        frozenset(
+            uid
+            for uid, (_name, uid_type, _info, retired, _keyword) in registry.items()
+            if uid_type == "Transfer Syntax" and not retired
+        )
+        | _NATIVE_TRANSFER_SYNTAXES
+    )
+
+
+def _known_transfer_syntaxes(registry: _Registry) -> frozenset[str]:
+    """Every transfer syntax in pydicom's registry, retired ones included: what the
+    storage service accepts, since an archive keeps instances as they were sent."""
+    return frozenset(
+        uid
+        for uid, (_name, uid_type, _info, _retired, _keyword) in registry.items()
+        if uid_type == "Transfer Syntax"
+    )
+
+
+_FROM_REGISTRY: Final = {
+    "STORAGE_SOP_CLASSES": _storage_sop_classes,
+    "ALL_TRANSFER_SYNTAXES": _all_transfer_syntaxes,
+    "KNOWN_TRANSFER_SYNTAXES": _known_transfer_syntaxes,
+}
+"""The tables read from pydicom's UID registry: ``STORAGE_SOP_CLASSES``,
+``ALL_TRANSFER_SYNTAXES`` and ``KNOWN_TRANSFER_SYNTAXES`` (frozensets of UIDs).
+
+Each is made the first time it is asked for, and kept: importing pydicom
+takes about 200 ms, which a C-ECHO (``dicomd echo``) or a command line
+that only names UIDs need not pay.  pynetdicom, if imported before that,
+adds the syntaxes newer than pydicom's edition to the registry.
 """
 
+if TYPE_CHECKING:
+    STORAGE_SOP_CLASSES: frozenset[str]
+    ALL_TRANSFER_SYNTAXES: frozenset[str]
+    KNOWN_TRANSFER_SYNTAXES: frozenset[str]
 
-KNOWN_TRANSFER_SYNTAXES: Final[frozenset[str]] = frozenset(
-    uid
-    for uid, (_name, uid_type, _info, _retired, _keyword) in UID_dictionary.items()
-    if uid_type == "Transfer Syntax"
-)
-"""Every transfer syntax in pydicom's registry, retired ones included: what the
-storage service accepts, since an archive keeps instances as they were sent."""
+
+def __getattr__(name: str) -> frozenset[str]:
+    """A table of `_FROM_REGISTRY`, made now and kept as a module attribute."""
+    make = _FROM_REGISTRY.get(name)
+    if make is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from pydicom._uid_dict import UID_dictionary
+
+    table = make(UID_dictionary)
+    globals()[name] = table
+    return table
 
 
 def is_encapsulated(transfer_syntax: str) -> bool:

@@ -14,3 +14,13 @@ def error_line(command: str, message: str) -> None:
 def seconds(value: float) -> str:
     """A duration as people write it on a command line: ``5 s``, ``0.5 s``."""
     return f"{value:g} s"
+
+
+def uid_name(uid: str) -> str:
+    """A UID's name in pydicom's registry ("CT Image Storage"), or the UID when it has none.
+
+    pydicom loads when a name is first asked for, not with every command.
+    """
+    from pydicom.uid import UID
+
+    return UID(uid).name

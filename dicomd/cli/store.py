@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.uid import UID
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -33,7 +32,7 @@ from dicomd.cli.network import (
     explain_failure,
     run,
 )
-from dicomd.cli.output import error_line
+from dicomd.cli.output import error_line, uid_name
 from dicomd.cli.progress import Progress, rates
 from dicomd.client import (
     AssociationAborted,
@@ -275,7 +274,7 @@ async def _send_one(
     try:
         result = await defer.maybeDeferred(association.store, instance.path)
     except NoAcceptedContext:
-        sop_class, syntax = (UID(uid).name for uid in instance.kind)
+        sop_class, syntax = (uid_name(uid) for uid in instance.kind)
         tally.failures.append((instance.path, f"not accepted by {peer}: {sop_class} in {syntax}"))
     except (Part10Error, OSError) as failure:
         tally.failures.append((instance.path, f"cannot read it: {failure}"))

@@ -23,7 +23,6 @@ from twisted.python.failure import Failure
 
 from dicomd import uids
 from dicomd.dimse.command import Command, CommandError, CommandField
-from dicomd.dimse.datasets import DataSetError, decode_dataset
 from dicomd.dimse.errors import (
     AssociationAborted,
     AssociationError,
@@ -406,7 +405,13 @@ class DimseAssociation:
         outstanding.timer.push_back()
         try:
             outcome = outstanding.operation.response(command, data)
-        except DataSetError as error:
+        except Exception as error:
+            # Only a decoder raises DataSetError, and its module (pydicom's codec) is loaded
+            # by then: importing it here spares a C-ECHO loading it.
+            from dicomd.dimse.datasets import DataSetError
+
+            if not isinstance(error, DataSetError):
+                raise
             self._protocol_error(f"response to message {message_id}: {error}")
             return
         if outcome is MORE:
@@ -650,6 +655,8 @@ def decode_in(
 ) -> defer.Deferred[Dataset]:
     """Decode a data set received on ``association``: in its worker when it is large enough
     to take a while or deflated (it may inflate to its limit), at once otherwise."""
+    from dicomd.dimse.datasets import decode_dataset  # pydicom: loaded by the first data set
+
     limit = association.max_data_length
     if (
         len(data) <= _DECODE_INLINE_UP_TO

@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from pydicom.uid import UID
-
 from dicomd.uids import IMPLICIT_VR_LITTLE_ENDIAN, QUERY_RETRIEVE_LEVELS
 from dicomd.ul.pdu import (
     ContextResult,
@@ -74,6 +72,8 @@ def _answer(context: PresentationContextRQ, preference: Sequence[str]) -> tuple[
     # A rejected context still carries a transfer syntax sub-item; its value
     # is not significant (PS3.8 9.3.3.2), so we echo the peer's first one
     # when it is a UID at all, and the default syntax otherwise.
+    from pydicom.uid import UID  # the acceptor's; a requestor need not load pydicom
+
     offered_first = context.transfer_syntaxes[0] if context.transfer_syntaxes else ""
     if not UID(offered_first).is_valid:
         offered_first = IMPLICIT_VR_LITTLE_ENDIAN

@@ -16,16 +16,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from dicomd.dimse.datasets import Buffer
 from dicomd.dimse.messages import PDV_LAST, fragment, fragment_length
-from dicomd.part10 import inflated_pieces
 from dicomd.ul.pdu import encode_pdata
+
+if TYPE_CHECKING:
+    from dicomd.dimse.datasets import Buffer
 
 # With no limit from the peer, data still leaves in pieces this big, so that
 # memory stays bounded and other associations get their turn.
@@ -43,7 +44,7 @@ class FileData:
     inflate: bool = False
 
 
-Pieces = tuple[Buffer, ...]
+Pieces = tuple["Buffer", ...]
 """A data set encoded in pieces that go out one after the other (`encode_in_pieces`)."""
 
 
@@ -179,6 +180,8 @@ def _pdus(message: _Message, max_pdu_length: int) -> Iterator[bytes]:
             file.seek(data.offset)
             yield from fragment(context_id, command, None, max_pdu_length)
             if data.inflate:
+                from dicomd.part10 import inflated_pieces  # pydicom: only deflate needs it
+
                 inflated = inflated_pieces(file, data.length, piece)
                 yield from _pieces_pdus(context_id, inflated, piece)
             else:

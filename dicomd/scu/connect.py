@@ -9,21 +9,14 @@ unchanged.  Once connected, every failure is an `AssociationError`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from pydicom import Dataset
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import (
-    IReactorTCP,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
 
 from dicomd import uids
-from dicomd.dimse.storage import UNCOMPRESSED_SYNTAXES
 from dicomd.dimse.work import worker_for
 from dicomd.scu.requestor import ClientSettings, Requestor
+from dicomd.uids import UNCOMPRESSED_SYNTAXES
 from dicomd.ul.pdu import (
     AAssociateRQ,
     AsyncOperationsWindow,
@@ -32,7 +25,12 @@ from dicomd.ul.pdu import (
     UserInformation,
 )
 from dicomd.ul.protocol import UpperLayerProtocol
-from dicomd.ul.tls import ClientOptions
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+    from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+
+    from dicomd.ul.tls import ClientOptions
 
 _MAX_SYNTAXES_PER_CONTEXT: Final = 32
 """dcmtk refuses an association whose contexts propose more transfer syntaxes than that."""
@@ -137,6 +135,9 @@ def associate(
     `DNSLookupError` from `twisted.internet.error`); after that, the failure
     is `AssociationRejected`, `AssociationAborted` or `AssociationTimeout`.
     """
+    # Twisted's endpoints load pyOpenSSL when it is installed: only a connection pays for them.
+    from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+
     protocol, association = requestor_protocol(reactor, settings, contexts, scp_roles)  # type: ignore[arg-type]
     endpoint: IStreamClientEndpoint = HostnameEndpoint(
         reactor, host, port, timeout=settings.acse_timeout

@@ -9,23 +9,20 @@ SCP, into the folder that C-GET asked for.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom import Dataset
 from twisted.internet import defer
-from zope.interface import implementer
 
 from dicomd import uids
 from dicomd.dimse.association import MORE, Operation, is_pending
 from dicomd.dimse.command import Command
-from dicomd.dimse.datasets import decode_dataset
 from dicomd.dimse.negotiation import AcceptedContext
-from dicomd.dimse.storage import StoreReceiver
-from dicomd.interfaces import IStoreHandler, Kept, ReceivedInstance
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 
 class FindFailed(Exception):
@@ -91,6 +88,8 @@ class FindOperation(Operation):
     def response(self, command: Command, data: bytes | None) -> Any:
         if is_pending(command):
             if data is not None:
+                from dicomd.dimse.datasets import decode_dataset  # pydicom: loaded by the first
+
                 match = decode_dataset(data, self.context.transfer_syntax)
                 self.matches.append(match)
                 if self.on_match is not None:
@@ -121,6 +120,8 @@ class RetrieveOperation(Operation):
             return MORE
         failed: tuple[str, ...] = ()
         if data:
+            from dicomd.dimse.datasets import decode_dataset  # pydicom: loaded by the first
+
             listed = decode_dataset(data, self.context.transfer_syntax).get(
                 "FailedSOPInstanceUIDList", []
             )
@@ -143,29 +144,8 @@ class GetOperation(RetrieveOperation):
         on_instance: InstanceCallback | None,
     ) -> None:
         super().__init__(context, on_progress)
-        self.receiver = StoreReceiver(folder, [_IntoFolder(folder, on_instance)])
+        # The receive path (pydicom, the walker) loads with the first C-GET, not with every SCU.
+        from dicomd.dimse.storage import StoreReceiver
+        from dicomd.scu.into_folder import IntoFolder
 
-
-@implementer(IStoreHandler)
-class _IntoFolder:
-    """Keeps a C-GET's instance as ``<SOP Instance UID>.dcm`` and asks the caller's callback."""
-
-    def __init__(self, folder: Path, on_instance: InstanceCallback | None) -> None:
-        self.folder = folder
-        self.on_instance = on_instance
-
-    def store(self, instance: ReceivedInstance) -> defer.Deferred[Kept]:
-        target = self.folder / f"{_file_name(instance.sop_instance_uid)}.dcm"
-        os.replace(instance.path, target)  # a rename in the same folder: it takes no time
-        if self.on_instance is None:
-            return defer.succeed(Kept(uids.Status.SUCCESS, target))
-        d = defer.maybeDeferred(self.on_instance, target)
-        return d.addCallback(
-            lambda answer: Kept(uids.Status.SUCCESS if answer is None else int(answer), target)
-        )
-
-
-def _file_name(uid: str) -> str:
-    """A SOP Instance UID as a file name: digits and dots only."""
-    cleaned = "".join(c for c in uid if c.isdigit() or c == ".").strip(".")
-    return cleaned or "unnamed"
+        self.receiver = StoreReceiver(folder, [IntoFolder(folder, on_instance)])

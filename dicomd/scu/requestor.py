@@ -15,17 +15,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from pydicom import Dataset
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from dicomd import uids
 from dicomd.dimse.association import DimseAssociation, Operation, Service
 from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
-from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.errors import AssociationError, AssociationRejected, AssociationTimeout
 from dicomd.dimse.negotiation import AcceptedContext
-from dicomd.dimse.storage import StoreResult, send_store
 from dicomd.dimse.work import Worker
 from dicomd.scu.operations import (
     FindOperation,
@@ -41,6 +38,9 @@ from dicomd.ul.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from dicomd.ul.timer import Timer
 
 if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from dicomd.dimse.storage import StoreResult
     from dicomd.ul.protocol import UpperLayerProtocol
 
 
@@ -156,6 +156,8 @@ class Requestor(DimseAssociation):
         ``move_originator`` (AE title, message ID) marks a C-STORE made for a
         C-MOVE.
         """
+        from dicomd.dimse.storage import send_store  # pydicom: only a C-STORE pays for it
+
         return send_store(self, source, self.contexts.values(), priority, move_originator)
 
     def move(
@@ -213,9 +215,11 @@ class Requestor(DimseAssociation):
     ) -> defer.Deferred[Any]:
         try:
             context = self.context_for(abstract_syntax)
-            data = (
-                None if identifier is None else encode_dataset(identifier, context.transfer_syntax)
-            )
+            data = None
+            if identifier is not None:
+                from dicomd.dimse.datasets import encode_dataset  # pydicom, not needed by C-ECHO
+
+                data = encode_dataset(identifier, context.transfer_syntax)
         except Exception:
             return defer.fail()
         return self.request(operation(context), command, data)

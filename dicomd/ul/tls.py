@@ -10,28 +10,23 @@ asked for, checked against the CA bundle, or required.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.ssl import (
-    AcceptableCiphers,
-    Certificate,
-    CertificateOptions,
-    KeyPair,
-    PrivateCertificate,
-    TLSVersion,
-    optionsForClientTLS,
-    platformTrust,
-    trustRootFromCertificates,
-)
-from twisted.python.failure import Failure
+# pyOpenSSL, cryptography and Twisted's TLS load in the functions that use them: a
+# plain TCP connection, which loads this module for `handshake_failure`, needs none.
+if TYPE_CHECKING:
+    from OpenSSL import crypto
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.python.failure import Failure
 
-from dicomd.interfaces import PeerCertificate
+    from dicomd.interfaces import PeerCertificate
+
+    ClientOptions = IOpenSSLClientConnectionCreator | CertificateOptions
+    """What a TLS client endpoint takes: Twisted adapts context factories itself."""
 
 BCP195_CIPHERS: Final = ":".join(
     (
@@ -65,6 +60,8 @@ def server_options(
     """The TLS options of the listener: our certificate (and its chain) and key, and the
     peers' certificates checked against ``ca_certificates`` unless ``client_certificates``
     is ``none``; ``required`` refuses a peer that presents none."""
+    from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+
     chain = _certificates(certificate, "tls.certificate")
     key = _private_key(private_key)
     authorities = (
@@ -92,8 +89,16 @@ class Identity:
     private_key: Path
 
 
-ClientOptions = IOpenSSLClientConnectionCreator | CertificateOptions
-"""What a TLS client endpoint takes: Twisted adapts context factories itself."""
+def __getattr__(name: str) -> object:
+    """``ClientOptions``, the type of `client_options`, made when first asked for."""
+    if name != "ClientOptions":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+    from twisted.internet.ssl import CertificateOptions
+
+    options = IOpenSSLClientConnectionCreator | CertificateOptions
+    globals()[name] = options
+    return options
 
 
 def client_options(
@@ -108,6 +113,18 @@ def client_options(
     ``identity`` presented when the peer asks for a client certificate.  Without
     ``verify_peer`` (dcmtk's ``-ic``) the peer's certificate is not checked at all:
     the traffic is encrypted, but anyone in between may be the peer."""
+    from twisted.internet.ssl import (
+        AcceptableCiphers,
+        Certificate,
+        CertificateOptions,
+        KeyPair,
+        PrivateCertificate,
+        TLSVersion,
+        optionsForClientTLS,
+        platformTrust,
+        trustRootFromCertificates,
+    )
+
     profile: dict[str, object] = {
         "raiseMinimumTo": TLSVersion.TLSv1_2,
         "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(BCP195_CIPHERS),
@@ -150,6 +167,11 @@ def peer_certificate(transport: object) -> PeerCertificate | None:
         return None
     if certificate is None:
         return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from dicomd.interfaces import PeerCertificate
+
     parsed = certificate.to_cryptography()
     try:
         extension = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName)
@@ -166,7 +188,9 @@ def peer_certificate(transport: object) -> PeerCertificate | None:
 def handshake_failure(reason: Failure) -> str | None:
     """What went wrong in a TLS handshake that ended a connection, in one line (OpenSSL's
     reasons, such as "certificate verify failed"); None when the connection ended otherwise."""
-    if not reason.check(SSL.Error):
+    # A connection that never loaded pyOpenSSL cannot have failed in it.
+    SSL = sys.modules.get("OpenSSL.SSL")
+    if SSL is None or not reason.check(SSL.Error):
         return None
     reasons = (
         [str(entry[2]) for entry in reason.value.args[0] if len(entry) > 2]
@@ -177,6 +201,9 @@ def handshake_failure(reason: Failure) -> str | None:
 
 
 def _certificates(path: Path, key: str) -> list[crypto.X509]:
+    from cryptography import x509
+    from OpenSSL import crypto
+
     data = _read(path, key)
     try:
         loaded = x509.load_pem_x509_certificates(data)
@@ -186,6 +213,9 @@ def _certificates(path: Path, key: str) -> list[crypto.X509]:
 
 
 def _private_key(path: Path, key: str = "tls.private_key") -> crypto.PKey:
+    from cryptography.hazmat.primitives import serialization
+    from OpenSSL import crypto
+
     data = _read(path, key)
     try:
         key = serialization.load_pem_private_key(data, password=None)

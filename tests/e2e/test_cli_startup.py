@@ -21,12 +21,15 @@ from tests.support.processes import LOCALHOST, daemon_environment
 
 PYDICOM_AND_NUMPY = ("pydicom", "numpy")
 TWISTED = ("twisted",)
+TLS_LIBRARIES = ("cryptography", "service_identity")
+"""What pyOpenSSL loads.  The report names pyOpenSSL (and Twisted's modules that try it)
+even when its import is refused, so these tell whether it ran."""
 
 
-def loaded_modules(*arguments: str) -> set[str]:
-    """Every module ``dicomd ARGUMENTS`` imports, which must exit with status 0."""
+def run_fresh(*arguments: str, python_options: tuple[str, ...] = ()) -> str:
+    """The standard error of ``dicomd ARGUMENTS`` in a fresh interpreter; it must exit 0."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "dicomd.cli", *arguments],
+        [sys.executable, *python_options, "-m", "dicomd.cli", *arguments],
         env=daemon_environment(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -34,8 +37,14 @@ def loaded_modules(*arguments: str) -> set[str]:
         timeout=COMMAND_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
-    report = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
-    assert report, result.stderr
+    return result.stderr
+
+
+def loaded_modules(*arguments: str) -> set[str]:
+    """Every module ``dicomd ARGUMENTS`` imports, which must exit with status 0."""
+    stderr = run_fresh(*arguments, python_options=("-X", "importtime"))
+    report = [line for line in stderr.splitlines() if line.startswith("import time:")]
+    assert report, stderr
     names = {line.rpartition("|")[2].strip() for line in report}
     assert "dicomd.cli" in names
     return names
@@ -81,3 +90,14 @@ def test_echo_loads_no_other_command_nor_what_only_they_use(receiver: DcmtkPeer)
     assert loaded & command_modules_but("dicomd.cli.echo") == set()
     assert loaded & {"dicomd.dump", "dicomd.users", "dicomd.cli.query", "dicomd.tap"} == set()
     assert "twisted.internet.epollreactor" in loaded  # the reactor the platform does best
+
+
+def test_echo_over_tcp_loads_neither_pydicom_nor_the_tls_libraries(receiver: DcmtkPeer) -> None:
+    loaded = loaded_modules("echo", LOCALHOST, str(receiver.port))
+    assert within(loaded, PYDICOM_AND_NUMPY + TLS_LIBRARIES) == set()
+    assert "twisted.internet._sslverify" not in loaded
+
+
+def test_echo_with_debug_names_the_contexts_it_was_given(receiver: DcmtkPeer) -> None:
+    log = run_fresh("echo", "-d", LOCALHOST, str(receiver.port))
+    assert "context 1: Verification SOP Class in Explicit VR Little Endian" in log
