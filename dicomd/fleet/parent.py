@@ -175,8 +175,10 @@ class WorkerPool(Service):
             return
         young = self.reactor.seconds() - worker.started_at < YOUNG
         delay = self._delays.get(worker.number, FIRST_RESTART_DELAY) if young else 0.0
-        doubled = max(delay, FIRST_RESTART_DELAY) * 2
-        self._delays[worker.number] = min(doubled, LONGEST_RESTART_DELAY)
+        # after a long life, the next early end starts the backoff again from its first delay
+        self._delays[worker.number] = (
+            min(delay * 2, LONGEST_RESTART_DELAY) if young else FIRST_RESTART_DELAY
+        )
         self.log.warn(
             "worker {number} ended ({why}); another starts in {delay:.1f} s",
             number=worker.number,

@@ -5,8 +5,12 @@ leaves no worker behind."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from tests.support.attacks import associate_rq
+from tests.support.audit import records_in, summary
 from tests.support.dcmtk import run_echoscu
 from tests.support.processes import LOCALHOST
 
@@ -63,3 +68,149 @@ def test_peers_that_vanish_while_the_parent_decides_leave_no_association_counted
     finally:
         release(held)
     assert "Traceback" not in daemon.log_text()
+
+
+def is_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (reaped, or a zombie waiting for its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def local_port(association) -> int:
+    return association.dul.socket.socket.getsockname()[1]
+
+
+def worker_serving(log: str, port: int) -> str:
+    """The number of the worker that accepted the association from ``port``."""
+    (number,) = re.findall(rf"worker (\d+): .*association accepted: \S+ at [\d.]+:{port} ", log)
+    return number
+
+
+def test_a_worker_killed_under_load_takes_only_its_own_associations(start_dicomd):
+    daemon = start_dicomd(workers=2, limits={"max_associations": 8})
+    held = hold(daemon, 8)
+    assert all(a.is_established for a in held)
+    log = daemon.wait_for_log(lambda text: text.count("association accepted") >= 8)
+    placed = [(a, worker_serving(log, local_port(a))) for a in held]
+    victim_number = placed[0][1]
+    pids = dict(re.findall(r"worker (\d+) started \(pid (\d+)\)", log))
+    os.kill(int(pids[victim_number]), signal.SIGKILL)
+    daemon.wait_for_log(lambda text: f"worker {victim_number} ended (signal 9)" in text)
+
+    survivors = [a for a, number in placed if number != victim_number]
+    lost = [a for a, number in placed if number == victim_number]
+    try:
+        for association in survivors:
+            assert association.send_c_echo().Status == 0
+        assert wait_until(lambda: not any(a.is_established for a in lost), 10)
+        assert wait_until(lambda: len(workers_of(daemon)) == 2, 20)
+        # the dead worker's places are free again, and no more than those
+        again = hold(daemon, len(lost))
+        assert all(a.is_established for a in again), daemon.log_text()[-2000:]
+        assert run_echoscu(daemon).returncode != 0
+        release(again)
+    finally:
+        release(survivors)
+    assert "Traceback" not in daemon.log_text()
+
+
+def kill_worker_one(daemon, deaths: int) -> float:
+    """SIGKILL worker 1, which ended ``deaths`` times before; the delay the parent says it
+    waits before it starts another."""
+    started = dict(re.findall(r"worker (\d+) started \(pid (\d+)\)", daemon.log_text()))
+    os.kill(int(started["1"]), signal.SIGKILL)
+    log = daemon.wait_for_log(lambda text: text.count("worker 1 ended") > deaths, 10)
+    return float(re.findall(r"worker 1 ended .*another starts in ([\d.]+) s", log)[-1])
+
+
+def worker_one_restarted(daemon, deaths: int, timeout: float) -> bool:
+    return wait_until(lambda: daemon.log_text().count("worker 1 started") > deaths + 1, timeout)
+
+
+def test_a_worker_that_dies_young_again_and_again_is_restarted_later_each_time(start_dicomd):
+    daemon = start_dicomd(workers=2)
+    delays = []
+    for death in range(4):
+        delays.append(kill_worker_one(daemon, death))
+        assert run_echoscu(daemon).returncode == 0  # worker 2 serves meanwhile
+        assert worker_one_restarted(daemon, death, delays[-1] + 15)
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+
+    time.sleep(10.5)  # worker 1 now lives longer than a young one
+    assert kill_worker_one(daemon, 4) == 0.0  # started again at once
+    assert worker_one_restarted(daemon, 4, 15)
+    assert kill_worker_one(daemon, 5) == 0.5  # and its backoff starts again from the first delay
+    assert "Traceback" not in daemon.log_text()
+
+
+class AssociationFlood:
+    """Threads that associate, echo and release again and again until stopped."""
+
+    def __init__(self, daemon, threads: int = 4) -> None:
+        self.daemon = daemon
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        request = associate_rq(self.daemon, [(VERIFICATION, [ImplicitVRLittleEndian])], "FLOOD")
+        while not self.stopping.is_set():
+            try:
+                with socket.create_connection((LOCALHOST, self.daemon.port), timeout=5) as peer:
+                    peer.sendall(request)
+                    peer.recv(1024)
+            except OSError:
+                time.sleep(0.01)
+
+    def __enter__(self) -> AssociationFlood:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def test_sigterm_to_the_parent_mid_flood_stops_every_worker_and_records_one_stop(
+    start_dicomd, tmp_path
+):
+    audit_file = tmp_path / "audit.log"
+    daemon = start_dicomd(workers=2, audit={"file": str(audit_file)})
+    workers = workers_of(daemon)
+    with AssociationFlood(daemon):
+        time.sleep(2)
+        started = time.monotonic()
+        daemon.process.terminate()
+        daemon.process.wait(30)
+        took = time.monotonic() - started
+    assert took < 10, took
+    assert wait_until(lambda: all(is_gone(pid) for pid in workers), 5), workers
+    events = summary(records_in(audit_file))
+    assert events.count(("110100", "110120", "0")) == 1 and events[0] == ("110100", "110120", "0")
+    assert events.count(("110100", "110121", "0")) == 1 and events[-1] == ("110100", "110121", "0")
+    log = daemon.log_text()
+    assert "Traceback" not in log
+    assert "another starts" not in log  # nothing restarted while stopping
+
+
+def test_workers_of_a_parent_killed_outright_end_with_their_control_connection(start_dicomd):
+    daemon = start_dicomd(workers=2)
+    workers = workers_of(daemon)
+    with AssociationFlood(daemon, threads=2):
+        time.sleep(1)
+        daemon.process.kill()
+        daemon.process.wait(10)
+        assert wait_until(lambda: all(is_gone(pid) for pid in workers), 15), workers
