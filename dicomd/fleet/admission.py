@@ -69,7 +69,11 @@ class GiveTurn(amp.Command):
 
 
 class DestinationTurns:
-    """Every worker's associations to each destination, at most its ``max_associations``."""
+    """Every worker's associations to each destination, at most its ``max_associations``.
+
+    A worker is known here, as in `Admissions`, by a number the parent never gives again
+    (a replaced worker's turns are not its replacement's).
+    """
 
     def __init__(self) -> None:
         self._semaphores: dict[str, defer.DeferredSemaphore] = {}

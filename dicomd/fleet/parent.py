@@ -23,6 +23,7 @@ The parent also:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import sys
@@ -63,9 +64,12 @@ class _Worker(ProcessProtocol):
 
     log = Logger(namespace="dicomd.fleet")
 
-    def __init__(self, pool: WorkerPool, number: int) -> None:
+    def __init__(self, pool: WorkerPool, number: int, life: int) -> None:
         self.pool = pool
         self.number = number
+        self.life = life
+        """What the parent's books know this process by: its number is reused by the worker
+        that replaces it, and what this one held must never be taken for that one's."""
         self.started_at = pool.reactor.seconds()
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._pending = b""
@@ -107,6 +111,7 @@ class WorkerPool(Service):
         )
         self.turns = DestinationTurns()
         self.workers: dict[int, _Worker] = {}
+        self._lives = itertools.count(1)
         self._delays: dict[int, float] = {}
         self._port: Any = None
         self._family = "inet"
@@ -141,7 +146,7 @@ class WorkerPool(Service):
 
     def _start(self, number: int) -> None:
         parent_end, child_end = socket.socketpair()
-        worker = _Worker(self, number)
+        worker = _Worker(self, number, next(self._lives))
         process = self.reactor.spawnProcess(
             worker,
             sys.executable,
@@ -158,7 +163,7 @@ class WorkerPool(Service):
         child_end.close()
         process.write(pickled(self.config))
         process.closeStdin()
-        server = AdmissionServer(self.admissions, self.turns, number)
+        server = AdmissionServer(self.admissions, self.turns, worker.life)
         self.reactor.adoptStreamConnection(
             parent_end.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: server)
         )
@@ -170,7 +175,7 @@ class WorkerPool(Service):
         if self.workers.get(worker.number) is not worker:
             return
         del self.workers[worker.number]
-        self.admissions.forget(worker.number)
+        self.admissions.forget(worker.life)
         if not self.running:
             return
         young = self.reactor.seconds() - worker.started_at < YOUNG

@@ -18,6 +18,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from tests.e2e.test_retrieve_destinations import CountingReceiver, archive_with, move_to_counter
 from tests.support.attacks import associate_rq
 from tests.support.audit import records_in, summary
 from tests.support.dcmtk import run_echoscu
@@ -214,3 +215,34 @@ def test_workers_of_a_parent_killed_outright_end_with_their_control_connection(s
         daemon.process.kill()
         daemon.process.wait(10)
         assert wait_until(lambda: all(is_gone(pid) for pid in workers), 15), workers
+
+
+def test_a_replaced_worker_still_takes_turns_at_a_move_destination(start_dicomd):
+    """The replacement of a killed worker is counted at a destination's ``max_associations``
+    like any worker (it was let through without a turn: the parent took it for the dead one)."""
+    receiver = CountingReceiver()
+    try:
+        daemon = archive_with(
+            start_dicomd,
+            {"COUNTER": {"host": LOCALHOST, "port": receiver.port, "max_associations": 1}},
+            workers=2,
+        )
+        assert kill_worker_one(daemon, 0) == 0.5
+        assert worker_one_restarted(daemon, 0, 15)
+        restarted_at = len(daemon.log_text())
+        moved = 0
+        for _ in range(6):
+            movers = [move_to_counter(daemon) for _ in range(4)]
+            for mover in movers:
+                output, _ = mover.communicate(timeout=60)
+                assert mover.returncode == 0, output
+            moved += len(movers)
+            since = daemon.log_text()[restarted_at:]
+            if set(re.findall(r"worker (\d): .*accepted: MOVESCU", since)) == {"1", "2"}:
+                break
+        assert set(re.findall(r"worker (\d): .*accepted: MOVESCU", since)) == {"1", "2"}
+        assert len(receiver.stored) == moved
+        assert receiver.most == 1
+    finally:
+        receiver.server.shutdown()
+    assert "Traceback" not in daemon.log_text()
