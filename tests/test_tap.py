@@ -115,9 +115,9 @@ def test_plugins_that_are_services_start_before_the_listener(tmp_path: Path) -> 
 def test_with_workers_the_parent_holds_its_trail_and_the_pool(tmp_path: Path) -> None:
     path = write(tmp_path / "site.yaml", f"workers: 3\nstorage: {{path: {tmp_path / 'a'}}}\n")
     root = makeService(options("-c", str(path)), reactor=MemoryReactorClock())
-    trail, pool = list(IServiceCollection(root))
-    assert isinstance(trail, AuditTrail)
+    (pool,) = list(IServiceCollection(root))
     assert isinstance(pool, WorkerPool)
+    assert isinstance(pool.trail, AuditTrail)  # it records the start and stop of them all
     assert pool.config.workers == 3
 
 

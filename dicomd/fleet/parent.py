@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from twisted.python.failure import Failure
 
 from dicomd import app
 from dicomd.archive.handler import ArchiveHandler
+from dicomd.audit.trail import AuditTrail
 from dicomd.config import Config
 from dicomd.fleet.admission import Admissions, AdmissionServer, DestinationTurns
 from dicomd.fleet.child import CONTROL_FD, LISTENING_FD, pickled
@@ -51,12 +53,18 @@ STOP_GRACE: Final = 30.0
 """How long stopping waits for a worker to finish before it is killed."""
 
 _LEVELS: Final = {
-    "#debug]": LogLevel.debug,
-    "#info]": LogLevel.info,
-    "#warn]": LogLevel.warn,
-    "#error]": LogLevel.error,
-    "#critical]": LogLevel.critical,
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
 }
+_EVENT = re.compile(r"- \[[^\]\s]*#(debug|info|warn|error|critical)\] ")
+"""How a worker's log observer begins each event's line: its level is read there and only
+there, never from text a peer chose (an AE title, a value) further on, nor from a line
+that continues the event (Twisted begins those with a tab)."""
+MOST_LINE: Final = 64 * 1024
+"""A longer line from a worker is relayed in pieces of this many bytes."""
 
 
 class _Worker(ProcessProtocol):
@@ -72,36 +80,54 @@ class _Worker(ProcessProtocol):
         that replaces it, and what this one held must never be taken for that one's."""
         self.started_at = pool.reactor.seconds()
         self.ended: defer.Deferred[None] = defer.Deferred()
-        self._pending = b""
+        self._pending: dict[int, bytes] = {}
+        self._level = LogLevel.info
 
-    def outReceived(self, data: bytes) -> None:
-        *lines, self._pending = (self._pending + data).split(b"\n")
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """Lines from stdout and stderr, each stream its own."""
+        *lines, rest = (self._pending.get(childFD, b"") + data).split(b"\n")
+        while len(rest) > MOST_LINE:
+            lines.append(rest[:MOST_LINE])
+            rest = rest[MOST_LINE:]
+        self._pending[childFD] = rest
         for line in lines:
             self._relay(line)
 
-    errReceived = outReceived
-
     def _relay(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").removeprefix("- ")
-        level = next((lvl for mark, lvl in _LEVELS.items() if mark in line[:120]), LogLevel.info)
-        self.log.emit(level, "worker {number}: {line}", number=self.number, line=line)
+        line = raw.decode("utf-8", "replace")
+        event = _EVENT.match(line)
+        if event is not None:
+            self._level = _LEVELS[event.group(1)]
+            line = line.removeprefix("- ")
+        elif not line.startswith("\t"):
+            self._level = LogLevel.info  # not the log observer's: a crash's last words
+        self.log.emit(self._level, "worker {number}: {line}", number=self.number, line=line)
 
     def processEnded(self, reason: Failure) -> None:
-        if self._pending:
-            self._relay(self._pending)
+        for rest in self._pending.values():
+            if rest:
+                self._relay(rest)
         self.ended.callback(None)
         self.pool.ended(self, reason)
 
 
 class WorkerPool(Service):
-    """Starts, watches and stops the node's worker processes."""
+    """Starts, watches and stops the node's worker processes.
+
+    It holds the node's audit trail, which records the node's start before
+    the first worker starts and its stop once the last has ended, after
+    every record of theirs (siblings in a ``MultiService`` stop all at once).
+    """
 
     log = Logger(namespace="dicomd.fleet")
 
-    def __init__(self, config: Config, reactor: Any, plugins: Sequence[object]) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, plugins: Sequence[object], trail: AuditTrail
+    ) -> None:
         self.config = config
         self.reactor = reactor
         self.plugins = plugins
+        self.trail = trail
         self.admissions = Admissions(
             AssociationLimits(
                 config.limits.max_associations,
@@ -141,6 +167,7 @@ class WorkerPool(Service):
             if isinstance(plugin, ArchiveHandler):
                 plugin.open()
                 plugin.close()
+        self.trail.startService()
         for number in range(1, self.config.workers + 1):
             self._start(number)
 
@@ -205,7 +232,7 @@ class WorkerPool(Service):
             self.reactor.callLater(STOP_GRACE, _signal, worker, "KILL")
         if self._port is not None:
             self._port.stopListening()
-        return defer.gatherResults(ending).addCallback(lambda _: None)
+        return defer.gatherResults(ending).addCallback(lambda _: self.trail.stopService())
 
 
 def _signal(worker: _Worker, name: str) -> None:
@@ -225,17 +252,15 @@ def _why(reason: Failure) -> str:
 def pool_service(
     config: Config, reactor: Any, root: MultiService, plugins: Sequence[object]
 ) -> MultiService:
-    """The parent's service tree: its audit trail (the node's start and stop), then the pool.
+    """The parent's service tree: the pool of workers, with the audit trail of the node's
+    start and stop.
 
     The node a worker builds is built here once too, and dropped, so that a
     mistake it holds (certificates, identity checking, the audit file) stops
     the start with the ``ConfigError`` a daemon of one process raises.
     """
     app.with_tls(config, app.node_factory(config, plugins, clock=reactor))
-    trail = app.audit_trail(config, reactor)
-    trail.setName("audit")
-    trail.setServiceParent(root)
-    pool = WorkerPool(config, reactor, plugins)
+    pool = WorkerPool(config, reactor, plugins, app.audit_trail(config, reactor))
     pool.setName("dicom")
     pool.setServiceParent(root)
     return root
