@@ -3,7 +3,7 @@
 Run by hand from the repository root::
 
     .venv/bin/python bench/scu.py [--quick] [--only dicomd,dcmtk] [--repeat 3] [--storage DIR]
-                                  [--sets 34KB,526KB] [--associations 1,8]
+                                  [--sets 34KB,526KB] [--associations 1,8] [--baseline REV]
 
 The receiver is always dcmtk's ``storescp`` as ``bench/store.py`` runs it
 (``--fork +B -dhl -pdu 131072``, ``TCP_NODELAY=1``), so the senders are the
@@ -18,7 +18,10 @@ receiver with an empty folder:
 - dcmtk: ``storescu -xf <profile> CT +sd +r`` (one context, CT Image Storage
   in explicit VR little endian), one process, or 8 with one eighth each;
 - pynetdicom: ``python -m pynetdicom storescu -cx -xe -r`` (the contexts the
-  files need, explicit VR little endian), one process, or 8 likewise.
+  files need, explicit VR little endian), one process, or 8 likewise;
+- with ``--baseline REV``, ``dicomd@REV``: the dicomd sender as it was at
+  commit REV (its ``dicomd`` package exported by ``git archive`` and put
+  first on the path), for before/after figures taken turn about in one run.
 
 Wall time runs from starting the first sender to the exit of the last.  A
 row counts only if every sender exited 0 and the receiver then holds every
@@ -35,9 +38,7 @@ import argparse
 import dataclasses
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -49,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _arguments import add_throughput_arguments, check_throughput_arguments
+from _baseline import command_environment, compile_command, dicomd_argv, exported
 from _data import CTSet, count_files, ct_sets, split_batches
 from _memory import PeakMemory
 from _processes import (
@@ -64,12 +66,9 @@ from _stats import ThroughputRow, throughput_problem, typical
 from store import FULL_SETS, QUICK_SETS, RECEIVERS, SEND_TIMEOUT, STORESCU_PROFILE
 
 from tests.support.dcmtk import dcmtk_environment
-from tests.support.processes import LOCALHOST, daemon_environment
+from tests.support.processes import LOCALHOST
 
 CONCURRENCY: Final = (1, 8)
-PYCACHE: Final = Path(tempfile.gettempdir()) / "dicomd-bench" / "pycache"
-"""Where the ``dicomd`` sender's Python keeps the bytecode of what it loads (see
-`_installed_environment`)."""
 T = TypeVar("T")
 RECEIVER: Final = next(receiver for receiver in RECEIVERS if receiver.name == "dcmtk")
 """bench/store.py's dcmtk storescp, exactly as that benchmark runs it."""
@@ -113,32 +112,17 @@ class Sender:
 def _dicomd(port: int, batches: list[list[Path]], work: Path) -> list[list[str]]:
     folders = [str(folder) for batch in batches for folder in batch]
     jobs = ["-j", str(len(batches))] if len(batches) > 1 else []
-    argv = [sys.executable, "-m", "dicomd.cli", "store", "--no-progress", *jobs]
+    argv = dicomd_argv("store", "--no-progress", *jobs)
     return [[*argv, "-aec", RECEIVER.ae_title, LOCALHOST, str(port), *folders]]
 
 
-def _installed_environment() -> dict[str, str]:
-    """The environment of ``dicomd`` as installed, with every module's bytecode in `PYCACHE`.
-
-    An installed package comes compiled; a checkout run where
-    PYTHONDONTWRITEBYTECODE is set (some shells and CI images set it)
-    would compile dicomd's modules again at every start, a cost no user
-    pays.  `_compile_dicomd` fills the folder before the first timed run.
-    """
-    environment = daemon_environment()
-    environment.pop("PYTHONDONTWRITEBYTECODE", None)
-    environment["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
-    return environment
-
-
-def _compile_dicomd() -> None:
-    """Run ``dicomd store --help`` once, untimed: it loads (and so compiles into `PYCACHE`)
-    every module a ``dicomd store`` run loads."""
-    subprocess.run(
-        [sys.executable, "-m", "dicomd.cli", "store", "--help"],
-        env=_installed_environment(),
-        stdout=subprocess.DEVNULL,
-        check=True,
+def _baseline_sender(revision: str, package_root: Path) -> Sender:
+    """The dicomd sender of commit ``revision``, its package `exported` to ``package_root``."""
+    return Sender(
+        f"dicomd@{revision}",
+        f"the dicomd sender as at {revision}",
+        _dicomd,
+        lambda: command_environment(package_root),
     )
 
 
@@ -163,7 +147,7 @@ SENDERS: Final = (
         " (one process; -j 8: 8 associations sharing the files by size; Python's bytecode"
         " cached, as installed)",
         _dicomd,
-        _installed_environment,
+        command_environment,
     ),
     Sender(
         "dcmtk",
@@ -185,12 +169,20 @@ SENDERS: Final = (
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parse(argv)
     exit_on_sigterm()
+    senders = [sender for sender in SENDERS if sender.name in arguments.only]
+    with ExitStack() as baseline:
+        if arguments.baseline is not None:
+            package_root = baseline.enter_context(exported(arguments.baseline))
+            senders.insert(0, _baseline_sender(arguments.baseline, package_root))
+        return _run(arguments, senders)
+
+
+def _run(arguments: argparse.Namespace, senders: list[Sender]) -> int:
     sets = [
         data
         for data in (QUICK_SETS if arguments.quick else FULL_SETS)
         if _set_name(data) in arguments.sets
     ]
-    senders = [sender for sender in SENDERS if sender.name in arguments.only]
     print("\n".join(machine_summary()))
     print()
     for sender in senders:
@@ -199,8 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"storage:    under {arguments.storage} ({filesystem_of(arguments.storage)})")
     print()
 
-    if any(sender.name == "dicomd" for sender in senders):
-        _compile_dicomd()
+    for sender in senders:
+        if sender.name.startswith("dicomd"):
+            compile_command("store", "--help", environment=sender.environment())
     rows: list[ThroughputRow] = []
     with Processes() as processes:
         for data, root, megabytes in ct_sets(sets):
@@ -239,6 +232,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(map(str, CONCURRENCY)),
         type=_comma_separated(int),
         help="comma-separated numbers of associations (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the dicomd sender of commit REV, taking turns with the others",
     )
     arguments = parser.parse_args(argv)
     check_throughput_arguments(parser, arguments, names, "sender")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from twisted.internet import defer
@@ -271,3 +272,25 @@ def test_requests_beyond_the_window_wait_their_turn(tmp_path: Path) -> None:
     assert association.in_flight == 1
     pump.flush()
     assert [result(d) for d in echoes] == [0, 0, 0]
+
+
+def test_every_public_name_is_the_one_its_module_defines() -> None:
+    """`dicomd.client` imports each name when first asked for: the same object as its home's."""
+    import dicomd.client
+    from dicomd.dimse import errors, storage
+    from dicomd.scu import connect, operations, requestor
+    from dicomd.ul import pdu, tls
+
+    homes = (errors, storage, connect, operations, requestor, uids, pdu, tls)
+    for name in dicomd.client.__all__:
+        value = getattr(dicomd.client, name)
+        original = "Requestor" if name == "ClientAssociation" else name
+        assert any(getattr(home, original, None) is value for home in homes), name
+    assert set(dicomd.client.__all__) <= set(dir(dicomd.client))
+
+
+def test_a_name_the_client_does_not_have_is_an_attribute_error() -> None:
+    import dicomd.client
+
+    with pytest.raises(AttributeError, match="has no attribute 'Associate'"):
+        dicomd.client.Associate  # noqa: B018
