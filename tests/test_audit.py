@@ -417,3 +417,20 @@ def test_a_session_leaves_one_record_per_event(tmp_path: Path) -> None:
     refused = records[9]
     assert refused.description == "no authorization rule names this peer"
     assert [p.user_id for p in refused.participants] == [str(os.getpid()), "NOBODY"]
+
+
+def test_an_association_open_when_the_node_stops_logs_out_before_the_stop(
+    tmp_path: Path,
+) -> None:
+    node, trail, path = audited_node(tmp_path)
+    scanner = node.associate([CTImageStorage], calling_ae_title="CT01")
+    assert node.result(scanner.store(ct_dataset(generate_uid(), generate_uid(), 1))).status == 0
+    trail.stopService()
+    node.result(scanner.release())  # the connection ends after the trail stopped
+    assert summary(records_in(path)) == [
+        ("110100", "110120", "0"),
+        ("110114", "110122", "0"),
+        ("110104", None, "0"),  # what it stored, as at its end
+        ("110114", "110123", "0"),
+        ("110100", "110121", "0"),
+    ]

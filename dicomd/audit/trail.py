@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from dicomd.audit.backlog import Backlog
 from dicomd.audit.events import LocalNode, application_activity, divided
@@ -31,6 +32,12 @@ class AuditSink(Protocol):
     def write(self, record: bytes, time: float) -> None: ...
 
     def stop(self) -> defer.Deferred[None]: ...
+
+
+class Session(Protocol):
+    """An association's records: `ended` writes what it still holds and its Logout, once."""
+
+    def ended(self) -> None: ...
 
 
 class AuditFile:
@@ -102,10 +109,15 @@ class AuditFile:
 class AuditTrail(Service):
     """Builds each record from an `AuditMessage` and gives it to every sink.
 
+    Once stopped it writes nothing more (an association that a stopping node
+    still accepts): one line in the log says so.
+
     ``seconds`` is the clock the records' times come from (the reactor's).
     A trail without sinks records nothing and costs nothing: the node asks
     `enabled` before it gathers what a record needs.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -120,6 +132,9 @@ class AuditTrail(Service):
         self.seconds = seconds
         self.records_activity = True
         """False in a worker process: its parent records the node's start and stop."""
+        self._sessions: set[Session] = set()
+        self._stopped = False
+        self._late = 0
 
     @property
     def enabled(self) -> bool:
@@ -128,8 +143,24 @@ class AuditTrail(Service):
     def now(self) -> float:
         return self.seconds()
 
+    def opened(self, session: Session) -> None:
+        """An association logged in: if the node stops before it ends, it is ended first."""
+        self._sessions.add(session)
+
+    def closed(self, session: Session) -> None:
+        self._sessions.discard(session)
+
     def record(self, message: AuditMessage) -> None:
         if not self.sinks:
+            return
+        if self._stopped:
+            self._late += 1
+            if self._late == 1:
+                self.log.warn(
+                    "audit records made after the trail stopped are not written (the first:"
+                    " event {event}): the node's stop must be its last record",
+                    event=message.event.code,
+                )
             return
         for xml in self._serialized(message):
             for sink in self.sinks:
@@ -152,7 +183,12 @@ class AuditTrail(Service):
             self.record(application_activity(self.node, self.now(), started=True))
 
     def stopService(self) -> defer.Deferred[Any]:
+        """Associations still open end here, with their records, before the node's stop: the
+        connections are dropped only after the trail has stopped, too late to be recorded."""
         super().stopService()
+        for session in list(self._sessions):
+            session.ended()
         if self.records_activity:
             self.record(application_activity(self.node, self.now(), started=False))
+        self._stopped = True
         return defer.gatherResults([sink.stop() for sink in self.sinks], consumeErrors=True)

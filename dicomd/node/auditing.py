@@ -69,6 +69,7 @@ class AssociationAudit:
 
     def accepted(self) -> None:
         self.logged_in = True
+        self.trail.opened(self)
         self.trail.record(
             user_authentication(self.trail.node, self.peer, self.trail.now(), login=True)
         )
@@ -89,8 +90,11 @@ class AssociationAudit:
         )
 
     def ended(self) -> None:
+        """The association ended, or the node stops while it is open: once, either way."""
         if not self.logged_in:
             return
+        self.logged_in = False
+        self.trail.closed(self)
         self._write_stores()
         self.trail.record(
             user_authentication(self.trail.node, self.peer, self.trail.now(), login=False)

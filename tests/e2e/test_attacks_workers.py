@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -185,12 +186,15 @@ class AssociationFlood:
             thread.join(10)
 
 
-def test_sigterm_to_the_parent_mid_flood_stops_every_worker_and_records_one_stop(
-    start_dicomd, tmp_path
+@pytest.mark.parametrize("workers", [1, 2], ids=["one process", "two workers"])
+def test_sigterm_mid_flood_stops_every_worker_and_ends_the_trail_with_one_stop(
+    start_dicomd, tmp_path, workers
 ):
     audit_file = tmp_path / "audit.log"
-    daemon = start_dicomd(workers=2, audit={"file": str(audit_file)})
-    workers = workers_of(daemon)
+    daemon = start_dicomd(workers=workers, audit={"file": str(audit_file)})
+    children = workers_of(daemon)
+    held = hold(daemon, 3)
+    assert all(a.is_established for a in held)
     with AssociationFlood(daemon):
         time.sleep(2)
         started = time.monotonic()
@@ -198,10 +202,13 @@ def test_sigterm_to_the_parent_mid_flood_stops_every_worker_and_records_one_stop
         daemon.process.wait(30)
         took = time.monotonic() - started
     assert took < 10, took
-    assert wait_until(lambda: all(is_gone(pid) for pid in workers), 5), workers
+    assert wait_until(lambda: all(is_gone(pid) for pid in children), 5), children
     events = summary(records_in(audit_file))
-    assert events.count(("110100", "110120", "0")) == 1 and events[0] == ("110100", "110120", "0")
-    assert events.count(("110100", "110121", "0")) == 1 and events[-1] == ("110100", "110121", "0")
+    start, stop = ("110100", "110120", "0"), ("110100", "110121", "0")
+    assert events.count(start) == 1 and events[0] == start
+    assert events.count(stop) == 1 and events[-1] == stop
+    # every association logged in logs out, those held at the stop too
+    assert events.count(("110114", "110122", "0")) == events.count(("110114", "110123", "0"))
     log = daemon.log_text()
     assert "Traceback" not in log
     assert "another starts" not in log  # nothing restarted while stopping
@@ -245,4 +252,45 @@ def test_a_replaced_worker_still_takes_turns_at_a_move_destination(start_dicomd)
         assert receiver.most == 1
     finally:
         receiver.server.shutdown()
+    assert "Traceback" not in daemon.log_text()
+
+
+def associate_at_once(daemon, count: int, title: str) -> list:
+    """``count`` associations asked for at the same moment from as many threads."""
+    held: list = []
+    lock = threading.Lock()
+    go = threading.Barrier(count)
+
+    def one() -> None:
+        ae = AE(ae_title=title)
+        ae.add_requested_context(Verification)
+        go.wait()
+        association = ae.associate(LOCALHOST, daemon.port, ae_title=daemon.ae_title)
+        with lock:
+            held.append(association)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return held
+
+
+def test_limits_hold_exactly_across_workers_when_everyone_asks_at_once(start_dicomd):
+    daemon = start_dicomd(
+        workers=2, limits={"max_associations": 5, "max_associations_per_calling_ae": 3}
+    )
+    for _ in range(3):
+        same_ae = associate_at_once(daemon, 12, "SAMEAE")
+        try:
+            assert sum(a.is_established for a in same_ae) == 3
+            others = associate_at_once(daemon, 12, "OTHERAE")
+            try:
+                assert sum(a.is_established for a in others) == 2  # 5 in all
+            finally:
+                release(others)
+        finally:
+            release(same_ae)
+        time.sleep(0.5)  # every Leave has reached the parent
     assert "Traceback" not in daemon.log_text()
