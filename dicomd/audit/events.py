@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, TypeVar
 
 from dicomd.audit.messages import (
     APPLICATION,
@@ -38,6 +38,8 @@ from dicomd.audit.messages import (
     ParticipantObject,
     StudyContents,
 )
+
+_T = TypeVar("_T")
 
 QUERY_KEPT: Final = 16 * 1024
 """The bytes of an identifier a Query record carries: the record must fit the 32 KiB every
@@ -242,23 +244,29 @@ def instances_transferred(
     )
 
 
-def divided(message: AuditMessage) -> tuple[AuditMessage, AuditMessage] | None:
-    """A record too long for a collector (`MOST_RECORD`) as two halves: its studies shared
-    between them, or a lone study's SOP classes; every other part (the patient, who took
-    part) in both.  None when there is nothing to share (its values are already cut short)."""
+def divided(message: AuditMessage, parts: int) -> list[AuditMessage] | None:
+    """A record too long for a collector (`MOST_RECORD`) as ``parts`` records (two at least):
+    its studies shared between them, or a lone study's SOP classes; every other part (the
+    patient, who took part) in each.  None when there is nothing to share (its values are
+    already cut short)."""
     studies = [o for o in message.objects if o.id_type == STUDY_INSTANCE_UID]
     others = tuple(o for o in message.objects if o.id_type != STUDY_INSTANCE_UID)
     if len(studies) >= 2:
-        middle = len(studies) // 2
-        first, second = studies[:middle], studies[middle:]
+        groups = [tuple(share) for share in _shares(studies, parts)]
     elif len(studies) == 1 and len(studies[0].contents) >= 2:
         (study,) = studies
-        middle = len(study.contents) // 2
-        first = [replace(study, contents=study.contents[:middle])]
-        second = [replace(study, contents=study.contents[middle:])]
+        groups = [
+            (replace(study, contents=tuple(share)),) for share in _shares(study.contents, parts)
+        ]
     else:
         return None
-    return (
-        replace(message, objects=(*first, *others)),
-        replace(message, objects=(*second, *others)),
-    )
+    return [replace(message, objects=(*group, *others)) for group in groups]
+
+
+def _shares(items: Sequence[_T], parts: int) -> list[Sequence[_T]]:
+    """``items`` in ``parts`` runs of nearly equal length: two at least, one item each at most."""
+    parts = min(max(parts, 2), len(items))
+    return [
+        items[len(items) * part // parts : len(items) * (part + 1) // parts]
+        for part in range(parts)
+    ]

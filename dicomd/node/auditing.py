@@ -18,8 +18,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from pydicom import Dataset
@@ -43,8 +45,20 @@ AUDITED_ATTRIBUTES: Final = ("PatientID", "PatientName", "StudyInstanceUID")
 """What a store record names; the walker collects them as instances stream in."""
 
 _MOST_GROUPS: Final = 256
+"""Studies one record names at most before it is written (stores), or at all (a C-MOVE or
+C-GET: an identifier of 1 MiB may list 100 000 of them, each record costs the reactor
+some 25 us a study and the trail 150 bytes)."""
 
 _StoreKey = tuple[str, str | None, bool, str]  # patient ID, name, succeeded, action
+
+
+@dataclass(frozen=True, slots=True)
+class _Retrieval:
+    """What a C-MOVE or C-GET asked for: the studies its record names, and how many more."""
+
+    studies: dict[str, dict[str, int]]
+    patient: Patient | None
+    unnamed: int
 
 
 class AssociationAudit:
@@ -55,7 +69,7 @@ class AssociationAudit:
         self.peer = Peer("", host)
         self.logged_in = False
         self._stored: dict[_StoreKey, dict[str, dict[str, int]]] = {}
-        self._retrieved: dict[int, tuple[dict[str, dict[str, int]], Patient | None]] = {}
+        self._retrieved: dict[int, _Retrieval] = {}
 
     @property
     def enabled(self) -> bool:
@@ -116,8 +130,11 @@ class AssociationAudit:
     def identifier_read(self, request: Request, identifier: Dataset) -> None:
         """Remember what a C-MOVE or C-GET asks for, to name it in its record."""
         if request.command.command_field in (CommandField.C_MOVE_RQ, CommandField.C_GET_RQ):
-            studies = {str(uid): {} for uid in _values(identifier, "StudyInstanceUID")}
-            self._retrieved[request.command.message_id or 0] = (studies, _patient(identifier))
+            asked = dict.fromkeys(_values(identifier, "StudyInstanceUID"))
+            studies = {uid: {} for uid in itertools.islice(asked, _MOST_GROUPS)}
+            self._retrieved[request.command.message_id or 0] = _Retrieval(
+                studies, _patient(identifier), len(asked) - len(studies)
+            )
 
     def responded(self, request: Request, status: int, fields: Mapping[str, Any]) -> None:
         """A final response went out: record the operation it ends."""
@@ -178,7 +195,7 @@ class AssociationAudit:
 
     def _retrieved_all(self, request: Request, succeeded: bool, fields: Mapping[str, Any]) -> None:
         command = request.command
-        studies, patient = self._retrieved.pop(command.message_id or 0, ({}, None))
+        retrieval = self._retrieved.pop(command.message_id or 0, _Retrieval({}, None, 0))
         destination_ae = command.move_destination
         if destination_ae is None:  # C-GET: the peer receives
             destination = self.peer.participant(requestor=True, role=DESTINATION)
@@ -190,13 +207,15 @@ class AssociationAudit:
             f"{fields.get(f'number_of_{kind}_suboperations') or 0} {kind}"
             for kind in ("completed", "warning", "failed")
         )
+        if retrieval.unnamed:
+            counts += f"; {retrieval.unnamed} more studies asked for are not named"
         self.trail.record(
             instances_transferred(
                 self.trail.node.participant(role=SOURCE),
                 destination,
                 self.trail.now(),
-                studies=studies,
-                patient=patient,
+                studies=retrieval.studies,
+                patient=retrieval.patient,
                 action="R",
                 succeeded=succeeded,
                 requestor=requestor,

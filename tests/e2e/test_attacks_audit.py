@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import threading
 import time
 from pathlib import Path
@@ -19,14 +20,14 @@ from pathlib import Path
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.sop_class import Verification
 
-from dicomd.dimse.command import Command
+from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
 from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
-from dicomd.uids import STUDY_ROOT_FIND
+from dicomd.uids import STUDY_ROOT_FIND, STUDY_ROOT_MOVE
 from dicomd.ul.pdu import PresentationDataValue
 from tests.support.attacks import (
     EchoesDuring,
@@ -34,6 +35,8 @@ from tests.support.attacks import (
     associate_rq,
     element,
     replaced,
+    wait_for_lag_monitor,
+    worst_stall_ms,
 )
 from tests.support.audit import records_in, summary
 from tests.support.certificates import Authority
@@ -285,3 +288,55 @@ def test_a_collector_that_takes_nothing_costs_bounded_memory_and_never_holds_the
     (counted,) = log_lines_with(log, "audit records to tls://", "were dropped")
     assert int(counted.split("] ")[1].split()[0]) > 2000
     assert "Traceback" not in log
+
+
+def implicit(tag: int, value: bytes) -> bytes:
+    """One implicit VR little endian element: a UI value of more than 64 KiB needs its
+    4-byte length."""
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def move_command(message_id: int, destination: str) -> bytes:
+    return Command(
+        command_field=CommandField.C_MOVE_RQ,
+        message_id=message_id,
+        affected_sop_class_uid=STUDY_ROOT_MOVE,
+        priority=0,
+        move_destination=destination,
+        command_data_set_type=DATA_SET_PRESENT,
+    ).encode()
+
+
+def test_a_move_naming_80_000_studies_is_recorded_in_bounded_work(start_dicomd, receiver, tmp_path):
+    """One identifier of some 900 KB names 80 000 studies: the record names 256 of them and
+    says how many more, in a few records, and the reactor does not stall over them."""
+    audit_file = tmp_path / "audit.log"
+    daemon = start_dicomd(
+        workers=1,
+        plugins=[{"plugin": "archive"}],
+        destinations={"RECEIVER": {"host": LOCALHOST, "port": receiver.port}},
+        audit={"file": str(audit_file)},
+    )
+    wait_for_lag_monitor(daemon)
+    studies = "\\".join(f"1.2.{number}" for number in range(80_000)).encode()
+    identifier = implicit(0x00080052, b"STUDY ") + implicit(0x0020000D, studies + b"\0")
+    request = associate_rq(daemon, [(STUDY_ROOT_MOVE, [ImplicitVRLittleEndian])])
+    peer = RawAssociation(daemon, request)
+    peer.send_fragment(1, PDV_COMMAND | PDV_LAST, move_command(5, "RECEIVER"))
+    peer.send_stream(1, 0, [identifier], 200_000)
+    final = None
+    while final is None:
+        for pdv in peer.receive().pdvs:
+            if pdv.control & PDV_COMMAND:
+                status = Command.decode(pdv.data).status
+                final = status if status != 0xFF00 else None
+    peer.release()
+    daemon.stop()
+
+    moves = [record for record in records_in(audit_file) if record.event_id == "110104"]
+    assert sum(len(record.object_ids("110180")) for record in moves) == 256
+    assert all(record.description.endswith("; 79744 more studies asked for are not named")
+               for record in moves)  # fmt: skip
+    assert len(moves) <= 4
+    assert worst_stall_ms(daemon) < 100, daemon.log_text()[-2000:]
+    assert "Traceback" not in daemon.log_text()
