@@ -30,6 +30,7 @@ from twisted.logger import (
 
 from dicomd import uids
 from dicomd.cli.arguments import max_pdu_length, port_number, timeout_seconds
+from dicomd.cli.optional import leave_out
 from dicomd.cli.output import error_line, seconds, uid_name
 from dicomd.client import (
     AssociationAborted,
@@ -336,7 +337,9 @@ def run(
     """
     start_logging(arguments)
     if not uses_tls(arguments):
-        leave_out_tls()
+        # Twisted's TCP transport, IReactorSSL and endpoints import pyOpenSSL (and cryptography,
+        # service_identity) when installed: without TLS, the reactor is loaded without it.
+        leave_out("OpenSSL", unless_loaded=("twisted.internet.tcp", "twisted.internet.reactor"))
     statuses: list[int] = []
     interrupted: list[bool] = []
 
@@ -363,23 +366,6 @@ def run(
         error_line(command, "interrupted")
         return INTERRUPTED
     return statuses[0]
-
-
-def leave_out_tls() -> None:
-    """Have Twisted load without pyOpenSSL, for a command that makes no TLS connection.
-
-    Twisted's reactor (its TCP transport, `IReactorSSL`) and its endpoints
-    import pyOpenSSL, and with it cryptography and service_identity, whenever
-    it is installed: about 45 ms of CPU, a sixth of a ``dicomd echo``.
-    Twisted runs without it (its TLS support is then absent), so marking
-    pyOpenSSL as missing (None in `sys.modules`) before the reactor loads
-    gives a reactor for plain TCP that never loads it.  A process whose
-    reactor or pyOpenSSL is already loaded (a program that embeds the
-    command, a test) is left as it is.
-    """
-    loaded = {"OpenSSL", "twisted.internet.tcp", "twisted.internet.reactor"} & sys.modules.keys()
-    if not loaded:
-        sys.modules["OpenSSL"] = None  # type: ignore[assignment]
 
 
 def start_logging(arguments: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -32,19 +32,14 @@ from dicomd.cli.network import (
     explain_failure,
     run,
 )
+from dicomd.cli.optional import leave_out
 from dicomd.cli.output import error_line, uid_name
 from dicomd.cli.progress import Progress, rates
-from dicomd.client import (
-    AssociationAborted,
-    ClientAssociation,
-    DimseTimeout,
-    NoAcceptedContext,
-    PresentationContextRQ,
-    StoreResult,
-    storage_contexts,
-)
+from dicomd.client import AssociationAborted, DimseTimeout, NoAcceptedContext
 from dicomd.describe import describe_status
-from dicomd.part10 import Part10Error, read_header
+
+if TYPE_CHECKING:
+    from dicomd.client import ClientAssociation, PresentationContextRQ, StoreResult
 
 COMMAND = "store"
 
@@ -90,6 +85,9 @@ def add_parser(subparsers: Any, command: str, summary: str) -> None:
 
 
 def main(arguments: argparse.Namespace) -> int:
+    # Files go as they are, or converted between uncompressed syntaxes: pydicom does that
+    # without numpy, which it would otherwise load (part10 loads pydicom in find_instances).
+    leave_out("numpy", unless_loaded=("pydicom",))
     return run(COMMAND, arguments, lambda reactor: store(reactor, arguments))
 
 
@@ -113,6 +111,8 @@ class Instance:
 
 def propose_for(instances: Iterable[Instance]) -> tuple[PresentationContextRQ, ...]:
     """One context for each SOP class and transfer syntax among ``instances``."""
+    from dicomd.client import storage_contexts  # the C-STORE path: after `leave_out` in `main`
+
     return storage_contexts(instance.kind for instance in instances)
 
 
@@ -165,6 +165,8 @@ def find_instances(paths: Iterable[str]) -> tuple[list[Instance], list[tuple[Pat
     A path that does not exist is a mistake on the command line, not a
     file to skip: it stops the command before anything is sent.
     """
+    from dicomd.part10 import Part10Error, read_header
+
     instances: list[Instance] = []
     skipped: list[tuple[Path, str]] = []
     for name in paths:
@@ -271,6 +273,8 @@ async def _send_one(
     association: ClientAssociation, peer: Peer, instance: Instance, tally: Tally
 ) -> None:
     """C-STORE one file; only a failure of the whole association propagates."""
+    from dicomd.part10 import Part10Error
+
     try:
         result = await defer.maybeDeferred(association.store, instance.path)
     except NoAcceptedContext:

@@ -46,9 +46,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
-import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
@@ -58,6 +57,9 @@ from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from dicomd import uids
 from dicomd.dimse.datasets import element_header, encode_dataset, encoding
 from dicomd.part10 import Part10Error, encapsulated_length
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DECOMPRESSED_SYNTAXES: Final = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
 """What an instance is decompressed into, best first: explicit VR keeps private elements'
@@ -292,11 +294,15 @@ def _native_dtype(head: Dataset) -> np.dtype[Any]:
     bits = int(head.BitsAllocated)
     if bits % 8 or bits not in (8, 16, 32, 64):
         raise DecompressionError(f"Bits Allocated {bits} is not a whole number of bytes")
+    import numpy as np  # here, not at import: `dicomd store`, which never decodes, runs without it
+
     kind = "i" if int(head.get("PixelRepresentation", 0)) else "u"
     return np.dtype(f"<{kind}{bits // 8}")
 
 
 def _frame_bytes(frame: np.ndarray[Any, Any], native: np.dtype[Any]) -> memoryview:
+    import numpy as np
+
     if frame.dtype != native:
         frame = frame.astype(native)
     return memoryview(np.ascontiguousarray(frame)).cast("B")

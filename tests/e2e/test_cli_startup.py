@@ -101,3 +101,12 @@ def test_echo_over_tcp_loads_neither_pydicom_nor_the_tls_libraries(receiver: Dcm
 def test_echo_with_debug_names_the_contexts_it_was_given(receiver: DcmtkPeer) -> None:
     log = run_fresh("echo", "-d", LOCALHOST, str(receiver.port))
     assert "context 1: Verification SOP Class in Explicit VR Little Endian" in log
+
+
+def test_store_over_tcp_loads_neither_numpy_nor_the_tls_libraries(receiver: DcmtkPeer) -> None:
+    loaded = loaded_modules(
+        "store", LOCALHOST, str(receiver.port), get_testdata_file("CT_small.dcm")
+    )
+    assert "pydicom" in loaded
+    assert "numpy._core" not in loaded  # the report names numpy itself for the refused import
+    assert within(loaded, TLS_LIBRARIES) == set()
