@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -39,7 +40,7 @@ from dicomd.audit.messages import (
     AuditSource,
     to_xml,
 )
-from dicomd.audit.syslog import SyslogHeader, octet_counted
+from dicomd.audit.syslog import UTF8_BOM, SyslogHeader, UDPSyslog, octet_counted
 from dicomd.audit.trail import AuditFile, AuditTrail
 from dicomd.client import AssociationRejected
 from dicomd.config import AuthorizationRule, ConfigError, parse_config
@@ -434,3 +435,43 @@ def test_an_association_open_when_the_node_stops_logs_out_before_the_stop(
         ("110114", "110123", "0"),
         ("110100", "110121", "0"),
     ]
+
+
+class FlakyResolver(Clock):
+    """A reactor whose resolver fails ``failures`` times, then answers; its UDP port keeps
+    what is sent."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def resolve(self, name: str) -> defer.Deferred[str]:
+        if self.failures:
+            self.failures -= 1
+            return defer.fail(OSError(f"{name}: temporary failure in name resolution"))
+        return defer.succeed("10.0.0.9")
+
+    def listenUDP(self, port: int, protocol):
+        protocol.transport = SimpleNamespace(write=lambda data, to: self.sent.append((data, to)))
+        return SimpleNamespace(stopListening=lambda: None)
+
+
+def test_a_collector_whose_name_does_not_resolve_yet_is_asked_for_again_later() -> None:
+    reactor = FlakyResolver(failures=3)
+    sink = UDPSyslog(reactor, "audit.example.org", 514, SyslogHeader("pacs", 4242))
+    with capturedLogs() as logged:
+        sink.start()
+        sink.write(b"<r/>", WHEN)
+        reactor.advance(1.0)
+        reactor.advance(2.0)
+        assert not reactor.sent
+        reactor.advance(4.0)  # the fourth question is answered
+        sink.write(b"<s/>", WHEN)
+    assert [(data.split(UTF8_BOM)[1], to) for data, to in reactor.sent] == [
+        (b"<r/>", ("10.0.0.9", 514)),
+        (b"<s/>", ("10.0.0.9", 514)),
+    ]
+    assert len(logged) == 1 and "cannot be resolved" in formatEvent(logged[0])
+    sink.stop()
+    assert not reactor.getDelayedCalls()

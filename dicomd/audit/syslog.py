@@ -41,6 +41,8 @@ UTF8_BOM: Final = b"\xef\xbb\xbf"
 HANDSHAKE_DEADLINE: Final = 10.0
 """Seconds a collector has to finish the TLS handshake before the connection is dropped (and
 made again later): records written before it would wait in the TLS layer, unbounded."""
+FIRST_RESOLVE_RETRY: Final = 1.0
+LONGEST_RESOLVE_RETRY: Final = 60.0
 STOP_DEADLINE: Final = 5.0
 """Seconds stopping waits for the collector to take what was sent before it aborts."""
 
@@ -77,20 +79,34 @@ class UDPSyslog(DatagramProtocol):
         self.backlog = Backlog(f"udp://{host}:{port}")
         self._port: Any = None
         self._address: tuple[str, int] | None = None
+        self._retry: Any = None
 
     def start(self) -> None:
         self._port = self.reactor.listenUDP(0, self)
+        self._resolve(FIRST_RESOLVE_RETRY)
+
+    def _resolve(self, retry: float) -> None:
+        """Ask for the collector's address; while its name does not resolve (a resolver down
+        at the node's start), ask again later each time, up to `LONGEST_RESOLVE_RETRY`."""
+        self._retry = None
         d = self.reactor.resolve(self.host)
-        d.addCallbacks(self._resolved, self._unresolved)
+        d.addCallbacks(self._resolved, self._unresolved, errbackArgs=(retry,))
 
     def _resolved(self, address: str) -> None:
         self._address = (address, self.port)
         for message in self.backlog.take():
             self._send(message)
 
-    def _unresolved(self, failure: object) -> None:
-        self.backlog.log.warn(
-            "audit collector {host} cannot be resolved; its records wait", host=self.host
+    def _unresolved(self, failure: Any, retry: float) -> None:
+        if retry == FIRST_RESOLVE_RETRY:
+            self.backlog.log.warn(
+                "audit collector {host} cannot be resolved ({problem}); its records wait while"
+                " it is asked again",
+                host=self.host,
+                problem=failure.getErrorMessage(),
+            )
+        self._retry = self.reactor.callLater(
+            retry, self._resolve, min(retry * 2, LONGEST_RESOLVE_RETRY)
         )
 
     def write(self, record: bytes, time: float) -> None:
@@ -110,6 +126,8 @@ class UDPSyslog(DatagramProtocol):
             self.backlog.delivered()
 
     def stop(self) -> defer.Deferred[None]:
+        if self._retry is not None:
+            self._retry.cancel()
         self.backlog.close()
         if self._port is not None:
             return defer.maybeDeferred(self._port.stopListening)
