@@ -18,6 +18,7 @@ from pynetdicom import evt
 
 from dicomd.cli.progress import Progress, clock_time
 from dicomd.cli.store import Instance, batches, propose_for, share_out
+from tests.support.certificates import Authority
 from tests.support.daemons import RunningDaemon, log_lines_with, run_dicomd, start_daemon
 from tests.support.datasets import copies_of
 from tests.support.dcmtk import dcmtk_peer
@@ -181,6 +182,34 @@ def test_parallel_associations_to_the_dicomd_daemon(tmp_path: Path, daemon: Runn
     assert received_instances(daemon.directory / "var" / "archive") == instance_uids(sent)
     log = daemon.wait_for_log(lambda text: len(log_lines_with(text, "accepted")) >= 3)
     assert len(log_lines_with(log, "accepted")) >= 3, log
+
+
+def test_files_go_over_tls_to_the_dicomd_daemon(tmp_path: Path, files: list[Path]) -> None:
+    """With +tla the command loads pyOpenSSL, which it marks absent for plain TCP (the same
+    command line without it then fails against the TLS listener, as it should)."""
+    ca = Authority(tmp_path, "hospital")
+    server = ca.issue("dicomd", server=True)
+    directory = tmp_path / "tls-daemon"
+    directory.mkdir()
+    tls = {"certificate": str(server.certificate), "private_key": str(server.private_key)}
+    running = start_daemon(
+        directory, {"plugins": [{"plugin": "archive", "options": {}}], "tls": tls}
+    )
+    try:
+        sent = run_dicomd(
+            "store", "-aec", "DICOMD", "+tla", "+cf", str(ca.path),
+            LOCALHOST, str(running.port), str(tmp_path / "send"),
+        )  # fmt: skip
+        refused = run_dicomd(
+            "store", "-aec", "DICOMD", LOCALHOST, str(running.port), str(tmp_path / "send")
+        )
+    finally:
+        running.stop()
+
+    assert sent.returncode == 0, sent.stderr
+    assert summary(sent)["stored"] == len(files)
+    assert received_instances(directory / "var" / "archive") == instance_uids(files)
+    assert refused.returncode == 1
 
 
 def test_the_daemon_rejects_a_called_ae_title_it_does_not_have(
