@@ -464,9 +464,10 @@ def _find_query(kind: QueryKind) -> Any:
 
 
 def time_engine(database: Path, kinds: Sequence[QueryKind], runs: int) -> dict[str, list[float]]:
-    """Milliseconds of dicomd's query engine alone, in this process (``ArchiveQuery.find``:
-    SQL and a data set per match, no network), ``runs`` times per kind, the kinds taking
-    turns; each kind's number of matches checked."""
+    """Milliseconds of dicomd's query engine alone, in this process: what the daemon's threads
+    do for a query (``ArchiveQuery.pages`` read with the find service's ``AnswerForm``: SQL
+    and each match's answer encoded from its row, no network), ``runs`` times per kind, the
+    kinds taking turns; each kind's number of matches checked."""
     from dicomd.archive.index import ArchiveIndex
     from dicomd.archive.query import ArchiveQuery
 
@@ -477,11 +478,11 @@ def time_engine(database: Path, kinds: Sequence[QueryKind], runs: int) -> dict[s
         for _ in range(runs):
             for kind, query in queries:
                 started = time.perf_counter()
-                matches = engine.find(query)
+                answers = _encoded_answers(engine, query)
                 results[kind.name].append((time.perf_counter() - started) * 1000)
-                if len(matches) != kind.matches:
+                if len(answers) != kind.matches:
                     raise ServerUnavailable(
-                        f"dicomd's engine: {len(matches)} matches to {kind.name},"
+                        f"dicomd's engine: {len(answers)} matches to {kind.name},"
                         f" {kind.matches} expected"
                     )
     finally:
@@ -489,28 +490,45 @@ def time_engine(database: Path, kinds: Sequence[QueryKind], runs: int) -> dict[s
     return results
 
 
+def _encoded_answers(engine: Any, query: Any) -> list[bytes]:
+    """The answers the daemon sends to ``query``, as its archive threads make them."""
+    from dicomd.node.services.answers import AnswerForm
+
+    form = AnswerForm(query, "DICOMD", EXPLICIT_VR_LITTLE_ENDIAN)
+    pages = engine.pages(query)
+    try:
+        answers = [answer for page in iter(lambda: pages.page(form), []) for answer in page]
+    finally:
+        pages.close()
+    if not all(isinstance(answer, bytes) for answer in answers):
+        raise ServerUnavailable("dicomd's engine left answers to pydicom: not the fast path")
+    return answers
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """Where one query's time goes, in milliseconds, measured in this process with dicomd's
-    own functions: the engine (SQL, a data set per match), the service's shaping and encoding
-    of every match (``shape``, ``encode_dataset``), the client's decoding (``decode_dataset``)."""
+    own functions: the engine (SQL and each answer encoded from its row, as the daemon's
+    threads make them) and the client's decoding (``decode_dataset``); and for comparison,
+    the pydicom path the answers took before (a data set per match from the engine, shaped
+    and encoded with pydicom: ``ArchiveQuery.find``, ``AnswerForm.encode_match``)."""
 
     matches: int
     engine: float
-    encode: float
     decode: float
+    pydicom_path: float
 
     def lines(self, round_trip: float) -> list[str]:
-        rest = round_trip - self.engine - self.encode - self.decode
+        rest = round_trip - self.engine - self.decode
         each = max(self.matches, 1)
         return [
-            f"{what:44} {ms:6.2f} ms  ({ms / each * 1000:5.0f} us a match)"
+            f"{what:48} {ms:6.2f} ms  ({ms / each * 1000:5.0f} us a match)"
             for what, ms in (
-                ("engine: SQL and a data set per match", self.engine),
-                ("daemon: shape and encode each match", self.encode),
+                ("engine: SQL and each answer encoded from its row", self.engine),
                 ("client: decode each match", self.decode),
                 ("the rest: DIMSE, PDUs, sockets, reactors", rest),
                 ("round trip p50", round_trip),
+                ("for comparison, the engine's pydicom path", self.pydicom_path),
             )
         ]
 
@@ -520,31 +538,30 @@ def response_budget(database: Path, kind: QueryKind, runs: int) -> Budget:
     dicomd.client proposes first and dicomd accepts."""
     from dicomd.archive.index import ArchiveIndex
     from dicomd.archive.query import ArchiveQuery
-    from dicomd.dimse.datasets import decode_dataset, encode_dataset
-    from dicomd.node.services.find import shape
+    from dicomd.dimse.datasets import decode_dataset
+    from dicomd.node.services.answers import AnswerForm
 
     engine = ArchiveQuery(ArchiveIndex(database).connect_reader)
     query = _find_query(kind)
-    steps: dict[str, list[float]] = {"engine": [], "encode": [], "decode": []}
+    form = AnswerForm(query, "DICOMD", EXPLICIT_VR_LITTLE_ENDIAN)
+    steps: dict[str, list[float]] = {"engine": [], "decode": [], "pydicom": []}
     try:
         for _ in range(runs):
             started = time.perf_counter()
-            matches = engine.find(query)
-            encoded_at = time.perf_counter()
-            encoded = [
-                encode_dataset(shape(query, match, "DICOMD"), EXPLICIT_VR_LITTLE_ENDIAN)
-                for match in matches
-            ]
+            answers = _encoded_answers(engine, query)
             decoded_at = time.perf_counter()
-            for data in encoded:
+            for data in answers:
                 decode_dataset(data, EXPLICIT_VR_LITTLE_ENDIAN)
+            pydicom_at = time.perf_counter()
+            for match in engine.find(query):
+                form.encode_match(match)
             ended = time.perf_counter()
-            steps["engine"].append((encoded_at - started) * 1000)
-            steps["encode"].append((decoded_at - encoded_at) * 1000)
-            steps["decode"].append((ended - decoded_at) * 1000)
+            steps["engine"].append((decoded_at - started) * 1000)
+            steps["decode"].append((pydicom_at - decoded_at) * 1000)
+            steps["pydicom"].append((ended - pydicom_at) * 1000)
     finally:
         engine.close()
-    return Budget(len(matches), *(percentile(times, 0.5) for times in steps.values()))
+    return Budget(len(answers), *(percentile(times, 0.5) for times in steps.values()))
 
 
 def query_plan(database: Path, kind: QueryKind) -> list[str]:
@@ -615,7 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"timing:   findscu -S (TCP_NODELAY=1): {arguments.runs} runs, start to exit;"
         f" dicomd.client: {arguments.runs} C-FINDs on one association, request to final"
-        f" response; engine: dicomd's ArchiveQuery.find in this process; the queries take turns"
+        f" response; engine: dicomd's ArchiveQuery.pages read with the find service's AnswerForm"
+        f" in this process; the queries take turns"
     )
     servers = _servers(spec, arguments.qrscp_studies, arguments.only, arguments.fill == "bulk")
     for server in servers:
@@ -674,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"load:     {load_before} before the timed runs, {load_after} after")
     _report(timings, floors, arguments.runs, spec, kinds)
     if dicomd is not None and "dicomd" not in unavailable:
-        _explain_misses(timings, kinds, dicomd, arguments, profile_file)
+        _explain(timings, kinds, dicomd, arguments, profile_file)
     return 1 if "dicomd" in unavailable else 0
 
 
@@ -753,12 +771,12 @@ def _report(
         f"\nMilliseconds over {runs} runs each (p50 = median, p95 = 95th percentile).  findscu ="
         " one findscu process from start to exit: association, C-FIND, release.  Round trip ="
         " one C-FIND on an open association with dicomd.client, request to final response."
-        "  Engine = dicomd's ArchiveQuery.find in the benchmark's process: SQL and a data set"
-        " per match, what the daemon does in its threads.  matches = distinct studies (or"
-        " instances) answered; responses = pending responses.  'findscu, nobody listening' ="
-        " starting findscu, loading its data dictionary and failing to connect: part of every"
-        " findscu row.  C-ECHO = echoscu start to exit against that server: the findscu row"
-        " without the query."
+        "  Engine = dicomd's query engine in the benchmark's process: SQL and each match's"
+        " answer encoded from its row, what the daemon does in its threads.  matches = distinct"
+        " studies (or instances) answered; responses = pending responses.  'findscu, nobody"
+        " listening' = starting findscu, loading its data dictionary and failing to connect:"
+        " part of every findscu row.  C-ECHO = echoscu start to exit against that server: the"
+        " findscu row without the query."
     )
     scale = (
         ""
@@ -788,35 +806,34 @@ def _verdicts(target: str, times: list[tuple[str, list[float]]], limit: float, r
         print(f"target dicomd {target}, {query}: {p50:.1f} ms, {verdict}{remark}")
 
 
-def _explain_misses(
+def _explain(
     timings: list[Timing],
     kinds: Sequence[QueryKind],
     dicomd: Server,
     arguments: argparse.Namespace,
     profile_file: Path | None,
 ) -> None:
-    """For each query whose round trip missed the target: its SQL and plan, and with
-    ``--profile`` where the engine and the daemon's reactor thread spend their time."""
+    """Where each dicomd query's round trip goes; for each that missed the target its SQL and
+    plan too, and with ``--profile`` where the engine and the daemon's reactor thread spend
+    their time."""
     by_name = {kind.name: kind for kind in kinds}
-    missed = [
-        timing
-        for timing in timings
-        if timing.server == "dicomd"
-        and percentile(timing.round_trip_ms, 0.5) >= TARGET_ROUND_TRIP_MS
-    ]
-    for timing in missed:
+    missed = False
+    for timing in timings:
+        if timing.server != "dicomd":
+            continue
         kind = by_name[timing.query]
-        print(
-            f"\nmissed: {kind.describe()}: round trip p50"
-            f" {percentile(timing.round_trip_ms, 0.5):.1f} ms, of which the engine"
-            f" {percentile(timing.engine_ms, 0.5):.1f} ms"
-        )
-        for line in query_plan(dicomd.database, kind):
-            print(f"  {line}")
+        round_trip = percentile(timing.round_trip_ms, 0.5)
+        verdict = "missed" if round_trip >= TARGET_ROUND_TRIP_MS else "met"
+        print(f"\n{verdict}: {kind.describe()}: round trip p50 {round_trip:.1f} ms")
         budget = response_budget(dicomd.database, kind, arguments.runs)
         print("  where the time goes (p50 of each step, in this process, but the round trip):")
-        for line in budget.lines(percentile(timing.round_trip_ms, 0.5)):
+        for line in budget.lines(round_trip):
             print(f"    {line}")
+        if verdict == "met":
+            continue
+        missed = True
+        for line in query_plan(dicomd.database, kind):
+            print(f"  {line}")
         if arguments.profile:
             print(f"  the engine under cProfile, {arguments.runs} runs, by own time:")
             for line in profile_engine(dicomd.database, kind, arguments.runs):
@@ -824,7 +841,7 @@ def _explain_misses(
     if missed and profile_file is not None and profile_file.exists():
         print(
             "\nthe daemon's reactor thread under cProfile (twistd --profile), every query of the"
-            " run, by own time; the archive's threads (SQL, data sets) are the engine's above:"
+            " run, by own time; the archive's threads (SQL, answers) are the engine's above:"
         )
         for line in _top_functions(pstats.Stats(str(profile_file))):
             print(f"  {line}")

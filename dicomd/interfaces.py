@@ -9,7 +9,7 @@ that a plugin author imports one module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -228,7 +228,9 @@ class IFindHandler(Interface):
     Retrieve AE Title), empty where a match has no value.  `InvalidIdentifier`
     answers A900; any other exception a C000-range failure, with the error
     as comment.  A handler that also provides `ISupportedKeys` has matches
-    to a query asking for other keys go out as FF01 instead of FF00.
+    to a query asking for other keys go out as FF01 instead of FF00.  What
+    ``find`` answers may also provide `IEncodedMatches`, to hand over matches
+    already encoded.
     """
 
     find_models = Attribute(
@@ -238,6 +240,41 @@ class IFindHandler(Interface):
 
     def find(query: FindQuery) -> Iterable[Dataset] | AsyncIterable[Dataset]:
         """The matches of ``query``, streamed to the peer as they come."""
+
+
+class IAnswerEncoder(Interface):
+    """The find service's encoder of the answers to one query, handed to `IEncodedMatches`.
+
+    It applies the service's shaping rule (exactly the requested keys, empty
+    where a match has no value, Query/Retrieve Level, Retrieve AE Title and
+    Specific Character Set) to a match given as plain values, and encodes the
+    answer in the association's transfer syntax, without making a Dataset.
+    """
+
+    def encode(values: Mapping[str, str | int | Sequence[str] | None]) -> bytes | None:
+        """The answer's bytes for a match holding ``values``: keyword to text (``\\``
+        between several values), a list of texts, or an integer for IS; a keyword absent
+        or None has no value.  The bytes are those of the answer to a Dataset holding each
+        value as an element of its keyword's dictionary VR.  None when it cannot encode
+        them so (a value of another type, text no character set at hand can carry): that
+        match must then come as a Dataset."""
+
+
+class IEncodedMatches(Interface):
+    """Optional, on what `IFindHandler.find` answers: matches that can come encoded.
+
+    A source that holds its matches as plain values (an index's rows) saves
+    making a Dataset of each only to have the service shape and encode it.
+    The service asks for ``encoded`` before it takes any match, whenever the
+    query's answers can be encoded from values, and then iterates only what
+    ``encoded`` answers (and closes that, if it has ``aclose``).
+    """
+
+    def encoded(
+        encoder: IAnswerEncoder,
+    ) -> Iterable[bytes | Dataset] | AsyncIterable[bytes | Dataset]:
+        """The same matches, each as the bytes ``encoder.encode`` made of it or, where it
+        answered None, as a Dataset."""
 
 
 @dataclass(frozen=True, slots=True)

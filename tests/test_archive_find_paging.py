@@ -29,9 +29,11 @@ from dicomd.archive import ArchiveHandler
 from dicomd.archive.index import ArchiveIndex
 from dicomd.archive.matches import NotRunning, PagedMatches
 from dicomd.archive.query import ArchiveQuery, FindPages
+from dicomd.dimse.datasets import decode_dataset
 from dicomd.interfaces import FindQuery
+from dicomd.node.services.answers import AnswerForm
 from dicomd.testing import MemoryNode
-from dicomd.uids import STUDY_ROOT_FIND, VERIFICATION
+from dicomd.uids import EXPLICIT_VR_LITTLE_ENDIAN, STUDY_ROOT_FIND, VERIFICATION
 from tests.support.archive import LargeIndex
 from tests.test_archive_service import until
 
@@ -334,6 +336,28 @@ class PagedMatchesTests(unittest.TestCase):
 
         self.assertEqual(uids(first + rest), self.expected)
         self.assertTrue(is_closed(self.connection()))  # at the last page, without aclose
+
+    @inlineCallbacks
+    def test_encoded_matches_are_the_encoder_s_answers_made_as_pages_are_read(self):
+        matches = yield self.handler.find(in_series())
+        form = AnswerForm(in_series(), "DICOMD", EXPLICIT_VR_LITTLE_ENDIAN)
+
+        encoded = yield ensureDeferred(take(matches.encoded(form)))
+
+        self.assertEqual(len(encoded), SERIES.instances)
+        answers = [decode_dataset(answer, EXPLICIT_VR_LITTLE_ENDIAN) for answer in encoded]
+        self.assertEqual([answer.SOPInstanceUID for answer in answers], self.expected)
+        self.assertEqual(answers[0].SeriesInstanceUID, SERIES_UID)
+        self.assertTrue(is_closed(self.connection()))
+
+    @inlineCallbacks
+    def test_matches_being_read_cannot_be_read_encoded_too(self):
+        matches = yield self.handler.find(in_series())
+        yield ensureDeferred(take(matches, 1))
+
+        with self.assertRaises(RuntimeError):
+            matches.encoded(AnswerForm(in_series(), "DICOMD", EXPLICIT_VR_LITTLE_ENDIAN))
+        yield ensureDeferred(matches.aclose())
 
     def retrieve_one(self) -> FindQuery:
         identifier = Dataset()

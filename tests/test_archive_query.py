@@ -37,7 +37,9 @@ from dicomd.archive.index import (
 from dicomd.archive.query import ArchiveQuery, QueryError
 from dicomd.dimse.datasets import decode_dataset, encode_dataset
 from dicomd.interfaces import FindQuery
+from dicomd.node.services.answers import AnswerForm
 from dicomd.uids import (
+    EXPLICIT_VR_BIG_ENDIAN,
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
@@ -1449,6 +1451,49 @@ def test_pages_read_by_resumed_statements_come_in_the_order_of_one_read(
     finally:
         resumed.close()
     assert matches == expected
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(max_examples=150, deadline=None)
+@given(
+    query=identifiers(),
+    relational=st.booleans(),
+    syntax=st.sampled_from([IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_VR_BIG_ENDIAN]),
+    charset=st.sampled_from([None, "ISO_IR 100", "ISO_IR 192", ["", "ISO 2022 IR 87"]]),
+)
+def test_pages_read_with_the_find_service_s_encoder_hold_its_answers_to_each_match(
+    oracle_index: ArchiveIndex,
+    query: tuple[str, int, Dataset],
+    relational: bool,
+    syntax: str,
+    charset: str | list[str] | None,
+) -> None:
+    """The matches the archive hands over encoded (``IEncodedMatches``) are the answers the
+    service makes of its Dataset matches: on a real index, for generated queries."""
+    model, level, ds = query
+    if charset is None:
+        del ds.SpecificCharacterSet
+    else:
+        ds.SpecificCharacterSet = charset
+    find_query = FindQuery(
+        ds, model, LEVEL_NAMES[level], "FINDSCU", "DICOMD", "127.0.0.1", relational=relational
+    )
+    engine = ArchiveQuery(oracle_index.connect_reader, page_rows=2)
+    try:
+        datasets = [match for page in iter(engine.pages(find_query).page, []) for match in page]
+    except QueryError:
+        engine.close()
+        return
+    form = AnswerForm(find_query, "DICOMD", syntax)
+    try:
+        encoded_pages = engine.pages(find_query)
+        encoded = [match for page in iter(lambda: encoded_pages.page(form), []) for match in page]
+    finally:
+        engine.close()
+    answers = [form.encode_match(match) for match in datasets]
+    assert [m if isinstance(m, bytes) else form.encode_match(m) for m in encoded] == answers
+    if form.encodes_values:
+        assert all(isinstance(match, bytes) for match in encoded)
 
 
 # Timing: study queries over 100 000 instances.

@@ -16,6 +16,8 @@ from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import decode_dataset, encode_dataset
 from dicomd.interfaces import (
     FindQuery,
+    IAnswerEncoder,
+    IEncodedMatches,
     IFindHandler,
     InvalidIdentifier,
     ISupportedKeys,
@@ -146,6 +148,53 @@ def test_answers_hold_exactly_the_requested_keys() -> None:
     assert match.PatientBirthDate in (None, "")
     assert match.RetrieveAETitle == "DICOMD"
     assert match.QueryRetrieveLevel == "STUDY"
+
+
+@implementer(IEncodedMatches)
+class EncodableMatches:
+    """Matches held as values (``IEncodedMatches``): the first encoded, the second left a
+    Dataset, as a source does with a value its encoder refuses."""
+
+    def __init__(self) -> None:
+        self.encoders: list[IAnswerEncoder] = []
+
+    def __iter__(self) -> Iterator[Dataset]:
+        return iter([study("1"), study("2")])
+
+    def encoded(self, encoder: IAnswerEncoder) -> list[bytes | Dataset]:
+        self.encoders.append(encoder)
+        encoded = encoder.encode({"PatientID": "1", "PatientName": "DOE^JOHN", "Modality": "CT"})
+        assert encoded is not None
+        return [encoded, study("2")]
+
+
+def test_matches_that_come_encoded_go_out_as_they_are_and_the_rest_is_shaped() -> None:
+    matches = EncodableMatches()
+    peer = find_peer(Handler(matches))
+    send_find(peer, identifier(PatientID="", PatientName="", StudyInstanceUID=""))
+    responses = answers(peer)
+    assert [status for status, _ in responses] == [0xFF00, 0xFF00, 0x0000]
+    assert len(matches.encoders) == 1
+    first, second = (ds for _, ds in responses[:2])
+    assert (first.PatientID, first.PatientName, first.StudyInstanceUID) == ("1", "DOE^JOHN", "")
+    assert (second.PatientID, second.StudyInstanceUID) == ("2", "1.2.3.2")
+    for answer in (first, second):
+        assert {element.keyword for element in answer} == {
+            "PatientID",
+            "PatientName",
+            "StudyInstanceUID",
+            "QueryRetrieveLevel",
+            "RetrieveAETitle",
+        }
+
+
+def test_matches_are_asked_for_datasets_when_only_pydicom_can_write_the_answers() -> None:
+    matches = EncodableMatches()
+    peer = find_peer(Handler(matches))
+    send_find(peer, identifier(SpecificCharacterSet=["", "ISO 2022 IR 87"], PatientID=""))
+    responses = answers(peer)
+    assert [ds.PatientID for _, ds in responses[:2]] == ["1", "2"]
+    assert matches.encoders == []
 
 
 def test_the_handler_sees_the_query() -> None:

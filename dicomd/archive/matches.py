@@ -25,9 +25,10 @@ from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from dicomd.archive.query import FindPages
-from dicomd.interfaces import Unavailable
+from dicomd.interfaces import IAnswerEncoder, IEncodedMatches, Unavailable
 
 _T = TypeVar("_T")
 
@@ -41,29 +42,50 @@ class NotRunning(Unavailable):
     stops it closes every query's read itself."""
 
 
+Match = Dataset | bytes
+"""A match as a Dataset, or as the bytes of its answer (`PagedMatches.encoded`)."""
+
+
+@implementer(IEncodedMatches)
 class PagedMatches:
     """The matches of one query, for ``async for``; ``aclose`` ends the read early.
 
     For the reactor thread.  ``in_threads`` runs the blocking page reads;
-    ``clock`` times how long a read keeps its snapshot.
+    ``clock`` times how long a read keeps its snapshot.  The matches are
+    Datasets, or with an ``encoder`` the answers it encodes of them, made in
+    the archive's threads as each page is read (`encoded`).
     """
 
     log = Logger()
 
-    def __init__(self, pages: FindPages, in_threads: InThreads, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        pages: FindPages,
+        in_threads: InThreads,
+        clock: IReactorTime,
+        encoder: IAnswerEncoder | None = None,
+    ) -> None:
         self.pages = pages
         self._in_threads = in_threads
         self._clock = clock
+        self._encoder = encoder
         self._one_at_a_time = DeferredLock()
-        self._matches: deque[Dataset] = deque()
-        self._next_page: Deferred[list[Dataset]] | None = None
+        self._matches: deque[Match] = deque()
+        self._next_page: Deferred[list[Match]] | None = None
         self._letting_go: IDelayedCall | None = None
         self._closed = False
+
+    def encoded(self, encoder: IAnswerEncoder) -> PagedMatches:
+        """The same matches, as ``encoder`` encodes them (``IEncodedMatches``); for a query
+        whose reading has not begun, which is then read only through what this answers."""
+        if self.pages.read or self._next_page is not None:
+            raise RuntimeError("the matches are being read already")
+        return PagedMatches(self.pages, self._in_threads, self._clock, encoder)
 
     def __aiter__(self) -> PagedMatches:
         return self
 
-    async def __anext__(self) -> Dataset:
+    async def __anext__(self) -> Match:
         if not self._matches:
             if self._closed or (self._next_page is None and self.pages.done):
                 raise StopAsyncIteration
@@ -98,12 +120,12 @@ class PagedMatches:
         except Exception:
             self.log.failure("could not close a query's read of the index")
 
-    def _read_page(self) -> Deferred[list[Dataset]]:
-        reading = self._serially(_read_and_close_when_done, self.pages)
+    def _read_page(self) -> Deferred[list[Match]]:
+        reading = self._serially(_read_and_close_when_done, self.pages, self._encoder)
         reading.addCallback(self._after_page)
         return reading
 
-    def _after_page(self, page: list[Dataset]) -> list[Dataset]:
+    def _after_page(self, page: list[Match]) -> list[Match]:
         """A page was read: its read may keep its snapshot only so long."""
         self._stop_letting_go()
         left = self.pages.snapshot_left()
@@ -131,9 +153,9 @@ class PagedMatches:
         return self._one_at_a_time.run(self._in_threads, function, *args)
 
 
-def _read_and_close_when_done(pages: FindPages) -> list[Dataset]:
+def _read_and_close_when_done(pages: FindPages, encoder: IAnswerEncoder | None) -> list[Match]:
     """Blocking: the next page; the query's connection goes as soon as the last is read."""
-    page = pages.page()
+    page = pages.page(encoder)
     if pages.done:
         pages.close()
     return page

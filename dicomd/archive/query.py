@@ -61,7 +61,7 @@ import threading
 import time
 import unicodedata
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from functools import cache
@@ -79,7 +79,7 @@ from dicomd.archive.index import (
     SERIES_KEYWORDS,
     STUDY_KEYWORDS,
 )
-from dicomd.interfaces import FindQuery, InvalidIdentifier
+from dicomd.interfaces import FindQuery, IAnswerEncoder, InvalidIdentifier
 from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 
 
@@ -414,8 +414,12 @@ class FindPages:
         self._opened_at = 0.0
         self._last_key: tuple[Any, ...] | None = None
 
-    def page(self) -> list[Dataset]:
-        """The next matches, at most ``page_rows`` of them; ``[]`` once there are no more."""
+    def page(self, encoder: IAnswerEncoder | None = None) -> list[Dataset] | list[bytes | Dataset]:
+        """The next matches, at most ``page_rows`` of them; ``[]`` once there are no more.
+
+        Each is a Dataset, or with an ``encoder`` the answer it encodes of the match's
+        values (a Dataset where it cannot).
+        """
         with self._lock:
             if self.done:
                 return []
@@ -432,7 +436,10 @@ class FindPages:
             if rows:
                 self._last_key = tuple(rows[-1][width:])
                 self.read += len(rows)
-            return [_dataset(self._statement.returned, row[:width]) for row in rows]
+            keywords = self._statement.returned
+            if encoder is None:
+                return [_dataset(_match_values(keywords, row[:width])) for row in rows]
+            return [_encoded(encoder, _match_values(keywords, row[:width])) for row in rows]
 
     def snapshot_left(self) -> float | None:
         """Seconds the open statement may still keep its snapshot; None when none is open."""
@@ -895,25 +902,33 @@ def _time_bound(keyword: str, text: str, fill: str) -> str:
     )
 
 
-def _dataset(keywords: Iterable[str], row: Iterable[Any]) -> Dataset:
-    """A match as a data set: every value the row holds, with its dictionary VR."""
+def _match_values(keywords: Iterable[str], row: Iterable[Any]) -> dict[str, Any]:
+    """A match's values by keyword: those the row holds, lists of values split and sorted."""
+    values = {}
+    for keyword, value in zip(keywords, row, strict=True):
+        if value is None or value == "":
+            continue
+        if keyword in ("ModalitiesInStudy", "SOPClassesInStudy"):
+            value = sorted(value.split("\\"))
+        values[keyword] = value
+    return values
+
+
+def _dataset(values: dict[str, Any]) -> Dataset:
+    """A match as a data set: each value with its dictionary VR."""
     elements = {}
-    for keyword, value in _present(keywords, row):
+    for keyword, value in values.items():
         tag, vr = _tag_and_vr(keyword)
         elements[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
     return Dataset(elements)
+
+
+def _encoded(encoder: IAnswerEncoder, values: dict[str, Any]) -> bytes | Dataset:
+    encoded = encoder.encode(values)
+    return encoded if encoded is not None else _dataset(values)
 
 
 @cache
 def _tag_and_vr(keyword: str) -> tuple[BaseTag, str]:
     tag = Tag(keyword_dict[keyword])
     return tag, dictionary_VR(tag)
-
-
-def _present(keywords: Iterable[str], row: Iterable[Any]) -> Iterator[tuple[str, Any]]:
-    for keyword, value in zip(keywords, row, strict=True):
-        if value is None or value == "":
-            continue
-        if keyword in ("ModalitiesInStudy", "SOPClassesInStudy"):
-            value = sorted(value.split("\\"))
-        yield keyword, value

@@ -7,7 +7,6 @@ its presentation context; deflated ones are raw deflate streams.
 from __future__ import annotations
 
 import functools
-import struct
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -18,6 +17,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
+
+from dicomd.dimse.elements import LONG_LENGTH_VRS, ElementEncoder
 
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 
@@ -49,10 +50,14 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
     """
     implicit_vr, little_endian, deflated = encoding(transfer_syntax)
     encoded = _encoded(ds, implicit_vr, little_endian, transfer_syntax)
-    if deflated:
-        compressor = zlib.compressobj(wbits=-15)
-        encoded = even_length(compressor.compress(encoded) + compressor.flush())
-    return encoded
+    return deflate(encoded) if deflated else encoded
+
+
+def deflate(encoded: bytes) -> bytes:
+    """An encoded data set as a deflated transfer syntax carries it: a raw deflate stream,
+    padded to an even length."""
+    compressor = zlib.compressobj(wbits=-15)
+    return even_length(compressor.compress(encoded) + compressor.flush())
 
 
 Buffer = bytes | bytearray | memoryview
@@ -121,12 +126,11 @@ def _encoded(ds: Dataset, implicit_vr: bool, little_endian: bool, transfer_synta
 
 
 def element_header(tag: int, vr: str, length: int, implicit_vr: bool, little_endian: bool) -> bytes:
-    """The header of a long-form element (PS3.5 7.1.2): tag, VR and reserved bytes, length."""
-    order = "<" if little_endian else ">"
-    group, element = tag >> 16, tag & 0xFFFF
-    if implicit_vr:
-        return struct.pack(f"{order}HHL", group, element, length)
-    return struct.pack(f"{order}HH2sxxL", group, element, vr.encode("ascii"), length)
+    """The header of an element of one of `LONG_LENGTH_VRS` (PS3.5 7.1.2): tag, VR and reserved
+    bytes, 32-bit length."""
+    if vr not in LONG_LENGTH_VRS:
+        raise ValueError(f"{vr!r} has no long-form header")
+    return ElementEncoder(tag, vr, implicit_vr, little_endian).header(length)
 
 
 def even_length(data: bytes) -> bytes:

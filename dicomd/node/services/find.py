@@ -9,14 +9,10 @@ C-CANCEL and other associations get their turn, and the statuses.
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from pydicom import Dataset
-from pydicom.charset import convert_encodings
-from pydicom.dataelem import DataElement
-from pydicom.sequence import Sequence as DicomSequence
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -25,25 +21,25 @@ from twisted.python.failure import Failure
 from dicomd import uids
 from dicomd.dimse.association import DataSink, Request
 from dicomd.dimse.command import Command, CommandField
-from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.negotiation import AcceptedContext
 from dicomd.interfaces import (
     FindQuery,
+    IEncodedMatches,
     IFindHandler,
     InvalidIdentifier,
     ISupportedKeys,
     Unavailable,
 )
 from dicomd.node.acceptor import Acceptor, QueryRefused, count_keys
+from dicomd.node.services.answers import ADDED_KEYS, AnswerForm
 
-_QR_MODELS = frozenset({uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND})
-_ADDED_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"})
-_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
 _KEYS_ANSWERED_INLINE = 64
 """Up to this many keys, an answer takes a millisecond or two: made on the reactor."""
 _END: Any = object()
 """What ``anext`` answers for a handler's iterator that has no more matches."""
 _T = TypeVar("_T")
+Match = Dataset | bytes
+"""A match as a handler answers it, or as `IEncodedMatches` answers it already encoded."""
 
 
 class Cancelled(Exception):
@@ -92,7 +88,7 @@ def _pending_status(handler: IFindHandler, query: FindQuery) -> defer.Deferred[i
     """FF01 when the identifier asks for keys the handler does not support (PS3.4 C.4.1.1.4)."""
     if not ISupportedKeys.providedBy(handler):
         return defer.succeed(uids.Status.PENDING)
-    asked = {element.keyword for element in query.identifier} - _ADDED_KEYS
+    asked = {element.keyword for element in query.identifier} - ADDED_KEYS
 
     def judge(supported: Iterable[str]) -> int:
         unsupported = asked - set(supported)
@@ -115,6 +111,7 @@ class _Answer:
         self.association = association
         self.request = request
         self.query = query
+        self.form = AnswerForm(query, service.ae_title, request.context.transfer_syntax)
         self.pending = uids.Status.PENDING
         self.cancelled = False
         self.exhausted = False
@@ -148,7 +145,9 @@ class _Answer:
         self.pending = pending
         return defer.maybeDeferred(handler.find, self.query)
 
-    def _stream(self, matches: Iterable[Dataset] | AsyncIterable[Dataset]) -> Any:
+    def _stream(self, matches: Iterable[Match] | AsyncIterable[Match]) -> Any:
+        if self.form.encodes_values and IEncodedMatches.providedBy(matches):
+            matches = matches.encoded(self.form)
         if isinstance(matches, AsyncIterable):
             iterator = aiter(matches)
             return self._paced(self._send_each_async(iterator)).addBoth(_closing, iterator)
@@ -160,7 +159,7 @@ class _Answer:
         step's Deferred, so nothing more is done while the peer has not read what was sent."""
         return self.service.cooperator.cooperate(steps).whenDone()
 
-    def _send_each(self, matches: Iterator[Dataset]) -> Iterator[defer.Deferred[None]]:
+    def _send_each(self, matches: Iterator[Match]) -> Iterator[defer.Deferred[None]]:
         """A match per step."""
         for match in matches:
             if self.stopped:
@@ -169,7 +168,7 @@ class _Answer:
         if self.stopped:
             raise Cancelled()
 
-    def _send_each_async(self, matches: AsyncIterator[Dataset]) -> Iterator[defer.Deferred[Any]]:
+    def _send_each_async(self, matches: AsyncIterator[Match]) -> Iterator[defer.Deferred[Any]]:
         """A step awaits the next match and sends it; none is asked for once the peer
         cancelled or left."""
         while not (self.stopped or self.exhausted):
@@ -184,12 +183,15 @@ class _Answer:
             return None
         return None if self.stopped else self._send(match)
 
-    def _send(self, match: Dataset) -> defer.Deferred[None]:
-        """Shape, encode and send one match; fires when the peer may take the next.
+    def _send(self, match: Match) -> defer.Deferred[None]:
+        """Shape, encode and send one match (a Dataset, or its answer already encoded);
+        fires when the peer may take the next.
 
         Shaping and encoding cost tens of microseconds a key, so the answers to
         an identifier of many keys are made in the association's worker.
         """
+        if isinstance(match, bytes):
+            return self._respond(match)
         if self.many_keys:
             encoded = self.association.worker.run(self._encode, match)
         else:
@@ -197,8 +199,7 @@ class _Answer:
         return encoded.addCallback(self._respond)
 
     def _encode(self, match: Dataset) -> bytes:
-        answer = shape(self.query, match, self.service.ae_title)
-        return encode_dataset(answer, self.request.context.transfer_syntax)
+        return self.form.encode_match(match)
 
     def _respond(self, data: bytes) -> defer.Deferred[None]:
         self.association.respond(self.request, self.pending, data)
@@ -239,68 +240,11 @@ class _Answer:
         self.association.respond(self.request, status, error_comment=comment)
 
 
-def shape(query: FindQuery, match: Dataset, ae_title: str) -> Dataset:
-    """Exactly the requested keys, with the match's values (empty where it has none)."""
-    answer = _requested(query.identifier, match)
-    if query.model in _QR_MODELS:
-        answer.QueryRetrieveLevel = query.level
-        answer.RetrieveAETitle = ae_title
-    charset = _answer_charset(query.identifier, answer)
-    if charset:
-        answer.SpecificCharacterSet = charset
-    return answer
-
-
-def _requested(identifier: Dataset, match: Dataset) -> Dataset:
-    """The keys of ``identifier`` with the values of ``match``; sequence items key by key too
-    (PS3.4 C.2.2.2.6: the item of a sequence key lists the keys wanted inside it)."""
-    answer = Dataset()
-    for requested in identifier:
-        if requested.keyword in _ADDED_KEYS or requested.tag.element == 0:
-            continue
-        found = match.get(requested.tag)
-        if requested.VR == "SQ":
-            wanted = requested.value[0] if requested.value else None
-            items = found.value if found is not None and found.VR == "SQ" else []
-            shaped = [_requested(wanted, item) if wanted else item for item in items]
-            answer.add(DataElement(requested.tag, "SQ", DicomSequence(shaped)))
-        elif found is not None:
-            answer.add(found)
-        else:
-            answer.add(DataElement(requested.tag, requested.VR, None))
-    return answer
-
-
-def _answer_charset(identifier: Dataset, answer: Dataset) -> str | list[str] | None:
-    """The query's own character set when it can carry the answer, else UTF-8 (ISO_IR 192)."""
-    texts = [str(e.value) for e in answer.iterall() if e.VR in _TEXT_VRS and e.value]
-    if all(text.isascii() for text in texts):
-        return identifier.get("SpecificCharacterSet") or None
-    asked = identifier.get("SpecificCharacterSet")
-    if asked and _can_encode(asked, texts):
-        return asked
-    return "ISO_IR 192"
-
-
-def _can_encode(charset: str | list[str], texts: list[str]) -> bool:
-    names = [charset] if isinstance(charset, str) else list(charset)
-    encodings = convert_encodings(names)
-    if len(encodings) != 1:
-        return False  # code extension (ISO 2022): leave it to UTF-8
-    try:
-        encoder = codecs.lookup(encodings[0])
-        for text in texts:
-            encoder.encode(text)
-    except (LookupError, UnicodeEncodeError):
-        return False
-    return True
-
-
 async def _awaited(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
 
-def _closing(result: _T, matches: AsyncIterator[Dataset]) -> _T | defer.Deferred[_T]:
+def _closing(result: _T, matches: AsyncIterator[Match]) -> _T | defer.Deferred[_T]:
     """Close a handler's async iterator (``aclose``) however its stream ended, so that what
     it holds for the query (a cursor, a connection) goes at once, not when it is garbage;
     then pass ``result`` on."""
