@@ -9,15 +9,20 @@ wrong.  The data set itself is never parsed here.
 
 Receiving is the other way round: `IncomingFile` writes our File Meta and
 then the data set fragments as they arrive, whether the storage SCP or a
-C-GET requester receives them.
+C-GET requester receives them, into a file that `SpareFiles` made ahead of
+time so that the reactor thread never waits for the disk to create one.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import errno
 import functools
+import os
 import struct
 import uuid
+import weakref
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from dicomd import uids
+from dicomd import filesystem, uids
 
 INCOMING_FOLDER = ".incoming"
 """The folder under ``storage.path`` where received instances are written as they arrive;
@@ -116,21 +121,113 @@ def _uid(value: bytes) -> str:
     return value.rstrip(b"\x00 ").decode("ascii", errors="replace")
 
 
+class SpareFiles:
+    """Files made ahead of time, unnamed, in the incoming folder: taking one never waits.
+
+    Creating a file takes the folder's lock and a handle on the file
+    system's journal, and both wait while the archive's threads rename and
+    fsync: on ext4, milliseconds on the reactor thread for each instance.  So
+    a thread (`fill`) opens up to ``keep`` files with no name (``O_TMPFILE``)
+    beforehand, the reactor `take`s one without a system call, and a thread
+    names it in the folder (`IncomingFile.give_name`) while its data set
+    arrives.  An unnamed file leaves nothing behind when the process dies or
+    the peer leaves before it is named.  Where the platform or the file
+    system cannot make one, `take` answers None and the file is created with
+    its name where it is needed, as it was before.
+
+    The descriptors of the spares are closed when the supply is collected.
+    """
+
+    def __init__(self, folder: Path, keep: int = 4) -> None:
+        self.folder = folder
+        self.keep = keep
+        self.supported = filesystem.UNNAMED_FILES
+        self.filling = False
+        """Set by the reactor while a fill it asked for runs; one at a time is enough."""
+        self._spares: collections.deque[tuple[int, int]] = collections.deque()
+        weakref.finalize(self, _close_spares, self._spares)
+
+    def __len__(self) -> int:
+        return len(self._spares)
+
+    @property
+    def wanted(self) -> bool:
+        """Whether a fill would make any: some are missing and none is being made."""
+        return self.supported and not self.filling and len(self._spares) < self.keep
+
+    def take(self) -> UnnamedFile | None:
+        """A spare (its descriptor, and another for naming it), or None if none is ready."""
+        try:
+            return UnnamedFile(*self._spares.popleft())
+        except IndexError:
+            return None
+
+    def fill(self) -> None:
+        """Blocking, in a thread: make spares until there are ``keep``.
+
+        A file system that cannot make unnamed files is not asked again; any
+        other error ends this fill quietly, and the file of the next instance
+        is created where it is needed, where the error is answered (A700).
+        """
+        try:
+            while len(self._spares) < self.keep:
+                self._spares.append(self._make())
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                self.supported = False
+
+    def _make(self) -> tuple[int, int]:
+        try:
+            descriptor = filesystem.open_unnamed(self.folder)
+        except FileNotFoundError:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            descriptor = filesystem.open_unnamed(self.folder)
+        try:
+            return descriptor, os.dup(descriptor)
+        except BaseException:
+            os.close(descriptor)
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class UnnamedFile:
+    """A spare from `SpareFiles`: the descriptor to write through, and a second one that the
+    thread naming it uses and closes (so that the first may be closed at any time)."""
+
+    descriptor: int
+    naming: int
+
+
+def _close_spares(spares: collections.deque[tuple[int, int]]) -> None:
+    while spares:
+        for descriptor in spares.popleft():
+            os.close(descriptor)
+
+
 class IncomingFile:
     """The data sink of one C-STORE: a temporary Part 10 file, written as data arrives.
 
     A write error (a full disk, most often) is remembered rather than raised:
     the rest of the data set must still be read off the association, and the
     peer gets A700 once it is complete.
+
+    Made from an `UnnamedFile`, it has no name until `give_name` has run (in
+    a thread): until then ``path`` names nothing, and whoever removes the
+    file waits for that.
     """
 
-    def __init__(self, folder: Path, meta: bytes) -> None:
+    def __init__(self, folder: Path, meta: bytes, unnamed: UnnamedFile | None = None) -> None:
         self.path = folder / f"{uuid.uuid4().hex}.part"
         self.size = 0
         self.error: OSError | None = None
+        self.named = unnamed is None
+        self._naming = unnamed.naming if unnamed is not None else None
         self._file: BinaryIO | None = None
         try:
-            self._file = self._create(folder)
+            if unnamed is None:
+                self._file = self._create(folder)
+            else:
+                self._file = open(unnamed.descriptor, "wb", buffering=0)  # noqa: SIM115
             self._file.write(PREAMBLE + meta)
         except OSError as error:
             self._fail(error)
@@ -143,6 +240,23 @@ class IncomingFile:
         except FileNotFoundError:
             folder.mkdir(parents=True, exist_ok=True)
             return open(self.path, "wb", buffering=0)
+
+    def give_name(self) -> None:
+        """Blocking, in a thread: link the unnamed file at ``path``.
+
+        An error is remembered like a write's.  It runs while the reactor
+        writes the data set through the other descriptor.
+        """
+        naming, self._naming = self._naming, None
+        if naming is None:
+            return
+        try:
+            filesystem.give_name(naming, self.path)
+            self.named = True
+        except OSError as error:
+            self.error = self.error or error
+        finally:
+            os.close(naming)
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -163,7 +277,7 @@ class IncomingFile:
         return self
 
     def discard(self) -> None:
-        """The association ended mid-instance: nothing of it may remain."""
+        """The association ended mid-instance: nothing of it may remain (once named)."""
         self._close_quietly()
         self.remove()
 
@@ -174,7 +288,8 @@ class IncomingFile:
     def _fail(self, error: OSError) -> None:
         self.error = error
         self._close_quietly()
-        self.remove()
+        if self.named:
+            self.remove()
 
     def _close_quietly(self) -> None:
         """Close after a failure: the first error is the one worth reporting."""

@@ -80,6 +80,7 @@ def test_the_constructor_only_checks_options(tmp_path: Path) -> None:
         ({"index": ".."}, "index: "),
         ({"path": ""}, "path: "),
         ({"path": 3}, "path: "),
+        ({"flush": "sometimes"}, "flush: 'sometimes' is not one of"),
     ],
 )
 def test_bad_options_raise_value_error_naming_the_option(

@@ -88,6 +88,25 @@ class ArchiveServiceTests(unittest.TestCase):
         return store_all().addCallback(check)
 
     @inlineCallbacks
+    def test_with_one_syncfs_for_all_who_wait_concurrent_stores_are_kept_whole(self):
+        handler = self.started(threads=8, flush="filesystem")
+        instances = [
+            received(self.archive_path, ct_small(SOPInstanceUID=uid(n))) for n in range(16)
+        ]
+        sent = [instance.path.read_bytes() for instance in instances]
+
+        answers = yield gatherResults([handler.store(instance) for instance in instances])
+
+        kept = [kept_path(answer) for answer in answers]
+        self.assertEqual([path.read_bytes() for path in kept], sent)
+        self.assertGreater(handler._durability.group.runs, 0)  # syncfs, not fsync
+        yield handler.stopService()
+        reopened = ArchiveHandler(self.archive_path)
+        self.assertEqual(reopened.open(), Reconciliation(0, 0, 0, 0, 0))  # nothing to redo
+        self.assertEqual(len(list(reopened.index.paths())), 16)
+        reopened.close()
+
+    @inlineCallbacks
     def test_two_stores_of_one_uid_at_once_keep_one_copy_and_warn_the_other(self):
         answers, instances, sent = yield self.two_at_once("keep-first")
 
@@ -158,25 +177,26 @@ class ArchiveServiceTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_concurrent_stores_share_index_commits(self):
-        handler = self.started(threads=4)
         count = 16
+        handler = self.started(threads=count)
         instances = [
             received(self.archive_path, ct_small(SOPInstanceUID=uid(n))) for n in range(count)
         ]
         commits_before = handler.index.commits
-        # The index's thread is kept busy until every store but the first waits for its
-        # commit: the first commits alone, the others in the next transaction.
+        # The index's thread is kept busy until every store waits for its commit: each
+        # store is one call to the archive's threads, blocked until then, and all of them
+        # go into the one transaction that follows.
         busy = threading.Event()
         self.addCleanup(busy.set)
         handler._writer_pool.callInThread(busy.wait)
         stored = gatherResults([handler.store(instance) for instance in instances])
 
-        yield until(lambda: handler._writes.waiting == count - 1 or stored.called)
+        yield until(lambda: handler._writes.waiting == count or stored.called)
         busy.set()
         answers = yield stored
 
         self.assertTrue(all(kept_path(answer).is_file() for answer in answers))
-        self.assertEqual(handler.index.commits - commits_before, 2)  # fewer than 16
+        self.assertEqual(handler.index.commits - commits_before, 1)  # not 16
         yield handler.stopService()
 
     test_concurrent_stores_share_index_commits.timeout = 30  # type: ignore[attr-defined]

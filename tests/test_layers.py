@@ -19,6 +19,7 @@ LEAVES = {
     "dicomd",
     "dicomd.uids",
     "dicomd.part10",
+    "dicomd.filesystem",
     "dicomd.interfaces",
     "dicomd.describe",
     "dicomd.users",

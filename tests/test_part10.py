@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
+import os
 import zlib
 from pathlib import Path
 
@@ -13,7 +15,15 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from dicomd.part10 import ForwardReader, Part10Error, inflated_pieces, read_header
+from dicomd.part10 import (
+    PREAMBLE,
+    ForwardReader,
+    IncomingFile,
+    Part10Error,
+    SpareFiles,
+    inflated_pieces,
+    read_header,
+)
 from tests.support.testdata import part10_test_files
 
 FILES = [str(p) for p in part10_test_files()]
@@ -123,3 +133,70 @@ def test_a_forward_reader_cannot_go_far_back_and_skips_without_keeping() -> None
     assert reader.read(10) == b"x" * 10
     with pytest.raises(OSError, match="cannot seek back"):
         reader.seek(0)
+
+
+def test_spares_are_made_without_a_name_and_named_while_their_data_set_is_written(
+    tmp_path: Path,
+) -> None:
+    incoming = tmp_path / ".incoming"  # missing: the first fill makes it
+    spares = SpareFiles(incoming, keep=2)
+    spares.fill()
+    assert len(spares) == 2
+    assert list(incoming.iterdir()) == []  # spares have no name
+
+    received = IncomingFile(incoming, b"meta", spares.take())
+    received.write(b"first half ")
+    assert not received.named and not received.path.exists()
+    received.give_name()  # in a thread, as the data set arrives
+    received.write(b"second half")
+    received.finish()
+
+    assert received.named and received.error is None
+    assert list(incoming.iterdir()) == [received.path]
+    assert received.path.read_bytes() == PREAMBLE + b"metafirst half second half"
+    assert len(spares) == 1 and spares.wanted
+
+
+def test_a_spare_left_before_its_name_leaves_nothing(tmp_path: Path) -> None:
+    spares = SpareFiles(tmp_path, keep=1)
+    spares.fill()
+    received = IncomingFile(tmp_path, b"meta", spares.take())
+    received.write(b"half an instance")
+    received.discard()
+    received.give_name()  # the name comes after: the file is gone
+    assert received.error is None  # named through its own descriptor, then removed by its owner
+    received.remove()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_unnamed_files_nothing_is_made_and_the_file_is_created_with_its_name(
+    tmp_path: Path,
+) -> None:
+    spares = SpareFiles(tmp_path)
+    spares.supported = False
+    assert not spares.wanted
+    assert spares.take() is None
+    received = IncomingFile(tmp_path, b"meta", spares.take())
+    assert received.named and received.path.exists()
+    received.finish()
+
+
+def test_a_fill_that_fails_leaves_the_supply_as_it_was(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    spares = SpareFiles(blocker / ".incoming")
+    spares.fill()  # the folder cannot be made: the next instance meets the error itself
+    assert len(spares) == 0
+
+
+def test_spares_are_closed_when_their_supply_is_let_go(tmp_path: Path) -> None:
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_files()
+    spares = SpareFiles(tmp_path, keep=3)
+    spares.fill()
+    assert open_files() == before + 6  # each spare and the descriptor that names it
+    del spares
+    gc.collect()
+    assert open_files() == before

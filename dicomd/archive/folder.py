@@ -23,7 +23,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
-from dicomd.archive.handler import _copy_durably, _fsync
+from dicomd.archive.durability import fsync_path
+from dicomd.archive.handler import _copy_durably
 from dicomd.archive.layout import sanitise
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
 from dicomd.uids import Status
@@ -62,5 +63,5 @@ class FolderHandler:
         target = self.path / f"{sanitise(instance.sop_instance_uid)}.dcm"
         _copy_durably(instance.path, target)
         shutil.copymode(instance.path, target)  # the received file's, not the temporary's 0600
-        _fsync(self.path)
+        fsync_path(self.path)
         return Status.SUCCESS

@@ -1,22 +1,26 @@
 """The ``archive`` store handler: keep each received instance as a file and index it.
 
-A success status must mean the instance survives a power cut, so the file is
-fsync'd before it is renamed into place, every folder created for it and the
-folder it lands in are fsync'd too, and the index row is committed before
-the status is given (a commit lost to a power cut is redone from the file at
-start-up, see `dicomd.archive.index`).  The order file-then-row means that a
-crash can leave a file without a row or, with ``overwrite``, a row whose file
-was replaced; never a row pointing to nothing that was announced as stored.
-Reconciliation at start-up indexes such files again and removes whatever else
-a crash left behind.
+A success status must mean the instance survives a power cut, so the file's
+content is flushed before it is renamed into place, every folder created for
+it and the folder it lands in are flushed too, and the index row is committed
+before the status is given (a commit lost to a power cut is redone from the
+file at start-up, see `dicomd.archive.index`).  The order file-then-row means
+that a crash can leave a file without a row or, with ``overwrite``, a row
+whose file was replaced; never a row pointing to nothing that was announced
+as stored.  Reconciliation at start-up indexes such files again and removes
+whatever else a crash left behind.
 
-The concurrency is Twisted's: the blocking steps (parsing, fsync, rename)
-run in the archive's thread pool; a store holds a `DeferredLock` for its SOP
-Instance UID and one for its layout path, on the reactor side, from before
-it looks for a duplicate until its row is committed, so that a duplicate
-check never misses a row in flight; and the index writes of concurrent
-stores are gathered on the reactor side and committed together by the one
-thread that owns the index's write connection (`GroupCommit`).
+Each store is one call to the archive's thread pool, which runs every
+blocking step of it in order (`ArchiveHandler._file`): check, lock, flush the
+content, rename, flush the names, index, answer.  Stores that run at the same
+time share their flushes (`dicomd.archive.durability`: one per folder, or one
+``syncfs``, for all who wait) and their index transaction (`GroupCommit`: the
+one thread that owns the write connection commits whatever waits).  Sharing
+never weakens the order above: a store waits for a flush that began after its
+own write, and for a commit that holds its row.  A store holds a lock for its
+SOP Instance UID and one for its layout path (`KeyedLocks`; across worker
+processes `ProcessLocks` too) from before it looks for a duplicate until its
+row is committed, so that a duplicate check never misses a row in flight.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar
 
@@ -36,13 +39,19 @@ from pydicom import Dataset, dcmread
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from dicomd import filesystem
+from dicomd.archive.durability import (
+    FLUSHES,
+    Durability,
+    FileFlush,
+    FilesystemFlush,
+)
 from dicomd.archive.index import (
     INDEXED_KEYWORDS,
     REQUIRED_UIDS,
@@ -119,14 +128,6 @@ class _Placed:
 
 
 @dataclass(frozen=True, slots=True)
-class _Steps:
-    """How a store runs its blocking steps and its index write."""
-
-    blocking: Callable[..., Deferred[Any]]
-    index: Callable[[Write], Deferred[Any]]
-
-
-@dataclass(frozen=True, slots=True)
 class Reconciliation:
     """What reconciliation at start-up found and did."""
 
@@ -149,9 +150,14 @@ class ArchiveHandler(Service):
       ``keep-first`` (warning B000, the first copy stays), ``overwrite``
       (the new copy replaces it) or ``reject`` (failure 0111);
     - ``index``: the file name of the SQLite index inside ``path``;
-    - ``threads``: how many instances are read and moved (or queries answered)
-      at once; one more thread commits the index;
-    - ``case_insensitive_names``: C-FIND matches person names ignoring case.
+    - ``threads``: how many instances are filed (or queries answered) at
+      once; one more thread commits the index;
+    - ``case_insensitive_names``: C-FIND matches person names ignoring case;
+    - ``flush``: how received files and their names reach the disk before
+      success is answered (`dicomd.archive.durability`): ``files`` (each
+      file, then each folder, flushed; the default) or ``filesystem`` (one
+      ``syncfs`` of the archive's file system for every store that waits:
+      faster where the archive has a file system of its own).
 
     It answers C-FIND (Patient Root and Study Root) from its index too, and
     is the source of C-MOVE and C-GET.
@@ -174,6 +180,7 @@ class ArchiveHandler(Service):
         index: str = "index.sqlite",
         threads: int = 8,
         case_insensitive_names: bool = False,
+        flush: str = "files",
         reactor: Any = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike) or not str(path):
@@ -200,7 +207,12 @@ class ArchiveHandler(Service):
             raise ValueError(
                 f"case_insensitive_names: expected true or false, got {case_insensitive_names!r}"
             )
+        if flush not in FLUSHES:
+            raise ValueError(f"flush: {flush!r} is not one of {', '.join(FLUSHES)}")
+        if flush == "filesystem" and not filesystem.SYNCFS:
+            raise ValueError("flush: filesystem needs syncfs, which this system lacks")
         self.path = Path(path)
+        self.flush = flush
         self.duplicates = duplicates
         self.threads = threads
         self.index = ArchiveIndex(self.path / index)
@@ -212,6 +224,7 @@ class ArchiveHandler(Service):
         self._pool: ThreadPool | None = None
         self._writer_pool: ThreadPool | None = None
         self._writes: GroupCommit[Write] | None = None
+        self._durability: Durability = FileFlush()
         self._locks = KeyedLocks()
         self._in_flight = InFlight()
         self.attributes_read = frozenset((*INDEXED_KEYWORDS, *self.layout.keywords()))
@@ -242,11 +255,11 @@ class ArchiveHandler(Service):
         else:
             self.open()
         self.index.close_writer()  # reconciliation's; the writer thread opens its own
+        if self.flush == "filesystem":
+            self._durability = FilesystemFlush(self.path)
         self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="dicomd-archive")
         self._writer_pool = ThreadPool(minthreads=1, maxthreads=1, name="dicomd-archive-index")
-        self._writes = GroupCommit(
-            self.index.write, partial(deferToThreadPool, self._reactor, self._writer_pool)
-        )
+        self._writes = GroupCommit(self.index.write, self._writer_pool.callInThread)
         self._pool.start()
         self._writer_pool.start()
         super().startService()
@@ -263,12 +276,13 @@ class ArchiveHandler(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        await self._in_flight.ended()
-        if self._writes is not None:
-            await self._writes.idle()
+        await self._in_flight.ended()  # each store ends after its commit
         writer_pool, self._writer_pool = self._writer_pool, None
         pool, self._pool = self._pool, None
         self._writes = None
+        if isinstance(self._durability, FilesystemFlush):
+            self._durability.close()
+            self._durability = FileFlush()
         if writer_pool is not None:
             # The write connection is closed in the thread that owns it; stopping the pool
             # waits for that last piece of work, without a round trip through the reactor.
@@ -280,11 +294,8 @@ class ArchiveHandler(Service):
         self.close()
 
     def store(self, instance: ReceivedInstance) -> Deferred[int | Dataset | Kept]:
-        """File one instance (``IStoreHandler``): blocking steps in the archive's threads."""
-        self._started_pool()
-        assert self._writes is not None
-        steps = _Steps(self._in_pool, self._writes.submit)
-        return self._in_flight.track(ensureDeferred(self._file(instance, steps)))
+        """File one instance (``IStoreHandler``): all of it in one call to the archive's threads."""
+        return self._in_threads(self._file, instance)
 
     def find(self, query: FindQuery) -> Deferred[PagedMatches]:
         """Search the index (``IFindHandler``): the matches come a page at a time, each read
@@ -324,10 +335,6 @@ class ArchiveHandler(Service):
         pool = self._started_pool()
         return self._in_flight.track(deferToThreadPool(self._reactor, pool, function, *args))
 
-    def _in_pool(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        assert self._pool is not None
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
-
     # -- the blocking work ------------------------------------------------------------------
 
     def open(self) -> Reconciliation:
@@ -360,47 +367,40 @@ class ArchiveHandler(Service):
         the file system propagates (the store service answers A700); a data
         set that cannot be read is answered here, with C000.
         """
-        steps = _Steps(maybeDeferred, partial(maybeDeferred, self.index.apply))
-        answers: list[int | Dataset | Kept | Failure] = []
-        ensureDeferred(self._file(instance, steps)).addBoth(answers.append)
-        [answer] = answers  # every step ran inline
-        if isinstance(answer, Failure):
-            answer.raiseException()
-        return answer
+        return self._file(instance)
 
-    async def _file(self, instance: ReceivedInstance, steps: _Steps) -> int | Dataset | Kept:
-        """Read and check, then under the locks of its UID and path: move, index, answer.
+    def _commit(self, write: Write) -> Any:
+        """Blocking: the index write of a store, in the transaction of whatever other stores
+        wait (`GroupCommit`); outside the service, in a transaction of its own."""
+        writes = self._writes
+        if writes is None:
+            return self.index.apply(write)
+        return writes.submit(write)
 
-        The received file is flushed while it is read: the disk works while
-        the parser holds the CPU.
-        """
-        reading = steps.blocking(self._check, instance)
-        flushing = steps.blocking(_fsync, instance.path)
-        try:
-            checked = await reading
-        finally:
-            await flushing
+    def _file(self, instance: ReceivedInstance) -> int | Dataset | Kept:
+        """Blocking: check, then under the locks of its UID and path: move, index, answer."""
+        checked = self._check(instance)
         if not isinstance(checked, InstanceRecord):
             return checked
         keys = (f"uid:{checked.SOPInstanceUID}", f"path:{checked.path}")
-        release = await self._locks.hold(*keys)
+        release = self._locks.hold(*keys)
         if self._process_locks is not None:
             try:
-                release = _both(release, await steps.blocking(self._process_locks.hold, *keys))
+                release = _both(release, self._process_locks.hold(*keys))
             except BaseException:
                 release()
                 raise
         try:
-            placed = await steps.blocking(self._move_in, instance, checked)
+            placed = self._move_in(instance, checked)
             if not isinstance(placed, _Placed):
                 return placed
             try:
-                await steps.index(adding(checked))
+                self._commit(adding(checked))
             except BaseException:
-                await steps.blocking(placed.target.unlink, True)  # missing_ok
+                placed.target.unlink(missing_ok=True)
                 raise
             if placed.replaced is not None:
-                await steps.blocking(placed.replaced.unlink, True)
+                placed.replaced.unlink(missing_ok=True)
             return Kept(Status.SUCCESS, placed.target)
         finally:
             release()
@@ -461,9 +461,9 @@ class ArchiveHandler(Service):
     def _move_in(self, instance: ReceivedInstance, record: InstanceRecord) -> _Placed | Dataset:
         """Blocking, under the locks of its UID and path: apply the duplicate policy, move.
 
-        The received file is already flushed.  The copy it replaces
-        (``overwrite`` to another layout path) stays until the new row is
-        committed.
+        The copy it replaces (``overwrite`` to another layout path) stays
+        until the new row is committed.  A copy that is not kept is never
+        flushed.
         """
         uid, relative = record.SOPInstanceUID, record.path
         existing = self.index.lookup(uid)
@@ -491,7 +491,9 @@ class ArchiveHandler(Service):
         return _Placed(target, replaced)
 
     def _place(self, received: Path, target: Path) -> None:
-        """Move the received file, already flushed, to ``target`` durably."""
+        """Move the received file to ``target`` durably: its content on the disk first, so that
+        the name never points at less than the whole file, then its name."""
+        self._durability.content(received)
         self._make_folders(target.parent)
         try:
             os.replace(received, target)
@@ -500,18 +502,19 @@ class ArchiveHandler(Service):
                 raise
             _copy_durably(received, target)
             received.unlink()
-        _fsync(target.parent)
+        self._durability.names(target.parent)
 
     def _make_folders(self, folder: Path) -> None:
-        """Create the missing folders down to ``folder``, fsync'ing each one's parent."""
+        """Create the missing folders down to ``folder``, each one's name flushed before the
+        next is made in it."""
         missing: list[Path] = []
         while not folder.is_dir():
             missing.append(folder)
             folder = folder.parent
         for new_folder in reversed(missing):
-            with contextlib.suppress(FileExistsError):  # another thread made it: fsync anyway
+            with contextlib.suppress(FileExistsError):  # another thread made it: flush anyway
                 new_folder.mkdir()
-            _fsync(new_folder.parent)
+            self._durability.names(new_folder.parent)
 
     def _reconcile(self) -> Reconciliation:
         """Make the folder and the index agree again after a crash (or a SIGKILL).
@@ -609,15 +612,6 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
         first()
 
     return release
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's entries, to the disk."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _copy_durably(source: Path, target: Path) -> None:

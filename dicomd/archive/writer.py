@@ -1,22 +1,25 @@
-"""Group commit on the reactor side, the locks that order the archive's work, a work counter.
+"""Group commit, the locks that order the archive's work, a work counter.
 
-They live on the reactor thread and never block it: a store waits for a lock
-or for its commit as a Deferred, and the archive's threads only ever do the
-blocking steps (parsing, fsync, rename, one transaction).
+`GroupCommit` and `KeyedLocks` are for the archive's threads: a store runs
+its whole filing (check, flush, move, index) in one call to a thread, and
+blocks there while it waits for a lock or for its commit, so that it never
+goes back through the reactor between its steps.  `InFlight` lives on the
+reactor thread and counts the stores so that stopping can wait for them.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, succeed
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred, succeed
 
 from dicomd.archive.index import Outcome
 
@@ -26,69 +29,67 @@ T = TypeVar("T")
 Commit = Callable[[Sequence[W]], Sequence[Outcome]]
 """Performs writes in one transaction, blocking; an `Outcome` for each, in order."""
 
-Run = Callable[..., "Deferred[Any]"]
-"""Runs ``function(*args)`` away from the reactor thread and answers a Deferred of its result."""
+Start = Callable[[Callable[[], None]], object]
+"""Runs a function in the thread that owns the write connection (``ThreadPool.callInThread``)."""
 
 
 class GroupCommit(Generic[W]):
-    """Writes gathered on the reactor side and committed in batches, one batch at a time.
+    """Writes from many threads committed in batches by one thread, one batch at a time.
 
-    ``submit`` answers a Deferred that fires with the write's result once the
-    transaction holding it is committed (or fails with the write's error).  A
+    ``submit`` blocks its caller until the transaction holding its write is
+    committed, then answers the write's result (or raises its error).  A
     write submitted while no commit runs starts one at once; writes submitted
     while a commit runs wait, and all of them go into the next transaction,
-    which starts as soon as that commit ends.  Under load the number of
-    transactions follows what the disk can commit, not the number of writes.
+    which the committing thread starts as soon as the last one ends.  Under
+    load the number of transactions follows what the disk can commit, not
+    the number of writes.
 
-    ``commit`` is the blocking transaction and ``run`` the way to run it:
-    ``deferToThreadPool`` on a pool of one thread, so that the connection
-    never leaves that thread.
+    ``commit`` is the blocking transaction and ``start`` hands the draining
+    of the queue to the one thread that owns the connection; a ``start`` that
+    runs it at once (in the caller's thread) suits a single-threaded caller.
     """
 
-    def __init__(self, commit: Commit[W], run: Run) -> None:
+    def __init__(self, commit: Commit[W], start: Start) -> None:
         self._commit = commit
-        self._run = run
-        self._waiting: list[tuple[W, Deferred[Any]]] = []
+        self._start = start
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[W, Future[Any]]] = []
         self._committing = False
-        self._submitted = InFlight()
 
     @property
     def waiting(self) -> int:
         """How many writes wait for the next transaction."""
         return len(self._waiting)
 
-    def submit(self, write: W) -> Deferred[Any]:
-        """Queue ``write``; its Deferred fires after the commit that holds it."""
-        done: Deferred[Any] = Deferred()
-        self._waiting.append((write, done))
-        if not self._committing:
-            self._next_batch()
-        return self._submitted.track(done)
+    def submit(self, write: W) -> Any:
+        """Blocking: queue ``write`` and wait for the commit that holds it; its result."""
+        done: Future[Any] = Future()
+        with self._lock:
+            self._waiting.append((write, done))
+            start, self._committing = not self._committing, True
+        if start:
+            self._start(self._drain)
+        return done.result()
 
-    def idle(self) -> Deferred[None]:
-        """A Deferred that fires once every write submitted so far is committed (or failed)."""
-        return self._submitted.ended()
-
-    def _next_batch(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._committing = True
-        committed = self._run(self._commit, [write for write, _done in batch])
-        committed.addBoth(self._committed, batch)
-
-    def _committed(
-        self, outcomes: Sequence[Outcome] | Failure, batch: list[tuple[W, Deferred[Any]]]
-    ) -> None:
-        if self._waiting:
-            self._next_batch()
-        else:
-            self._committing = False
-        for n, (_write, done) in enumerate(batch):
-            if isinstance(outcomes, Failure):
-                done.errback(outcomes)
-            elif outcomes[n].error is not None:
-                done.errback(outcomes[n].error)
-            else:
-                done.callback(outcomes[n].result)
+    def _drain(self) -> None:
+        """In the committing thread: commit what waits, batch after batch, until none does."""
+        while True:
+            with self._lock:
+                batch, self._waiting = self._waiting, []
+                if not batch:
+                    self._committing = False
+                    return
+            try:
+                outcomes = self._commit([write for write, _done in batch])
+            except BaseException as error:  # every waiter gets it
+                for _write, done in batch:
+                    done.set_exception(error)
+                continue
+            for (_write, done), outcome in zip(batch, outcomes, strict=True):
+                if outcome.error is not None:
+                    done.set_exception(outcome.error)
+                else:
+                    done.set_result(outcome.result)
 
 
 class InFlight:
@@ -121,31 +122,33 @@ class InFlight:
 
 
 class KeyedLocks:
-    """A `DeferredLock` per key, made when first asked for and dropped when free.
+    """A lock per key, made when first asked for and dropped when free; for threads.
 
     ``hold`` takes several keys in sorted order, so two holders of
-    overlapping sets never deadlock.  For the reactor thread only.
+    overlapping sets never deadlock.  Blocking.
     """
 
     def __init__(self) -> None:
-        self._locks: dict[str, DeferredLock] = {}
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
 
     def __len__(self) -> int:
         """How many keys are held or waited for."""
         return len(self._locks)
 
-    def hold(self, *keys: str) -> Deferred[Callable[[], None]]:
-        """A Deferred that fires, once every key is held, with the function that releases them."""
-        return ensureDeferred(self._hold(sorted(set(keys))))
-
-    async def _hold(self, keys: list[str]) -> Callable[[], None]:
+    def hold(self, *keys: str) -> Callable[[], None]:
+        """Once every key is held, the function that releases them."""
         held: list[str] = []
         try:
-            for key in keys:
-                lock = self._locks.get(key)
-                if lock is None:
-                    lock = self._locks[key] = DeferredLock()
-                await lock.acquire()
+            for key in sorted(set(keys)):
+                with self._guard:
+                    lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
+                    users[0] += 1
+                try:
+                    lock.acquire()
+                except BaseException:
+                    self._leave(key)
+                    raise
                 held.append(key)
         except BaseException:
             self._release(held)
@@ -154,9 +157,14 @@ class KeyedLocks:
 
     def _release(self, keys: list[str]) -> None:
         for key in keys:
-            lock = self._locks[key]
-            lock.release()
-            if not lock.locked:
+            self._locks[key][0].release()
+            self._leave(key)
+
+    def _leave(self, key: str) -> None:
+        with self._guard:
+            _lock, users = self._locks[key]
+            users[0] -= 1
+            if not users[0]:
                 del self._locks[key]
 
 

@@ -63,7 +63,7 @@ from dicomd.dimse.walker import (
     checker_for,
 )
 from dicomd.interfaces import IReadsAttributes, IStoreHandler, Kept, ReceivedInstance
-from dicomd.part10 import IncomingFile, file_meta
+from dicomd.part10 import IncomingFile, SpareFiles, file_meta
 from dicomd.uids import is_encapsulated
 from dicomd.ul.pdu import PresentationContextRQ
 
@@ -362,6 +362,7 @@ class StoreReceiver:
         self.handlers = tuple(handlers)
         self.inflation = inflation
         self.wanted = _attributes_read(self.handlers)
+        self.spares = SpareFiles(incoming)
 
     def open_sink(
         self, association: DimseAssociation, context: AcceptedContext, command: Command
@@ -375,9 +376,31 @@ class StoreReceiver:
             association.peer_ae_title,
         )
         checker = checker_for(context.transfer_syntax, self.inflation, self.wanted)
-        return CheckedFile(IncomingFile(self.incoming, meta), checker)
+        worker = association.worker
+        unnamed = self.spares.take()
+        incoming = IncomingFile(self.incoming, meta, unnamed)
+        naming = worker.run(incoming.give_name) if unnamed is not None else None
+        if self.spares.wanted:
+            self.spares.filling = True
+            worker.run(self.spares.fill).addBoth(self._filled)
+        return CheckedFile(incoming, checker, naming)
+
+    def _filled(self, result: object) -> None:
+        self.spares.filling = False
+        if isinstance(result, Failure):
+            self.log.failure("making spare incoming files failed", result)
 
     def handle(
+        self, association: DimseAssociation, request: Request
+    ) -> defer.Deferred[None] | None:
+        """Answer once the received file has its name (`IncomingFile.give_name`): a thread
+        gives it while the data set arrives, so it is usually there already."""
+        checked = request.data
+        if isinstance(checked, CheckedFile) and checked.naming is not None:
+            return checked.naming.addCallback(lambda _: self._handle(association, request))
+        return self._handle(association, request)
+
+    def _handle(
         self, association: DimseAssociation, request: Request
     ) -> defer.Deferred[None] | None:
         command = request.command
@@ -406,6 +429,7 @@ class StoreReceiver:
                 Status(uids.Status.CANNOT_UNDERSTAND, f"not whole: {checked.problem}"),
             )
         if received.error is not None:
+            received.remove()
             return _respond(association, request, _out_of_resources(received.error))
         instance = ReceivedInstance(
             calling_ae_title=association.calling_ae_title,
@@ -473,9 +497,16 @@ class CheckedFile:
     off the association, and the file is removed once the request is answered.
     """
 
-    def __init__(self, file: IncomingFile, checker: DataSetWalker | Inflater | None) -> None:
+    def __init__(
+        self,
+        file: IncomingFile,
+        checker: DataSetWalker | Inflater | None,
+        naming: defer.Deferred[None] | None = None,
+    ) -> None:
         self.file = file
         self.checker = checker
+        self.naming = naming
+        """Fires once a thread has given the file its name, when it was made without one."""
         self.problem: str | None = None
 
     def write(self, data: bytes) -> None:
@@ -499,6 +530,8 @@ class CheckedFile:
 
     def discard(self) -> None:
         self.file.discard()
+        if self.naming is not None:  # the name may come after: remove it then
+            self.naming.addBoth(lambda _: self.file.remove())
 
 
 def _respond(association: DimseAssociation, request: Request, status: Status) -> None:
