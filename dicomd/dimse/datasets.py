@@ -7,18 +7,24 @@ its presentation context; deflated ones are raw deflate streams.
 from __future__ import annotations
 
 import functools
+import struct
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom import config
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
+from pydicom.values import converters
 
-from dicomd.dimse.elements import LONG_LENGTH_VRS, ElementEncoder
+from dicomd.dimse.elements import LONG_LENGTH_VRS, STRING_VRS, TEXT_VRS, ElementEncoder
 
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 
@@ -154,15 +160,106 @@ def decode_dataset(data: bytes, transfer_syntax: str, max_length: int = 0) -> Da
     try:
         if deflated:
             data = _inflated(data, max_length)
-        ds = read_dataset(DicomBytesIO(data), implicit_vr, little_endian)
-        _ensure_whole(ds, len(data))
-        for _element in ds.iterall():
-            pass
+        ds = _read_texts(data, implicit_vr, little_endian)
+        if ds is None:
+            ds = _read_with_pydicom(data, implicit_vr, little_endian)
     except DataSetError:
         raise
     except Exception as e:  # pydicom raises many types; all mean "cannot decode"
         raise DataSetError(f"cannot decode data set as {transfer_syntax}: {e}") from e
     return ds
+
+
+def _read_with_pydicom(data: bytes, implicit_vr: bool, little_endian: bool) -> Dataset:
+    ds = read_dataset(DicomBytesIO(data), implicit_vr, little_endian)
+    _ensure_whole(ds, len(data))
+    for _element in ds.iterall():
+        pass
+    return ds
+
+
+_CHARSET_TAG: Final = 0x00080005
+
+
+def _read_texts(data: bytes, implicit_vr: bool, little_endian: bool) -> Dataset | None:
+    """A data set of text values only, read as pydicom reads it, or None for any other.
+
+    Reading with pydicom makes a raw element of each, then converts each
+    through the data set's item lookup, which looks up the character set
+    again for every element: a hundred microseconds and more for the ten
+    elements of a C-FIND answer.  Here the elements are walked once and each
+    value is converted by pydicom's own converter of its VR, with the data
+    set's character set, into the element pydicom's conversion makes.  A data
+    set with anything else (a sequence, binary or unknown VRs, private or
+    command elements, an undefined length, any bytes out of place) is left to
+    `_read_with_pydicom`, as is any value its converter refuses.
+    """
+    if config.data_element_callback is not None:
+        return None
+    order = "<" if little_endian else ">"
+    found: list[tuple[int, str, bytes, int]] = []
+    position, size = 0, len(data)
+    while position < size:
+        if size - position < 8:
+            return None
+        group, number = struct.unpack_from(f"{order}HH", data, position)
+        if group < 0x0008 or group % 2 or group == 0xFFFE:
+            return None
+        tag = group << 16 | number
+        if implicit_vr:
+            vr = _dictionary_vr(tag)
+            (length,) = struct.unpack_from(f"{order}L", data, position + 4)
+            start = position + 8
+        else:
+            vr = data[position + 4 : position + 6].decode("latin_1")
+            if vr in LONG_LENGTH_VRS:
+                if size - position < 12:
+                    return None
+                (length,) = struct.unpack_from(f"{order}L", data, position + 8)
+                start = position + 12
+            else:
+                (length,) = struct.unpack_from(f"{order}H", data, position + 6)
+                start = position + 8
+        if vr not in STRING_VRS or start + length > size:
+            return None
+        found.append((tag, vr, data[start : start + length], start))
+        position = start + length
+    encodings: str | list[str] = default_encoding
+    for tag, _, value, _ in found:
+        if tag == _CHARSET_TAG:  # the last one, as pydicom takes it
+            encodings = convert_encodings(_converted("CS", value, encodings, little_endian))
+    elements = {}
+    for tag, vr, value, start in found:
+        try:
+            converted = _converted(vr, value, encodings, little_endian)
+        except ValueError:
+            return None  # pydicom would try other VRs
+        elements[BaseTag(tag)] = DataElement(tag, vr, converted, start, False, True)
+    ds = Dataset(elements)
+    ds.set_original_encoding(implicit_vr, little_endian, encodings)
+    return ds
+
+
+def _converted(vr: str, value: bytes, encodings: str | list[str], little_endian: bool) -> Any:
+    """``value`` as pydicom's ``convert_value`` makes it for an element of ``vr``."""
+    if not value:
+        return empty_value_for_VR(vr)
+    converter = converters[vr]
+    listed = [encodings] if isinstance(encodings, str) else encodings
+    if vr == "PN":
+        return converter(value, listed)
+    if vr in TEXT_VRS:
+        return converter(value, listed, vr)
+    return converter(value, little_endian, None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _dictionary_vr(tag: int) -> str:
+    """The VR implicit VR decoding gives ``tag``: the dictionary's, or "" for one it lacks."""
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return ""
 
 
 def _inflated(data: bytes, max_length: int) -> bytes:

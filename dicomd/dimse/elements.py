@@ -18,14 +18,17 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
-LONG_LENGTH_VRS: Final = frozenset(
-    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-)
-"""VRs whose explicit-VR header has two reserved bytes and a 32-bit length (PS3.5 7.1.2)."""
+from dicomd.part10 import LONG_VRS
+
+LONG_LENGTH_VRS: Final = frozenset(vr.decode("ascii") for vr in LONG_VRS)
+"""`dicomd.part10.LONG_VRS` as text: the VRs whose explicit-VR header has two reserved bytes
+and a 32-bit length (PS3.5 7.1.2)."""
 TEXT_VRS: Final = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 """VRs whose values are encoded in the data set's Specific Character Set; the other string
 VRs are ASCII (pydicom writes them as ISO 8859-1, and so does this)."""
 _OTHER_STRING_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR"})
+STRING_VRS: Final = frozenset({*TEXT_VRS, *_OTHER_STRING_VRS, "DS", "IS"})
+"""VRs whose values are text, numbers (DS, IS) included."""
 PLAIN_VRS: Final = frozenset(
     {
         *LONG_LENGTH_VRS,
