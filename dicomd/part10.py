@@ -152,8 +152,9 @@ class SpareFiles:
 
     @property
     def wanted(self) -> bool:
-        """Whether a fill would make any: some are missing and none is being made."""
-        return self.supported and not self.filling and len(self._spares) < self.keep
+        """Whether to fill now: half the spares are gone and none is being made.  Filling
+        several at once costs one hand-over to a thread for all of them."""
+        return self.supported and not self.filling and len(self._spares) <= self.keep // 2
 
     def take(self) -> UnnamedFile | None:
         """A spare (its descriptor, and another for naming it), or None if none is ready."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -183,20 +182,16 @@ class ArchiveServiceTests(unittest.TestCase):
             received(self.archive_path, ct_small(SOPInstanceUID=uid(n))) for n in range(count)
         ]
         commits_before = handler.index.commits
-        # The index's thread is kept busy until every store waits for its commit: each
-        # store is one call to the archive's threads, blocked until then, and all of them
-        # go into the one transaction that follows.
-        busy = threading.Event()
-        self.addCleanup(busy.set)
-        handler._writer_pool.callInThread(busy.wait)
-        stored = gatherResults([handler.store(instance) for instance in instances])
-
-        yield until(lambda: handler._writes.waiting == count or stored.called)
-        busy.set()
+        # The first store's transaction cannot begin until every other store waits for
+        # its commit: each store is one call to the archive's threads, blocked until then,
+        # and all of them go into the one transaction that follows the first.
+        with handler.index._write_lock:
+            stored = gatherResults([handler.store(instance) for instance in instances])
+            yield until(lambda: handler._writes.waiting == count - 1)
         answers = yield stored
 
         self.assertTrue(all(kept_path(answer).is_file() for answer in answers))
-        self.assertEqual(handler.index.commits - commits_before, 1)  # not 16
+        self.assertEqual(handler.index.commits - commits_before, 2)  # not 16
         yield handler.stopService()
 
     test_concurrent_stores_share_index_commits.timeout = 30  # type: ignore[attr-defined]

@@ -1,9 +1,7 @@
 """Group commit and keyed locks, as the archive's threads use them.
 
-`GroupCommit` is given its two collaborators: the blocking ``commit`` (here
-one that records each batch, or the real index) and ``start``, which hands
-the draining of the queue to the committing thread: here a new thread, or
-the caller's own.  Threads wait on events, never on time.
+`GroupCommit` is given its blocking ``commit``: here one that records each
+batch, or the real index.  Threads wait on events, never on time.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import fcntl
 import os
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +47,9 @@ class Recorder:
         ]
 
 
-def here(function: Callable[[], None]) -> None:
-    """Start the draining in the caller's own thread."""
-    function()
-
-
-def new_thread(function: Callable[[], None]) -> None:
-    threading.Thread(target=function, daemon=True).start()
-
-
 def test_a_lone_write_commits_at_once_and_answers_its_result() -> None:
     recorder = Recorder()
-    writes = GroupCommit(recorder, here)
+    writes = GroupCommit(recorder)
 
     assert writes.submit(21) == 42
     assert recorder.batches == [[21]]
@@ -70,8 +59,8 @@ def test_a_lone_write_commits_at_once_and_answers_its_result() -> None:
 def test_writes_submitted_during_a_commit_share_the_next_one() -> None:
     gate = threading.Event()
     recorder = Recorder(gate=gate)
-    writes = GroupCommit(recorder, new_thread)
-    first = in_threads(lambda: writes.submit(1))
+    writes = GroupCommit(recorder)
+    first = in_threads(lambda: writes.submit(1))  # commits at once, in its own thread
     assert recorder.entered.wait(10)
     waiting = in_threads(*(lambda n=n: writes.submit(n) for n in range(2, 10)))
     eventually(lambda: writes.waiting == 8)
@@ -84,7 +73,7 @@ def test_writes_submitted_during_a_commit_share_the_next_one() -> None:
 
 
 def test_a_failing_write_fails_alone() -> None:
-    writes = GroupCommit(Recorder(failing=frozenset({3})), here)
+    writes = GroupCommit(Recorder(failing=frozenset({3})))
 
     assert writes.submit(2) == 4
     with pytest.raises(ValueError, match="3"):
@@ -98,27 +87,23 @@ def test_a_commit_that_cannot_run_fails_its_batch_and_the_next_goes_on() -> None
             raise OSError(5, "disk gone")
         return [Outcome(result=write) for write in batch]
 
-    writes = GroupCommit(broken, here)
+    writes = GroupCommit(broken)
     with pytest.raises(OSError, match="disk gone"):
         writes.submit(1)
     assert writes.submit(2) == 2
 
 
-def test_batches_through_the_real_index_count_one_commit_each(tmp_path: Path) -> None:
+def test_batches_through_the_real_index_from_several_threads(tmp_path: Path) -> None:
     index = ArchiveIndex(tmp_path / "index.sqlite")
     index.open()
-    index.close_writer()  # the committing thread opens its own
-    drains: list[Callable[[], None]] = []
-    writes: GroupCommit[Any] = GroupCommit(index.write, drains.append)
+    writes: GroupCommit[Any] = GroupCommit(index.write)
     records = [record(SOPInstanceUID=f"1.2.3.{n}", path=f"{n}.dcm") for n in range(10)]
-    stores = in_threads(*(lambda one=one: writes.submit(adding(one)) for one in records))
-    eventually(lambda: writes.waiting == 10)
-
-    [drain] = drains  # the first write started it; the others found it started
-    in_threads(lambda: (drain(), index.close_writer())).results()
+    with index._write_lock:  # the first write's transaction cannot begin yet
+        stores = in_threads(*(lambda one=one: writes.submit(adding(one)) for one in records))
+        eventually(lambda: writes.waiting == 9)
 
     assert stores.results() == [None] * 10
-    assert index.commits == 1
+    assert index.commits == 2  # the first alone, then the nine that waited
     assert len(list(index.paths())) == 10
     index.close()
 

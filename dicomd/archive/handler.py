@@ -61,7 +61,7 @@ from dicomd.archive.index import (
     adding,
     record_from_dataset,
 )
-from dicomd.archive.layout import Layout
+from dicomd.archive.layout import Layout, value_of
 from dicomd.archive.matches import NotRunning, PagedMatches
 from dicomd.archive.query import ArchiveQuery, FindPages
 from dicomd.archive.writer import GroupCommit, InFlight, KeyedLocks, ProcessLocks
@@ -151,7 +151,7 @@ class ArchiveHandler(Service):
       (the new copy replaces it) or ``reject`` (failure 0111);
     - ``index``: the file name of the SQLite index inside ``path``;
     - ``threads``: how many instances are filed (or queries answered) at
-      once; one more thread commits the index;
+      once;
     - ``case_insensitive_names``: C-FIND matches person names ignoring case;
     - ``flush``: how received files and their names reach the disk before
       success is answered (`dicomd.archive.durability`): ``files`` (each
@@ -222,7 +222,6 @@ class ArchiveHandler(Service):
         self._index_files = frozenset(index + suffix for suffix in _SQLITE_COMPANIONS)
         self._reactor = reactor
         self._pool: ThreadPool | None = None
-        self._writer_pool: ThreadPool | None = None
         self._writes: GroupCommit[Write] | None = None
         self._durability: Durability = FileFlush()
         self._locks = KeyedLocks()
@@ -254,14 +253,11 @@ class ArchiveHandler(Service):
             self._process_locks = ProcessLocks(locks)
         else:
             self.open()
-        self.index.close_writer()  # reconciliation's; the writer thread opens its own
         if self.flush == "filesystem":
             self._durability = FilesystemFlush(self.path)
         self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="dicomd-archive")
-        self._writer_pool = ThreadPool(minthreads=1, maxthreads=1, name="dicomd-archive-index")
-        self._writes = GroupCommit(self.index.write, self._writer_pool.callInThread)
+        self._writes = GroupCommit(self.index.write)
         self._pool.start()
-        self._writer_pool.start()
         super().startService()
 
     def stopService(self) -> Deferred[None]:
@@ -277,19 +273,13 @@ class ArchiveHandler(Service):
 
     async def _stop(self) -> None:
         await self._in_flight.ended()  # each store ends after its commit
-        writer_pool, self._writer_pool = self._writer_pool, None
         pool, self._pool = self._pool, None
         self._writes = None
         if isinstance(self._durability, FilesystemFlush):
             self._durability.close()
             self._durability = FileFlush()
-        if writer_pool is not None:
-            # The write connection is closed in the thread that owns it; stopping the pool
-            # waits for that last piece of work, without a round trip through the reactor.
-            writer_pool.callInThread(self.index.close_writer)
-        for each in (writer_pool, pool):
-            if each is not None:
-                each.stop()
+        if pool is not None:
+            pool.stop()
         self.query.close()
         self.close()
 
@@ -587,16 +577,20 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 def _mismatch(dataset: Dataset, instance: ReceivedInstance) -> Dataset | None:
-    """The failure status of a data set that lacks its UIDs or contradicts its command."""
-    for keyword in REQUIRED_UIDS:
-        if not dataset.get(keyword):
+    """The failure status of a data set that lacks its UIDs or contradicts its command.
+
+    Through `value_of`, not pydicom's keyword lookup: this runs for every instance.
+    """
+    values = {keyword: value_of(dataset, keyword) for keyword in REQUIRED_UIDS}
+    for keyword, value in values.items():
+        if not value:
             return _status(Status.CANNOT_UNDERSTAND, f"the data set has no {keyword}")
-    if dataset.SOPClassUID != instance.sop_class_uid:
+    if values["SOPClassUID"] != instance.sop_class_uid:
         return _status(
             Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             "SOP Class UID of the data set differs from the command's",
         )
-    if dataset.SOPInstanceUID != instance.sop_instance_uid:
+    if values["SOPInstanceUID"] != instance.sop_instance_uid:
         return _status(
             Status.INVALID_OBJECT_INSTANCE,
             "SOP Instance UID of the data set differs from the command's",

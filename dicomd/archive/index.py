@@ -8,11 +8,12 @@ fsync'd before a store is answered (``synchronous=NORMAL`` in WAL mode: a
 power cut may lose the last commits, never corrupt the database), which
 saves one disk flush per instance.
 
-Writes go through one connection that never leaves the thread that opened it.
-``write`` performs a batch of writes in one transaction, each in its own
-savepoint, so that a bad one fails alone: the archive gathers the writes of
-concurrent stores on the reactor side and hands each batch to its single
-writer thread (`dicomd.archive.writer.GroupCommit`).  ``add``, ``remove`` and
+Writes go through one connection, one transaction at a time, from whichever
+thread writes.  ``write`` performs a batch of writes in one transaction, each
+in its own savepoint, so that a bad one fails alone: the archive's threads
+gather the writes of concurrent stores, and the first of them to find no
+transaction running commits the batch for all
+(`dicomd.archive.writer.GroupCommit`).  ``add``, ``remove`` and
 ``remove_paths`` are the same for one write, blocking, for reconciliation and
 tools.
 
@@ -280,9 +281,8 @@ class ArchiveIndex:
     """The SQLite index of one archive.
 
     Reads are safe from any thread: each thread gets its own read-only
-    connection.  Writes are not: the write connection belongs to the thread
-    that opened it (``open``, or the first write after ``close_writer``), and
-    only that thread may write or close it.
+    connection.  Writes are too, one at a time: they share one write
+    connection, and a lock lets one transaction run at once.
 
     ``commits`` counts the transactions committed: with group commit it grows
     more slowly than the number of writes under concurrency.
@@ -293,33 +293,31 @@ class ArchiveIndex:
         self.commits = 0
         self._open = False
         self._writer: sqlite3.Connection | None = None
-        self._writer_thread: int | None = None
+        self._write_lock = threading.Lock()
         self._readers_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
 
     def open(self) -> None:
-        """Open or create the database; the calling thread holds the write connection."""
+        """Open or create the database and its write connection."""
         connection = self._connect_writer()
         try:
             _create_or_check_schema(connection)
         except BaseException:
             connection.close()
             raise
-        self._writer, self._writer_thread = connection, threading.get_ident()
+        self._writer = connection
         self._open = True
 
     def close_writer(self) -> None:
-        """Close the write connection, from its own thread; the next write opens another."""
-        writer = self._writer
-        if writer is None:
-            return
-        self._check_writer_thread()
-        self._writer = self._writer_thread = None
-        writer.close()
+        """Close the write connection once no transaction runs; the next write opens another."""
+        with self._write_lock:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.close()
 
     def close(self) -> None:
-        """Close every connection; the write connection must be closed or be this thread's."""
+        """Close every connection."""
         self.close_writer()
         self._open = False
         with self._readers_lock:
@@ -335,7 +333,10 @@ class ArchiveIndex:
         error; if the transaction itself fails, every write fails with it.  A
         full or failing disk is reported as the ``OSError`` it is.
         """
-        connection = self._connection()
+        with self._write_lock:
+            return self._write(self._connection(), writes)
+
+    def _write(self, connection: sqlite3.Connection, writes: Sequence[Write]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -417,20 +418,16 @@ class ArchiveIndex:
         return reader
 
     def _connection(self) -> sqlite3.Connection:
-        """The write connection, opened in this thread if there is none."""
+        """The write connection, opened if there is none; under the write lock."""
         if not self._open:
             raise IndexClosed(f"the index {self.path} is not open")
         if self._writer is None:
-            self._writer, self._writer_thread = self._connect_writer(), threading.get_ident()
-        self._check_writer_thread()
+            self._writer = self._connect_writer()
         return self._writer
 
-    def _check_writer_thread(self) -> None:
-        if self._writer_thread != threading.get_ident():
-            raise RuntimeError(f"the index {self.path} is written from another thread")
-
     def _connect_writer(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        # Any thread may write, one at a time (the write lock): sqlite3's own check is off.
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")

@@ -3,7 +3,8 @@
 `GroupCommit` and `KeyedLocks` are for the archive's threads: a store runs
 its whole filing (check, flush, move, index) in one call to a thread, and
 blocks there while it waits for a lock or for its commit, so that it never
-goes back through the reactor between its steps.  `InFlight` lives on the
+goes back through the reactor, nor hands over to another thread, between
+its steps.  `InFlight` lives on the
 reactor thread and counts the stores so that stopping can wait for them.
 """
 
@@ -14,7 +15,6 @@ import os
 import threading
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
@@ -29,31 +29,24 @@ T = TypeVar("T")
 Commit = Callable[[Sequence[W]], Sequence[Outcome]]
 """Performs writes in one transaction, blocking; an `Outcome` for each, in order."""
 
-Start = Callable[[Callable[[], None]], object]
-"""Runs a function in the thread that owns the write connection (``ThreadPool.callInThread``)."""
-
 
 class GroupCommit(Generic[W]):
-    """Writes from many threads committed in batches by one thread, one batch at a time.
+    """Writes from many threads committed in batches, one batch at a time, by the writers.
 
     ``submit`` blocks its caller until the transaction holding its write is
     committed, then answers the write's result (or raises its error).  A
-    write submitted while no commit runs starts one at once; writes submitted
-    while a commit runs wait, and all of them go into the next transaction,
-    which the committing thread starts as soon as the last one ends.  Under
+    write submitted while no commit runs is committed at once, by its own
+    thread; writes submitted while a commit runs wait, and when it ends one
+    of their threads commits all of them in the next transaction.  Under
     load the number of transactions follows what the disk can commit, not
-    the number of writes.
-
-    ``commit`` is the blocking transaction and ``start`` hands the draining
-    of the queue to the one thread that owns the connection; a ``start`` that
-    runs it at once (in the caller's thread) suits a single-threaded caller.
+    the number of writes, and no write waits for a hand-over to another
+    thread: the one that commits is one that waits anyway.
     """
 
-    def __init__(self, commit: Commit[W], start: Start) -> None:
+    def __init__(self, commit: Commit[W]) -> None:
         self._commit = commit
-        self._start = start
-        self._lock = threading.Lock()
-        self._waiting: list[tuple[W, Future[Any]]] = []
+        self._condition = threading.Condition(threading.Lock())
+        self._waiting: list[tuple[W, _Answer]] = []
         self._committing = False
 
     @property
@@ -63,33 +56,49 @@ class GroupCommit(Generic[W]):
 
     def submit(self, write: W) -> Any:
         """Blocking: queue ``write`` and wait for the commit that holds it; its result."""
-        done: Future[Any] = Future()
-        with self._lock:
-            self._waiting.append((write, done))
-            start, self._committing = not self._committing, True
-        if start:
-            self._start(self._drain)
-        return done.result()
-
-    def _drain(self) -> None:
-        """In the committing thread: commit what waits, batch after batch, until none does."""
-        while True:
-            with self._lock:
+        answer = _Answer()
+        with self._condition:
+            self._waiting.append((write, answer))
+            while not answer.ready:
+                if self._committing:
+                    self._condition.wait()
+                    continue
                 batch, self._waiting = self._waiting, []
-                if not batch:
+                self._committing = True
+                self._condition.release()
+                try:
+                    _commit_batch(self._commit, batch)
+                finally:
+                    self._condition.acquire()
                     self._committing = False
-                    return
-            try:
-                outcomes = self._commit([write for write, _done in batch])
-            except BaseException as error:  # every waiter gets it
-                for _write, done in batch:
-                    done.set_exception(error)
-                continue
-            for (_write, done), outcome in zip(batch, outcomes, strict=True):
-                if outcome.error is not None:
-                    done.set_exception(outcome.error)
-                else:
-                    done.set_result(outcome.result)
+                    self._condition.notify_all()
+        return answer.value()
+
+
+class _Answer:
+    """What one write came to, set by whichever thread committed it."""
+
+    __slots__ = ("error", "ready", "result")
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _commit_batch(commit: Commit[W], batch: list[tuple[W, _Answer]]) -> None:
+    """Commit ``batch`` in one transaction and answer each of its writes."""
+    try:
+        outcomes: Sequence[Outcome] = commit([write for write, _answer in batch])
+    except BaseException as error:  # every write of the batch gets it
+        outcomes = [Outcome(error=error)] * len(batch)
+    for (_write, answer), outcome in zip(batch, outcomes, strict=True):
+        answer.result, answer.error, answer.ready = outcome.result, outcome.error, True
 
 
 class InFlight:

@@ -19,6 +19,7 @@ lazily, from the raw elements.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ class DataSetWalker:
     def _start_collecting(self, tag: int, vr: bytes, length: int) -> None:
         if self._collected is None:
             return
-        if length > _MOST_COLLECTED or vr == b"SQ" or _is_sequence(tag, length):
+        if length > _MOST_COLLECTED or vr == b"SQ" or (not vr and _is_sequence(tag, length)):
             self._collected = None  # long, or a sequence: whoever wanted it reads the file
             return
         self._collecting = (tag, vr.decode() if vr else None, bytearray())
@@ -263,10 +264,20 @@ class DataSetWalker:
 def _is_sequence(tag: int, length: int) -> bool:
     """Implicit VR: whether ``tag`` is a sequence, as pydicom's dictionary says (an undefined
     length on an unknown element means one too, as pydicom reads it)."""
+    known = _dictionary_says_sequence(tag)
+    if known is None:
+        return length == _UNDEFINED and tag != _PIXEL_DATA
+    return known
+
+
+@functools.lru_cache(maxsize=4096)
+def _dictionary_says_sequence(tag: int) -> bool | None:
+    """Whether pydicom's dictionary gives ``tag`` the VR SQ; None for a tag it does not know.
+    Cached: every implicit VR instance asks again for the same few dozen tags."""
     try:
         return dictionary_VR(tag) == "SQ"
     except KeyError:
-        return length == _UNDEFINED and tag != _PIXEL_DATA
+        return None
 
 
 def _name(tag: int) -> str:
