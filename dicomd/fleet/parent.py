@@ -39,7 +39,6 @@ from twisted.python.failure import Failure
 
 from dicomd import app
 from dicomd.archive.handler import ArchiveHandler
-from dicomd.audit.trail import AuditTrail
 from dicomd.config import Config
 from dicomd.fleet.admission import Admissions, AdmissionServer, DestinationTurns
 from dicomd.fleet.child import CONTROL_FD, LISTENING_FD, pickled
@@ -114,15 +113,16 @@ class _Worker(ProcessProtocol):
 class WorkerPool(Service):
     """Starts, watches and stops the node's worker processes.
 
-    It holds the node's audit trail, which records the node's start before
-    the first worker starts and its stop once the last has ended, after
-    every record of theirs (siblings in a ``MultiService`` stop all at once).
+    It holds the node's audit trail (`dicomd.app.audit_trail`, a service to it),
+    which records the node's start before the first worker starts and its stop
+    once the last has ended, after every record of theirs (siblings in a
+    ``MultiService`` stop all at once).
     """
 
     log = Logger(namespace="dicomd.fleet")
 
     def __init__(
-        self, config: Config, reactor: Any, plugins: Sequence[object], trail: AuditTrail
+        self, config: Config, reactor: Any, plugins: Sequence[object], trail: Service
     ) -> None:
         self.config = config
         self.reactor = reactor
