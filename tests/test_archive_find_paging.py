@@ -1,5 +1,6 @@
 """A C-FIND's matches read from the archive index a page at a time (`FindPages`): the pages,
-the query's own connection and when it closes, and the snapshot a read holds and lets go.
+the connection of its own a query reads on and when it is handed back, and the snapshot a read
+holds and lets go.
 
 How the archive serves these pages on the reactor is in test_archive_service.py.
 """
@@ -28,7 +29,7 @@ from twisted.trial import unittest
 from dicomd.archive import ArchiveHandler
 from dicomd.archive.index import ArchiveIndex
 from dicomd.archive.matches import NotRunning, PagedMatches
-from dicomd.archive.query import ArchiveQuery, FindPages
+from dicomd.archive.query import IDLE_READERS, ArchiveQuery, FindPages
 from dicomd.dimse.datasets import decode_dataset
 from dicomd.interfaces import FindQuery
 from dicomd.node.services.answers import AnswerForm
@@ -128,13 +129,17 @@ def test_more_matches_than_a_page_come_a_page_at_a_time_as_find_has_them(
     assert (pages.done, pages.read, pages.snapshots) == (True, LARGE.instances, 1)
     assert pages.page() == []
     [connection] = connections.opened
-    assert not is_closed(connection)  # the read is over; the connection goes with close
+    assert query.idle_connections == 0  # the read is over; close hands the connection back
     pages.close()
-    assert is_closed(connection)
+    assert (query.idle_connections, is_closed(connection)) == (1, False)
+    query.close()
     whole.close()
+    assert is_closed(connection)
 
 
-def test_closing_before_the_last_page_closes_the_query_s_connection(index: ArchiveIndex) -> None:
+def test_closing_before_the_last_page_ends_the_read_and_keeps_its_connection_for_the_next(
+    index: ArchiveIndex,
+) -> None:
     connections = Connections(index)
     query = ArchiveQuery(connections, page_rows=PAGE)
     pages = query.pages(every_image())
@@ -144,10 +149,28 @@ def test_closing_before_the_last_page_closes_the_query_s_connection(index: Archi
     pages.close()
 
     [connection] = connections.opened
-    assert is_closed(connection)
+    assert not connection.in_transaction  # no snapshot held
+    assert query.idle_connections == 1
     with pytest.raises(sqlite3.ProgrammingError):
         pages.page()
     assert pages.read == PAGE
+    again = query.pages(every_image())
+    assert len(again.page()) == PAGE
+    assert (connections.opened, query.idle_connections) == ([connection], 0)
+    query.close()
+    assert is_closed(connection)
+
+
+def test_an_engine_keeps_a_few_connections_of_ended_reads(index: ArchiveIndex) -> None:
+    connections = Connections(index)
+    query = ArchiveQuery(connections, page_rows=PAGE)
+    reads = [query.pages(every_image()) for _ in range(IDLE_READERS + 2)]
+    for pages in reads:
+        pages.close()
+    assert query.idle_connections == IDLE_READERS
+    assert sum(is_closed(connection) for connection in connections.opened) == 2
+    query.close()
+    assert all(is_closed(connection) for connection in connections.opened)
 
 
 def test_each_query_reads_on_a_connection_of_its_own_closed_with_the_engine(
@@ -323,6 +346,15 @@ class PagedMatchesTests(unittest.TestCase):
         """The first connection the archive opened: the first find's own."""
         return self.connections.opened[0]
 
+    def read_ended(self) -> bool:
+        """Whether the first find's read has ended: no statement, no snapshot, and its
+        connection kept for the next query."""
+        return (
+            self.query.opened[0].closed
+            and not self.connection().in_transaction
+            and self.query.idle_connections == 1
+        )
+
     @inlineCallbacks
     def test_the_next_page_is_read_while_one_is_taken_and_no_more(self):
         matches = yield self.handler.find(in_series())
@@ -335,7 +367,7 @@ class PagedMatchesTests(unittest.TestCase):
         rest = yield ensureDeferred(take(matches))
 
         self.assertEqual(uids(first + rest), self.expected)
-        self.assertTrue(is_closed(self.connection()))  # at the last page, without aclose
+        self.assertTrue(self.read_ended())  # at the last page, without aclose
 
     @inlineCallbacks
     def test_encoded_matches_are_the_encoder_s_answers_made_as_pages_are_read(self):
@@ -348,7 +380,7 @@ class PagedMatchesTests(unittest.TestCase):
         answers = [decode_dataset(answer, EXPLICIT_VR_LITTLE_ENDIAN) for answer in encoded]
         self.assertEqual([answer.SOPInstanceUID for answer in answers], self.expected)
         self.assertEqual(answers[0].SeriesInstanceUID, SERIES_UID)
-        self.assertTrue(is_closed(self.connection()))
+        self.assertTrue(self.read_ended())
 
     @inlineCallbacks
     def test_matches_being_read_cannot_be_read_encoded_too(self):
@@ -365,20 +397,19 @@ class PagedMatchesTests(unittest.TestCase):
         return FindQuery(identifier, STUDY_ROOT_FIND, "IMAGE", "MOVESCU", "DICOMD", "127.0.0.1")
 
     @inlineCallbacks
-    def test_aclose_half_way_closes_the_query_s_connection(self):
+    def test_aclose_half_way_ends_the_query_s_read(self):
         matches = yield self.handler.find(in_series())
         taken = yield ensureDeferred(take(matches, PAGE + 1))
 
         yield ensureDeferred(matches.aclose())
 
         self.assertEqual(uids(taken), self.expected[: PAGE + 1])
-        self.assertTrue(matches.pages.closed)
-        self.assertTrue(is_closed(self.connection()))
+        self.assertTrue(self.read_ended())
         self.assertLess(matches.pages.read, SERIES.instances)
         self.assertEqual((yield ensureDeferred(take(matches))), [])
 
     @inlineCallbacks
-    def test_a_peer_that_cancels_half_way_has_the_query_s_connection_closed(self):
+    def test_a_peer_that_cancels_half_way_has_the_query_s_read_ended(self):
         node = MemoryNode([self.handler], storage_path=self.folder / "node")
         association = node.associate([STUDY_ROOT_FIND, VERIFICATION])
         seen: list[Dataset] = []
@@ -396,7 +427,7 @@ class PagedMatchesTests(unittest.TestCase):
         yield pumped_until(node, lambda: bool(outcome) and self.query.opened[0].closed)
 
         self.assertTrue(outcome[0].check(CancelledError))
-        self.assertTrue(is_closed(self.connection()))
+        self.assertTrue(self.read_ended())
         self.assertEqual(uids(seen), self.expected[: len(seen)])
         self.assertLess(len(seen), SERIES.instances)
         echoed = association.echo()

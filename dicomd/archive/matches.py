@@ -101,8 +101,8 @@ class PagedMatches:
         return self._matches.popleft()
 
     async def aclose(self) -> None:
-        """End the read: drop the matches not taken, close the query's cursor and
-        connection once any page being read is read.  Never fails."""
+        """End the read: drop the matches not taken, end the query's statement and
+        hand its connection back once any page being read is read.  Never fails."""
         if self._closed:
             return
         self._closed = True
@@ -154,7 +154,7 @@ class PagedMatches:
 
 
 def _read_and_close_when_done(pages: FindPages, encoder: IAnswerEncoder | None) -> list[Match]:
-    """Blocking: the next page; the query's connection goes as soon as the last is read."""
+    """Blocking: the next page; the query hands its connection back as soon as the last is read."""
     page = pages.page(encoder)
     if pages.done:
         pages.close()
