@@ -103,7 +103,7 @@ Part 10 files sent.  Peak RSS = the receiver's process tree (sum of VmRSS sample
 50 ms, or the server's own VmHWM), highest of the runs; forked dcmtk workers share pages,
 so their sum overstates.  rx CPU = the receiver's user + system CPU seconds in the run."""
 
-DICOMD_SETTINGS: Final = {"limits": {"max_associations": 64}, "plugins": [{"plugin": "archive"}]}
+DICOMD_SETTINGS: Final = {"limits": {"max_associations": 64}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +122,11 @@ class Receiver:
     command: Callable[[int, Path, Path], tuple[list[str], dict[str, str]]]
 
 
-DICOMD_WORKERS: dict[str, int] = {"workers": os.cpu_count() or 1}
-"""Set from --workers before any run."""
+DICOMD_WORKERS: dict[str, object] = {
+    "workers": os.cpu_count() or 1,
+    "plugins": [{"plugin": "archive"}],
+}
+"""Set from --workers and --flush before any run."""
 
 
 def _dicomd(port: int, storage: Path, work: Path) -> tuple[list[str], dict[str, str]]:
@@ -212,6 +215,8 @@ RECEIVERS: Final = (
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parse(argv)
     DICOMD_WORKERS["workers"] = arguments.workers
+    if arguments.flush is not None:
+        DICOMD_WORKERS["plugins"] = [{"plugin": "archive", "options": {"flush": arguments.flush}}]
     exit_on_sigterm()
     sets = QUICK_SETS if arguments.quick else FULL_SETS
     receivers = [receiver for receiver in RECEIVERS if receiver.name in arguments.only]
@@ -286,6 +291,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=os.cpu_count() or 1,
         help="dicomd's worker processes (default: the number of cores, %(default)s)",
+    )
+    parser.add_argument(
+        "--flush",
+        choices=("files", "filesystem"),
+        help="the archive's flush option: fdatasync each file and fsync each folder, or one"
+        " syncfs for every store that waits (default: the archive's own, files)",
     )
     arguments = parser.parse_args(argv)
     check_throughput_arguments(parser, arguments, names, "receiver")
