@@ -80,6 +80,16 @@ def test_help_loads_neither_pydicom_nor_twisted(capsys: pytest.CaptureFixture[st
     assert "echo" in capsys.readouterr().out
 
 
+def test_every_command_but_scp_runs_without_numpy() -> None:
+    """pydicom loads numpy when it can; only the node decodes pixel data, so the other
+    commands mark it absent before anything loads pydicom."""
+    for command, without_numpy in (("user", True), ("scp", False)):
+        with fresh_cli() as (cli, _refuser):
+            with pytest.raises(SystemExit):
+                cli.main([command, "--help"])
+            assert ("numpy" in sys.modules and sys.modules["numpy"] is None) is without_numpy
+
+
 def test_the_scp_command_line_is_parsed_without_loading_what_runs_the_node() -> None:
     with fresh_cli() as (cli, refuser):
         arguments = cli.build_parser(complete={"scp"}).parse_args(["scp", "--port", "8104"])

@@ -32,7 +32,6 @@ from dicomd.cli.network import (
     explain_failure,
     run,
 )
-from dicomd.cli.optional import leave_out
 from dicomd.cli.output import error_line, uid_name
 from dicomd.cli.progress import Progress, rates
 from dicomd.client import AssociationAborted, DimseTimeout, NoAcceptedContext
@@ -85,9 +84,6 @@ def add_parser(subparsers: Any, command: str, summary: str) -> None:
 
 
 def main(arguments: argparse.Namespace) -> int:
-    # Files go as they are, or converted between uncompressed syntaxes: pydicom does that
-    # without numpy, which it would otherwise load (part10 loads pydicom in find_instances).
-    leave_out("numpy", unless_loaded=("pydicom",))
     return run(COMMAND, arguments, lambda reactor: store(reactor, arguments))
 
 
@@ -111,7 +107,7 @@ class Instance:
 
 def propose_for(instances: Iterable[Instance]) -> tuple[PresentationContextRQ, ...]:
     """One context for each SOP class and transfer syntax among ``instances``."""
-    from dicomd.client import storage_contexts  # the C-STORE path: after `leave_out` in `main`
+    from dicomd.client import storage_contexts  # pydicom: not for ``dicomd store --help``
 
     return storage_contexts(instance.kind for instance in instances)
 

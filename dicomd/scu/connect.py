@@ -135,7 +135,8 @@ def associate(
     `DNSLookupError` from `twisted.internet.error`); after that, the failure
     is `AssociationRejected`, `AssociationAborted` or `AssociationTimeout`.
     """
-    # Twisted's endpoints load pyOpenSSL when it is installed: only a connection pays for them.
+    # Imported here, not with the module: Twisted's endpoints load pyOpenSSL whenever it is
+    # installed, and a program that makes no TLS connection may leave it out until now.
     from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 
     protocol, association = requestor_protocol(reactor, settings, contexts, scp_roles)  # type: ignore[arg-type]
