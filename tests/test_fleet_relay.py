@@ -30,6 +30,12 @@ def test_each_line_keeps_the_level_its_event_has() -> None:
     ]
 
 
+def test_an_event_without_a_level_is_relayed_at_info() -> None:
+    assert relayed((1, b"- [-] DicomServerFactory starting on 11112\n")) == [
+        (LogLevel.info, "worker 2: [-] DicomServerFactory starting on 11112")
+    ]
+
+
 def test_a_level_in_what_a_peer_chose_is_only_text() -> None:
     said = relayed(
         (1, b"- [dicomd.node.acceptor.Acceptor#info] association requested by #critical] \n"),

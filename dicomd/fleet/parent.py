@@ -97,9 +97,9 @@ class _Worker(ProcessProtocol):
         event = _EVENT.match(line)
         if event is not None:
             self._level = _LEVELS[event.group(1)]
-            line = line.removeprefix("- ")
         elif not line.startswith("\t"):
-            self._level = LogLevel.info  # not the log observer's: a crash's last words
+            self._level = LogLevel.info  # an event without a level, or a crash's last words
+        line = line.removeprefix("- ")
         self.log.emit(self._level, "worker {number}: {line}", number=self.number, line=line)
 
     def processEnded(self, reason: Failure) -> None:
