@@ -208,3 +208,27 @@ def test_values_only_pydicom_can_encode_are_refused(value: object) -> None:
     form = AnswerForm(study_query(), "DICOMD", uids.EXPLICIT_VR_LITTLE_ENDIAN)
     assert form.encodes_values
     assert form.encode({"PatientName": value}) is None
+
+
+def test_sequence_items_hold_the_keys_asked_inside_them_or_come_whole() -> None:
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = "1.2.840.1", "1.2.3.4"
+    match = Dataset()
+    match.ReferencedStudySequence = Sequence([item])
+    match.ReferencedSeriesSequence = Sequence([item])
+    match.ReferencedImageSequence = Sequence([item])
+    query = study_query()
+    asked = Dataset()
+    asked.ReferencedSOPInstanceUID = ""
+    only_the_service_s = Dataset()
+    only_the_service_s.SpecificCharacterSet = "ISO_IR 100"
+    query.identifier.ReferencedStudySequence = Sequence([asked])
+    query.identifier.ReferencedSeriesSequence = Sequence([])
+    query.identifier.ReferencedImageSequence = Sequence([only_the_service_s])
+
+    answer = AnswerForm(query, "DICOMD", uids.EXPLICIT_VR_LITTLE_ENDIAN).shape(match)
+
+    [studies] = answer.ReferencedStudySequence
+    assert [(e.keyword, e.value) for e in studies] == [("ReferencedSOPInstanceUID", "1.2.3.4")]
+    assert list(answer.ReferencedSeriesSequence) == [item]
+    assert [len(shaped) for shaped in answer.ReferencedImageSequence] == [0]

@@ -119,7 +119,7 @@ def _shaped(keys: tuple[_Key, ...], match: Dataset) -> Dataset:
         found = match.get(key.tag)
         if key.vr == "SQ":
             items = found.value if found is not None and found.VR == "SQ" else []
-            shaped = [_shaped(key.items, item) if key.items else item for item in items]
+            shaped = [item if key.items is None else _shaped(key.items, item) for item in items]
             answer.add(DataElement(key.tag, "SQ", DicomSequence(shaped)))
         elif found is not None:
             answer.add(found)
