@@ -43,6 +43,8 @@ HANDSHAKE_DEADLINE: Final = 10.0
 made again later): records written before it would wait in the TLS layer, unbounded."""
 FIRST_RESOLVE_RETRY: Final = 1.0
 LONGEST_RESOLVE_RETRY: Final = 60.0
+FIRST_CONNECT_RETRY: Final = 1.0
+LONGEST_CONNECT_RETRY: Final = 60.0
 STOP_DEADLINE: Final = 5.0
 """Seconds stopping waits for the collector to take what was sent before it aborts."""
 
@@ -143,6 +145,7 @@ class _Sender(Protocol):
     factory: _SenderFactory
 
     def connectionMade(self) -> None:
+        self.handshaken = False
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._deadline = self.factory.reactor.callLater(
             HANDSHAKE_DEADLINE,
@@ -151,6 +154,7 @@ class _Sender(Protocol):
         self.factory.sink.connected(self)
 
     def handshakeCompleted(self) -> None:
+        self.handshaken = True
         self._deadline.cancel()
         self.factory.sink.ready(self)
 
@@ -158,19 +162,21 @@ class _Sender(Protocol):
         self.factory.sink.paused(self)
 
     def resumeProducing(self) -> None:
-        self.factory.sink.ready(self)
+        if self.handshaken:
+            self.factory.sink.ready(self)
 
     def stopProducing(self) -> None:
         """The connection ends: `connectionLost` follows."""
 
-    def connectionLost(self, reason: object = None) -> None:
+    def connectionLost(self, reason: Any = None) -> None:
         if self._deadline.active():
             self._deadline.cancel()
-        self.factory.sink.lost(self)
+        self.factory.sink.lost(self, None if self.handshaken else reason)
 
 
 class _SenderFactory(Factory):
     protocol = _Sender
+    noisy = False  # each attempt is no news; the sink says when the collector is not there
 
     def __init__(self, sink: TLSSyslog, reactor: Any) -> None:
         self.sink, self.reactor = sink, reactor
@@ -197,7 +203,19 @@ class TLSSyslog:
             options,
             endpoints.HostnameEndpoint(reactor, host.encode("idna"), port),
         )
-        self._service = ClientService(endpoint, _SenderFactory(self, reactor))
+        self._failures = 0
+        """Connections lost before their handshake since the last that went through: TCP
+        connected, so the service counts no failed attempt, and would try again in a second
+        or two for ever."""
+        self._service = ClientService(
+            endpoint, _SenderFactory(self, reactor), retryPolicy=self._retry_delay
+        )
+
+    def _retry_delay(self, failed_attempts: int) -> float:
+        """1, 2, 4... up to `LONGEST_CONNECT_RETRY` seconds, counting connections that failed
+        and handshakes that did."""
+        exponent = min(max(failed_attempts - 1, self._failures), 16)
+        return min(FIRST_CONNECT_RETRY * 2**exponent, LONGEST_CONNECT_RETRY)
 
     def start(self) -> None:
         self._service.startService()
@@ -209,6 +227,9 @@ class TLSSyslog:
         """The handshake is done, or the collector read enough: send what waits."""
         if sender is not self._connection:
             return
+        if self._failures:
+            self.backlog.log.info("audit collector {what} connected", what=self.backlog.what)
+            self._failures = 0
         self._ready = sender
         for message in self.backlog.take():
             sender.transport.write(octet_counted(message))  # type: ignore[union-attr]
@@ -218,10 +239,22 @@ class TLSSyslog:
         if self._ready is sender:
             self._ready = None
 
-    def lost(self, sender: _Sender) -> None:
+    def lost(self, sender: _Sender, before_handshake: Any) -> None:
+        """The connection ended; ``before_handshake`` is why, when it ended before its
+        handshake was through (an untrusted certificate, a collector that is no TLS server):
+        the first such reason in a row goes to the log."""
         if self._connection is sender:
             self._connection = None
         self.paused(sender)
+        if before_handshake is not None:
+            if not self._failures:
+                self.backlog.log.warn(
+                    "audit collector {what}: no TLS connection ({problem}); its records wait"
+                    " and it is tried again, later each time",
+                    what=self.backlog.what,
+                    problem=before_handshake.getErrorMessage(),
+                )
+            self._failures += 1
 
     def write(self, record: bytes, time: float) -> None:
         message = self.header.message(record, time)

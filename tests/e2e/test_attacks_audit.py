@@ -42,9 +42,10 @@ from tests.support.audit import records_in, summary
 from tests.support.certificates import Authority
 from tests.support.daemons import log_lines_with, run_dicomd
 from tests.support.datasets import ct_dataset
+from tests.support.dcmtk import run_echoscu
 from tests.support.processes import LOCALHOST, status_kib
 from tests.support.raw_peer import RawPeer, find_command, store_command
-from tests.support.syslog import UDPCollector
+from tests.support.syslog import TLSCollector, UDPCollector
 
 VERIFICATION = "1.2.840.10008.1.1"
 MOST_RECORD = 32 * 1024
@@ -340,3 +341,34 @@ def test_a_move_naming_80_000_studies_is_recorded_in_bounded_work(start_dicomd, 
     assert len(moves) <= 4
     assert worst_stall_ms(daemon) < 100, daemon.log_text()[-2000:]
     assert "Traceback" not in daemon.log_text()
+
+
+def test_a_collector_whose_certificate_is_not_trusted_is_one_line_and_retried_later_each_time(
+    start_dicomd, collector_pki, tmp_path
+):
+    authority, _ = collector_pki
+    impostor = Authority(tmp_path, "impostor").issue("audit", server=True)
+    collector = TLSCollector(impostor.certificate, impostor.private_key, authority.path)
+    try:
+        daemon = start_dicomd(
+            workers=1,
+            audit={
+                "syslog": f"tls://{LOCALHOST}:{collector.port}",
+                "ca_certificates": str(authority.path),
+            },
+        )
+        for _ in range(3):
+            assert run_echoscu(daemon).returncode == 0
+        time.sleep(8)
+        daemon.stop()
+    finally:
+        collector.close()
+    assert not collector.messages
+    log = daemon.log_text()
+    (refused,) = log_lines_with(log, "audit collector", "no TLS connection")
+    assert "certificate verify failed" in refused
+    assert len(log_lines_with(log, "Scheduling retry")) <= 4  # after 2, 4 and 8 s
+    assert not log_lines_with(log, "Starting factory <dicomd.audit")
+    (counted,) = log_lines_with(log, "audit records to tls://", "were dropped")
+    assert counted.split("] ")[1].startswith("8 audit records")  # start, 3 logins and logouts, stop
+    assert "Traceback" not in log
