@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -475,3 +476,37 @@ def test_a_collector_whose_name_does_not_resolve_yet_is_asked_for_again_later() 
     assert len(logged) == 1 and "cannot be resolved" in formatEvent(logged[0])
     sink.stop()
     assert not reactor.getDelayedCalls()
+
+
+def held_while_storing(node: MemoryNode, instances: list[Dataset]) -> int:
+    """The bytes allocated, and still held, while one association stores ``instances``."""
+    scanner = node.associate([CTImageStorage], calling_ae_title="CT01")
+    tracemalloc.start()
+    try:
+        for dataset in instances:
+            assert node.result(scanner.store(dataset)).status == 0
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    node.result(scanner.release())
+    return held
+
+
+def test_what_an_open_association_keeps_for_its_records_is_cut_short(tmp_path: Path) -> None:
+    """Until its records are written, an association keeps the patient and study of up to
+    256 groups of instances: a peer's 60 000-character values are kept cut, as the records
+    will hold them (100 instances kept 12 MB of them; 256 would keep 30, in each association)."""
+    instances = []
+    for number in range(100):
+        dataset = ct_dataset(generate_uid(), generate_uid(), 1)
+        dataset.PatientID = f"{number:05}" + "I" * 60_000
+        dataset.PatientName = f"{number:05}" + "N" * 60_000
+        instances.append(dataset)
+    audited, _, path = audited_node(tmp_path)
+    unaudited = MemoryNode([Accept()], config=audited.config, clock=Clock())
+    # first without audit: the client keeps what it encodes (pydicom's PersonName does)
+    baseline = held_while_storing(unaudited, instances)
+    assert held_while_storing(audited, instances) - baseline < 1024 * 1024
+    stored = [record for record in records_in(path) if record.event_id == "110104"]
+    assert len(stored) == 100
+    assert all(len(record.object_ids("2")[0]) == MOST_CHARACTERS for record in stored)

@@ -230,10 +230,15 @@ _NOT_ON_ONE_LINE = re.compile(
 reader may take for the end of a line (C1 controls with NEL, U+2028, U+2029)."""
 
 
+def cut(value: str) -> str:
+    """``value`` as a record holds it: past `MOST_CHARACTERS` it is cut, and its last
+    character (U+2026) says so.  What a node keeps for a record to come, it keeps cut."""
+    if len(value) <= MOST_CHARACTERS:
+        return value
+    return value[: MOST_CHARACTERS - 1] + "\u2026"
+
+
 def _text(value: str) -> str:
     """A value as one line of XML 1.0 may carry it, whatever a peer made of it: characters
-    it cannot carry become U+FFFD, and a value longer than `MOST_CHARACTERS` is cut, with a
-    last character that says so (U+2026)."""
-    if len(value) > MOST_CHARACTERS:
-        value = value[: MOST_CHARACTERS - 1] + "\u2026"
-    return _NOT_ON_ONE_LINE.sub("\ufffd", value)
+    it cannot carry become U+FFFD, and a long one is `cut`."""
+    return _NOT_ON_ONE_LINE.sub("\ufffd", cut(value))

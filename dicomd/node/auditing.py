@@ -35,7 +35,7 @@ from dicomd.audit.events import (
     security_alert,
     user_authentication,
 )
-from dicomd.audit.messages import DESTINATION, SOURCE
+from dicomd.audit.messages import DESTINATION, SOURCE, cut
 from dicomd.audit.trail import AuditTrail
 from dicomd.dimse.association import Request
 from dicomd.dimse.command import CommandField
@@ -165,7 +165,7 @@ class AssociationAudit:
         command = request.command
         attributes = _attributes(request.data)
         patient = _patient(attributes) if attributes is not None else None
-        study = str(_read(attributes, "StudyInstanceUID") or "") if attributes is not None else ""
+        study = _text_of(attributes, "StudyInstanceUID") if attributes is not None else ""
         key: _StoreKey = (
             patient.patient_id if patient else "",
             patient.name if patient else None,
@@ -234,13 +234,19 @@ def _values(dataset: Dataset, keyword: str) -> list[str]:
     value = _read(dataset, keyword)
     if value is None or value == "":
         return []
-    return [str(value)] if isinstance(value, str) else [str(item) for item in value]
+    return [cut(str(value))] if isinstance(value, str) else [cut(str(item)) for item in value]
+
+
+def _text_of(dataset: Dataset, keyword: str) -> str:
+    """A value as the records to come hold it: an association keeps up to 256 groups of
+    them, and a peer's may be 64 KiB long."""
+    return cut(str(_read(dataset, keyword) or ""))
 
 
 def _patient(dataset: Dataset) -> Patient | None:
     """The patient a data set names, or None when it names none."""
-    patient_id = str(_read(dataset, "PatientID") or "")
-    name = str(_read(dataset, "PatientName") or "") or None
+    patient_id = _text_of(dataset, "PatientID")
+    name = _text_of(dataset, "PatientName") or None
     if not patient_id and name is None:
         return None
     return Patient(patient_id, name)
