@@ -2,9 +2,11 @@
 
 The service owns everything the network side of C-FIND needs whatever the
 source of the matches: decoding the identifier, picking the handler for the
-information model, shaping each match to exactly the requested keys,
-choosing the character set of the answer, pacing a long result so that
-C-CANCEL and other associations get their turn, and the statuses.
+information model, shaping each match to exactly the requested keys and
+choosing the character set of the answer (`AnswerForm`, in answers.py),
+pacing a long result so that C-CANCEL and other associations get their
+turn, and the statuses.  Matches that provide ``IEncodedMatches`` (the
+archive's) are handed the query's `AnswerForm` and come already encoded.
 """
 
 from __future__ import annotations
