@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -293,4 +294,55 @@ def test_limits_hold_exactly_across_workers_when_everyone_asks_at_once(start_dic
         finally:
             release(same_ae)
         time.sleep(0.5)  # every Leave has reached the parent
+    assert "Traceback" not in daemon.log_text()
+
+
+def parent_end_of_control(parent: int, worker: int) -> int:
+    """The parent's descriptor of its control connection to ``worker`` (from ``ss``)."""
+    listed = subprocess.run(["ss", "-xpn"], capture_output=True, text=True, check=True).stdout
+    sockets = {
+        int(inode): (int(peer), int(pid), int(fd))
+        for inode, peer, pid, fd in re.findall(
+            r"\s(\d+)\s+\*\s+(\d+)\s+users:\(\(\"[^\"]+\",pid=(\d+),fd=(\d+)\)", listed
+        )
+    }
+    (descriptor,) = [
+        sockets[peer][2]
+        for peer, pid, _ in sockets.values()
+        if pid == worker and peer in sockets and sockets[peer][1] == parent
+    ]
+    return descriptor
+
+
+def test_a_control_connection_cut_at_the_parent_ends_its_worker_and_frees_its_places(
+    start_dicomd,
+):
+    daemon = start_dicomd(workers=2, limits={"max_associations": 6})
+    held = hold(daemon, 6)
+    assert all(a.is_established for a in held)
+    log = daemon.wait_for_log(lambda text: text.count("association accepted") >= 6)
+    placed = [(a, worker_serving(log, local_port(a))) for a in held]
+    victim = placed[0][1]
+    pid = int(dict(re.findall(r"worker (\d+) started \(pid (\d+)\)", log))[victim])
+    descriptor = parent_end_of_control(daemon.pid, pid)
+    cut = subprocess.run(
+        ["gdb", "-p", str(daemon.pid), "-batch", "-ex", f"call (int)shutdown({descriptor}, 2)"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "= 0" in cut.stdout, cut.stdout + cut.stderr
+
+    survivors = [a for a, number in placed if number != victim]
+    lost = [a for a, number in placed if number == victim]
+    try:
+        assert wait_until(lambda: is_gone(pid), 10)  # the worker ends with its connection
+        assert wait_until(lambda: not any(a.is_established for a in lost), 10)
+        for association in survivors:
+            assert association.send_c_echo().Status == 0
+        assert wait_until(lambda: len(workers_of(daemon)) == 2, 20)
+        again = hold(daemon, len(lost))  # the parent forgot what the worker held, no more
+        assert all(a.is_established for a in again), daemon.log_text()[-2000:]
+        assert run_echoscu(daemon).returncode != 0
+        release(again)
+    finally:
+        release(survivors)
     assert "Traceback" not in daemon.log_text()
