@@ -101,32 +101,46 @@ def worker_serving(log: str, port: int) -> str:
     return number
 
 
-def test_a_worker_killed_under_load_takes_only_its_own_associations(start_dicomd):
-    daemon = start_dicomd(workers=2, limits={"max_associations": 8})
-    held = hold(daemon, 8)
-    assert all(a.is_established for a in held)
-    log = daemon.wait_for_log(lambda text: text.count("association accepted") >= 8)
-    placed = [(a, worker_serving(log, local_port(a))) for a in held]
-    victim_number = placed[0][1]
-    pids = dict(re.findall(r"worker (\d+) started \(pid (\d+)\)", log))
-    os.kill(int(pids[victim_number]), signal.SIGKILL)
-    daemon.wait_for_log(lambda text: f"worker {victim_number} ended (signal 9)" in text)
+class HeldAcrossWorkers:
+    """As many associations as ``max_associations`` allows, and the worker serving each."""
 
-    survivors = [a for a, number in placed if number != victim_number]
-    lost = [a for a, number in placed if number == victim_number]
-    try:
-        for association in survivors:
-            assert association.send_c_echo().Status == 0
-        assert wait_until(lambda: not any(a.is_established for a in lost), 10)
-        assert wait_until(lambda: len(workers_of(daemon)) == 2, 20)
-        # the dead worker's places are free again, and no more than those
-        again = hold(daemon, len(lost))
-        assert all(a.is_established for a in again), daemon.log_text()[-2000:]
-        assert run_echoscu(daemon).returncode != 0
-        release(again)
-    finally:
-        release(survivors)
-    assert "Traceback" not in daemon.log_text()
+    def __init__(self, daemon) -> None:
+        self.daemon = daemon
+        count = daemon.config["limits"]["max_associations"]
+        held = hold(daemon, count)
+        assert all(a.is_established for a in held)
+        log = daemon.wait_for_log(lambda text: text.count("association accepted") >= count)
+        self.placed = [(a, worker_serving(log, local_port(a))) for a in held]
+        self.victim = self.placed[0][1]
+        """The worker of the first association: the one a test takes away."""
+        self.victim_pid = int(
+            dict(re.findall(r"worker (\d+) started \(pid (\d+)\)", log))[self.victim]
+        )
+
+    def check_only_the_victims_are_lost(self) -> None:
+        """The victim's associations end, the others' answer C-ECHO, the victim is replaced,
+        and the parent frees its places and no more."""
+        survivors = [a for a, number in self.placed if number != self.victim]
+        lost = [a for a, number in self.placed if number == self.victim]
+        try:
+            for association in survivors:
+                assert association.send_c_echo().Status == 0
+            assert wait_until(lambda: not any(a.is_established for a in lost), 10)
+            assert wait_until(lambda: len(workers_of(self.daemon)) == 2, 20)
+            again = hold(self.daemon, len(lost))
+            assert all(a.is_established for a in again), self.daemon.log_text()[-2000:]
+            assert run_echoscu(self.daemon).returncode != 0
+            release(again)
+        finally:
+            release(survivors)
+        assert "Traceback" not in self.daemon.log_text()
+
+
+def test_a_worker_killed_under_load_takes_only_its_own_associations(start_dicomd):
+    held = HeldAcrossWorkers(start_dicomd(workers=2, limits={"max_associations": 8}))
+    os.kill(held.victim_pid, signal.SIGKILL)
+    held.daemon.wait_for_log(lambda text: f"worker {held.victim} ended (signal 9)" in text)
+    held.check_only_the_victims_are_lost()
 
 
 def kill_worker_one(daemon, deaths: int) -> float:
@@ -317,32 +331,13 @@ def parent_end_of_control(parent: int, worker: int) -> int:
 def test_a_control_connection_cut_at_the_parent_ends_its_worker_and_frees_its_places(
     start_dicomd,
 ):
-    daemon = start_dicomd(workers=2, limits={"max_associations": 6})
-    held = hold(daemon, 6)
-    assert all(a.is_established for a in held)
-    log = daemon.wait_for_log(lambda text: text.count("association accepted") >= 6)
-    placed = [(a, worker_serving(log, local_port(a))) for a in held]
-    victim = placed[0][1]
-    pid = int(dict(re.findall(r"worker (\d+) started \(pid (\d+)\)", log))[victim])
-    descriptor = parent_end_of_control(daemon.pid, pid)
+    held = HeldAcrossWorkers(start_dicomd(workers=2, limits={"max_associations": 6}))
+    parent = held.daemon.pid
+    descriptor = parent_end_of_control(parent, held.victim_pid)
     cut = subprocess.run(
-        ["gdb", "-p", str(daemon.pid), "-batch", "-ex", f"call (int)shutdown({descriptor}, 2)"],
+        ["gdb", "-p", str(parent), "-batch", "-ex", f"call (int)shutdown({descriptor}, 2)"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert "= 0" in cut.stdout, cut.stdout + cut.stderr
-
-    survivors = [a for a, number in placed if number != victim]
-    lost = [a for a, number in placed if number == victim]
-    try:
-        assert wait_until(lambda: is_gone(pid), 10)  # the worker ends with its connection
-        assert wait_until(lambda: not any(a.is_established for a in lost), 10)
-        for association in survivors:
-            assert association.send_c_echo().Status == 0
-        assert wait_until(lambda: len(workers_of(daemon)) == 2, 20)
-        again = hold(daemon, len(lost))  # the parent forgot what the worker held, no more
-        assert all(a.is_established for a in again), daemon.log_text()[-2000:]
-        assert run_echoscu(daemon).returncode != 0
-        release(again)
-    finally:
-        release(survivors)
-    assert "Traceback" not in daemon.log_text()
+    assert wait_until(lambda: is_gone(held.victim_pid), 10)  # it ends with its connection
+    held.check_only_the_victims_are_lost()
