@@ -3,10 +3,12 @@ it over AMP (connected in memory with iosim)."""
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test.iosim import connectedServerAndClient
 
 from dicomd.fleet.admission import (
+    ADMIT_DEADLINE,
     Admissions,
     AdmissionServer,
     DestinationTurns,
@@ -46,12 +48,12 @@ def request(host: str, port: int, calling: str = "CT01") -> AssociationRequest:
     return AssociationRequest("DICOMD", calling, host, port, (), None, None, None)
 
 
-def connected_worker(book: Admissions, number: int):
+def connected_worker(book: Admissions, number: int, clock: Clock | None = None):
     worker = amp.AMP()
     server, _client, pump = connectedServerAndClient(
         lambda: AdmissionServer(book, DestinationTurns(), number), lambda: worker
     )
-    return SharedLimit(worker), pump, server
+    return SharedLimit(worker, clock or Clock()), pump, server
 
 
 def answer(limit: SharedLimit, pump, asked: AssociationRequest):
@@ -158,3 +160,17 @@ def test_a_worker_that_ends_gives_back_its_turns_and_those_it_waited_for() -> No
 
     assert waiting.called
     assert turns.held("VIEWER") == 1  # the third's, and nothing left for the dead ones
+
+
+def test_a_parent_that_does_not_decide_in_time_admits_nothing_even_later() -> None:
+    book = Admissions(LIMITS)
+    clock = Clock()
+    limit, pump, _ = connected_worker(book, 1, clock)
+    deciding = limit.validate(request("10.0.0.1", 40001))  # the parent is stalled: no pump
+    clock.advance(ADMIT_DEADLINE)
+    outcome: list[object] = []
+    deciding.addBoth(outcome.append)
+    assert isinstance(outcome[0], Rejection)
+    assert outcome[0].message == "local limit exceeded: the parent did not answer in time"
+    pump.flush()  # the parent wakes: it admits, then hears that the worker gave it back
+    assert book.held() == 0

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -32,6 +33,9 @@ from dicomd.interfaces import (
     Rejection,
 )
 from dicomd.node.factory import AssociationLimits, limit_passed
+
+ADMIT_DEADLINE: Final = 10.0
+"""Seconds a worker waits for the parent's decision on an association before it refuses it."""
 
 
 class Admit(amp.Command):
@@ -188,13 +192,15 @@ class SharedLimit:
     parent it ended.  A connection may end while the parent decides (a peer
     that sends its request and resets): its admission, when it comes, is
     given back at once, or the parent would count it for ever.  With the
-    parent gone, nothing more is admitted.
+    parent gone, or silent for `ADMIT_DEADLINE` seconds (stopped, stalled),
+    nothing is admitted: connections would otherwise wait on it, unlimited.
     """
 
     log = Logger()
 
-    def __init__(self, control: amp.AMP) -> None:
+    def __init__(self, control: amp.AMP, clock: IReactorTime) -> None:
         self.control = control
+        self.clock = clock
         self._deciding: set[str] = set()
         self._admitted: set[str] = set()
 
@@ -204,6 +210,7 @@ class SharedLimit:
         d = self.control.callRemote(
             Admit, key=key, host=request.peer_host, calling=request.calling_ae_title
         )
+        d.addTimeout(ADMIT_DEADLINE, self.clock)
 
         def answered(response: dict[str, str]) -> Accept | Rejection:
             still_connected = key in self._deciding
@@ -219,6 +226,17 @@ class SharedLimit:
 
         def unreachable(failure: Failure) -> Rejection:
             self._deciding.discard(key)
+            if failure.check(defer.TimeoutError):
+                # should the parent admit it after all, it hears this after that
+                self.control.callRemote(Leave, key=key)
+                self.log.warn(
+                    "the node's parent process did not decide within {seconds:.0f} s;"
+                    " {calling} at {key} refused",
+                    seconds=ADMIT_DEADLINE,
+                    calling=request.calling_ae_title,
+                    key=key,
+                )
+                return _refused("the parent did not answer in time")
             self.log.warn("the node's parent process did not answer: {why}", why=failure.value)
             return _refused("the parent is gone")
 

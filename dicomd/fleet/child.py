@@ -97,7 +97,7 @@ def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
         plugins,
         reactor,
         listener=lambda _endpoint, factory: AdoptedPort(factory),
-        admission=SharedLimit(control),
+        admission=SharedLimit(control, reactor),
         turns_for=lambda destination, most: SharedTurns(control, destination, most),
     )
     root.getServiceNamed("audit").records_activity = False  # the parent's start and stop

@@ -341,3 +341,26 @@ def test_a_control_connection_cut_at_the_parent_ends_its_worker_and_frees_its_pl
     assert "= 0" in cut.stdout, cut.stdout + cut.stderr
     assert wait_until(lambda: is_gone(held.victim_pid), 10)  # it ends with its connection
     held.check_only_the_victims_are_lost()
+
+
+def test_a_parent_that_stalls_gets_associations_refused_not_queued_for_ever(start_dicomd):
+    daemon = start_dicomd(workers=2, limits={"max_associations": 3})
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        refused = run_echoscu(daemon)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    assert refused.returncode != 0
+    assert 9 < waited < 20, waited  # the worker's deadline, not dcmtk's
+    log = daemon.wait_for_log(lambda text: "did not decide within 10 s" in text)
+    assert "local limit exceeded: the parent did not answer in time" in log
+    time.sleep(0.5)  # the parent hears the late Admit, then the Leave that follows it
+    held = hold(daemon, 3)
+    try:
+        assert all(a.is_established for a in held)
+        assert run_echoscu(daemon).returncode != 0
+    finally:
+        release(held)
+    assert "Traceback" not in daemon.log_text()
