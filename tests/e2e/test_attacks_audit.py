@@ -35,6 +35,7 @@ from tests.support.attacks import (
     associate_rq,
     element,
     replaced,
+    stalls_ms,
     wait_for_lag_monitor,
     worst_stall_ms,
 )
@@ -372,3 +373,44 @@ def test_a_collector_whose_certificate_is_not_trusted_is_one_line_and_retried_la
     (counted,) = log_lines_with(log, "audit records to tls://", "were dropped")
     assert counted.split("] ")[1].startswith("8 audit records")  # start, 3 logins and logouts, stop
     assert "Traceback" not in log
+
+
+def refused_again_and_again(daemon, count: int) -> None:
+    """``count`` associations asking for an AE title the node is not: each refused, each a
+    Security Alert."""
+    request = associate_rq(daemon, [(VERIFICATION, ["1.2.840.10008.1.2"])], "FLOODER")
+    wrong = replaced(request, daemon.ae_title.encode(), b"NOTME"[: len(daemon.ae_title)].ljust(6))
+    for _ in range(count):
+        with socket.create_connection((LOCALHOST, daemon.port), timeout=10) as peer:
+            peer.sendall(wrong)
+            peer.recv(64)
+
+
+def test_a_flood_of_refused_associations_with_the_collector_down_keeps_the_node_answering(
+    start_dicomd, tmp_path
+):
+    audit_file = tmp_path / "audit.log"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind((LOCALHOST, 0))
+        nobody = closed.getsockname()[1]  # nobody listens there once this is closed
+    daemon = start_dicomd(
+        workers=1,
+        audit={"file": str(audit_file), "syslog": f"udp://{LOCALHOST}:{nobody}"},
+    )
+    wait_for_lag_monitor(daemon)
+    flooders = [
+        threading.Thread(target=refused_again_and_again, args=(daemon, 500)) for _ in range(6)
+    ]
+    with EchoesDuring(daemon) as echoes:
+        for flooder in flooders:
+            flooder.start()
+        for flooder in flooders:
+            flooder.join(120)
+    daemon.stop()
+
+    assert echoes.results and not echoes.failures()
+    assert max(seconds for seconds, _ in echoes.results) < 5
+    assert worst_stall_ms(daemon) < 500, stalls_ms(daemon.log_text())
+    events = summary(records_in(audit_file))
+    assert events.count(("110113", "110126", "4")) == 3000
+    assert "Traceback" not in daemon.log_text()
