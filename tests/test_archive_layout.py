@@ -6,11 +6,15 @@ import re
 from pathlib import PurePosixPath
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import Dataset
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
-from dicomd.archive.layout import MAX_VALUE_LENGTH, Layout, sanitise
+from dicomd.archive.index import INDEXED_KEYWORDS
+from dicomd.archive.layout import MAX_VALUE_LENGTH, Layout, _value_text, sanitise, text_of
 
 SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
@@ -119,3 +123,63 @@ def test_any_values_stay_inside_the_archive_folder(patient: str, study: str, sop
 def test_bad_templates_are_refused_with_the_reason(template: str, problem: str) -> None:
     with pytest.raises(ValueError, match=re.escape(problem)):
         Layout(template)
+
+
+TEXT_KEYWORDS = sorted({*INDEXED_KEYWORDS, "StudyInstanceUID", "AccessionNumber", "StationName"})
+CHARACTER_SETS = [None, "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87", "ISO_IR 144"]
+
+
+@st.composite
+def received_value(draw: st.DrawFn) -> bytes:
+    """Bytes as a peer may send them: mostly plain ASCII, with spaces, several values,
+    NULs, or bytes past ASCII now and then."""
+    plain = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
+    text = draw(st.one_of(plain, st.lists(plain, max_size=3).map("\\".join)))
+    value = text.encode("ascii") + draw(st.sampled_from([b"", b" ", b"  ", b"\0"]))
+    if draw(st.integers(0, 9)) == 0:
+        value += draw(st.binary(min_size=1, max_size=4))
+    return value + b" " * (len(value) % 2)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    keyword=st.sampled_from(TEXT_KEYWORDS),
+    value=received_value(),
+    character_set=st.sampled_from(CHARACTER_SETS),
+    implicit=st.booleans(),
+    charset_read_first=st.booleans(),
+)
+def test_text_read_from_the_received_bytes_is_pydicoms(
+    keyword: str, value: bytes, character_set: str | None, implicit: bool, charset_read_first: bool
+) -> None:
+    """`text_of` reads plain values itself and the rest through pydicom: either way, the
+    text is what pydicom's value gives."""
+
+    def received() -> Dataset:
+        elements = {}
+        if character_set is not None:
+            charset = character_set.encode() + b" " * (len(character_set) % 2)
+            elements[Tag(0x00080005)] = RawDataElement(
+                Tag(0x00080005),
+                None if implicit else "CS",
+                len(charset),
+                charset,
+                0,
+                implicit,
+                True,
+            )
+        tag = Tag(keyword)
+        vr = None if implicit else dictionary_VR(tag)
+        elements[tag] = RawDataElement(tag, vr, len(value), value, 0, implicit, True)
+        received = Dataset(elements)
+        if charset_read_first:  # as it is once pydicom has read any text value
+            received.get("SpecificCharacterSet")
+        return received
+
+    try:
+        expected = _value_text(received()[keyword].value)
+    except Exception:  # pydicom refuses it (an IS that is no number): so must text_of
+        with pytest.raises(Exception):  # noqa: B017
+            text_of(received(), keyword)
+        return
+    assert text_of(received(), keyword) == expected

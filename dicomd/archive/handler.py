@@ -61,7 +61,7 @@ from dicomd.archive.index import (
     adding,
     record_from_dataset,
 )
-from dicomd.archive.layout import Layout, value_of
+from dicomd.archive.layout import Layout, text_of
 from dicomd.archive.matches import NotRunning, PagedMatches
 from dicomd.archive.query import ArchiveQuery, FindPages
 from dicomd.archive.writer import GroupCommit, InFlight, KeyedLocks, ProcessLocks
@@ -579,9 +579,9 @@ def _status(code: int, comment: str) -> Dataset:
 def _mismatch(dataset: Dataset, instance: ReceivedInstance) -> Dataset | None:
     """The failure status of a data set that lacks its UIDs or contradicts its command.
 
-    Through `value_of`, not pydicom's keyword lookup: this runs for every instance.
+    Through `text_of`, not pydicom's keyword lookup: this runs for every instance.
     """
-    values = {keyword: value_of(dataset, keyword) for keyword in REQUIRED_UIDS}
+    values = {keyword: text_of(dataset, keyword) for keyword in REQUIRED_UIDS}
     for keyword, value in values.items():
         if not value:
             return _status(Status.CANNOT_UNDERSTAND, f"the data set has no {keyword}")

@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from pydicom import Dataset
-from pydicom.multival import MultiValue
 
-from dicomd.archive.layout import value_of
+from dicomd.archive.layout import text_of
 
 SCHEMA_VERSION: Final = 1
 
@@ -237,14 +236,7 @@ def record_from_dataset(
 
 def _text(dataset: Dataset, keyword: str) -> str | None:
     """An element's value as text: decoded, several values joined with ``\\``, ``None`` if empty."""
-    value = value_of(dataset, keyword)
-    if value is None:
-        return None
-    if isinstance(value, MultiValue | list | tuple):
-        text = "\\".join(str(item) for item in value)
-    else:
-        text = str(value)
-    return text or None
+    return text_of(dataset, keyword) or None
 
 
 def _integer(dataset: Dataset, keyword: str) -> int | None:

@@ -14,10 +14,11 @@ import functools
 import re
 import string
 from pathlib import PurePosixPath
-from typing import Any, Final
+from typing import Final
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_dict
+from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
@@ -83,7 +84,7 @@ class Layout:
         # fields alternate literal text and keywords: (text, keyword, text, keyword, ..., text)
         parts = list(fields)
         for index in range(1, len(parts), 2):
-            parts[index] = sanitise(_value_text(value_of(dataset, parts[index])))
+            parts[index] = sanitise(text_of(dataset, parts[index]))
         return "".join(parts)
 
     def __repr__(self) -> str:
@@ -95,15 +96,73 @@ def _tag(keyword: str) -> BaseTag:
     return Tag(keyword)
 
 
-def value_of(dataset: Dataset, keyword: str) -> Any:
-    """The value of the element named ``keyword``, or None if there is none.
+def text_of(dataset: Dataset, keyword: str) -> str:
+    """The text of the element named ``keyword`` ("" if there is none), as pydicom reads it:
+    several values joined with ``\\``.
 
-    The same as ``dataset.get(keyword)``, without the keyword lookup and the
-    AttributeError pydicom raises and catches for every missing element:
-    filing an instance asks for some forty of them.
+    A value still in its received bytes (the walker's, `dicomd.dimse.walker`) that is one
+    value of plain printable ASCII, of a text VR, in a character set where ASCII means
+    itself, is read straight from its bytes: pydicom's conversion of the same value is most
+    of the work of filing an instance, and gives the same text (a property test keeps the
+    two in step).  Anything else goes through pydicom.
     """
     tag = _tag(keyword)
-    return dataset[tag].value if tag in dataset else None
+    element = dataset.get_item(tag)
+    if element is None:
+        return ""
+    if isinstance(element, RawDataElement):
+        text = _plain_text(element, dataset)
+        if text is not None:
+            return text
+    return _value_text(dataset[tag].value)
+
+
+def _plain_text(element: RawDataElement, dataset: Dataset) -> str | None:
+    """The text of a raw value that needs no decoding, or None when it needs pydicom."""
+    value = element.value
+    if value is None:
+        return ""
+    vr = element.VR or _dictionary_vr(element.tag)
+    if vr not in _PLAIN_VRS or not _PLAIN_ASCII.fullmatch(value):
+        return None
+    if vr == "PN" and b"=" in value:
+        return None  # component groups: pydicom drops empty ones
+    if element.tag != _CHARACTER_SET and not _ascii_is_itself(dataset):
+        return None
+    text = value.decode("ascii")
+    return text.strip(" ") if vr == "UI" else text.rstrip(" ")  # pydicom's UID strips both
+
+
+def _ascii_is_itself(dataset: Dataset) -> bool:
+    """Whether the data set's Specific Character Set (raw, or read by pydicom) reads plain
+    ASCII as ASCII."""
+    charset = dataset.get_item(_CHARACTER_SET)
+    if charset is None:
+        return True
+    value = charset.value
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    elif isinstance(value, MultiValue | list):
+        value = value[0] if len(value) == 1 else "\\"
+    return isinstance(value, str) and value.strip(" \0") in _ASCII_CHARACTER_SETS
+
+
+@functools.cache
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return ""
+
+
+_PLAIN_ASCII: Final = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+"""Printable ASCII without the backslash that separates values."""
+_PLAIN_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "PN", "SH", "TM", "UI"})
+"""Text VRs whose plain value pydicom keeps as the text, less its trailing spaces (and a
+UID's leading ones); not IS and DS, numbers, some of whose texts pydicom refuses."""
+_CHARACTER_SET: Final = 0x00080005
+_ASCII_CHARACTER_SETS: Final = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+"""Single values of Specific Character Set under which plain ASCII is itself."""
 
 
 def _split(template: str) -> list[str]:
