@@ -20,11 +20,11 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.e2e.test_retrieve_destinations import CountingReceiver, archive_with, move_to_counter
 from tests.support.attacks import associate_rq
 from tests.support.audit import records_in, summary
 from tests.support.dcmtk import run_echoscu
-from tests.support.processes import LOCALHOST
+from tests.support.destinations import CountingReceiver, archive_with, move_to_counter
+from tests.support.processes import LOCALHOST, holds_within
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -82,15 +82,6 @@ def is_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def local_port(association) -> int:
     return association.dul.socket.socket.getsockname()[1]
 
@@ -125,8 +116,8 @@ class HeldAcrossWorkers:
         try:
             for association in survivors:
                 assert association.send_c_echo().Status == 0
-            assert wait_until(lambda: not any(a.is_established for a in lost), 10)
-            assert wait_until(lambda: len(workers_of(self.daemon)) == 2, 20)
+            assert holds_within(lambda: not any(a.is_established for a in lost), 10)
+            assert holds_within(lambda: len(workers_of(self.daemon)) == 2, 20)
             again = hold(self.daemon, len(lost))
             assert all(a.is_established for a in again), self.daemon.log_text()[-2000:]
             assert run_echoscu(self.daemon).returncode != 0
@@ -153,7 +144,7 @@ def kill_worker_one(daemon, deaths: int) -> float:
 
 
 def worker_one_restarted(daemon, deaths: int, timeout: float) -> bool:
-    return wait_until(lambda: daemon.log_text().count("worker 1 started") > deaths + 1, timeout)
+    return holds_within(lambda: daemon.log_text().count("worker 1 started") > deaths + 1, timeout)
 
 
 def test_a_worker_that_dies_young_again_and_again_is_restarted_later_each_time(start_dicomd):
@@ -217,7 +208,7 @@ def test_sigterm_mid_flood_stops_every_worker_and_ends_the_trail_with_one_stop(
         daemon.process.wait(30)
         took = time.monotonic() - started
     assert took < 10, took
-    assert wait_until(lambda: all(is_gone(pid) for pid in children), 5), children
+    assert holds_within(lambda: all(is_gone(pid) for pid in children), 5), children
     events = summary(records_in(audit_file))
     start, stop = ("110100", "110120", "0"), ("110100", "110121", "0")
     assert events.count(start) == 1 and events[0] == start
@@ -236,7 +227,7 @@ def test_workers_of_a_parent_killed_outright_end_with_their_control_connection(s
         time.sleep(1)
         daemon.process.kill()
         daemon.process.wait(10)
-        assert wait_until(lambda: all(is_gone(pid) for pid in workers), 15), workers
+        assert holds_within(lambda: all(is_gone(pid) for pid in workers), 15), workers
 
 
 def test_a_replaced_worker_still_takes_turns_at_a_move_destination(start_dicomd):
@@ -339,7 +330,7 @@ def test_a_control_connection_cut_at_the_parent_ends_its_worker_and_frees_its_pl
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert "= 0" in cut.stdout, cut.stdout + cut.stderr
-    assert wait_until(lambda: is_gone(held.victim_pid), 10)  # it ends with its connection
+    assert holds_within(lambda: is_gone(held.victim_pid), 10)  # it ends with its connection
     held.check_only_the_victims_are_lost()
 
 

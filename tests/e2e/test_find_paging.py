@@ -44,7 +44,7 @@ from tests.support.attacks import (
 )
 from tests.support.daemons import RunningDaemon
 from tests.support.dcmtk import run_echoscu
-from tests.support.processes import LOCALHOST
+from tests.support.processes import LOCALHOST, holds_within
 from tests.support.raw_peer import find_command
 
 PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
@@ -151,15 +151,6 @@ def wal_held_back(archive: Path) -> bool:
     return copied < logged
 
 
-def eventually(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 # -- the tests ---------------------------------------------------------------------------------
 
 
@@ -250,7 +241,7 @@ def test_a_peer_that_stops_reading_is_dropped_after_the_idle_timeout_and_its_que
 
     assert "no data from" in log and "ARTIM expired" in log
     assert is_dropped(peer, seconds=30), "the daemon still holds the connection"
-    assert eventually(lambda: not wal_held_back(large_archive), 5), "the query still reads"
+    assert holds_within(lambda: not wal_held_back(large_archive), 5), "the query still reads"
     assert run_echoscu(daemon).returncode == 0
     assert daemon.peak_memory_mib() - before < GROWTH_MIB
     assert "Traceback" not in daemon.log_text()

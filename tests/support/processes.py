@@ -7,7 +7,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,17 @@ class OutputCollector:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+
+def holds_within(condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``condition`` comes to hold within ``seconds``, asked every 50 ms: for what
+    another process does, which no event in this one announces."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def wait_until_listening(
