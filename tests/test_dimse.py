@@ -19,6 +19,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
 from dicomd import uids
+from dicomd.dimse.association import Request
 from dicomd.dimse.command import DATA_SET_PRESENT, NO_DATA_SET, Command, CommandError, CommandField
 from dicomd.dimse.datasets import DataSetError, decode_dataset, encode_dataset
 from dicomd.dimse.messages import (
@@ -30,6 +31,8 @@ from dicomd.dimse.messages import (
     MessageAssembler,
     fragment,
 )
+from dicomd.ul.pdu import AAbort
+from tests.wire import Peer
 
 # The pydicom keyword of every Command attribute.
 KEYWORDS = {
@@ -416,40 +419,57 @@ def test_decode_structured_garbage_raises_only_command_error(elements):
 # -- fragmentation -----------------------------------------------------------
 
 
-def parse_pdata(pdu: bytes) -> tuple[int, int, bytes]:
-    """Split a one-PDV P-DATA-TF by hand: (context id, control, fragment)."""
+def parse_pdata(pdu: bytes) -> list[tuple[int, int, bytes]]:
+    """Split a P-DATA-TF by hand: (context id, control, fragment) of each PDV."""
     pdu_type, pdu_length = struct.unpack_from(">BxL", pdu)
-    item_length, context_id, control = struct.unpack_from(">LBB", pdu, 6)
     assert pdu_type == 4
     assert pdu_length == len(pdu) - 6
-    assert item_length == pdu_length - 4
-    return context_id, control, pdu[12:]
+    pdvs = []
+    offset = 6
+    while offset < len(pdu):
+        item_length, context_id, control = struct.unpack_from(">LBB", pdu, offset)
+        pdvs.append((context_id, control, pdu[offset + 6 : offset + 4 + item_length]))
+        offset += 4 + item_length
+    assert offset == len(pdu)
+    return pdvs
 
 
-def test_unlimited_fragmentation_is_one_pdv_each():
+def test_unlimited_fragmentation_is_one_pdu_of_two_pdvs():
     pdus = list(fragment(5, b"CMD!", b"DATA", 0))
     assert pdus == [
-        bytes.fromhex("04 00 0000000a 00000006 05 03") + b"CMD!",
-        bytes.fromhex("04 00 0000000a 00000006 05 02") + b"DATA",
+        bytes.fromhex("04 00 00000014 00000006 05 03")
+        + b"CMD!"
+        + bytes.fromhex("00000006 05 02")
+        + b"DATA"
     ]
 
 
 def test_no_data_set_sends_only_the_command():
-    assert [parse_pdata(p) for p in fragment(1, b"CC", None, 0)] == [(1, 3, b"CC")]
+    assert [parse_pdata(p) for p in fragment(1, b"CC", None, 0)] == [[(1, 3, b"CC")]]
 
 
 def test_empty_data_set_is_one_empty_last_fragment():
-    assert [parse_pdata(p) for p in fragment(1, b"CC", b"", 16)] == [(1, 3, b"CC"), (1, 2, b"")]
+    pdus = [parse_pdata(p) for p in fragment(1, b"CC", b"", 16)]
+    assert pdus == [[(1, 3, b"CC"), (1, 2, b"")]]
+
+
+def test_the_data_set_begins_in_the_command_s_pdu_as_far_as_it_fits():
+    pdus = [parse_pdata(p) for p in fragment(3, b"CC", b"0123456789abcdefghijk", 21)]
+    assert pdus == [
+        [(3, 3, b"CC"), (3, 0, b"012345")],  # 6 + 2 + 6 + 6 = 20: 7 bytes would be odd
+        [(3, 0, b"6789abcdefghij")],
+        [(3, 2, b"k")],
+    ]
 
 
 def test_fragments_are_cut_at_even_offsets():
     pdus = [parse_pdata(p) for p in fragment(3, b"0123456789", b"abcde", 11)]
     assert pdus == [
-        (3, 1, b"0123"),
-        (3, 1, b"4567"),
-        (3, 3, b"89"),
-        (3, 0, b"abcd"),
-        (3, 2, b"e"),
+        [(3, 1, b"0123")],
+        [(3, 1, b"4567")],
+        [(3, 3, b"89")],  # no room left for data after the command in 11 bytes
+        [(3, 0, b"abcd")],
+        [(3, 2, b"e")],
     ]
 
 
@@ -472,7 +492,9 @@ def test_fragmentation_respects_the_limit_and_loses_nothing(
     for pdu in fragment(context_id, command, data, max_pdu_length):
         if max_pdu_length:
             assert len(pdu) - 6 <= max_pdu_length
-        parsed.append(parse_pdata(pdu))
+        pdvs = parse_pdata(pdu)
+        assert len(pdvs) == 1 or [c & PDV_COMMAND for _, c, _ in pdvs] == [PDV_COMMAND, 0]
+        parsed.extend(pdvs)
     assert all(ctx == context_id for ctx, _, _ in parsed)
     command_parts = [(c, f) for _, c, f in parsed if c & PDV_COMMAND]
     data_parts = [(c, f) for _, c, f in parsed if not c & PDV_COMMAND]
@@ -496,7 +518,8 @@ def test_fragments_reassemble(command, data, max_pdu_length):
     assembler = MessageAssembler()
     events = []
     for pdu in fragment(9, command.encode(), data, max_pdu_length):
-        events.extend(assembler.feed(*parse_pdata(pdu)))
+        for pdv in parse_pdata(pdu):
+            events.extend(assembler.feed(*pdv))
     assert events[0] == CommandReceived(9, command)
     assert b"".join(e.data for e in events[1:]) == data
     assert [e.last for e in events[1:]] == [False] * (len(events) - 2) + [True]
@@ -795,3 +818,69 @@ def test_deflated_data_sets_are_padded_to_an_even_length(name):
     encoded = encode_dataset(ds, uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
     assert len(encoded) % 2 == 0
     assert decode_dataset(encoded, uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN).PatientName == name
+
+
+# -- several PDVs in one PDU ---------------------------------------------------
+
+
+def find_on_verification(message_id: int) -> Command:
+    """A C-FIND request on the Verification context, which the node answers 0211."""
+    return Command(
+        CommandField.C_FIND_RQ,
+        message_id=message_id,
+        affected_sop_class_uid=uids.VERIFICATION,
+        priority=0,
+        command_data_set_type=DATA_SET_PRESENT,
+    )
+
+
+def test_a_command_and_its_data_set_in_one_pdu_are_one_message():
+    peer = Peer()
+    peer.associate()
+    identifier = encode_dataset(Dataset(), uids.IMPLICIT_VR_LITTLE_ENDIAN)
+    find = find_on_verification(message_id=4)
+    (pdu,) = fragment(1, find.encode(), identifier, 16384)
+    assert len(parse_pdata(pdu)) == 2
+
+    peer.send(pdu)
+
+    (response,) = peer.responses()
+    assert response.message_id_being_responded_to == 4
+    assert response.status == uids.Status.UNRECOGNIZED_OPERATION
+
+
+def test_pdvs_after_one_that_aborts_are_not_read():
+    peer = Peer()
+    peer.associate()
+    unknown = Command(0x0999, message_id=1, command_data_set_type=DATA_SET_PRESENT)
+    (pdu,) = fragment(1, unknown.encode(), b"\x08\x00\x52\x00\x00\x00\x00\x00", 16384)
+
+    peer.send(pdu)
+
+    assert peer.received() == [AAbort(2, 6)]
+
+
+def test_responses_to_one_request_carry_each_its_own_status_and_data_set_type():
+    peer = Peer()
+    peer.associate()
+    association = peer.protocol.user
+    find = find_on_verification(message_id=6)
+    request = Request(association.contexts[1], find, None)
+
+    association.respond(request, uids.Status.PENDING, b"first")
+    association.respond(request, uids.Status.PENDING, b"second")
+    association.respond(request, uids.Status.PENDING, None)
+    association.respond(request, uids.Status.SUCCESS, error_comment="done")
+    association.respond(request, uids.Status.SUCCESS)
+
+    answered = [
+        (command.status, command.has_data_set, command.error_comment, data)
+        for command, data in peer.messages()
+    ]
+    assert answered == [
+        (uids.Status.PENDING, True, None, b"first"),
+        (uids.Status.PENDING, True, None, b"second"),
+        (uids.Status.PENDING, False, None, None),
+        (uids.Status.SUCCESS, False, "done", None),
+        (uids.Status.SUCCESS, False, None, None),
+    ]

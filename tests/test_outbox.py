@@ -50,14 +50,19 @@ def _unexpected(error: OSError) -> None:
 
 def pdata_values(written: bytes) -> list[tuple[int, bytes]]:
     """(control header, value) of every PDV in the P-DATA-TF PDUs ``written``."""
-    values = []
+    return [(pdv.control, pdv.data) for pdu in pdus(written) for pdv in pdu.pdvs]
+
+
+def pdus(written: bytes) -> list[PDataTF]:
+    """The P-DATA-TF PDUs ``written``."""
+    decoded = []
     while written:
         (length,) = struct.unpack(">L", written[2:6])
         pdu = decode(written[: 6 + length])
         assert isinstance(pdu, PDataTF)
-        values += [(pdv.control, pdv.data) for pdv in pdu.pdvs]
+        decoded.append(pdu)
         written = written[6 + length :]
-    return values
+    return decoded
 
 
 def data_set_of(values: list[tuple[int, bytes]]) -> bytes:
@@ -84,6 +89,21 @@ def test_a_file_leaves_only_as_fast_as_the_transport_drains(tmp_path: Path) -> N
     assert values[-1][0] == PDV_LAST
     assert data_set_of(values) == content
     assert transport.producer is outbox
+
+
+def test_a_message_that_fits_in_one_pdu_is_one_pdu_and_one_write(tmp_path: Path) -> None:
+    path = tmp_path / "small"
+    path.write_bytes(b"x" * 1000)
+    written: list[bytes] = []
+    outbox = Outbox(written.append, FillingTransport(room=1 << 30), lambda: 16384, _unexpected)
+
+    outbox.send(1, COMMAND, b"a match")
+    outbox.send(1, COMMAND, FileData(path, 0, 1000))
+
+    assert [pdata_values(each) for each in written] == [
+        [(PDV_COMMAND | PDV_LAST, COMMAND), (PDV_LAST, b"a match")],
+        [(PDV_COMMAND | PDV_LAST, COMMAND), (PDV_LAST, b"x" * 1000)],
+    ]
 
 
 def test_messages_wait_in_order_while_the_transport_is_full() -> None:
@@ -154,11 +174,15 @@ def test_data_in_pieces_leaves_in_full_pdus_whatever_the_cut(
 
     outbox.send(1, COMMAND, tuple(pieces))
 
-    values = [(control, value) for control, value in pdata_values(transport.value())]
+    written = transport.value()
+    values = [(control, value) for control, value in pdata_values(written)]
     data = [(control, value) for control, value in values if not control & PDV_COMMAND]
     assert b"".join(value for _, value in data) == b"".join(pieces)
     assert [control for control, _ in data] == [0] * (len(data) - 1) + [PDV_LAST]
-    assert all(len(value) == max_pdu_length - 6 - max_pdu_length % 2 for _, value in data[:-1])
+    carrying_data = [pdu for pdu in pdus(written) if not pdu.pdvs[-1].control & PDV_COMMAND]
+    assert all(
+        len(pdu.encode()) - 6 == max_pdu_length - max_pdu_length % 2 for pdu in carrying_data[:-1]
+    )
 
 
 def test_a_deflated_file_leaves_inflated_a_pdu_at_a_time(tmp_path: Path) -> None:

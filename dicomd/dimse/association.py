@@ -202,6 +202,17 @@ class _Outstanding:
     """The encoded message while it waits for the operations window; None once sent."""
 
 
+@dataclass(frozen=True, slots=True)
+class _EncodedResponse:
+    """The command set of the last response sent without fields of its own, and what it
+    answered: the next pending response to the same request is the same bytes."""
+
+    request: Request
+    status: int
+    with_data_set: bool
+    encoded: bytes
+
+
 @dataclass(slots=True)
 class _Incoming:
     """A message whose command arrived and whose data set is still coming: where its
@@ -248,6 +259,7 @@ class DimseAssociation:
         self._outstanding: dict[int, _Outstanding] = {}
         self._waiting: deque[int] = deque()
         self._cancellers: dict[int, Callable[[], None]] = {}
+        self._last_response: _EncodedResponse | None = None
 
     # -- who and where ----------------------------------------------------
 
@@ -296,6 +308,8 @@ class DimseAssociation:
     def data_indication(self, data: PDataTF) -> None:
         try:
             for pdv in data.pdvs:
+                if not self.is_established:
+                    return  # a PDV before this one ended the association: the rest is moot
                 if pdv.context_id not in self.contexts:
                     self._protocol_error(
                         f"PDV on presentation context {pdv.context_id}, which was not accepted"
@@ -431,7 +445,32 @@ class DimseAssociation:
         dataset: Data = None,
         **fields: object,
     ) -> None:
-        """Send the response to ``request`` with ``status`` and any other command fields."""
+        """Send the response to ``request`` with ``status`` and any other command fields.
+
+        A C-FIND's pending responses all carry the same command set: the last
+        one encoded without other fields is kept and sent again as long as it fits.
+        """
+        with_data_set = dataset is not None
+        last = self._last_response
+        if (
+            not fields
+            and last is not None
+            and last.request is request
+            and last.status == status
+            and last.with_data_set == with_data_set
+        ):
+            encoded = last.encoded
+        else:
+            encoded = self._response(request, status, with_data_set, fields).encode()
+            self._last_response = (
+                None if fields else _EncodedResponse(request, status, with_data_set, encoded)
+            )
+        self._send_encoded(request.context.context_id, encoded, dataset)
+
+    @staticmethod
+    def _response(
+        request: Request, status: int, with_data_set: bool, fields: dict[str, object]
+    ) -> Command:
         command = request.command
         response = Command(
             command_field=command.command_field | 0x8000,
@@ -441,9 +480,9 @@ class DimseAssociation:
             status=status,
             **fields,  # type: ignore[arg-type]
         )
-        if dataset is not None:
+        if with_data_set:
             response.command_data_set_type = 0x0000
-        self.send(request.context.context_id, response, dataset)
+        return response
 
     def on_cancel(self, message_id: int, cancel: Callable[[], None]) -> None:
         """Call ``cancel`` if the peer sends C-CANCEL for ``message_id`` (C-FIND, C-MOVE, C-GET)."""
@@ -455,9 +494,12 @@ class DimseAssociation:
 
     def send(self, context_id: int, command: Command, dataset: Data = None) -> None:
         """Send one DIMSE message, in order, fragmented to the peer's maximum PDU length."""
+        self._send_encoded(context_id, command.encode(), dataset)
+
+    def _send_encoded(self, context_id: int, command: bytes, dataset: Data) -> None:
         if self.machine.state not in _CAN_SEND or self._outbox is None:
             return  # released or aborted meanwhile: nobody to answer
-        self._outbox.send(context_id, command.encode(), dataset)
+        self._outbox.send(context_id, command, dataset)
 
     def drained(self) -> defer.Deferred[None]:
         """Fires when everything sent so far is in the transport and it has room: a service

@@ -8,12 +8,15 @@ travel as fragments in P-DATA-TF PDUs.  Nothing here touches a socket:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from dicomd.dimse.command import Command
-from dicomd.ul.pdu import encode_pdata
+from dicomd.ul.pdu import PDataTF, PresentationDataValue, encode_pdata
+
+if TYPE_CHECKING:
+    from dicomd.dimse.datasets import Buffer
 
 PDV_COMMAND: Final = 0x01
 """Message control header bit 0: the fragment belongs to a command set (PS3.8 E.2)."""
@@ -25,23 +28,108 @@ DEFAULT_MAX_COMMAND_LENGTH: Final = 65536
 
 _PDV_OVERHEAD: Final = 6  # item length (4) + context id (1) + control header (1)
 
+UNLIMITED_PIECE: Final = 1 << 20
+"""With no limit from the peer, data still leaves in pieces this big, so that memory stays
+bounded and other associations get their turn."""
+
 
 def fragment(
     context_id: int, command: bytes, data: bytes | None, max_pdu_length: int
 ) -> Iterator[bytes]:
-    """Yield the P-DATA-TF PDUs, one PDV each, that carry one DIMSE message.
+    """Yield the P-DATA-TF PDUs that carry one DIMSE message whose data set is in memory.
 
     ``max_pdu_length`` is the peer's maximum length received, the bound on
-    each PDU's length field; 0 means no limit.  Every fragment but the last
-    has even length: the standard does not ask for it, but it keeps the
-    fragments of an even-length encoding even, the least surprising thing to
-    send, at the cost of at most one byte per PDU.  ``max_pdu_length`` must
-    therefore leave room for two bytes after the PDV header.
+    each PDU's length field; 0 means no limit (data then leaves in pieces of
+    ``UNLIMITED_PIECE``).  See `message_pdus`.
+    """
+    if data is None:
+        return message_pdus(context_id, command, None, max_pdu_length)
+    return message_pdus(
+        context_id, command, lambda first, rest: cut(data, first, rest), max_pdu_length
+    )
+
+
+def message_pdus(
+    context_id: int, command: bytes, cut_data: CutData | None, max_pdu_length: int
+) -> Iterator[bytes]:
+    """Yield the P-DATA-TF PDUs of one DIMSE message, each made only when it is asked for.
+
+    The command's last fragment and the data set's first share one PDU, two
+    PDVs (PS3.8 9.3.5, E.2), as far as the peer's maximum PDU length allows:
+    a C-FIND match or a small instance is one PDU, one transport write and
+    one PDU for the peer to parse instead of two.  ``cut_data(first, rest)``
+    yields the data set's fragments and whether each is the last: the first
+    at most ``first`` bytes, the others at most ``rest``.
+
+    Every fragment but the last has even length: the standard does not ask
+    for it, but it keeps the fragments of an even-length encoding even, the
+    least surprising thing to send, at the cost of at most one byte per PDU.
+    ``max_pdu_length`` must therefore leave room for two bytes after the PDV
+    header.
     """
     chunk = fragment_length(max_pdu_length)
-    yield from _fragments(context_id, PDV_COMMAND, command, chunk)
-    if data is not None:
-        yield from _fragments(context_id, 0, data, chunk)
+    commands = _cut_command(command, chunk)
+    last_command = commands.pop()
+    for each in commands:
+        yield encode_pdata(context_id, PDV_COMMAND, each)
+    if cut_data is None:
+        yield encode_pdata(context_id, PDV_COMMAND | PDV_LAST, last_command)
+        return
+    rest = chunk or UNLIMITED_PIECE
+    room = rest if chunk is None else (chunk - len(last_command) - _PDV_OVERHEAD) & ~1
+    if room < 2:  # no room worth a PDV: the data set starts in the next PDU
+        yield encode_pdata(context_id, PDV_COMMAND | PDV_LAST, last_command)
+        room = rest
+        last_command = None
+    for data, last in cut_data(room, rest):
+        control = PDV_LAST if last else 0
+        if last_command is None:
+            yield encode_pdata(context_id, control, data)
+            continue
+        yield PDataTF(
+            (
+                PresentationDataValue(context_id, PDV_COMMAND | PDV_LAST, last_command),
+                PresentationDataValue(context_id, control, data),  # type: ignore[arg-type]
+            )
+        ).encode()
+        last_command = None
+
+
+CutData = Callable[[int, int], Iterator[tuple["Buffer", bool]]]
+"""How a data set is cut into fragments: ``(first, rest)`` to (fragment, last) pairs."""
+
+
+def cut(pieces: Buffer | Iterable[Buffer], first: int, rest: int) -> Iterator[tuple[Buffer, bool]]:
+    """The data in ``pieces`` (one buffer, or several however they are cut) as fragments:
+    the first ``first`` bytes, the others ``rest``, the last what is left.  A full fragment
+    waits until more data is found, since only then is it known not to be the last."""
+    single = isinstance(pieces, (bytes, bytearray, memoryview))
+    if single and len(pieces) <= first:  # type: ignore[arg-type]
+        yield pieces, True  # type: ignore[misc]  # a C-FIND match: the common case
+        return
+    full: list[memoryview] | None = None
+    parts: list[memoryview] = []
+    held = 0
+    limit = first
+    for each in (pieces,) if single else pieces:
+        view = memoryview(each).cast("B")
+        while len(view):
+            if full is not None:
+                yield _joined(full), False
+                full = None
+            part = view[: limit - held]
+            parts.append(part)
+            held += len(part)
+            view = view[len(part) :]
+            if held == limit:
+                full, parts, held, limit = parts, [], 0, rest
+    yield _joined(full if full is not None else parts), True
+
+
+def _joined(parts: list[memoryview]) -> Buffer:
+    if len(parts) == 1:
+        return parts[0]
+    return b"".join(parts)
 
 
 def fragment_length(max_pdu_length: int) -> int | None:
@@ -54,15 +142,11 @@ def fragment_length(max_pdu_length: int) -> int | None:
     return (max_pdu_length - _PDV_OVERHEAD) & ~1
 
 
-def _fragments(context_id: int, kind: int, payload: bytes, chunk: int | None) -> Iterator[bytes]:
-    if chunk is None or len(payload) <= chunk:
-        yield encode_pdata(context_id, kind | PDV_LAST, payload)
-        return
-    view = memoryview(payload)
-    size = len(view)
-    for start in range(0, size, chunk):
-        stop = start + chunk
-        yield encode_pdata(context_id, kind | (PDV_LAST if stop >= size else 0), view[start:stop])
+def _cut_command(command: bytes, chunk: int | None) -> list[bytes | memoryview]:
+    if chunk is None or len(command) <= chunk:
+        return [command]
+    view = memoryview(command)
+    return [view[start : start + chunk] for start in range(0, len(view), chunk)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,9 @@ message and a transport buffer, not every match.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -22,15 +23,16 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from dicomd.dimse.messages import PDV_LAST, fragment, fragment_length
-from dicomd.ul.pdu import encode_pdata
+from dicomd.dimse.messages import (
+    UNLIMITED_PIECE,
+    CutData,
+    cut,
+    fragment_length,
+    message_pdus,
+)
 
 if TYPE_CHECKING:
     from dicomd.dimse.datasets import Buffer
-
-# With no limit from the peer, data still leaves in pieces this big, so that
-# memory stays bounded and other associations get their turn.
-UNLIMITED_PIECE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,68 +172,40 @@ class Outbox:
 def _pdus(message: _Message, max_pdu_length: int) -> Iterator[bytes]:
     """The PDUs of one message, each made only when it is about to be written.
 
-    A file is opened before the command leaves, so that one that cannot be
-    opened sends nothing at all.
+    A file is opened, and its first fragment read, before the command leaves,
+    so that one that cannot be opened sends nothing at all.
     """
     context_id, command, data = message.context_id, message.command, message.data
-    piece = fragment_length(max_pdu_length) or UNLIMITED_PIECE
-    if isinstance(data, FileData):
-        with open(data.path, "rb") as file:
-            file.seek(data.offset)
-            yield from fragment(context_id, command, None, max_pdu_length)
-            if data.inflate:
-                from dicomd.part10 import inflated_pieces  # pydicom: only deflate needs it
-
-                inflated = inflated_pieces(file, data.length, piece)
-                yield from _pieces_pdus(context_id, inflated, piece)
-            else:
-                yield from _file_pdus(context_id, file, data.length, piece)
+    if not isinstance(data, FileData):
+        cut_data = None if data is None else partial(cut, data)
+        yield from message_pdus(context_id, command, cut_data, max_pdu_length)
         return
-    pieces = (data,) if isinstance(data, bytes) else data
-    if pieces is not None and sum(map(len, pieces)) <= piece:
-        yield from fragment(context_id, command, b"".join(pieces), max_pdu_length)
-        return
-    yield from fragment(context_id, command, None, max_pdu_length)
-    if pieces is not None:
-        yield from _pieces_pdus(context_id, pieces, piece)
+    with open(data.path, "rb") as file:
+        file.seek(data.offset)
+        if data.inflate:
+            from dicomd.part10 import inflated_pieces  # pydicom: only deflate needs it
+
+            piece = fragment_length(max_pdu_length) or UNLIMITED_PIECE
+            inflated = inflated_pieces(file, data.length, piece)
+            cut_data: CutData = partial(cut, inflated)
+        else:
+            cut_data = partial(_file_fragments, file, data.length)
+        yield from message_pdus(context_id, command, cut_data, max_pdu_length)
 
 
-def _file_pdus(context_id: int, file: BinaryIO, length: int, piece: int) -> Iterator[bytes]:
-    """``length`` bytes of ``file`` from where it stands, ``piece`` bytes per PDU."""
+def _file_fragments(
+    file: BinaryIO, length: int, first: int, rest: int
+) -> Iterator[tuple[bytes, bool]]:
+    """``length`` bytes of ``file`` from where it stands: ``first`` bytes, then ``rest`` a
+    fragment."""
     remaining = length
+    size = first
     while True:
-        chunk = file.read(min(piece, remaining))
-        if len(chunk) < min(piece, remaining):
+        chunk = file.read(min(size, remaining))
+        if len(chunk) < min(size, remaining):
             raise OSError(f"{file.name} ended {remaining - len(chunk)} bytes early")
         remaining -= len(chunk)
-        yield encode_pdata(context_id, 0 if remaining else PDV_LAST, chunk)
+        yield chunk, not remaining
         if not remaining:
             return
-
-
-def _pieces_pdus(context_id: int, pieces: Iterable[Buffer], piece: int) -> Iterator[bytes]:
-    """The data in ``pieces``, however they are cut, ``piece`` bytes per PDU; a PDU may span
-    pieces.  A full PDU waits until more data is found, since only then is it known not to
-    be the last."""
-    full: list[memoryview] | None = None
-    parts: list[memoryview] = []
-    held = 0
-    for each in pieces:
-        view = memoryview(each).cast("B")
-        while len(view):
-            if full is not None:
-                yield encode_pdata(context_id, 0, _joined(full))
-                full = None
-            part = view[: piece - held]
-            parts.append(part)
-            held += len(part)
-            view = view[len(part) :]
-            if held == piece:
-                full, parts, held = parts, [], 0
-    yield encode_pdata(context_id, PDV_LAST, _joined(full if full is not None else parts))
-
-
-def _joined(parts: list[memoryview]) -> Buffer:
-    if len(parts) == 1:
-        return parts[0]
-    return b"".join(parts)
+        size = rest
