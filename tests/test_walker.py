@@ -332,6 +332,23 @@ def test_a_wanted_value_too_long_or_a_wanted_sequence_leaves_nothing_collected()
     assert walker.collected is None
 
 
+def test_a_value_too_long_leaves_the_others_collected_in_part() -> None:
+    """The audit trail names a stored instance by what was collected: a 70 KB name must not
+    hide the patient's ID and study, though the archive reads the file for its index."""
+    dataset = Dataset()
+    dataset.PatientName = "Doe^" + "J" * 70_000
+    dataset.PatientID = "VICTIM"
+    dataset.StudyInstanceUID = "1.2.3.4"
+    walker = DataSetWalker(False, True, WANTED | {int(Tag("StudyInstanceUID"))})
+    walker.feed(encode(dataset, False, True))
+    walker.end()
+    assert walker.collected is None
+    in_part = walker.collected_in_part
+    assert in_part is not None
+    assert (in_part.PatientID, in_part.StudyInstanceUID) == ("VICTIM", "1.2.3.4")
+    assert "PatientName" not in in_part
+
+
 def test_nothing_wanted_collects_nothing() -> None:
     walker = DataSetWalker(False, True)
     walker.feed(encode(ct_like(), False, True))

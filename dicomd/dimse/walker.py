@@ -70,6 +70,7 @@ class DataSetWalker:
         self._little_endian = little_endian
         self._wanted = wanted
         self._collected: dict[BaseTag, RawDataElement] | None = {} if wanted else None
+        self._left_in_file = False
         self._collecting: tuple[int, str | None, bytearray] | None = None
         self._tag = struct.Struct(f"{order}HH")
         self._short = struct.Struct(f"{order}2sH")
@@ -87,7 +88,14 @@ class DataSetWalker:
     @property
     def collected(self) -> Dataset | None:
         """The wanted attributes found at the top level, raw until read; None when none were
-        wanted or one was too long to collect (`_MOST_COLLECTED`)."""
+        wanted or one was left in the file (longer than `_MOST_COLLECTED`, or a sequence):
+        whoever wanted them all reads the file."""
+        return None if self._left_in_file else self.collected_in_part
+
+    @property
+    def collected_in_part(self) -> Dataset | None:
+        """The wanted attributes that were collected, without those left in the file: what
+        the audit trail names a stored instance by, whatever else a peer made too long."""
         return None if self._collected is None else Dataset(dict(self._collected))
 
     def feed(self, data: bytes) -> None:
@@ -197,7 +205,7 @@ class DataSetWalker:
         if self._collected is None:
             return
         if length > _MOST_COLLECTED or vr == b"SQ" or (not vr and _is_sequence(tag, length)):
-            self._collected = None  # long, or a sequence: whoever wanted it reads the file
+            self._left_in_file = True
             return
         self._collecting = (tag, vr.decode() if vr else None, bytearray())
         if not length:
@@ -345,6 +353,10 @@ class Inflater:
     @property
     def collected(self) -> Dataset | None:
         return self.walker.collected
+
+    @property
+    def collected_in_part(self) -> Dataset | None:
+        return self.walker.collected_in_part
 
     def end(self) -> None:
         if not self._inflater.eof:

@@ -225,8 +225,10 @@ class AssociationAudit:
 
 
 def _attributes(data: object) -> Dataset | None:
+    """What the walker collected of a stored instance, even when a peer made another wanted
+    attribute too long to collect: one 70 KB value must not hide the patient's ID."""
     if isinstance(data, CheckedFile) and data.checker is not None:
-        return data.checker.collected
+        return data.checker.collected_in_part
     return None
 
 

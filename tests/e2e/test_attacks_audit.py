@@ -414,3 +414,28 @@ def test_a_flood_of_refused_associations_with_the_collector_down_keeps_the_node_
     events = summary(records_in(audit_file))
     assert events.count(("110113", "110126", "4")) == 3000
     assert "Traceback" not in daemon.log_text()
+
+
+def test_a_patient_name_too_long_to_collect_does_not_hide_the_patient(start_dicomd, tmp_path):
+    """A 70 KB Patient's Name is left in the file by the walker (the archive reads it from
+    there); the record of the store still names the patient's ID and the study."""
+    audit_file = tmp_path / "audit.log"
+    daemon = start_dicomd(
+        workers=1, plugins=[{"plugin": "archive"}], audit={"file": str(audit_file)}
+    )
+    dataset = ct_dataset(generate_uid(), generate_uid(), 1, rows=8, columns=8)
+    dataset.PatientID = "VICTIM"
+    dataset.PatientName = "Doe^" + "J" * 70_000
+    encoded = DicomBytesIO()
+    encoded.is_little_endian, encoded.is_implicit_VR = True, False
+    write_dataset(encoded, dataset)
+    peer = RawPeer(daemon)
+    command = store_command(dataset.SOPInstanceUID)
+    peer.send(PresentationDataValue(1, PDV_COMMAND | PDV_LAST, command))
+    peer.send(PresentationDataValue(1, PDV_LAST, encoded.getvalue()))
+    assert peer.response().status == 0x0000
+    peer.release()
+    daemon.stop()
+    (stored,) = [record for record in records_in(audit_file) if record.event_id == "110104"]
+    assert stored.object_ids("2") == ["VICTIM"]
+    assert list(stored.instance_counts()) == [dataset.StudyInstanceUID]
