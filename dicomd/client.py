@@ -32,7 +32,7 @@ if TYPE_CHECKING:
         NoAcceptedContext,
         TLSHandshakeFailed,
     )
-    from dicomd.dimse.storage import StoreResult, storage_contexts
+    from dicomd.dimse.sending import StoreResult, storage_contexts
     from dicomd.scu.connect import (
         associate,
         association_request,
@@ -56,8 +56,8 @@ _HOMES = {
     "DimseTimeout": "dicomd.dimse.errors",
     "NoAcceptedContext": "dicomd.dimse.errors",
     "TLSHandshakeFailed": "dicomd.dimse.errors",
-    "StoreResult": "dicomd.dimse.storage",
-    "storage_contexts": "dicomd.dimse.storage",
+    "StoreResult": "dicomd.dimse.sending",
+    "storage_contexts": "dicomd.dimse.sending",
     "associate": "dicomd.scu.connect",
     "association_request": "dicomd.scu.connect",
     "cfind": "dicomd.scu.connect",

@@ -13,10 +13,12 @@ from collections.abc import AsyncIterable, Collection, Iterable, Mapping, Sequen
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from pydicom import Dataset
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,14 +27,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
-
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from dicomd import filesystem, uids
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 INCOMING_FOLDER = ".incoming"
 """The folder under ``storage.path`` where received instances are written as they arrive;
@@ -327,7 +325,14 @@ _GROUP_LENGTH = struct.Struct("<HH2sHL")
 def _meta_around_instance_uid(
     sop_class_uid: str, transfer_syntax: str, source_ae_title: str
 ) -> tuple[bytes, bytes]:
-    """pydicom's encoding of the meta elements before and after (0002,0003)."""
+    """pydicom's encoding of the meta elements before and after (0002,0003).
+
+    pydicom is imported here, by the first instance received, and not with
+    this module: sending a file as it is reads its File Meta without it.
+    """
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = sop_class_uid
@@ -343,6 +348,9 @@ def _meta_around_instance_uid(
 
 
 def _encode_explicit_little(elements: Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, elements)

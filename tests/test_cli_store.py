@@ -104,7 +104,7 @@ def test_files_are_found_with_their_kind_and_size_and_the_rest_skipped(tmp_path:
     [plan] = copies_of("rtplan.dcm", tmp_path / "send" / "rt", 1)
     (tmp_path / "send" / "notes.txt").write_text("not DICOM")
     instances, skipped = find_instances([str(tmp_path / "send")])
-    assert [(i.path, i.size, i.sop_class_uid) for i in instances] == [
+    assert [(i.path, i.size, i.header.sop_class_uid) for i in instances] == [
         (ct, ct.stat().st_size, "1.2.840.10008.5.1.4.1.1.2"),
         (plan, plan.stat().st_size, "1.2.840.10008.5.1.4.1.1.481.5"),
     ]

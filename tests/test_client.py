@@ -277,11 +277,11 @@ def test_requests_beyond_the_window_wait_their_turn(tmp_path: Path) -> None:
 def test_every_public_name_is_the_one_its_module_defines() -> None:
     """`dicomd.client` imports each name when first asked for: the same object as its home's."""
     import dicomd.client
-    from dicomd.dimse import errors, storage
+    from dicomd.dimse import errors, sending
     from dicomd.scu import connect, operations, requestor
     from dicomd.ul import pdu, tls
 
-    homes = (errors, storage, connect, operations, requestor, uids, pdu, tls)
+    homes = (errors, sending, connect, operations, requestor, uids, pdu, tls)
     for name in dicomd.client.__all__:
         value = getattr(dicomd.client, name)
         original = "Requestor" if name == "ClientAssociation" else name

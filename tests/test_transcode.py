@@ -34,7 +34,7 @@ from dicomd import uids
 from dicomd.config import ConfigError, Retrieve, parse_config
 from dicomd.dimse.command import CommandField
 from dicomd.dimse.datasets import decode_dataset, encode_dataset
-from dicomd.dimse.storage import storage_contexts
+from dicomd.dimse.sending import storage_contexts
 from dicomd.dimse.transcode import (
     DECOMPRESSED_SYNTAXES,
     DecompressionError,

@@ -39,6 +39,7 @@ from dicomd.describe import describe_status
 
 if TYPE_CHECKING:
     from dicomd.client import ClientAssociation, PresentationContextRQ, StoreResult
+    from dicomd.part10 import Part10Header
 
 COMMAND = "store"
 
@@ -93,21 +94,25 @@ MAX_CONTEXTS = 128
 
 @dataclass(frozen=True, slots=True)
 class Instance:
-    """A file to send: its size (how work is shared out) and what it needs a context for."""
+    """A file to send and its File Meta: what it needs a context for, and what its C-STORE
+    sends without reading the file's head again."""
 
     path: Path
-    size: int
-    sop_class_uid: str
-    transfer_syntax: str
+    header: Part10Header
+
+    @property
+    def size(self) -> int:
+        """Bytes of the file (how work is shared out): its data set runs to the end of it."""
+        return self.header.data_set_offset + self.header.data_set_length
 
     @property
     def kind(self) -> tuple[str, str]:
-        return self.sop_class_uid, self.transfer_syntax
+        return self.header.sop_class_uid, self.header.transfer_syntax
 
 
 def propose_for(instances: Iterable[Instance]) -> tuple[PresentationContextRQ, ...]:
     """One context for each SOP class and transfer syntax among ``instances``."""
-    from dicomd.client import storage_contexts  # pydicom: not for ``dicomd store --help``
+    from dicomd.client import storage_contexts  # not for ``dicomd store --help``
 
     return storage_contexts(instance.kind for instance in instances)
 
@@ -177,11 +182,7 @@ def find_instances(paths: Iterable[str]) -> tuple[list[Instance], list[tuple[Pat
             except OSError as error:
                 skipped.append((candidate, error.strerror or str(error)))
             else:
-                # The data set runs to the end of the file: its size needs no second stat.
-                size = header.data_set_offset + header.data_set_length
-                instances.append(
-                    Instance(candidate, size, header.sop_class_uid, header.transfer_syntax)
-                )
+                instances.append(Instance(candidate, header))
     return instances, skipped
 
 
@@ -272,7 +273,7 @@ async def _send_one(
     from dicomd.part10 import Part10Error
 
     try:
-        result = await defer.maybeDeferred(association.store, instance.path)
+        result = await defer.maybeDeferred(association.store, instance.path, header=instance.header)
     except NoAcceptedContext:
         sop_class, syntax = (uid_name(uid) for uid in instance.kind)
         tally.failures.append((instance.path, f"not accepted by {peer}: {sop_class} in {syntax}"))

@@ -40,7 +40,8 @@ from dicomd.ul.timer import Timer
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-    from dicomd.dimse.storage import StoreResult
+    from dicomd.dimse.sending import StoreResult
+    from dicomd.part10 import Part10Header
     from dicomd.ul.protocol import UpperLayerProtocol
 
 
@@ -145,6 +146,7 @@ class Requestor(DimseAssociation):
         source: str | Path | Dataset,
         priority: int = 0,
         move_originator: tuple[str, int] | None = None,
+        header: Part10Header | None = None,
     ) -> defer.Deferred[StoreResult]:
         """C-STORE a Part 10 file (streamed from disk) or a Dataset.
 
@@ -154,11 +156,14 @@ class Requestor(DimseAssociation):
         A data set is taken to be in the syntax of its ``file_meta``
         (explicit VR little endian without one) and is not changed.
         ``move_originator`` (AE title, message ID) marks a C-STORE made for a
-        C-MOVE.
+        C-MOVE.  ``header``, the file's File Meta (`dicomd.part10.read_header`) when it
+        has been read already, spares reading it again.
         """
-        from dicomd.dimse.storage import send_store  # pydicom: only a C-STORE pays for it
+        from dicomd.dimse.sending import send_store  # loaded by the first C-STORE, not by C-ECHO
 
-        return send_store(self, source, self.contexts.values(), priority, move_originator)
+        return send_store(
+            self, source, self.contexts.values(), priority, move_originator, header=header
+        )
 
     def move(
         self,

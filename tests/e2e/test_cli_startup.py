@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 
 from dicomd.cli import COMMANDS
 from tests.support.daemons import COMMAND_TIMEOUT
-from tests.support.dcmtk import DcmtkPeer
+from tests.support.dcmtk import DcmtkPeer, dcmtk_peer
 from tests.support.processes import LOCALHOST, daemon_environment
 
 PYDICOM_AND_NUMPY = ("pydicom", "numpy")
@@ -104,10 +104,23 @@ def test_echo_with_debug_names_the_contexts_it_was_given(receiver: DcmtkPeer) ->
     assert "context 1: Verification SOP Class in Explicit VR Little Endian" in log
 
 
-def test_store_over_tcp_loads_neither_numpy_nor_the_tls_libraries(receiver: DcmtkPeer) -> None:
+def test_store_of_files_as_they_are_loads_neither_pydicom_nor_the_tls_libraries(
+    receiver: DcmtkPeer,
+) -> None:
+    """CT_small.dcm is in explicit VR little endian, which dcmtk accepts: the file goes as it
+    is, which needs its File Meta and nothing of pydicom."""
     loaded = loaded_modules(
         "store", LOCALHOST, str(receiver.port), get_testdata_file("CT_small.dcm")
     )
+    assert within(loaded, PYDICOM_AND_NUMPY + TLS_LIBRARIES) == set()
+    assert "dicomd.dimse.storage" not in loaded  # the receiving side
+
+
+def test_store_converting_a_file_loads_pydicom_but_not_numpy(tmp_path: Path) -> None:
+    """A peer that accepts only implicit VR: the explicit VR file is re-encoded, with pydicom."""
+    with dcmtk_peer("storescp", tmp_path, "+xi", "-od", str(tmp_path)) as implicit_only:
+        loaded = loaded_modules(
+            "store", LOCALHOST, str(implicit_only.port), get_testdata_file("CT_small.dcm")
+        )
     assert "pydicom" in loaded
     assert "numpy._core" not in loaded  # the report names numpy itself for the refused import
-    assert within(loaded, TLS_LIBRARIES) == set()

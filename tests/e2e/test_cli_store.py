@@ -18,6 +18,7 @@ from pynetdicom import evt
 
 from dicomd.cli.progress import Progress, clock_time
 from dicomd.cli.store import Instance, batches, propose_for, share_out
+from dicomd.part10 import Part10Header
 from tests.support.certificates import Authority
 from tests.support.daemons import RunningDaemon, log_lines_with, run_dicomd, start_daemon
 from tests.support.datasets import copies_of
@@ -349,7 +350,7 @@ def test_no_progress_keeps_the_terminal_quiet(tmp_path: Path, files: list[Path])
 
 def test_work_is_shared_out_by_size_keeping_the_order_of_files() -> None:
     instances = [
-        Instance(Path(f"{n}.dcm"), size, CT_IMAGE_STORAGE, EXPLICIT_VR_LITTLE_ENDIAN)
+        instance(n, CT_IMAGE_STORAGE, EXPLICIT_VR_LITTLE_ENDIAN, size)
         for n, size in enumerate([9, 1, 1, 5, 4, 1])
     ]
 
@@ -392,8 +393,10 @@ def test_time_left_reads_like_a_clock(seconds: float, shown: str) -> None:
     assert clock_time(seconds) == shown
 
 
-def instance(number: int, sop_class: str, syntax: str) -> Instance:
-    return Instance(Path(f"{number}.dcm"), 100, sop_class, syntax)
+def instance(number: int, sop_class: str, syntax: str, size: int = 100) -> Instance:
+    """A file of ``size`` bytes, all of them data set."""
+    header = Part10Header(sop_class, f"1.2.3.{number}", syntax, 0, size)
+    return Instance(Path(f"{number}.dcm"), header)
 
 
 def test_contexts_offer_each_file_its_own_syntax_first() -> None:

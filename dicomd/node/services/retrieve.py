@@ -36,7 +36,7 @@ from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import encode_dataset
 from dicomd.dimse.errors import AssociationError, NoAcceptedContext
 from dicomd.dimse.negotiation import AcceptedContext
-from dicomd.dimse.storage import StoreResult, send_store, storage_contexts
+from dicomd.dimse.sending import StoreResult, send_store, storage_contexts
 from dicomd.dimse.transcode import Decompressor
 from dicomd.interfaces import InvalidIdentifier, IRetrieveSource, RetrieveItem
 from dicomd.node.acceptor import Acceptor, QueryRefused
