@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from dicomd.dimse.command import Command
@@ -44,9 +45,7 @@ def fragment(
     """
     if data is None:
         return message_pdus(context_id, command, None, max_pdu_length)
-    return message_pdus(
-        context_id, command, lambda first, rest: cut(data, first, rest), max_pdu_length
-    )
+    return message_pdus(context_id, command, partial(cut, data), max_pdu_length)
 
 
 def message_pdus(
@@ -103,10 +102,10 @@ def cut(pieces: Buffer | Iterable[Buffer], first: int, rest: int) -> Iterator[tu
     """The data in ``pieces`` (one buffer, or several however they are cut) as fragments:
     the first ``first`` bytes, the others ``rest``, the last what is left.  A full fragment
     waits until more data is found, since only then is it known not to be the last."""
-    single = isinstance(pieces, (bytes, bytearray, memoryview))
-    if single and len(pieces) <= first:  # type: ignore[arg-type]
-        yield pieces, True  # type: ignore[misc]  # a C-FIND match: the common case
+    if isinstance(pieces, bytes) and len(pieces) <= first:
+        yield pieces, True  # a C-FIND match, in one piece: the common case
         return
+    single = isinstance(pieces, (bytes, bytearray, memoryview))
     full: list[memoryview] | None = None
     parts: list[memoryview] = []
     held = 0
