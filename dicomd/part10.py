@@ -70,7 +70,7 @@ class Part10Header:
 def read_header(path: str | Path) -> Part10Header:
     """Read the File Meta Information of ``path``; raises Part10Error or OSError."""
     with open(path, "rb") as file:
-        return read_header_from(file, Path(path).stat().st_size)
+        return read_header_from(file, os.fstat(file.fileno()).st_size)
 
 
 def read_header_from(file: BinaryIO, size: int) -> Part10Header:
