@@ -1,4 +1,4 @@
-"""Start-up of the ``dicomd`` command: ``dicomd --help`` and ``dicomd echo``, end to end.
+"""Start-up of the ``dicomd`` command: ``--help``, ``echo`` and ``store`` of one file, end to end.
 
 Run by hand from the repository root::
 
@@ -8,11 +8,13 @@ Each command runs ``--repeat`` times, the commands taking turns so that the
 machine's drift hits them alike, and the table shows the median wall time
 (from starting the process to its exit) and CPU time (user + system) of
 each, and the fastest wall time.  ``dicomd echo`` sends one C-ECHO to a
-dcmtk ``storescp`` on 127.0.0.1 (``TCP_NODELAY=1``) and releases.  The
+dcmtk ``storescp`` on 127.0.0.1 (``TCP_NODELAY=1``) and releases;
+``dicomd store`` sends it pydicom's CT_small.dcm (explicit VR little endian,
+which goes as it is).  The
 command runs as installed (bytecode cached, see `_baseline`); with
 ``--baseline REV`` the same commands of commit REV take turns with today's.
-For reference: dcmtk's ``echoscu`` against the same ``storescp``, and
-``python -c pass`` (the interpreter alone).
+For reference: dcmtk's ``echoscu`` and ``storescu`` against the same
+``storescp``, and ``python -c pass`` (the interpreter alone).
 
 ``--importtime`` then adds where today's ``dicomd echo`` spends its import
 time: Python's ``-X importtime`` self times, summed by package (dicomd's by
@@ -34,6 +36,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from pydicom.data import get_testdata_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -78,23 +82,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             serving(processes, RECEIVER.command, RECEIVER.ae_title, work)
         )
         echo = ("echo", "-aec", RECEIVER.ae_title, LOCALHOST, str(receiver.port))
+        instance = get_testdata_file("CT_small.dcm")
+        store = ("store", "--no-progress", *echo[1:], instance)
         versions = [("dicomd", command_environment())]
         if arguments.baseline is not None:
             package_root = stack.enter_context(exported(arguments.baseline))
             versions.insert(0, (f"dicomd@{arguments.baseline}", command_environment(package_root)))
         commands = []
         for name, environment in versions:
-            compile_command("store", "--help", environment=environment)
             compile_command(*echo, environment=environment)
+            compile_command(*store, environment=environment)
             commands.append(Command(f"{name} --help", dicomd_argv("--help"), environment))
             commands.append(Command(f"{name} echo", dicomd_argv(*echo), environment))
-        commands.append(
-            Command(
-                "echoscu",
-                ["echoscu", "-aec", RECEIVER.ae_title, LOCALHOST, str(receiver.port)],
-                dcmtk_environment(),
-            )
-        )
+            commands.append(Command(f"{name} store", dicomd_argv(*store), environment))
+        address = ("-aec", RECEIVER.ae_title, LOCALHOST, str(receiver.port))
+        commands.append(Command("echoscu", ["echoscu", *address], dcmtk_environment()))
+        commands.append(Command("storescu", ["storescu", *address, instance], dcmtk_environment()))
         commands.append(Command("python -c pass", [sys.executable, "-c", "pass"], {}))
         print(f"receiver: {RECEIVER.options}")
         print(f"{arguments.repeat} runs of each, taking turns")
