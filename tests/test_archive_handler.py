@@ -30,6 +30,7 @@ from dicomd.uids import (
     STUDY_ROOT_MOVE,
 )
 from tests.support.received import CT_SMALL, ct_small, kept_path, opened, received, status_of
+from tests.support.threads import DEADLINE, HeldNames, eventually, in_threads
 
 
 def rows(handler: ArchiveHandler, sql: str, *parameters: object) -> list[tuple]:
@@ -529,3 +530,26 @@ def test_the_attributes_collected_on_receipt_are_indexed_without_reading_the_fil
 
     assert rows(open_archive, "SELECT PatientID FROM patients") == [("FROM-THE-WALK",)]
     assert "PatientID" in open_archive.attributes_read
+
+
+def test_a_folder_another_store_is_making_is_used_only_once_its_name_is_flushed(
+    open_archive: ArchiveHandler, archive_path: Path
+) -> None:
+    """A store that finds the study folder already made waits for its maker's flush of the
+    archive folder: otherwise its answer could come before a name a power cut would lose."""
+    held = HeldNames(archive_path)
+    open_archive._durability = held
+    study = archive_path / "1.2.3"
+    maker = in_threads(lambda: open_archive._make_folders(study / "4"))
+    assert held.flushing.wait(DEADLINE)
+    follower = in_threads(
+        lambda: (open_archive._make_folders(study / "5"), held.events.append("follower done"))
+    )
+    key = f"folder:{study}"
+    eventually(lambda: open_archive._folder_locks.users(key) == 2 or bool(held.events))
+    assert held.events == []
+    held.release.set()
+    maker.results()
+    follower.results()
+    assert held.events == [f"flushed {archive_path.name}", "follower done"]
+    assert (study / "4").is_dir() and (study / "5").is_dir()

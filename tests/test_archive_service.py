@@ -11,15 +11,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pydicom import Dataset
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, inlineCallbacks
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from dicomd.archive import ArchiveHandler, PrintHandler
 from dicomd.archive.handler import Reconciliation
-from dicomd.interfaces import Kept
+from dicomd.interfaces import FindQuery, Kept
+from dicomd.uids import STUDY_ROOT_FIND
 from tests.support.received import ct_small, kept_path, received, status_of
+from tests.support.threads import HeldNames
 
 
 def uid(n: int) -> str:
@@ -195,6 +198,33 @@ class ArchiveServiceTests(unittest.TestCase):
         yield handler.stopService()
 
     test_concurrent_stores_share_index_commits.timeout = 30  # type: ignore[attr-defined]
+
+    def test_a_query_is_answered_while_every_store_thread_waits_for_the_disk(self):
+        """Stores wait in their threads for flushes; queries have threads of their own."""
+        handler = self.started(threads=1)
+        held = HeldNames(self.archive_path)
+        handler._durability = held
+        storing = handler.store(received(self.archive_path, ct_small(SOPInstanceUID=uid(1))))
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = ""
+        query = FindQuery(identifier, STUDY_ROOT_FIND, "STUDY", "SCU", "DICOMD", "127.0.0.1")
+
+        async def query_then_release() -> tuple[list[object], object]:
+            await until(held.flushing.is_set)
+            matches = await handler.find(query)
+            found = [match async for match in matches]
+            held.release.set()
+            return found, await storing
+
+        def check(result: tuple[list[object], object]) -> None:
+            found, stored = result
+            self.assertEqual(found, [])  # the store's row is not committed yet
+            self.assertEqual(status_of(stored)[0], 0x0000)
+
+        return ensureDeferred(query_then_release()).addCallback(check)
+
+    test_a_query_is_answered_while_every_store_thread_waits_for_the_disk.timeout = 10  # type: ignore[attr-defined]
 
     def test_store_before_start_is_refused(self):
         handler = ArchiveHandler(self.archive_path, reactor=reactor)

@@ -10,7 +10,7 @@ import fcntl
 import os
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,33 @@ def test_a_commit_that_cannot_run_fails_its_batch_and_the_next_goes_on() -> None
     with pytest.raises(OSError, match="disk gone"):
         writes.submit(1)
     assert writes.submit(2) == 2
+
+
+def test_a_commit_answering_too_few_writes_fails_each_of_them_rather_than_hang() -> None:
+    gate = threading.Event()
+    answered_one: list[list[int]] = []
+
+    def short(batch: Sequence[int]) -> list[Outcome]:
+        answered_one.append(list(batch))
+        if len(answered_one) == 1:
+            gate.wait()
+        return [Outcome(result=batch[0])]
+
+    writes = GroupCommit(short)
+    first = in_threads(lambda: writes.submit(1))
+    eventually(lambda: bool(answered_one))
+    waiting = in_threads(lambda: _raised(writes.submit, 2), lambda: _raised(writes.submit, 3))
+    eventually(lambda: writes.waiting == 2)
+    gate.set()
+
+    assert first.results() == [1]
+    assert waiting.results() == ["the index answered 1 of 2 writes"] * 2
+
+
+def _raised(function: Callable[[int], object], argument: int) -> str:
+    with pytest.raises(RuntimeError) as raised:
+        function(argument)
+    return str(raised.value)
 
 
 def test_batches_through_the_real_index_from_several_threads(tmp_path: Path) -> None:

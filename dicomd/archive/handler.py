@@ -15,12 +15,18 @@ blocking step of it in order (`ArchiveHandler._file`): check, lock, flush the
 content, rename, flush the names, index, answer.  Stores that run at the same
 time share their flushes (`dicomd.archive.durability`: one per folder, or one
 ``syncfs``, for all who wait) and their index transaction (`GroupCommit`: the
-one thread that owns the write connection commits whatever waits).  Sharing
+first store thread to find no transaction running commits the batch).  Sharing
 never weakens the order above: a store waits for a flush that began after its
 own write, and for a commit that holds its row.  A store holds a lock for its
 SOP Instance UID and one for its layout path (`KeyedLocks`; across worker
 processes `ProcessLocks` too) from before it looks for a duplicate until its
 row is committed, so that a duplicate check never misses a row in flight.
+A folder is made under a lock of its own, held until its name is flushed, so
+that a store finding it already there waits for that flush before it answers.
+
+Stores and queries have thread pools of their own: a store waits in its
+thread for locks, flushes and commits, and must not keep a query waiting for
+a thread.
 """
 
 from __future__ import annotations
@@ -222,9 +228,11 @@ class ArchiveHandler(Service):
         self._index_files = frozenset(index + suffix for suffix in _SQLITE_COMPANIONS)
         self._reactor = reactor
         self._pool: ThreadPool | None = None
+        self._query_pool: ThreadPool | None = None
         self._writes: GroupCommit[Write] | None = None
         self._durability: Durability = FileFlush()
         self._locks = KeyedLocks()
+        self._folder_locks = KeyedLocks()
         self._in_flight = InFlight()
         self.attributes_read = frozenset((*INDEXED_KEYWORDS, *self.layout.keywords()))
         self.shared = False
@@ -232,6 +240,7 @@ class ArchiveHandler(Service):
         reconciled before any of them began (a worker reconciling would delete what the
         others are receiving), and a UID or a path is locked across the processes too."""
         self._process_locks: ProcessLocks | None = None
+        self._process_folder_locks: ProcessLocks | None = None
         self._last_needed_tag = int(max(Tag(keyword) for keyword in self.attributes_read))
 
     # -- the Twisted service ----------------------------------------------------------------
@@ -249,15 +258,21 @@ class ArchiveHandler(Service):
         if self.shared:
             self.index.open()
             locks = self.path / LOCKS_FOLDER
-            locks.mkdir(exist_ok=True)
+            (locks / "folders").mkdir(parents=True, exist_ok=True)
             self._process_locks = ProcessLocks(locks)
+            # apart: a store takes a folder's lock while it holds its UID's and path's
+            self._process_folder_locks = ProcessLocks(locks / "folders")
         else:
             self.open()
         if self.flush == "filesystem":
             self._durability = FilesystemFlush(self.path)
         self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="dicomd-archive")
+        self._query_pool = ThreadPool(
+            minthreads=1, maxthreads=self.threads, name="dicomd-archive-queries"
+        )
         self._writes = GroupCommit(self.index.write)
         self._pool.start()
+        self._query_pool.start()
         super().startService()
 
     def stopService(self) -> Deferred[None]:
@@ -273,13 +288,15 @@ class ArchiveHandler(Service):
 
     async def _stop(self) -> None:
         await self._in_flight.ended()  # each store ends after its commit
-        pool, self._pool = self._pool, None
+        pools = (self._pool, self._query_pool)
+        self._pool = self._query_pool = None
         self._writes = None
         if isinstance(self._durability, FilesystemFlush):
             self._durability.close()
             self._durability = FileFlush()
-        if pool is not None:
-            pool.stop()
+        for pool in pools:
+            if pool is not None:
+                pool.stop()
         self.query.close()
         self.close()
 
@@ -290,15 +307,15 @@ class ArchiveHandler(Service):
     def find(self, query: FindQuery) -> Deferred[PagedMatches]:
         """Search the index (``IFindHandler``): the matches come a page at a time, each read
         in the archive's threads as the peer takes the previous ones (`PagedMatches`)."""
-        opening = self._in_threads(self.query.pages, query)
+        opening = self._in_query_threads(self.query.pages, query)
         return opening.addCallback(self._paged)
 
     def _paged(self, pages: FindPages) -> PagedMatches:
-        return PagedMatches(pages, self._in_threads, self._reactor)
+        return PagedMatches(pages, self._in_query_threads, self._reactor)
 
     def instances(self, query: FindQuery) -> Deferred[list[RetrieveItem]]:
         """The archived instances a C-MOVE or C-GET selects (``IRetrieveSource``)."""
-        return self._in_threads(self._instances, query)
+        return self._in_query_threads(self._instances, query)
 
     def _instances(self, query: FindQuery) -> list[RetrieveItem]:
         rows = self.query.instances(query)
@@ -315,14 +332,19 @@ class ArchiveHandler(Service):
         """The keys the index can match and return at ``level`` (for FF01 answers)."""
         return self.query.supported_keys(level)
 
-    def _started_pool(self) -> ThreadPool:
-        if self._pool is None or not self.running:
-            raise NotRunning(f"the archive {self.path} is not running")
-        return self._pool
-
     def _in_threads(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        """``function`` in the archive's threads, as work in flight that stopping waits for."""
-        pool = self._started_pool()
+        """``function`` in the stores' threads, as work in flight that stopping waits for."""
+        return self._in_pool(self._pool, function, *args)
+
+    def _in_query_threads(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        """``function`` in the queries' threads, as work in flight that stopping waits for."""
+        return self._in_pool(self._query_pool, function, *args)
+
+    def _in_pool(
+        self, pool: ThreadPool | None, function: Callable[..., _T], *args: Any
+    ) -> Deferred[_T]:
+        if pool is None or not self.running:
+            raise NotRunning(f"the archive {self.path} is not running")
         return self._in_flight.track(deferToThreadPool(self._reactor, pool, function, *args))
 
     # -- the blocking work ------------------------------------------------------------------
@@ -373,13 +395,7 @@ class ArchiveHandler(Service):
         if not isinstance(checked, InstanceRecord):
             return checked
         keys = (f"uid:{checked.SOPInstanceUID}", f"path:{checked.path}")
-        release = self._locks.hold(*keys)
-        if self._process_locks is not None:
-            try:
-                release = _both(release, self._process_locks.hold(*keys))
-            except BaseException:
-                release()
-                raise
+        release = _hold(self._locks, self._process_locks, keys)
         try:
             placed = self._move_in(instance, checked)
             if not isinstance(placed, _Placed):
@@ -496,15 +512,24 @@ class ArchiveHandler(Service):
 
     def _make_folders(self, folder: Path) -> None:
         """Create the missing folders down to ``folder``, each one's name flushed before the
-        next is made in it."""
-        missing: list[Path] = []
-        while not folder.is_dir():
-            missing.append(folder)
-            folder = folder.parent
-        for new_folder in reversed(missing):
-            with contextlib.suppress(FileExistsError):  # another thread made it: flush anyway
-                new_folder.mkdir()
-            self._durability.names(new_folder.parent)
+        next is made in it.
+
+        Each folder on the way is looked at under its lock, which its maker holds
+        from before ``mkdir`` until its name is flushed: a folder another store (a
+        thread, or a worker process) has just made is on the disk by the time this
+        store sees it, and the name of this store's file never hangs from a folder
+        a power cut could lose.
+        """
+        parts = folder.relative_to(self.path).parts
+        for depth in range(1, len(parts) + 1):
+            each = self.path.joinpath(*parts[:depth])
+            release = _hold(self._folder_locks, self._process_folder_locks, (f"folder:{each}",))
+            try:
+                if not each.is_dir():
+                    each.mkdir()
+                    self._durability.names(each.parent)
+            finally:
+                release()
 
     def _reconcile(self) -> Reconciliation:
         """Make the folder and the index agree again after a crash (or a SIGKILL).
@@ -596,6 +621,21 @@ def _mismatch(dataset: Dataset, instance: ReceivedInstance) -> Dataset | None:
             "SOP Instance UID of the data set differs from the command's",
         )
     return None
+
+
+def _hold(
+    thread_locks: KeyedLocks, process_locks: ProcessLocks | None, keys: tuple[str, ...]
+) -> Callable[[], None]:
+    """Hold ``keys`` among this process's threads, then among the worker processes sharing
+    the archive (when there are several); the function that releases both."""
+    release = thread_locks.hold(*keys)
+    if process_locks is None:
+        return release
+    try:
+        return _both(release, process_locks.hold(*keys))
+    except BaseException:
+        release()
+        raise
 
 
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:

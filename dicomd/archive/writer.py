@@ -52,7 +52,8 @@ class GroupCommit(Generic[W]):
     @property
     def waiting(self) -> int:
         """How many writes wait for the next transaction."""
-        return len(self._waiting)
+        with self._condition:
+            return len(self._waiting)
 
     def submit(self, write: W) -> Any:
         """Blocking: queue ``write`` and wait for the commit that holds it; its result."""
@@ -95,6 +96,8 @@ def _commit_batch(commit: Commit[W], batch: list[tuple[W, _Answer]]) -> None:
     """Commit ``batch`` in one transaction and answer each of its writes."""
     try:
         outcomes: Sequence[Outcome] = commit([write for write, _answer in batch])
+        if len(outcomes) != len(batch):  # a write left unanswered would wait for ever
+            raise RuntimeError(f"the index answered {len(outcomes)} of {len(batch)} writes")
     except BaseException as error:  # every write of the batch gets it
         outcomes = [Outcome(error=error)] * len(batch)
     for (_write, answer), outcome in zip(batch, outcomes, strict=True):
@@ -144,6 +147,12 @@ class KeyedLocks:
     def __len__(self) -> int:
         """How many keys are held or waited for."""
         return len(self._locks)
+
+    def users(self, key: str) -> int:
+        """How many threads hold ``key`` or wait for it."""
+        with self._guard:
+            entry = self._locks.get(key)
+            return entry[1][0] if entry is not None else 0
 
     def hold(self, *keys: str) -> Callable[[], None]:
         """Once every key is held, the function that releases them."""

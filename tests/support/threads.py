@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 DEADLINE = 10.0
@@ -51,3 +52,23 @@ def eventually(condition: Callable[[], bool]) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition never held"
         threading.Event().wait(0.001)
+
+
+class HeldNames:
+    """The archive's flushes (a `Durability`) with the disk left out, and the flush of the
+    names in folder ``slow`` held until ``release`` is set: a store caught mid-flush."""
+
+    def __init__(self, slow: Path) -> None:
+        self.slow = slow
+        self.flushing = threading.Event()
+        self.release = threading.Event()
+        self.events: list[str] = []
+
+    def content(self, path: Path) -> None:
+        pass
+
+    def names(self, folder: Path) -> None:
+        if folder == self.slow:
+            self.flushing.set()
+            assert self.release.wait(DEADLINE)
+            self.events.append(f"flushed {folder.name}")
