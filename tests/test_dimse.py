@@ -6,6 +6,7 @@ the hand-written command codec.
 
 import itertools
 import struct
+import weakref
 import zlib
 
 import pytest
@@ -884,3 +885,18 @@ def test_responses_to_one_request_carry_each_its_own_status_and_data_set_type():
         (uids.Status.SUCCESS, False, "done", None),
         (uids.Status.SUCCESS, False, None, None),
     ]
+
+
+def test_a_final_response_lets_go_of_its_request():
+    """The pending responses' command set is kept for the next one, not beyond the last:
+    the request it names holds the identifier, as large as the peer made it."""
+    peer = Peer()
+    peer.associate()
+    association = peer.protocol.user
+    identifier = Dataset()
+    request = Request(association.contexts[1], find_on_verification(message_id=7), identifier)
+    association.respond(request, uids.Status.PENDING, b"match")
+    association.respond(request, uids.Status.SUCCESS)
+    kept = weakref.ref(identifier)
+    del request, identifier
+    assert kept() is None

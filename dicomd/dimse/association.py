@@ -448,7 +448,9 @@ class DimseAssociation:
         """Send the response to ``request`` with ``status`` and any other command fields.
 
         A C-FIND's pending responses all carry the same command set: the last
-        one encoded without other fields is kept and sent again as long as it fits.
+        pending one encoded without other fields is kept and sent again while the
+        request, the status and whether a data set follows stay the same.  A final
+        response lets it go, with the request it holds.
         """
         with_data_set = dataset is not None
         last = self._last_response
@@ -462,8 +464,9 @@ class DimseAssociation:
             encoded = last.encoded
         else:
             encoded = self._response(request, status, with_data_set, fields).encode()
+            kept = not fields and status in _PENDING
             self._last_response = (
-                None if fields else _EncodedResponse(request, status, with_data_set, encoded)
+                _EncodedResponse(request, status, with_data_set, encoded) if kept else None
             )
         self._send_encoded(request.context.context_id, encoded, dataset)
 
