@@ -197,6 +197,16 @@ class UnnamedFile:
     naming: int
 
 
+def _opened(descriptor: int) -> BinaryIO:
+    """The file object writing through ``descriptor``, which it closes; closed here if none
+    can be made, so that the descriptor never outlives the store."""
+    try:
+        return open(descriptor, "wb", buffering=0)
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 def _close_spares(spares: collections.deque[tuple[int, int]]) -> None:
     while spares:
         for descriptor in spares.popleft():
@@ -226,7 +236,7 @@ class IncomingFile:
             if unnamed is None:
                 self._file = self._create(folder)
             else:
-                self._file = open(unnamed.descriptor, "wb", buffering=0)  # noqa: SIM115
+                self._file = _opened(unnamed.descriptor)
             self._file.write(PREAMBLE + meta)
         except OSError as error:
             self._fail(error)

@@ -52,6 +52,15 @@ def test_stdout_and_stderr_are_split_into_lines_each_on_its_own() -> None:
     ]
 
 
+def test_a_continuation_line_keeps_the_level_of_its_own_stream_s_event() -> None:
+    said = relayed(
+        (1, b"- [dicomd.x#error] a traceback begins\n"),
+        (2, b"- [dicomd.y#info] meanwhile on stderr\n"),
+        (1, b"\tand goes on\n"),
+    )
+    assert [level for level, _ in said] == [LogLevel.error, LogLevel.info, LogLevel.error]
+
+
 def test_a_line_that_never_ends_is_relayed_in_pieces() -> None:
     said = relayed(*[(1, b"x" * 10_000)] * 30)
     assert [len(line) for _, line in said] == [len("worker 2: ") + MOST_LINE] * 4

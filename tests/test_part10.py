@@ -21,6 +21,7 @@ from dicomd.part10 import (
     IncomingFile,
     Part10Error,
     SpareFiles,
+    UnnamedFile,
     inflated_pieces,
     read_header,
 )
@@ -200,3 +201,13 @@ def test_spares_are_closed_when_their_supply_is_let_go(tmp_path: Path) -> None:
     del spares
     gc.collect()
     assert open_files() == before
+
+
+def test_a_spare_that_cannot_be_written_through_is_closed_and_answered(tmp_path: Path) -> None:
+    not_a_file = os.open(tmp_path, os.O_RDONLY)  # a folder: no file object writes to it
+    naming = os.dup(not_a_file)
+    incoming = IncomingFile(tmp_path, b"", UnnamedFile(not_a_file, naming))
+    assert isinstance(incoming.error, IsADirectoryError)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(not_a_file)
+    os.close(naming)

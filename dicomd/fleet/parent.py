@@ -80,7 +80,9 @@ class _Worker(ProcessProtocol):
         self.started_at = pool.reactor.seconds()
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._pending: dict[int, bytes] = {}
-        self._level = LogLevel.info
+        self._levels: dict[int, LogLevel] = {}
+        """The level of the event each stream's last line began: its continuation lines
+        (begun with a tab) have it too, whatever the other stream said meanwhile."""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         """Lines from stdout and stderr, each stream its own."""
@@ -90,22 +92,25 @@ class _Worker(ProcessProtocol):
             rest = rest[MOST_LINE:]
         self._pending[childFD] = rest
         for line in lines:
-            self._relay(line)
+            self._relay(childFD, line)
 
-    def _relay(self, raw: bytes) -> None:
+    def _relay(self, stream: int, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace")
         event = _EVENT.match(line)
         if event is not None:
-            self._level = _LEVELS[event.group(1)]
-        elif not line.startswith("\t"):
-            self._level = LogLevel.info  # an event without a level, or a crash's last words
+            level = _LEVELS[event.group(1)]
+        elif line.startswith("\t"):
+            level = self._levels.get(stream, LogLevel.info)
+        else:
+            level = LogLevel.info  # an event without a level, or a crash's last words
+        self._levels[stream] = level
         line = line.removeprefix("- ")
-        self.log.emit(self._level, "worker {number}: {line}", number=self.number, line=line)
+        self.log.emit(level, "worker {number}: {line}", number=self.number, line=line)
 
     def processEnded(self, reason: Failure) -> None:
-        for rest in self._pending.values():
+        for stream, rest in self._pending.items():
             if rest:
-                self._relay(rest)
+                self._relay(stream, rest)
         self.ended.callback(None)
         self.pool.ended(self, reason)
 
