@@ -30,10 +30,9 @@ from dicomd.dimse.messages import (
     CommandReceived,
     DataReceived,
     MessageAssembler,
-    fragment,
 )
 from dicomd.ul.pdu import AAbort
-from tests.wire import Peer
+from tests.wire import Peer, fragment
 
 # The pydicom keyword of every Command attribute.
 KEYWORDS = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Iterator
+from functools import partial
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -13,7 +15,7 @@ from dicomd import uids
 from dicomd.app import node_factory
 from dicomd.config import Config, default_config
 from dicomd.dimse.command import Command
-from dicomd.dimse.messages import MessageAssembler, fragment
+from dicomd.dimse.messages import MessageAssembler, cut, message_pdus
 from dicomd.ul.pdu import (
     AAssociateAC,
     AAssociateRQ,
@@ -25,6 +27,21 @@ from dicomd.ul.pdu import (
 
 IMPLICIT = uids.IMPLICIT_VR_LITTLE_ENDIAN
 EXPLICIT = uids.EXPLICIT_VR_LITTLE_ENDIAN
+
+
+def fragment(
+    context_id: int, command: bytes, data: bytes | None, max_pdu_length: int
+) -> Iterator[bytes]:
+    """The P-DATA-TF PDUs that carry one DIMSE message whose data set is in memory, as the
+    outbox sends them (`message_pdus`).
+
+    ``max_pdu_length`` is the peer's maximum length received, the bound on
+    each PDU's length field; 0 means no limit (data then leaves in pieces of
+    ``UNLIMITED_PIECE``).  See `message_pdus`.
+    """
+    if data is None:
+        return message_pdus(context_id, command, None, max_pdu_length)
+    return message_pdus(context_id, command, partial(cut, data), max_pdu_length)
 
 
 def request(

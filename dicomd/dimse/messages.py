@@ -2,7 +2,7 @@
 
 A DIMSE message is a command set optionally followed by a data set; both
 travel as fragments in P-DATA-TF PDUs.  Nothing here touches a socket:
-:func:`fragment` turns a message into PDUs to write, and
+:func:`message_pdus` turns a message into PDUs to write, and
 :class:`MessageAssembler` turns received PDVs into events.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from dicomd.dimse.command import Command
@@ -32,20 +31,6 @@ _PDV_OVERHEAD: Final = 6  # item length (4) + context id (1) + control header (1
 UNLIMITED_PIECE: Final = 1 << 20
 """With no limit from the peer, data still leaves in pieces this big, so that memory stays
 bounded and other associations get their turn."""
-
-
-def fragment(
-    context_id: int, command: bytes, data: bytes | None, max_pdu_length: int
-) -> Iterator[bytes]:
-    """Yield the P-DATA-TF PDUs that carry one DIMSE message whose data set is in memory.
-
-    ``max_pdu_length`` is the peer's maximum length received, the bound on
-    each PDU's length field; 0 means no limit (data then leaves in pieces of
-    ``UNLIMITED_PIECE``).  See `message_pdus`.
-    """
-    if data is None:
-        return message_pdus(context_id, command, None, max_pdu_length)
-    return message_pdus(context_id, command, partial(cut, data), max_pdu_length)
 
 
 def message_pdus(

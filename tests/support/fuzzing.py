@@ -13,9 +13,8 @@ from pydicom import Dataset
 from dicomd import uids
 from dicomd.dimse.command import Command, CommandField
 from dicomd.dimse.datasets import encode_dataset
-from dicomd.dimse.messages import fragment
 from dicomd.ul.pdu import AAbort, AReleaseRQ, PresentationContextRQ
-from tests.wire import EXPLICIT, IMPLICIT, request
+from tests.wire import EXPLICIT, IMPLICIT, fragment, request
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
