@@ -25,7 +25,7 @@ from pynetdicom import AE
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.sop_class import Verification
 
-from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
+from dicomd.dimse.command import Command
 from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
 from dicomd.uids import STUDY_ROOT_FIND, STUDY_ROOT_MOVE
 from dicomd.ul.pdu import PresentationDataValue
@@ -41,11 +41,11 @@ from tests.support.attacks import (
 )
 from tests.support.audit import records_in, summary
 from tests.support.certificates import Authority
-from tests.support.daemons import log_lines_with, run_dicomd
+from tests.support.daemons import log_lines_with, users_file
 from tests.support.datasets import ct_dataset
 from tests.support.dcmtk import run_echoscu
 from tests.support.processes import LOCALHOST, status_kib
-from tests.support.raw_peer import RawPeer, find_command, store_command
+from tests.support.raw_peer import RawPeer, find_command, move_command, store_command
 from tests.support.syslog import TLSCollector, UDPCollector
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -136,11 +136,7 @@ def forged_query(daemon) -> int:
 def test_what_a_peer_names_never_breaks_a_record_nor_forges_one(
     start_dicomd, tmp_path, udp_collector
 ):
-    users = tmp_path / "users"
-    added = run_dicomd(
-        "user", "add", "alice", "--file", str(users), "--passcode-stdin", input_text="right\n"
-    )
-    assert added.returncode == 0, added.stderr
+    users = users_file(tmp_path)
     audit_file = tmp_path / "audit.log"
     daemon = start_dicomd(
         workers=1,  # one process: the records in the order the peers made them
@@ -296,17 +292,6 @@ def implicit(tag: int, value: bytes) -> bytes:
     """One implicit VR little endian element: a UI value of more than 64 KiB needs its
     4-byte length."""
     return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
-
-
-def move_command(message_id: int, destination: str) -> bytes:
-    return Command(
-        command_field=CommandField.C_MOVE_RQ,
-        message_id=message_id,
-        affected_sop_class_uid=STUDY_ROOT_MOVE,
-        priority=0,
-        move_destination=destination,
-        command_data_set_type=DATA_SET_PRESENT,
-    ).encode()
 
 
 def test_a_move_naming_80_000_studies_is_recorded_in_bounded_work(start_dicomd, receiver, tmp_path):

@@ -23,7 +23,12 @@ from pynetdicom.sop_class import Verification
 from tests.support.attacks import associate_rq
 from tests.support.audit import records_in, summary
 from tests.support.dcmtk import run_echoscu
-from tests.support.destinations import CountingReceiver, archive_with, move_to_counter
+from tests.support.destinations import (
+    CountingReceiver,
+    archive_with,
+    move_until_served_by,
+    served_moves,
+)
 from tests.support.processes import LOCALHOST, holds_within
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -243,17 +248,8 @@ def test_a_replaced_worker_still_takes_turns_at_a_move_destination(start_dicomd)
         assert kill_worker_one(daemon, 0) == 0.5
         assert worker_one_restarted(daemon, 0, 15)
         restarted_at = len(daemon.log_text())
-        moved = 0
-        for _ in range(6):
-            movers = [move_to_counter(daemon) for _ in range(4)]
-            for mover in movers:
-                output, _ = mover.communicate(timeout=60)
-                assert mover.returncode == 0, output
-            moved += len(movers)
-            since = daemon.log_text()[restarted_at:]
-            if set(re.findall(r"worker (\d): .*accepted: MOVESCU", since)) == {"1", "2"}:
-                break
-        assert set(re.findall(r"worker (\d): .*accepted: MOVESCU", since)) == {"1", "2"}
+        moved = move_until_served_by(daemon, {"1", "2"}, rounds=6, after=restarted_at)
+        assert served_moves(daemon, restarted_at) == {"1", "2"}
         assert len(receiver.stored) == moved
         assert receiver.most == 1
     finally:

@@ -14,7 +14,7 @@ from pynetdicom.sop_class import Verification
 
 from tests.support.audit import records_in, summary
 from tests.support.certificates import Authority
-from tests.support.daemons import run_dicomd
+from tests.support.daemons import users_file
 from tests.support.dcmtk import run_dcmtk, run_echoscu
 from tests.support.processes import LOCALHOST
 from tests.support.syslog import TLSCollector, UDPCollector
@@ -62,11 +62,7 @@ def login_as(daemon, user: bytes, passcode: bytes) -> bool:
 def test_a_scripted_session_leaves_one_record_per_event(
     start_dicomd, tmp_path, udp_collector, receiver, workers
 ):
-    users = tmp_path / "users"
-    added = run_dicomd(
-        "user", "add", "alice", "--file", str(users), "--passcode-stdin", input_text="right\n"
-    )
-    assert added.returncode == 0, added.stderr
+    users = users_file(tmp_path)
     audit_file = tmp_path / "audit.log"
     daemon = start_dicomd(
         workers=workers,

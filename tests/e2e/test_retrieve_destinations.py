@@ -3,7 +3,6 @@ on how many moves may send to one destination at once."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,14 @@ from dicomd.part10 import read_header
 from tests.support.daemons import RunningDaemon
 from tests.support.datasets import dataset_bytes
 from tests.support.dcmtk import DcmtkPeer, dcmtk_peer, run_dcmtk
-from tests.support.destinations import CT, CT_STUDY, CountingReceiver, archive_with, move_to_counter
+from tests.support.destinations import (
+    CT,
+    CT_STUDY,
+    CountingReceiver,
+    archive_with,
+    move_until_served_by,
+    served_moves,
+)
 from tests.support.processes import LOCALHOST
 
 
@@ -106,17 +112,9 @@ def test_max_associations_makes_moves_to_a_destination_take_turns(start_dicomd, 
             {"COUNTER": {"host": LOCALHOST, "port": receiver.port, "max_associations": 1}},
             workers,
         )
-        moved = 0
-        for _ in range(5):
-            movers = [move_to_counter(daemon) for _ in range(4)]
-            for mover in movers:
-                output, _ = mover.communicate(timeout=60)
-                assert mover.returncode == 0, output
-            moved += len(movers)
-            serving = set(re.findall(r"worker (\d): .*accepted: MOVESCU", daemon.log_text()))
-            if workers == 1 or serving == {"1", "2"}:
-                break
-        assert workers == 1 or serving == {"1", "2"}
+        both = {"1", "2"} if workers == 2 else set()
+        moved = move_until_served_by(daemon, both, rounds=5)
+        assert workers == 1 or served_moves(daemon) == both
         assert len(receiver.stored) == moved
         assert receiver.most == 1
     finally:

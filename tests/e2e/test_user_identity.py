@@ -12,7 +12,7 @@ from pynetdicom import AE
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.sop_class import Verification
 
-from tests.support.daemons import run_dicomd
+from tests.support.daemons import users_file
 from tests.support.processes import LOCALHOST
 
 SECRET = "a shared secret of enough length for HS256"
@@ -21,11 +21,7 @@ ISSUER = "https://login.hospital.example"
 
 @pytest.fixture
 def daemon(start_dicomd, tmp_path):
-    users = tmp_path / "users"
-    added = run_dicomd(
-        "user", "add", "alice", "--file", str(users), "--passcode-stdin", input_text="right\n"
-    )
-    assert added.returncode == 0, added.stderr
+    users = users_file(tmp_path)
     return start_dicomd(
         authentication={
             "required": True,

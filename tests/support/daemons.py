@@ -257,5 +257,15 @@ def run_dicomd(
     )
 
 
+def users_file(folder: Path, name: str = "alice", passcode: str = "right") -> Path:
+    """A users file made by ``dicomd user add``, holding ``name`` with ``passcode``."""
+    users = folder / "users"
+    added = run_dicomd(
+        "user", "add", name, "--file", str(users), "--passcode-stdin", input_text=passcode + "\n"
+    )
+    assert added.returncode == 0, added.stderr
+    return users
+
+
 def stderr_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     return result.stderr.splitlines()

@@ -6,6 +6,7 @@ processes: both ask whether a destination's ``max_associations`` holds.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -87,3 +88,26 @@ def move_to_counter(daemon: RunningDaemon) -> subprocess.Popen[str]:
         text=True,
         env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
     )
+
+
+def move_until_served_by(
+    daemon: RunningDaemon, workers: set[str], rounds: int, after: int = 0
+) -> int:
+    """Rounds of four moves to COUNTER at once, until each of ``workers`` (their numbers as
+    the log names them, after its first ``after`` characters) has accepted one: the kernel
+    picks the worker of each association.  How many moves were made; each must succeed."""
+    moved = 0
+    for _ in range(rounds):
+        movers = [move_to_counter(daemon) for _ in range(4)]
+        for mover in movers:
+            output, _ = mover.communicate(timeout=60)
+            assert mover.returncode == 0, output
+        moved += len(movers)
+        if workers <= served_moves(daemon, after):
+            break
+    return moved
+
+
+def served_moves(daemon: RunningDaemon, after: int = 0) -> set[str]:
+    """The numbers of the workers that accepted a MOVESCU association (after ``after``)."""
+    return set(re.findall(r"worker (\d): .*accepted: MOVESCU", daemon.log_text()[after:]))

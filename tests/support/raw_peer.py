@@ -12,7 +12,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from dicomd.dimse.command import DATA_SET_PRESENT, Command, CommandField
 from dicomd.dimse.messages import PDV_COMMAND, PDV_LAST
-from dicomd.uids import STUDY_ROOT_FIND
+from dicomd.uids import STUDY_ROOT_FIND, STUDY_ROOT_MOVE
 from dicomd.ul.pdu import (
     AAssociateAC,
     AAssociateRQ,
@@ -93,6 +93,18 @@ def find_command(message_id: int) -> bytes:
         message_id=message_id,
         affected_sop_class_uid=STUDY_ROOT_FIND,
         priority=0,
+        command_data_set_type=DATA_SET_PRESENT,
+    ).encode()
+
+
+def move_command(message_id: int, destination: str) -> bytes:
+    """A Study Root C-MOVE-RQ to ``destination`` whose identifier follows."""
+    return Command(
+        command_field=CommandField.C_MOVE_RQ,
+        message_id=message_id,
+        affected_sop_class_uid=STUDY_ROOT_MOVE,
+        priority=0,
+        move_destination=destination,
         command_data_set_type=DATA_SET_PRESENT,
     ).encode()
 
