@@ -20,6 +20,7 @@ LEAVES = {
     "dicomd.uids",
     "dicomd.part10",
     "dicomd.filesystem",
+    "dicomd.vrs",
     "dicomd.interfaces",
     "dicomd.describe",
     "dicomd.users",

@@ -22,6 +22,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
+from dicomd.vrs import dictionary_vr
+
 MAX_VALUE_LENGTH: Final = 64
 """Longest sanitised value: the longest UI, LO or SH value (PS3.5 6.2)."""
 
@@ -122,7 +124,7 @@ def _plain_text(element: RawDataElement, dataset: Dataset) -> str | None:
     value = element.value
     if value is None:
         return ""
-    vr = element.VR or _dictionary_vr(element.tag)
+    vr = element.VR or dictionary_vr(element.tag)
     if vr not in _PLAIN_VRS or not _PLAIN_ASCII.fullmatch(value):
         return None
     if vr == "PN" and b"=" in value:
@@ -145,14 +147,6 @@ def _ascii_is_itself(dataset: Dataset) -> bool:
     elif isinstance(value, MultiValue | list):
         value = value[0] if len(value) == 1 else "\\"
     return isinstance(value, str) and value.strip(" \0") in _ASCII_CHARACTER_SETS
-
-
-@functools.cache
-def _dictionary_vr(tag: int) -> str:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return ""
 
 
 _PLAIN_ASCII: Final = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")

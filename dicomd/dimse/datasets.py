@@ -14,7 +14,6 @@ from typing import Any, Final
 
 from pydicom import config
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -25,6 +24,7 @@ from pydicom.uid import UID
 from pydicom.values import converters
 
 from dicomd.dimse.elements import LONG_LENGTH_VRS, STRING_VRS, TEXT_VRS, ElementEncoder
+from dicomd.vrs import dictionary_vr
 
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 
@@ -207,7 +207,7 @@ def _read_texts(data: bytes, implicit_vr: bool, little_endian: bool) -> Dataset 
             return None
         tag = group << 16 | number
         if implicit_vr:
-            vr = _dictionary_vr(tag)
+            vr = dictionary_vr(tag)
             (length,) = struct.unpack_from(f"{order}L", data, position + 4)
             start = position + 8
         else:
@@ -251,15 +251,6 @@ def _converted(vr: str, value: bytes, encodings: str | list[str], little_endian:
     if vr in TEXT_VRS:
         return converter(value, listed, vr)
     return converter(value, little_endian, None)
-
-
-@functools.lru_cache(maxsize=1024)
-def _dictionary_vr(tag: int) -> str:
-    """The VR implicit VR decoding gives ``tag``: the dictionary's, or "" for one it lacks."""
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return ""
 
 
 def _inflated(data: bytes, max_length: int) -> bytes:

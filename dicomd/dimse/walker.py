@@ -19,19 +19,18 @@ lazily, from the raw elements.
 
 from __future__ import annotations
 
-import functools
 import struct
 import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from dicomd.dimse.datasets import DataSetError, encoding
 from dicomd.part10 import LONG_VRS
+from dicomd.vrs import dictionary_vr
 
 _VRS: Final = LONG_VRS | frozenset(
     {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
@@ -272,20 +271,10 @@ class DataSetWalker:
 def _is_sequence(tag: int, length: int) -> bool:
     """Implicit VR: whether ``tag`` is a sequence, as pydicom's dictionary says (an undefined
     length on an unknown element means one too, as pydicom reads it)."""
-    known = _dictionary_says_sequence(tag)
-    if known is None:
+    vr = dictionary_vr(tag)
+    if not vr:
         return length == _UNDEFINED and tag != _PIXEL_DATA
-    return known
-
-
-@functools.lru_cache(maxsize=4096)
-def _dictionary_says_sequence(tag: int) -> bool | None:
-    """Whether pydicom's dictionary gives ``tag`` the VR SQ; None for a tag it does not know.
-    Cached: every implicit VR instance asks again for the same few dozen tags."""
-    try:
-        return dictionary_VR(tag) == "SQ"
-    except KeyError:
-        return None
+    return vr == "SQ"
 
 
 def _name(tag: int) -> str:
