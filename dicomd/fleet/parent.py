@@ -161,6 +161,10 @@ class WorkerPool(Service):
                 app.stop_on_listen_failure(self._port.value)
             self._port.raiseException()
         self._port.stopReading()  # the workers accept; the parent only holds the socket
+        # Closing it must not shut it down: shutdown(2) acts on the socket every worker
+        # shares, whose accept() then fails (EINVAL) while they still stop.  Twisted makes
+        # this same choice for a port it adopts.
+        self._port._shouldShutdown = False
         address = self._port.getHost()
         self._family = "inet6" if getattr(address, "type", "TCP") == "TCP6" else "inet"
 
