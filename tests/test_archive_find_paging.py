@@ -27,6 +27,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from dicomd.archive import ArchiveHandler
+from dicomd.archive.dialects import QueryClosed
 from dicomd.archive.index import ArchiveIndex
 from dicomd.archive.matches import NotRunning, PagedMatches
 from dicomd.archive.query import IDLE_READERS, ArchiveQuery, FindPages
@@ -151,7 +152,7 @@ def test_closing_before_the_last_page_ends_the_read_and_keeps_its_connection_for
     [connection] = connections.opened
     assert not connection.in_transaction  # no snapshot held
     assert query.idle_connections == 1
-    with pytest.raises(sqlite3.ProgrammingError):
+    with pytest.raises(QueryClosed):
         pages.page()
     assert pages.read == PAGE
     again = query.pages(every_image())

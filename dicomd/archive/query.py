@@ -56,10 +56,8 @@ What it accepts, beyond the letter of PS3.4 C.4.1.2.2.1 / C.4.1.3.1:
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 import time
-import unicodedata
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -73,6 +71,7 @@ from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
+from dicomd.archive.dialects import SQLITE, Dialect, QueryClosed, dialect_of, fold_name
 from dicomd.archive.index import (
     INSTANCE_KEYWORDS,
     PATIENT_KEYWORDS,
@@ -196,13 +195,12 @@ class _Computed:
     source: str
     value: str | None = None
 
-    @property
-    def select(self) -> str:
+    def select(self, dialect: Dialect) -> str:
         if self.value is None:
             return f"(SELECT count(*) FROM {self.source})"
         return (
-            f"(SELECT group_concat(v, '\\') FROM (SELECT DISTINCT {self.value} AS v "
-            f"FROM {self.source} AND {self.value} IS NOT NULL))"
+            f"(SELECT {dialect.group_concat('v', chr(92))} FROM (SELECT DISTINCT {self.value} AS v "
+            f"FROM {self.source} AND {self.value} IS NOT NULL) AS subquery)"
         )
 
 
@@ -236,6 +234,7 @@ _TEXT_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "U
 _TIME: Final = re.compile(r"(\d\d)(?::?(\d\d)(?::?(\d\d)(?:\.(\d{1,6}))?)?)?")
 _DATE: Final = re.compile(r"\d{8}")
 _INTEGER: Final = re.compile(r"[+-]?\d+")
+_EQUALS: Final = "'='"
 _EARLIEST_TIME: Final = "000000000000"
 _LATEST_TIME: Final = "235959999999"
 
@@ -244,7 +243,8 @@ class ArchiveQuery:
     """Finds the entities of the archive index that match a C-FIND identifier.
 
     ``connect`` opens a read connection to the index
-    (``ArchiveIndex.connect_reader``).  ``find`` and ``instances`` use one
+    (``ArchiveIndex.connect_reader``, ``PostgresIndex.connect_reader``); the
+    kind of connection tells the SQL dialect (`dialect_of`).  ``find`` and ``instances`` use one
     per calling thread, kept until ``close``; ``pages`` gives each query one
     of its own, because the pages of one query may be read by different
     threads while other queries use theirs: a connection whose read has
@@ -255,7 +255,7 @@ class ArchiveQuery:
 
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], Any],
         *,
         case_insensitive_names: bool = False,
         page_rows: int = PAGE_ROWS,
@@ -267,8 +267,8 @@ class ArchiveQuery:
         self.snapshot_seconds = snapshot_seconds
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._idle: list[sqlite3.Connection] = []
+        self._connections: list[Any] = []
+        self._idle: list[Any] = []
         self._open_pages: weakref.WeakSet[FindPages] = weakref.WeakSet()
 
     def find(self, query: FindQuery) -> list[Dataset]:
@@ -278,7 +278,7 @@ class ArchiveQuery:
 
         Read through the same pages as `pages`, on this thread's connection.
         """
-        statement = self._statement(query)
+        statement = self._statement(query, self._dialect())
         pages = FindPages(self._connection(), statement, self.page_rows, self.snapshot_seconds)
         try:
             return [match for page in iter(pages.page, []) for match in page]
@@ -289,11 +289,13 @@ class ArchiveQuery:
         """The matches of ``query`` (as `find` has them), to be read a page at a time over a
         connection of their own, which `FindPages.close` hands back.  Blocks; raises
         ``QueryError`` before opening anything when the identifier does not fit."""
-        statement = self._statement(query)
+        statement = self._statement(query, SQLITE)  # refused before a connection is opened
         with self._lock:
             connection = self._idle.pop() if self._idle else None
         if connection is None:
             connection = self._open_connection()
+        if dialect_of(connection) is not SQLITE:
+            statement = self._statement(query, dialect_of(connection))
         pages = FindPages(
             connection, statement, self.page_rows, self.snapshot_seconds, release=self._release
         )
@@ -336,12 +338,15 @@ class ArchiveQuery:
             f"{column} IN ({', '.join('?' * len(values))})" for column, values in selecting
         ]
         parameters = [value for _, values in selecting for value in values]
+        connection = self._connection()
+        dialect = dialect_of(connection)
+        order = ("st.pk", "se.SeriesNumber", "se.pk", "i.InstanceNumber", "i.pk")
         sql = (
             "SELECT i.path, i.SOPClassUID, i.SOPInstanceUID, i.TransferSyntaxUID "
             f"FROM {_TABLES[3]} WHERE {' AND '.join(conditions)} "
-            "ORDER BY st.pk, se.SeriesNumber, se.pk, i.InstanceNumber, i.pk"
+            f"ORDER BY {', '.join(map(dialect.order, order))}"
         )
-        return self._connection().execute(sql, parameters).fetchall()
+        return [tuple(row) for row in dialect.all_rows(connection, sql, parameters)]
 
     def supported_keys(self, level: str) -> frozenset[str]:
         """The keywords this engine matches or returns at ``level`` (in any model).
@@ -371,7 +376,7 @@ class ArchiveQuery:
         for connection in (*connections, *idle):
             connection.close()
 
-    def _release(self, connection: sqlite3.Connection) -> None:
+    def _release(self, connection: Any) -> None:
         """Keep the connection of an ended read for the next query, or close it.
 
         A new connection costs SQLite a parse of the schema at its first
@@ -379,15 +384,18 @@ class ArchiveQuery:
         SQL of most queries.  One kept holds no snapshot: its read has ended.
         """
         with self._lock:
-            if len(self._idle) < IDLE_READERS and not connection.in_transaction:
+            if len(self._idle) < IDLE_READERS and dialect_of(connection).is_idle(connection):
                 self._idle.append(connection)
                 return
         connection.close()
 
-    def _statement(self, query: FindQuery) -> _Statement:
-        return _Statement.build(query, fold_names=self.case_insensitive_names)
+    def _statement(self, query: FindQuery, dialect: Dialect) -> _Statement:
+        return _Statement.build(query, dialect, fold_names=self.case_insensitive_names)
 
-    def _connection(self) -> sqlite3.Connection:
+    def _dialect(self) -> Dialect:
+        return dialect_of(self._connection())
+
+    def _connection(self) -> Any:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._open_connection()
@@ -396,9 +404,9 @@ class ArchiveQuery:
                 self._local.connection = connection
         return connection
 
-    def _open_connection(self) -> sqlite3.Connection:
+    def _open_connection(self) -> Any:
         connection = self._connect()
-        connection.create_function("dicomd_fold", 1, _fold_name, deterministic=True)
+        dialect_of(connection).prepare(connection)
         return connection
 
 
@@ -421,12 +429,12 @@ class FindPages:
 
     def __init__(
         self,
-        connection: sqlite3.Connection,
+        connection: Any,
         statement: _Statement,
         page_rows: int,
         snapshot_seconds: float,
         *,
-        release: Callable[[sqlite3.Connection], None] | None = None,
+        release: Callable[[Any], None] | None = None,
     ) -> None:
         self.done = False
         self.closed = False
@@ -440,7 +448,7 @@ class FindPages:
         self._snapshot_seconds = snapshot_seconds
         self._release = release
         self._lock = threading.Lock()
-        self._cursor: sqlite3.Cursor | None = None
+        self._cursor: Any = None
         self._opened_at = 0.0
         self._last_key: tuple[Any, ...] | None = None
 
@@ -454,7 +462,7 @@ class FindPages:
             if self.done:
                 return []
             if self.closed:
-                raise sqlite3.ProgrammingError("the query was closed before its last page")
+                raise QueryClosed("the query was closed before its last page")
             if self._cursor is not None and time.monotonic() >= self._deadline():
                 self._end_snapshot()
             cursor = self._cursor if self._cursor is not None else self._execute()
@@ -494,11 +502,13 @@ class FindPages:
             if self._release is not None:
                 self._release(self._connection)
 
-    def _execute(self) -> sqlite3.Cursor:
+    def _execute(self) -> Any:
         statement = self._statement
         if self._last_key is not None:
             statement = statement.after(self._last_key)
-        self._cursor = self._connection.execute(statement.sql, statement.parameters)
+        self._cursor = statement.dialect.open_rows(
+            self._connection, statement.sql, statement.parameters
+        )
         self._opened_at = time.monotonic()
         self.snapshots += 1
         return self._cursor
@@ -508,13 +518,8 @@ class FindPages:
 
     def _end_snapshot(self) -> None:
         if self._cursor is not None:
-            self._cursor.close()
-            self._cursor = None
-
-
-def _fold_name(text: str | None) -> str | None:
-    """A name as case-insensitive matching compares it: case-folded, then NFKC-normalised."""
-    return None if text is None else unicodedata.normalize("NFKC", text.casefold())
+            cursor, self._cursor = self._cursor, None
+            self._statement.dialect.close_rows(self._connection, cursor)
 
 
 def _level_number(level: str) -> int:
@@ -530,6 +535,7 @@ class _Statement:
     columns and the columns it is ordered by, which end each row so that a read can go on
     after any row (`after`)."""
 
+    dialect: Dialect
     select: str
     clauses: tuple[str, ...]
     parameters: tuple[Any, ...]
@@ -537,13 +543,13 @@ class _Statement:
     returned: tuple[str, ...]
 
     @classmethod
-    def build(cls, query: FindQuery, *, fold_names: bool) -> _Statement:
+    def build(cls, query: FindQuery, dialect: Dialect, *, fold_names: bool) -> _Statement:
         depth = _query_level(query)
         keys = _keys(query.identifier, depth)
         parent = _PARENT_KEYS.get((query.model, depth))
         if parent is not None and not query.relational:
             _require_single_value(parent, keys.get(parent))
-        conditions = _Conditions(fold_names)
+        conditions = _Conditions(fold_names, dialect)
         # Studies and series of instances that carried no UID for them are
         # archived, but cannot be named in a query or a retrieve: not listed.
         conditions.clauses += [_HAS_UID[level] for level in range(1, min(depth, 2) + 1)]
@@ -559,9 +565,12 @@ class _Statement:
         held = [column for column in _COLUMNS.values() if column.level <= depth]
         computed = [_COMPUTED[keyword] for keyword in keys if keyword in _COMPUTED]
         order = _ORDER[depth]
-        select = [column.sql for column in held] + [attribute.select for attribute in computed]
+        select = [column.sql for column in held] + [
+            attribute.select(dialect) for attribute in computed
+        ]
         returned = tuple(attribute.keyword for attribute in (*held, *computed))
         return cls(
+            dialect,
             f"SELECT {', '.join((*select, *order))} FROM {_TABLES[depth]}",
             tuple(conditions.clauses),
             tuple(conditions.parameters),
@@ -572,16 +581,17 @@ class _Statement:
     @property
     def sql(self) -> str:
         where = f" WHERE {' AND '.join(self.clauses)}" if self.clauses else ""
-        return f"{self.select}{where} ORDER BY {', '.join(self.order)}"
+        order = ", ".join(map(self.dialect.order, self.order))
+        return self.dialect.render(f"{self.select}{where} ORDER BY {order}")
 
     def after(self, key: Sequence[Any]) -> _Statement:
         """The same statement for the rows ordered after the row whose order columns hold
-        ``key``.  SQLite sorts NULL first: any value comes after it, and ``IS`` compares
-        NULLs as equal."""
+        ``key``.  NULL sorts first (`Dialect.order`): any value comes after it, and
+        `Dialect.same` compares NULLs as equal."""
         alternatives = []
         parameters: list[Any] = []
         for position, (column, value) in enumerate(zip(self.order, key, strict=True)):
-            terms = [f"{earlier} IS ?" for earlier in self.order[:position]]
+            terms = [self.dialect.same(earlier) for earlier in self.order[:position]]
             parameters += key[:position]
             if value is None:
                 terms.append(f"{column} IS NOT NULL")
@@ -681,8 +691,9 @@ def _is_universal(value: str) -> bool:
 class _Conditions:
     """The WHERE clauses of a statement and their parameters, all ANDed."""
 
-    def __init__(self, fold_names: bool) -> None:
+    def __init__(self, fold_names: bool, dialect: Dialect) -> None:
         self.fold_names = fold_names
+        self.dialect = dialect
         self.clauses: list[str] = []
         self.parameters: list[Any] = []
 
@@ -702,7 +713,7 @@ class _Conditions:
         vr = dictionary_VR(keyword)
         # The unary plus keeps SQLite from walking an index on the value (every CT series of
         # the archive) rather than the few rows of the study.
-        column = f"+{computed.value}"
+        column = self.dialect.unindexed(computed.value)
         alternatives = [self._match(column, vr, keyword, value) for value in values]
         self.clauses.append(f"EXISTS (SELECT 1 FROM {computed.source} AND {_any(alternatives)})")
 
@@ -719,7 +730,8 @@ class _Conditions:
             assert dates is not None and times is not None
             first_date, last_date = _date_range(date_key, dates[0])
             first_time, last_time = _time_range(time_key, times[0])
-            date_sql, time_sql = _COLUMNS[date_key].sql, _time_sql(_COLUMNS[time_key].sql)
+            date_sql = _COLUMNS[date_key].sql
+            time_sql = _time_sql(_COLUMNS[time_key].sql, self.dialect)
             if first_date is not None:
                 self.clauses.append(
                     f"{date_sql} >= ? AND {date_sql} || coalesce({time_sql}, ?) >= ?"
@@ -762,7 +774,7 @@ class _Conditions:
             return self._between(sql, first, last)
         if vr == "TM":
             first, last = _time_range(keyword, value)
-            return self._between(_time_sql(sql), first, last)
+            return self._between(_time_sql(sql, self.dialect), first, last)
         raise QueryError(f"{keyword}: matching on {vr} values is not supported")
 
     def _match_text(self, sql: str, value: str) -> str:
@@ -781,11 +793,11 @@ class _Conditions:
             group = group.strip(" ").rstrip("^")
             if _is_universal(group):
                 continue
-            stored = _name_group_sql(sql, number)
+            stored = _name_group_sql(sql, number, self.dialect)
             tokens = _tokens(group)
             if self.fold_names:
-                stored = f"dicomd_fold({stored})"
-                tokens = [token if token in "*?" else _fold_name(token) or "" for token in tokens]
+                stored = self.dialect.folded_name_group(sql, number, stored)
+                tokens = [token if token in "*?" else fold_name(token) or "" for token in tokens]
             if number == 0 and not self.fold_names:
                 conditions.append(self._prefix_range(sql, tokens))
             if any(token in "*?" for token in tokens):
@@ -794,17 +806,15 @@ class _Conditions:
                 self.parameters.append("".join(tokens))
                 conditions.append(f"{stored} = ?")
         if not conditions:
-            return "1"
+            return "TRUE"
         return "(" + " AND ".join(conditions) + ")"
 
     def _glob(self, sql: str, tokens: list[str]) -> str:
-        self.parameters.append(
-            "".join(token if token in "*?" else _glob_literal(token) for token in tokens)
-        )
-        return f"{sql} GLOB ?"
+        self.parameters.append(self.dialect.glob_pattern(tokens))
+        return self.dialect.glob(sql)
 
     def _prefix_range(self, sql: str, tokens: list[str]) -> str:
-        """The literal start of a value as a range on the column, or nothing (``1``).
+        """The literal start of a value as a range on the column, or nothing (``TRUE``).
 
         The range is redundant with the match it comes with, but lets SQLite
         walk an index on the column instead of the whole table.
@@ -812,7 +822,7 @@ class _Conditions:
         prefix = "" if tokens[0] in "*?" else tokens[0]
         after = _successor(prefix)
         if after is None:
-            return "1"
+            return "TRUE"
         self.parameters += [prefix, after]
         return f"{sql} >= ? AND {sql} < ?"
 
@@ -836,11 +846,6 @@ def _tokens(value: str) -> list[str]:
     return [token for token in re.split(r"([*?])", value) if token]
 
 
-def _glob_literal(text: str) -> str:
-    """Text GLOB matches literally: its special characters each in a one-character class."""
-    return re.sub(r"([*?\[\]])", r"[\1]", text)
-
-
 def _successor(prefix: str) -> str | None:
     """The least string after every string that starts with ``prefix``; ``None`` if none is."""
     while prefix:
@@ -853,19 +858,21 @@ def _successor(prefix: str) -> str | None:
     return None
 
 
-def _name_group_sql(sql: str, number: int) -> str:
-    """SQL for one component group of a stored name, trailing ``^`` and spaces removed."""
+def _name_group_sql(sql: str, number: int, dialect: Dialect) -> str:
+    """SQL for one component group of a stored name, trailing ``^`` and spaces removed
+    (`dicomd.archive.dialects.name_group` in Python)."""
     rest = sql
     for _ in range(number):
-        rest = f"substr({rest}, instr({rest} || '=', '=') + 1)"
-    return f"rtrim(substr({rest}, 1, instr({rest} || '=', '=') - 1), '^ ')"
+        rest = f"substr({rest}, {dialect.instr(f'{rest} || {_EQUALS}', _EQUALS)} + 1)"
+    end = dialect.instr(f"{rest} || {_EQUALS}", _EQUALS)
+    return f"rtrim(substr({rest}, 1, {end} - 1), '^ ')"
 
 
-def _time_sql(sql: str) -> str:
+def _time_sql(sql: str, dialect: Dialect) -> str:
     """SQL for a stored TM as twelve digits ``HHMMSSFFFFFF``: colons dropped, partial values
     padded with zeros, so that times compare as text."""
     digits = f"replace({sql}, ':', '')"
-    dot = f"instr({digits}, '.')"
+    dot = dialect.instr(digits, "'.'")
     return (
         f"(CASE WHEN {dot} > 0 "
         f"THEN substr(substr({digits}, 1, {dot} - 1) || '000000', 1, 6) "
