@@ -11,6 +11,8 @@ One module per job:
 - ``archive``: an archive folder as the store tests judge it;
 - ``testdata``: the DICOM files pydicom and pydicom-data have on disk;
 - ``dump_sample``: a file with every kind of ``dicomd dump`` line, and its listing.
+- ``s3``: moto's S3 server for the object storage tests, and the dummy AWS
+  environment and random files that the unit ones use too.
 
 Unit tests (``tests/test_*.py``) start no process and open no socket: of
 these they use only the data modules (``testdata``, ``dump_sample``).
