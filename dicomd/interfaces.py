@@ -9,7 +9,7 @@ that a plugin author imports one module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -19,6 +19,7 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from pydicom import Dataset
+    from twisted.internet.defer import Deferred
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +352,9 @@ class RetrieveItem:
     sop_instance_uid: str
     transfer_syntax: str
     dataset: Dataset | None = None
+    fetch: Callable[[], Deferred[Path]] | None = None
+    """For an instance kept away from this machine (object storage), with ``path`` None:
+    brings it into a spool file, which the retrieve removes once its C-STORE is over."""
 
     @property
     def source(self) -> Path | Dataset:
@@ -360,6 +364,43 @@ class RetrieveItem:
         if self.dataset is None:
             raise ValueError(f"retrieve item {self.sop_instance_uid} has neither path nor dataset")
         return self.dataset
+
+
+class IInstanceStorage(Interface):
+    """Where the archive keeps the bytes of its instances, each under a key: its layout path.
+
+    Two backends serve it: files under the archive folder (the default,
+    `dicomd.archive.files.LocalFiles`) and S3-compatible object storage
+    (`dicomd.archive.objects.S3Storage`).  Every method blocks: the archive
+    calls them from its threads, never from the reactor.  Errors of the
+    storage itself are ``OSError``s with a one-line message, so that a store
+    is answered "out of resources" and the log says why.
+    """
+
+    def check() -> None:
+        """At start-up: whether the storage can be used; an error says why in one line."""
+
+    def put(source: Path, key: str) -> None:
+        """Keep the content of the received file ``source`` under ``key``.
+
+        When this returns the content is durable: a power cut or a crash of
+        this process does not lose it.  ``source`` may be taken (moved under
+        ``key``) or left where it is, for its owner to remove.
+        """
+
+    def exists(key: str) -> bool:
+        """Whether something is kept under ``key``."""
+
+    def remove(key: str) -> None:
+        """Forget what is kept under ``key``; nothing happens if there is nothing."""
+
+    def local_path(key: str) -> Path | None:
+        """The file holding ``key`` for the sending half to read in place, or None when
+        it has to be fetched."""
+
+    def fetch(key: str, into: Path) -> None:
+        """Write the content kept under ``key`` to the file ``into``, in bounded memory;
+        ``FileNotFoundError`` when nothing is kept there."""
 
 
 class IRetrieveSource(Interface):

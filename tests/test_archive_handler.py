@@ -20,7 +20,7 @@ from pydicom import Dataset
 from twisted.application.service import IService
 
 from dicomd.archive import ArchiveHandler
-from dicomd.archive.handler import _copy_durably
+from dicomd.archive.files import copy_durably
 from dicomd.archive.query import QueryError
 from dicomd.interfaces import FindQuery, IStoreHandler, Kept
 from dicomd.uids import (
@@ -395,7 +395,7 @@ def test_a_copy_across_file_systems_is_renamed_into_place(tmp_path: Path) -> Non
     target = tmp_path / "archive" / "x.dcm"
     target.parent.mkdir()
 
-    _copy_durably(source, target)
+    copy_durably(source, target)
 
     assert target.read_bytes() == source.read_bytes()
     assert [path.name for path in target.parent.iterdir()] == ["x.dcm"]
@@ -538,15 +538,20 @@ def test_a_folder_another_store_is_making_is_used_only_once_its_name_is_flushed(
     """A store that finds the study folder already made waits for its maker's flush of the
     archive folder: otherwise its answer could come before a name a power cut would lose."""
     held = HeldNames(archive_path)
-    open_archive._durability = held
+    open_archive.storage.durability = held
     study = archive_path / "1.2.3"
-    maker = in_threads(lambda: open_archive._make_folders(study / "4"))
+    maker = in_threads(lambda: open_archive.storage._make_folders(study / "4"))
     assert held.flushing.wait(DEADLINE)
     follower = in_threads(
-        lambda: (open_archive._make_folders(study / "5"), held.events.append("follower done"))
+        lambda: (
+            open_archive.storage._make_folders(study / "5"),
+            held.events.append("follower done"),
+        )
     )
     key = f"folder:{study}"
-    eventually(lambda: open_archive._folder_locks.users(key) == 2 or bool(held.events))
+    eventually(
+        lambda: open_archive.storage._thread_folder_locks.users(key) == 2 or bool(held.events)
+    )
     assert held.events == []
     held.release.set()
     maker.results()

@@ -101,7 +101,7 @@ class ArchiveServiceTests(unittest.TestCase):
 
         kept = [kept_path(answer) for answer in answers]
         self.assertEqual([path.read_bytes() for path in kept], sent)
-        self.assertGreater(handler._durability.group.runs, 0)  # syncfs, not fsync
+        self.assertGreater(handler.storage.durability.group.runs, 0)  # syncfs, not fsync
         yield handler.stopService()
         reopened = ArchiveHandler(self.archive_path)
         self.assertEqual(reopened.open(), Reconciliation(0, 0, 0, 0, 0))  # nothing to redo
@@ -203,7 +203,7 @@ class ArchiveServiceTests(unittest.TestCase):
         """Stores wait in their threads for flushes; queries have threads of their own."""
         handler = self.started(threads=1)
         held = HeldNames(self.archive_path)
-        handler._durability = held
+        handler.storage.durability = held
         storing = handler.store(received(self.archive_path, ct_small(SOPInstanceUID=uid(1))))
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"

@@ -162,6 +162,65 @@ def test_c_get_sends_each_instance_back_as_it_is_then_success() -> None:
     ) == (2, 0)
 
 
+@implementer(IRetrieveSource)
+class Fetched:
+    """A retrieve source whose instances are fetched into spool files, as from object
+    storage: ``keys`` maps each to the file it comes from, or to None when it is gone."""
+
+    retrieve_models = (uids.STUDY_ROOT_MOVE, uids.STUDY_ROOT_GET)
+
+    def __init__(self, spool: Path, *keys: Path | None) -> None:
+        self.spool = spool
+        self.keys = keys
+        self.spooled: list[Path] = []
+
+    def instances(self, query: FindQuery) -> list[RetrieveItem]:
+        header = read_header(CT)
+        return [
+            RetrieveItem(
+                None,
+                header.sop_class_uid,
+                f"{header.sop_instance_uid}.{number}",
+                header.transfer_syntax,
+                fetch=lambda key=key: defer.maybeDeferred(self._fetch, key),
+            )
+            for number, key in enumerate(self.keys)
+        ]
+
+    def _fetch(self, key: Path | None) -> Path:
+        if key is None:
+            raise FileNotFoundError("no such object")
+        spooled = self.spool / f"{len(self.spooled)}.dcm"
+        spooled.write_bytes(key.read_bytes())
+        self.spooled.append(spooled)
+        return spooled
+
+    def may_move(self, query: FindQuery, destination: str) -> bool:
+        return True
+
+
+def test_an_instance_fetched_first_is_sent_from_its_spool_file_then_removed(
+    tmp_path: Path,
+) -> None:
+    """Object storage: each instance is brought into a spool file, sent, and the file goes;
+    one that cannot be fetched is a failed sub-operation, and the others still go."""
+    source = Fetched(tmp_path, CT, None, CT)
+    peer = node(source)
+    get_association(peer)
+    peer.send_command(
+        1, retrieve_command(CommandField.C_GET_RQ, uids.STUDY_ROOT_GET), study_identifier()
+    )
+    seen = run_get(peer)
+    stores = [(c, d) for c, d in seen if c.command_field == CommandField.C_STORE_RQ]
+    header = read_header(CT)
+    assert [data for _, data in stores] == [CT.read_bytes()[header.data_set_offset :]] * 2
+    final = [c for c, _ in seen if c.command_field == CommandField.C_GET_RSP][-1]
+    assert (final.status, final.number_of_completed_suboperations) == (0xB000, 2)
+    assert final.number_of_failed_suboperations == 1
+    assert len(source.spooled) == 2
+    assert not any(path.exists() for path in source.spooled)
+
+
 def test_an_instance_the_requester_cannot_take_counts_as_failed() -> None:
     peer = node(Files(CT, MR))
     get_association(peer, scp_classes=(CT_IMAGE,))  # no SCP role for MR

@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
 from dicomd.archive.durability import fsync_path
-from dicomd.archive.handler import _copy_durably
+from dicomd.archive.files import copy_durably
 from dicomd.archive.layout import sanitise
 from dicomd.interfaces import IStoreHandler, ReceivedInstance
 from dicomd.uids import Status
@@ -61,7 +61,7 @@ class FolderHandler:
     def keep(self, instance: ReceivedInstance) -> int:
         """Blocking: copy the instance to its name in the folder, durably; its status."""
         target = self.path / f"{sanitise(instance.sop_instance_uid)}.dcm"
-        _copy_durably(instance.path, target)
+        copy_durably(instance.path, target)
         shutil.copymode(instance.path, target)  # the received file's, not the temporary's 0600
         fsync_path(self.path)
         return Status.SUCCESS

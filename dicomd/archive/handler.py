@@ -32,12 +32,12 @@ a thread.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar
 
@@ -52,12 +52,8 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from dicomd import filesystem
-from dicomd.archive.durability import (
-    FLUSHES,
-    Durability,
-    FileFlush,
-    FilesystemFlush,
-)
+from dicomd.archive.durability import FLUSHES, FileFlush, FilesystemFlush
+from dicomd.archive.files import LocalFiles
 from dicomd.archive.index import (
     INDEXED_KEYWORDS,
     REQUIRED_UIDS,
@@ -70,10 +66,18 @@ from dicomd.archive.index import (
 from dicomd.archive.layout import Layout, text_of
 from dicomd.archive.matches import NotRunning, PagedMatches
 from dicomd.archive.query import ArchiveQuery, FindPages
-from dicomd.archive.writer import GroupCommit, InFlight, KeyedLocks, ProcessLocks
+from dicomd.archive.writer import (
+    GroupCommit,
+    InFlight,
+    KeyedLocks,
+    ProcessLocks,
+    SharedLocks,
+    hold_keys,
+)
 from dicomd.interfaces import (
     FindQuery,
     IFindHandler,
+    IInstanceStorage,
     IReadsAttributes,
     IRetrieveSource,
     IStoreHandler,
@@ -120,17 +124,30 @@ LOCKS_FOLDER: Final = ".locks"
 _T = TypeVar("_T")
 
 
+def _storage(path: Path, url: str | None, endpoint_url: str | None) -> IInstanceStorage:
+    """Files under the archive folder, or the object storage ``url`` names."""
+    if url is None:
+        if endpoint_url is not None:
+            raise ValueError("endpoint_url: only for object storage, and storage_url is not set")
+        return LocalFiles(path)
+    from dicomd.archive.objects import S3Storage  # boto3: only when it is configured
+
+    return S3Storage(url, endpoint_url)
+
+
 class ArchiveError(Exception):
     """The archive folder cannot be used as it is; the message says why and what to do."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Placed:
-    """A new copy moved into place, its row not yet written."""
+    """A new copy kept in the storage, its row not yet written."""
 
-    target: Path
-    replaced: Path | None
-    """The file of the copy it replaces at another path, removed once the row is committed."""
+    key: str
+    replaced: str | None
+    """The key of the copy it replaces at another key, removed once the row is committed."""
+    fresh: bool
+    """Nothing of this instance was kept under ``key`` before: a failed commit removes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +180,12 @@ class ArchiveHandler(Service):
       success is answered (`dicomd.archive.durability`): ``files`` (each
       file, then each folder, flushed; the default) or ``filesystem`` (one
       ``syncfs`` of the archive's file system for every store that waits:
-      faster where the archive has a file system of its own).
+      faster where the archive has a file system of its own);
+    - ``storage_url`` and ``endpoint_url`` (``storage.url`` and
+      ``storage.endpoint_url`` unless given): keep the instances in
+      S3-compatible object storage (``s3://bucket/prefix``) instead of files
+      under ``path``, which then holds only the incoming files (and the
+      SQLite index, if it is the index).
 
     It answers C-FIND (Patient Root and Study Root) from its index too, and
     is the source of C-MOVE and C-GET.
@@ -187,6 +209,8 @@ class ArchiveHandler(Service):
         threads: int = 8,
         case_insensitive_names: bool = False,
         flush: str = "files",
+        storage_url: str | None = None,
+        endpoint_url: str | None = None,
         reactor: Any = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike) or not str(path):
@@ -218,6 +242,7 @@ class ArchiveHandler(Service):
         if flush == "filesystem" and not filesystem.SYNCFS:
             raise ValueError("flush: filesystem needs syncfs, which this system lacks")
         self.path = Path(path)
+        self.storage = _storage(self.path, storage_url, endpoint_url)
         self.flush = flush
         self.duplicates = duplicates
         self.threads = threads
@@ -230,17 +255,14 @@ class ArchiveHandler(Service):
         self._pool: ThreadPool | None = None
         self._query_pool: ThreadPool | None = None
         self._writes: GroupCommit[Write] | None = None
-        self._durability: Durability = FileFlush()
         self._locks = KeyedLocks()
-        self._folder_locks = KeyedLocks()
         self._in_flight = InFlight()
         self.attributes_read = frozenset((*INDEXED_KEYWORDS, *self.layout.keywords()))
         self.shared = False
         """True in one of several worker processes serving this archive: the parent
         reconciled before any of them began (a worker reconciling would delete what the
         others are receiving), and a UID or a path is locked across the processes too."""
-        self._process_locks: ProcessLocks | None = None
-        self._process_folder_locks: ProcessLocks | None = None
+        self._shared_locks: SharedLocks | None = None
         self._last_needed_tag = int(max(Tag(keyword) for keyword in self.attributes_read))
 
     # -- the Twisted service ----------------------------------------------------------------
@@ -259,13 +281,14 @@ class ArchiveHandler(Service):
             self.index.open()
             locks = self.path / LOCKS_FOLDER
             (locks / "folders").mkdir(parents=True, exist_ok=True)
-            self._process_locks = ProcessLocks(locks)
-            # apart: a store takes a folder's lock while it holds its UID's and path's
-            self._process_folder_locks = ProcessLocks(locks / "folders")
+            self._shared_locks = ProcessLocks(locks)
+            if isinstance(self.storage, LocalFiles):
+                # apart: a store takes a folder's lock while it holds its UID's and path's
+                self.storage.folder_locks = ProcessLocks(locks / "folders")
         else:
             self.open()
-        if self.flush == "filesystem":
-            self._durability = FilesystemFlush(self.path)
+        if self.flush == "filesystem" and isinstance(self.storage, LocalFiles):
+            self.storage.durability = FilesystemFlush(self.path)
         self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="dicomd-archive")
         self._query_pool = ThreadPool(
             minthreads=1, maxthreads=self.threads, name="dicomd-archive-queries"
@@ -291,9 +314,11 @@ class ArchiveHandler(Service):
         pools = (self._pool, self._query_pool)
         self._pool = self._query_pool = None
         self._writes = None
-        if isinstance(self._durability, FilesystemFlush):
-            self._durability.close()
-            self._durability = FileFlush()
+        if isinstance(self.storage, LocalFiles) and isinstance(
+            self.storage.durability, FilesystemFlush
+        ):
+            self.storage.durability.close()
+            self.storage.durability = FileFlush()
         for pool in pools:
             if pool is not None:
                 pool.stop()
@@ -318,11 +343,29 @@ class ArchiveHandler(Service):
         return self._in_query_threads(self._instances, query)
 
     def _instances(self, query: FindQuery) -> list[RetrieveItem]:
-        rows = self.query.instances(query)
-        return [
-            RetrieveItem(self.path / path, sop_class, sop_instance, syntax or "")
-            for path, sop_class, sop_instance, syntax in rows
-        ]
+        items = []
+        for key, sop_class, sop_instance, syntax in self.query.instances(query):
+            local = self.storage.local_path(key)
+            fetch = None if local is not None else partial(self._fetching, key)
+            items.append(RetrieveItem(local, sop_class, sop_instance, syntax or "", fetch=fetch))
+        return items
+
+    def _fetching(self, key: str) -> Deferred[Path]:
+        """An instance kept in object storage, brought into a spool file by a query thread."""
+        return self._in_query_threads(self._fetch, key)
+
+    def _fetch(self, key: str) -> Path:
+        """Blocking: the content kept under ``key`` in a new file of the incoming folder,
+        which reconciliation empties should this process die before the file is removed."""
+        descriptor, name = tempfile.mkstemp(dir=self.path / INCOMING_FOLDER, suffix=".dcm")
+        os.close(descriptor)
+        spool = Path(name)
+        try:
+            self.storage.fetch(key, spool)
+        except BaseException:
+            spool.unlink(missing_ok=True)
+            raise
+        return spool
 
     def may_move(self, query: FindQuery, destination: str) -> bool:
         """Anyone who may associate may retrieve, to any configured destination."""
@@ -356,6 +399,7 @@ class ArchiveHandler(Service):
         does not know: reconciliation would delete every one of them.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        self.storage.check()
         if not self.index.path.exists() and _holds_any_file(self.path, self._index_files):
             raise ArchiveError(
                 f"{self.path} holds files but no index ({self.index.path.name}); "
@@ -395,7 +439,7 @@ class ArchiveHandler(Service):
         if not isinstance(checked, InstanceRecord):
             return checked
         keys = (f"uid:{checked.SOPInstanceUID}", f"path:{checked.path}")
-        release = _hold(self._locks, self._process_locks, keys)
+        release = hold_keys(self._locks, self._shared_locks, keys)
         try:
             placed = self._move_in(instance, checked)
             if not isinstance(placed, _Placed):
@@ -403,13 +447,16 @@ class ArchiveHandler(Service):
             try:
                 self._commit(adding(checked))
             except BaseException:
-                placed.target.unlink(missing_ok=True)
+                if placed.fresh:
+                    self.storage.remove(placed.key)
                 raise
             if placed.replaced is not None:
-                placed.replaced.unlink(missing_ok=True)
-            return Kept(Status.SUCCESS, placed.target)
+                self.storage.remove(placed.replaced)
         finally:
             release()
+        local = self.storage.local_path(placed.key)
+        # a file the storage took now lives in the archive; otherwise the received one is left
+        return Kept(Status.SUCCESS, local) if local is not None else Status.SUCCESS
 
     def _check(self, instance: ReceivedInstance) -> InstanceRecord | Dataset:
         """Blocking: the index record of a received instance, or the failure status it earns."""
@@ -471,9 +518,9 @@ class ArchiveHandler(Service):
         until the new row is committed.  A copy that is not kept is never
         flushed.
         """
-        uid, relative = record.SOPInstanceUID, record.path
+        uid, key = record.SOPInstanceUID, record.path
         existing = self.index.lookup(uid)
-        if existing is not None and not os.path.lexists(self.path / existing):
+        if existing is not None and not self.storage.exists(existing):
             existing = None  # its file is gone: this copy is the only one
         if existing is not None and self.duplicates == "keep-first":
             # B000 is the one warning C-STORE defines (PS3.4 B.2.3); its name says coercion
@@ -484,52 +531,14 @@ class ArchiveHandler(Service):
             return _status(
                 Status.DUPLICATE_SOP_INSTANCE, "duplicate SOP Instance UID; already archived"
             )
-        target = self.path / relative
-        if existing != relative and os.path.lexists(target):
+        if existing != key and self.storage.exists(key):
             self.log.warn(
-                "archive: {uid} maps to {path}, which holds another instance",
-                uid=uid,
-                path=relative,
+                "archive: {uid} maps to {path}, which holds another instance", uid=uid, path=key
             )
             return _status(Status.CANNOT_UNDERSTAND, "another instance is kept at its layout path")
-        self._place(instance.path, target)
-        replaced = self.path / existing if existing is not None and existing != relative else None
-        return _Placed(target, replaced)
-
-    def _place(self, received: Path, target: Path) -> None:
-        """Move the received file to ``target`` durably: its content on the disk first, so that
-        the name never points at less than the whole file, then its name."""
-        self._durability.content(received)
-        self._make_folders(target.parent)
-        try:
-            os.replace(received, target)
-        except OSError as error:
-            if error.errno != errno.EXDEV:
-                raise
-            _copy_durably(received, target)
-            received.unlink()
-        self._durability.names(target.parent)
-
-    def _make_folders(self, folder: Path) -> None:
-        """Create the missing folders down to ``folder``, each one's name flushed before the
-        next is made in it.
-
-        Each folder on the way is looked at under its lock, which its maker holds
-        from before ``mkdir`` until its name is flushed: a folder another store (a
-        thread, or a worker process) has just made is on the disk by the time this
-        store sees it, and the name of this store's file never hangs from a folder
-        a power cut could lose.
-        """
-        parts = folder.relative_to(self.path).parts
-        for depth in range(1, len(parts) + 1):
-            each = self.path.joinpath(*parts[:depth])
-            release = _hold(self._folder_locks, self._process_folder_locks, (f"folder:{each}",))
-            try:
-                if not each.is_dir():
-                    each.mkdir()
-                    self._durability.names(each.parent)
-            finally:
-                release()
+        self.storage.put(instance.path, key)
+        replaced = existing if existing is not None and existing != key else None
+        return _Placed(key, replaced, fresh=existing != key)
 
     def _reconcile(self) -> Reconciliation:
         """Make the folder and the index agree again after a crash (or a SIGKILL).
@@ -621,49 +630,6 @@ def _mismatch(dataset: Dataset, instance: ReceivedInstance) -> Dataset | None:
             "SOP Instance UID of the data set differs from the command's",
         )
     return None
-
-
-def _hold(
-    thread_locks: KeyedLocks, process_locks: ProcessLocks | None, keys: tuple[str, ...]
-) -> Callable[[], None]:
-    """Hold ``keys`` among this process's threads, then among the worker processes sharing
-    the archive (when there are several); the function that releases both."""
-    release = thread_locks.hold(*keys)
-    if process_locks is None:
-        return release
-    try:
-        return _both(release, process_locks.hold(*keys))
-    except BaseException:
-        release()
-        raise
-
-
-def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    """A release that lets go of the locks of ``second``, then of ``first``."""
-
-    def release() -> None:
-        second()
-        first()
-
-    return release
-
-
-def _copy_durably(source: Path, target: Path) -> None:
-    """Copy across file systems: into a hidden file beside ``target``, fsync'd, then renamed.
-
-    Reconciliation removes the hidden file if a crash comes in between.
-    """
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".partial")
-    try:
-        with open(descriptor, "wb") as copy, open(source, "rb") as original:
-            shutil.copyfileobj(original, copy)
-            copy.flush()
-            os.fsync(copy.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def _empty_folder(folder: Path) -> int:

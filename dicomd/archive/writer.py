@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -220,3 +220,32 @@ def _close_all(descriptors: list[int]) -> None:
     """Closing a descriptor lets go of its flock."""
     for descriptor in descriptors:
         os.close(descriptor)
+
+
+class SharedLocks(Protocol):
+    """Locks that hold beyond this process: `ProcessLocks` for the worker processes of one
+    machine, or the index's own for the nodes sharing a database."""
+
+    def hold(self, *keys: str) -> Callable[[], None]:
+        """Once every key is held, the function that releases them."""
+
+
+def hold_keys(
+    thread_locks: KeyedLocks, shared_locks: SharedLocks | None, keys: tuple[str, ...]
+) -> Callable[[], None]:
+    """Hold ``keys`` among this process's threads, then among the processes sharing the
+    archive (when there are several); the function that releases both, in reverse."""
+    release = thread_locks.hold(*keys)
+    if shared_locks is None:
+        return release
+    try:
+        release_shared = shared_locks.hold(*keys)
+    except BaseException:
+        release()
+        raise
+
+    def release_both() -> None:
+        release_shared()
+        release()
+
+    return release_both

@@ -200,7 +200,7 @@ class _RetrieveService:
             if reply.cancelled:
                 return
             try:
-                result = await storer(item.source, self.originator(reply, message_id))
+                result = await self._send_one(storer, item, self.originator(reply, message_id))
             except Exception as error:
                 if isinstance(error, AssociationError) and not isinstance(error, NoAcceptedContext):
                     self.log.warn("retrieve: the sub-operations' association ended: {e}", e=error)
@@ -225,6 +225,19 @@ class _RetrieveService:
 
     def originator(self, reply: _Replier, message_id: int) -> tuple[str, int] | None:
         return None
+
+    async def _send_one(
+        self, storer: Storer, item: RetrieveItem, originator: tuple[str, int] | None
+    ) -> StoreResult:
+        """One sub-operation; an instance the source must fetch first is sent from the spool
+        file it is fetched into, removed once its C-STORE is over."""
+        if item.fetch is None:
+            return await storer(item.source, originator)
+        spooled = await item.fetch()
+        try:
+            return await storer(spooled, originator)
+        finally:
+            spooled.unlink(missing_ok=True)
 
 
 class MoveService(_RetrieveService):
