@@ -14,8 +14,10 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
+from zope.interface.verify import verifyObject
 
 from dicomd.archive.objects import MIB, ObjectStorageError, S3Storage, parse_url
+from dicomd.interfaces import IInstanceStorage
 from tests.support.s3 import REGION, aws_environment, random_file, use_aws_environment
 
 BUCKET = "dicomd-archive"
@@ -102,6 +104,10 @@ def test_parts_smaller_than_s3_accepts_are_refused() -> None:
     with pytest.raises(ValueError) as error:
         S3Storage(f"s3://{BUCKET}", part_size=MIB)
     assert "5 MiB" in one_line(error)
+
+
+def test_it_is_an_instance_storage(storage: S3Storage) -> None:
+    assert verifyObject(IInstanceStorage, storage)
 
 
 def test_a_file_goes_up_and_comes_back_byte_for_byte(

@@ -49,6 +49,9 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from zope.interface import implementer
+
+from dicomd.interfaces import IInstanceStorage
 
 MIB: Final = 1024 * 1024
 MINIMUM_PART_SIZE: Final = 5 * MIB
@@ -98,6 +101,7 @@ def check_endpoint_url(endpoint_url: str) -> str:
     return endpoint_url
 
 
+@implementer(IInstanceStorage)
 class S3Storage:
     """Instances as objects under ``s3://bucket/prefix``, each stored and fetched whole.
 
