@@ -36,7 +36,7 @@ from dicomd.interfaces import FindQuery
 from dicomd.node.services.answers import AnswerForm
 from dicomd.testing import MemoryNode
 from dicomd.uids import EXPLICIT_VR_LITTLE_ENDIAN, STUDY_ROOT_FIND, VERIFICATION
-from tests.support.archive import LargeIndex
+from tests.support.archive import LargeIndex, is_closed
 from tests.test_archive_service import until
 
 LARGE = LargeIndex(studies=2, series_per_study=2, instances_per_series=50, patients=1)
@@ -63,15 +63,6 @@ class Connections:
         connection = self.index.connect_reader()
         self.opened.append(connection)
         return connection
-
-
-def is_closed(connection: sqlite3.Connection) -> bool:
-    """Whether ``connection`` is closed; never ask while a thread may be using it."""
-    try:
-        connection.execute("SELECT 1")
-    except sqlite3.ProgrammingError:
-        return True
-    return False
 
 
 def every_image() -> FindQuery:

@@ -1,4 +1,8 @@
-"""The SQLite index: records made from real files, upserts, removal, batches of writes."""
+"""The SQLite index: records made from real files, upserts, removal, batches of writes,
+duplicates refused by the unique constraint, and its schema's migrations.
+
+The tests that take the ``index`` fixture and read through `index_rows` run against
+PostgreSQL too (tests/e2e/test_postgres_index.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +21,13 @@ from pydicom.data import get_charset_files, get_testdata_file
 from dicomd.archive.index import (
     SCHEMA_VERSION,
     ArchiveIndex,
+    DuplicateInstance,
     IndexClosed,
     adding,
     record_from_dataset,
 )
+from dicomd.archive.migrations import SchemaTooNew
+from tests.support.archive import INTEGRITY_ERRORS, index_rows
 from tests.support.received import record
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
@@ -41,12 +48,7 @@ def index(tmp_path: Path) -> Iterator[ArchiveIndex]:
     opened.close()
 
 
-def query(index: ArchiveIndex, sql: str, *parameters: object) -> list[tuple]:
-    reader = index.connect_reader()
-    try:
-        return reader.execute(sql, parameters).fetchall()
-    finally:
-        reader.close()
+query = index_rows
 
 
 def test_a_record_holds_every_level_of_ct_small() -> None:
@@ -271,7 +273,7 @@ def test_a_failing_write_fails_alone(index: ArchiveIndex) -> None:
     index.add(record())
     clash = record(SOPInstanceUID="1.2.3.2")  # a different instance at the same path
 
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         index.add(clash)
 
     assert list(index.paths()) == [record().path]
@@ -294,7 +296,7 @@ def test_a_batch_of_writes_is_one_transaction_in_which_a_bad_write_fails_alone(
 
     assert index.commits == 1
     assert [outcome.error is None for outcome in outcomes] == [True] * 50 + [False] + [True] * 50
-    assert isinstance(outcomes[50].error, sqlite3.IntegrityError)
+    assert isinstance(outcomes[50].error, INTEGRITY_ERRORS)
     assert query(index, "SELECT count(*) FROM instances") == [(100,)]
     assert query(index, "SELECT count(*) FROM series") == [(5,)]
 
@@ -348,8 +350,9 @@ def test_an_index_from_a_newer_dicomd_is_refused(tmp_path: Path) -> None:
     newer = sqlite3.connect(path)
     newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     newer.close()
-    with pytest.raises(RuntimeError, match="schema version"):
+    with pytest.raises(SchemaTooNew, match="schema version") as raised:
         ArchiveIndex(path).open()
+    assert "\n" not in str(raised.value)
 
 
 def test_a_full_database_is_an_os_error(index: ArchiveIndex) -> None:
@@ -364,3 +367,66 @@ def test_a_full_database_is_an_os_error(index: ArchiveIndex) -> None:
 
     assert raised.value.errno == errno.ENOSPC
     assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+
+
+def test_an_insert_that_may_not_replace_meets_the_unique_constraint(index: ArchiveIndex) -> None:
+    index.apply(adding(record(), replace=False))
+    again = record(path="again.dcm", StudyDescription="another copy")
+
+    with pytest.raises(DuplicateInstance, match=again.SOPInstanceUID):
+        index.apply(adding(again, replace=False))
+
+    assert query(index, "SELECT path FROM instances") == [(record().path,)]
+    assert query(index, "SELECT StudyDescription FROM studies") == [(record().StudyDescription,)]
+
+
+def test_a_duplicate_in_a_batch_fails_alone(index: ArchiveIndex) -> None:
+    first, other = record(), record(SOPInstanceUID="1.2.3.2", path="other.dcm")
+    outcomes = index.write(
+        [adding(first, replace=False), adding(first, replace=False), adding(other, replace=False)]
+    )
+    assert [type(outcome.error) for outcome in outcomes] == [
+        type(None),
+        DuplicateInstance,
+        type(None),
+    ]
+    assert sorted(index.paths()) == sorted([first.path, other.path])
+
+
+def test_an_archive_of_version_1_opens_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    index = ArchiveIndex(path)
+    index.open()
+    index.add(record())
+    index.close()
+    schema = _schema(path)
+
+    index.open()
+    index.close()
+
+    assert _schema(path) == schema
+    assert schema[0] == 1
+
+
+def test_indexes_opening_one_new_database_at_once_create_its_schema_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "index.sqlite"
+    indexes = [ArchiveIndex(path) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(ArchiveIndex.open, indexes))
+    try:
+        indexes[0].add(record())
+        assert [list(index.paths()) for index in indexes] == [[record().path]] * 4
+    finally:
+        for index in indexes:
+            index.close()
+
+
+def _schema(path: Path) -> tuple[int, list[tuple[str, str]]]:
+    connection = sqlite3.connect(path)
+    try:
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        return version, connection.execute("SELECT name, sql FROM sqlite_master").fetchall()
+    finally:
+        connection.close()

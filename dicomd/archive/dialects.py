@@ -30,7 +30,8 @@ import errno
 import re
 import sqlite3
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, Final
 
@@ -123,11 +124,16 @@ class Dialect:
             return error
         return _os_error(_OS_ERRNO_OF_SQLITE[code & 0xFF], error)
 
-    def is_duplicate_instance(self, error: BaseException) -> bool:
-        """Whether ``error`` is the unique constraint on SOPInstanceUID refusing a row."""
-        return isinstance(error, sqlite3.IntegrityError) and str(error).endswith(
-            "instances.SOPInstanceUID"
-        )
+    @contextmanager
+    def resource_errors(self) -> Iterator[None]:
+        """Raise what fails within as `os_error` has it."""
+        try:
+            yield
+        except Exception as error:
+            translated = self.os_error(error)
+            if translated is error:
+                raise
+            raise translated from error
 
     # Reads.
 
@@ -218,12 +224,6 @@ class PostgresDialect(Dialect):
         if isinstance(error, PoolTimeout):
             return _os_error(errno.EAGAIN, error)
         return error
-
-    def is_duplicate_instance(self, error: BaseException) -> bool:
-        return (
-            isinstance(error, self._psycopg.errors.UniqueViolation)
-            and error.diag.constraint_name == "instances_sopinstanceuid_key"
-        )
 
     def prepare(self, connection: Any) -> None:
         pass

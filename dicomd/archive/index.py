@@ -30,7 +30,6 @@ columns without a table of its own.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import sqlite3
 import threading
@@ -42,9 +41,10 @@ from typing import Any, Final
 
 from pydicom import Dataset
 
+from dicomd.archive.dialects import NAME_GROUPS, SQLITE, Dialect, fold_column, name_folds
 from dicomd.archive.layout import text_of
-
-SCHEMA_VERSION: Final = 1
+from dicomd.archive.migrations import SCHEMA_VERSION as SCHEMA_VERSION
+from dicomd.archive.migrations import migrate
 
 PATIENT_KEYWORDS: Final = (
     "PatientID",
@@ -92,64 +92,6 @@ _INTEGER_KEYWORDS: Final = frozenset({"SeriesNumber", "InstanceNumber"})
 
 INDEXED_KEYWORDS: Final = (*PATIENT_KEYWORDS, *STUDY_KEYWORDS, *SERIES_KEYWORDS, *INSTANCE_KEYWORDS)
 """Every attribute the index keeps; a reader of the data set need go no further."""
-
-_SCHEMA: Final = """
-CREATE TABLE patients (
-    pk INTEGER PRIMARY KEY,
-    PatientID TEXT NOT NULL,
-    IssuerOfPatientID TEXT NOT NULL,
-    PatientName TEXT,
-    PatientBirthDate TEXT,
-    PatientSex TEXT,
-    UNIQUE (PatientID, IssuerOfPatientID)
-);
-CREATE INDEX patients_by_name ON patients (PatientName);
-
-CREATE TABLE studies (
-    pk INTEGER PRIMARY KEY,
-    patient_pk INTEGER NOT NULL REFERENCES patients (pk),
-    StudyInstanceUID TEXT UNIQUE,
-    StudyDate TEXT,
-    StudyTime TEXT,
-    AccessionNumber TEXT,
-    StudyID TEXT,
-    StudyDescription TEXT,
-    ReferringPhysicianName TEXT
-);
-CREATE INDEX studies_by_patient ON studies (patient_pk);
-CREATE INDEX studies_by_date ON studies (StudyDate);
-CREATE INDEX studies_by_accession ON studies (AccessionNumber);
-
-CREATE TABLE series (
-    pk INTEGER PRIMARY KEY,
-    study_pk INTEGER NOT NULL REFERENCES studies (pk),
-    SeriesInstanceUID TEXT UNIQUE,
-    Modality TEXT,
-    SeriesNumber INTEGER,
-    SeriesDescription TEXT,
-    BodyPartExamined TEXT,
-    SeriesDate TEXT,
-    SeriesTime TEXT
-);
-CREATE INDEX series_by_study ON series (study_pk);
-CREATE INDEX series_by_modality ON series (Modality);
-
-CREATE TABLE instances (
-    pk INTEGER PRIMARY KEY,
-    series_pk INTEGER NOT NULL REFERENCES series (pk),
-    SOPInstanceUID TEXT NOT NULL UNIQUE,
-    SOPClassUID TEXT NOT NULL,
-    InstanceNumber INTEGER,
-    TransferSyntaxUID TEXT,
-    SpecificCharacterSet TEXT,
-    path TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    received_at TEXT NOT NULL,
-    calling_ae_title TEXT NOT NULL
-);
-CREATE INDEX instances_by_series ON instances (series_pk);
-CREATE INDEX instances_by_class ON instances (SOPClassUID);
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +194,29 @@ class IndexClosed(RuntimeError):
     """A write was asked of an index that is not open."""
 
 
-Write = Callable[[sqlite3.Connection], Any]
+class DuplicateInstance(Exception):
+    """The index holds the SOP Instance UID already: an insert that may not replace met the
+    unique constraint (another store, maybe on another node, got there first)."""
+
+
+class Transaction:
+    """The index's transaction as a write sees it: statements written once, with ``?``
+    placeholders, run in the index's dialect."""
+
+    def __init__(self, connection: Any, dialect: Dialect) -> None:
+        self.connection = connection
+        self.dialect = dialect
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        return self.connection.execute(self.dialect.render(sql), parameters)
+
+    def scalar(self, sql: str, *parameters: Any) -> Any:
+        """The first column of the first row, or ``None``; the statement is run to its end."""
+        rows = self.execute(sql, parameters).fetchall()
+        return rows[0][0] if rows else None
+
+
+Write = Callable[[Transaction], Any]
 """One write to the index: it runs inside the writer's transaction and answers its result."""
 
 
@@ -264,12 +228,78 @@ class Outcome:
     error: BaseException | None = None
 
 
-def adding(record: InstanceRecord) -> Write:
-    """The write that inserts or replaces ``record`` (and its patient, study and series)."""
-    return functools.partial(_insert, record=record)
+def adding(record: InstanceRecord, *, replace: bool = True) -> Write:
+    """The write that inserts ``record`` (and its patient, study and series), replacing any
+    instance of its UID; or, with ``replace=False``, that raises `DuplicateInstance` when
+    the index holds its UID already: the unique constraint decides, not an earlier look."""
+    return functools.partial(_insert, record=record, replace=replace)
 
 
-class ArchiveIndex:
+def perform(
+    connection: Any, dialect: Dialect, writes: Sequence[Write]
+) -> tuple[list[Outcome], bool]:
+    """``writes`` in one transaction on ``connection`` (autocommit), each in its own savepoint;
+    their outcomes, and whether the transaction committed.
+
+    A write that raises is rolled back alone and its `Outcome` carries the error; if the
+    transaction itself fails, every write fails with it.  Resource errors (a full disk, a
+    lost connection) come as the ``OSError`` they are (`Dialect.os_error`).
+    """
+    transaction = Transaction(connection, dialect)
+    outcomes: list[Outcome] = []
+    try:
+        connection.execute(dialect.begin)
+        for write in writes:
+            connection.execute("SAVEPOINT one_write")
+            try:
+                outcomes.append(Outcome(result=write(transaction)))
+            except Exception as error:
+                outcomes.append(Outcome(error=dialect.os_error(error)))
+                connection.execute("ROLLBACK TO one_write")
+            connection.execute("RELEASE one_write")
+        connection.execute("COMMIT")
+    except Exception as error:
+        with contextlib.suppress(Exception):
+            connection.execute("ROLLBACK")
+        failed = Outcome(error=dialect.os_error(error))
+        outcomes += [failed] * (len(writes) - len(outcomes))
+        return [outcome if outcome.error else failed for outcome in outcomes], False
+    return outcomes, True
+
+
+class IndexWrites:
+    """The writes every index offers, made of its ``write`` (a batch in one transaction)."""
+
+    def write(self, writes: Sequence[Write]) -> list[Outcome]:
+        raise NotImplementedError
+
+    def apply(self, write: Write) -> Any:
+        """Perform one write in a transaction of its own; its result, or its error raised."""
+        [outcome] = self.write([write])
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
+
+    def add(self, record: InstanceRecord) -> None:
+        """Insert or replace the instance, creating or updating its patient, study and series."""
+        self.apply(adding(record))
+
+    def remove(self, sop_instance_uid: str) -> bool:
+        """Forget an instance (and any series, study, patient left empty); ``False`` if unknown."""
+        removed = self.apply(
+            lambda transaction: _remove_where(transaction, "SOPInstanceUID", [sop_instance_uid])
+        )
+        return removed > 0
+
+    def remove_paths(self, paths: Iterable[str]) -> int:
+        """Forget the instances kept at these relative paths, in one transaction; how many."""
+        wanted = list(paths)
+        if not wanted:
+            return 0
+        return self.apply(lambda transaction: _remove_where(transaction, "path", wanted))
+
+
+class ArchiveIndex(IndexWrites):
     """The SQLite index of one archive.
 
     Reads are safe from any thread: each thread gets its own read-only
@@ -279,6 +309,8 @@ class ArchiveIndex:
     ``commits`` counts the transactions committed: with group commit it grows
     more slowly than the number of writes under concurrency.
     """
+
+    dialect: Final = SQLITE
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -294,7 +326,7 @@ class ArchiveIndex:
         """Open or create the database and its write connection."""
         connection = self._connect_writer()
         try:
-            _create_or_check_schema(connection)
+            migrate(connection, SQLITE)
         except BaseException:
             connection.close()
             raise
@@ -326,60 +358,24 @@ class ArchiveIndex:
         full or failing disk is reported as the ``OSError`` it is.
         """
         with self._write_lock:
-            return self._write(self._connection(), writes)
-
-    def _write(self, connection: sqlite3.Connection, writes: Sequence[Write]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            for write in writes:
-                connection.execute("SAVEPOINT one_write")
-                try:
-                    outcomes.append(Outcome(result=write(connection)))
-                except Exception as error:
-                    outcomes.append(Outcome(error=_as_os_error(error)))
-                    connection.execute("ROLLBACK TO one_write")
-                connection.execute("RELEASE one_write")
-            connection.execute("COMMIT")
-        except Exception as error:
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-            failed = Outcome(error=_as_os_error(error))
-            outcomes += [failed] * (len(writes) - len(outcomes))
-            return [outcome if outcome.error else failed for outcome in outcomes]
-        self.commits += 1
-        return outcomes
-
-    def apply(self, write: Write) -> Any:
-        """Perform one write in a transaction of its own; its result, or its error raised."""
-        [outcome] = self.write([write])
-        if outcome.error is not None:
-            raise outcome.error
-        return outcome.result
-
-    def add(self, record: InstanceRecord) -> None:
-        """Insert or replace the instance, creating or updating its patient, study and series."""
-        self.apply(adding(record))
-
-    def remove(self, sop_instance_uid: str) -> bool:
-        """Forget an instance (and any series, study, patient left empty); ``False`` if unknown."""
-        removed = self.apply(
-            lambda connection: _remove_where(connection, "SOPInstanceUID", [sop_instance_uid])
-        )
-        return removed > 0
-
-    def remove_paths(self, paths: Iterable[str]) -> int:
-        """Forget the instances kept at these relative paths, in one transaction; how many."""
-        wanted = list(paths)
-        if not wanted:
-            return 0
-        return self.apply(lambda connection: _remove_where(connection, "path", wanted))
+            outcomes, committed = perform(self._connection(), SQLITE, writes)
+            self.commits += committed
+            return outcomes
 
     def lookup(self, sop_instance_uid: str) -> str | None:
         """The relative path of an indexed instance, or ``None``."""
         row = (
             self._reader()
             .execute("SELECT path FROM instances WHERE SOPInstanceUID = ?", (sop_instance_uid,))
+            .fetchone()
+        )
+        return row[0] if row else None
+
+    def holder(self, path: str) -> str | None:
+        """The SOP Instance UID of the instance indexed at ``path``, or ``None``."""
+        row = (
+            self._reader()
+            .execute("SELECT SOPInstanceUID FROM instances WHERE path = ?", (path,))
             .fetchone()
         )
         return row[0] if row else None
@@ -430,37 +426,6 @@ class ArchiveIndex:
         return connection
 
 
-_OS_ERRNO_OF_SQLITE: Final = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_IOERR: errno.EIO}
-
-
-def _as_os_error(error: BaseException) -> BaseException:
-    """A full or failing disk as the ``OSError`` it is, so callers answer "out of resources"."""
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is None or code & 0xFF not in _OS_ERRNO_OF_SQLITE:
-        return error
-    os_error = OSError(_OS_ERRNO_OF_SQLITE[code & 0xFF], f"index: {error}")
-    os_error.__cause__ = error
-    return os_error
-
-
-def _create_or_check_schema(connection: sqlite3.Connection) -> None:
-    (version,) = connection.execute("PRAGMA user_version").fetchone()
-    if version == SCHEMA_VERSION:
-        return
-    if version != 0:
-        raise RuntimeError(f"index schema version {version}; this dicomd knows {SCHEMA_VERSION}")
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                connection.execute(statement)
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-
-
 def _upsert_sql(
     table: str, columns: tuple[str, ...], unique: tuple[str, ...], parent: str | None
 ) -> str:
@@ -468,7 +433,7 @@ def _upsert_sql(
     names = (parent, *columns) if parent else columns
     updates = [f"{parent} = excluded.{parent}"] if parent else []
     updates += [
-        f"{column} = coalesce(excluded.{column}, {column})"
+        f"{column} = coalesce(excluded.{column}, {table}.{column})"
         for column in columns
         if column not in unique
     ]
@@ -478,89 +443,120 @@ def _upsert_sql(
     )
 
 
-_UPSERT_PATIENT: Final = _upsert_sql(
-    "patients", PATIENT_KEYWORDS, ("PatientID", "IssuerOfPatientID"), None
-)
-_UPSERT_STUDY: Final = _upsert_sql("studies", STUDY_KEYWORDS, ("StudyInstanceUID",), "patient_pk")
-_UPSERT_SERIES: Final = _upsert_sql("series", SERIES_KEYWORDS, ("SeriesInstanceUID",), "study_pk")
+def _with_folds(keywords: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """A level's columns with the folded groups of its name column (`Dialect.fold_columns`)."""
+    return (*keywords, *(fold_column(name, number) for number in range(NAME_GROUPS)))
+
+
+_PATIENT_FOLDED: Final = _with_folds(PATIENT_KEYWORDS, "PatientName")
+_STUDY_FOLDED: Final = _with_folds(STUDY_KEYWORDS, "ReferringPhysicianName")
+
+
+@dataclass(frozen=True, slots=True)
+class _Upserts:
+    """The statements that write the levels above an instance, in one dialect's schema."""
+
+    patient: str
+    study: str
+    series: str
+
+    @classmethod
+    @functools.cache
+    def of(cls, dialect: Dialect) -> _Upserts:
+        patient = _PATIENT_FOLDED if dialect.fold_columns else PATIENT_KEYWORDS
+        study = _STUDY_FOLDED if dialect.fold_columns else STUDY_KEYWORDS
+        return cls(
+            _upsert_sql("patients", patient, ("PatientID", "IssuerOfPatientID"), None),
+            _upsert_sql("studies", study, ("StudyInstanceUID",), "patient_pk"),
+            _upsert_sql("series", SERIES_KEYWORDS, ("SeriesInstanceUID",), "study_pk"),
+        )
+
+
 _INSTANCE_COLUMNS: Final = ("series_pk", *INSTANCE_KEYWORDS, *INSTANCE_FILE_COLUMNS)
-_REPLACE_INSTANCE: Final = (
+_INSERT_INSTANCE: Final = (
     f"INSERT INTO instances ({', '.join(_INSTANCE_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))}) "
-    "ON CONFLICT (SOPInstanceUID) DO UPDATE SET "
-    + ", ".join(f"{column} = excluded.{column}" for column in _INSTANCE_COLUMNS)
+    f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))}) ON CONFLICT (SOPInstanceUID) "
 )
+_REPLACE_INSTANCE: Final = (
+    f"{_INSERT_INSTANCE} DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _INSTANCE_COLUMNS)
+    + " RETURNING pk"
+)
+_INSERT_NEW_INSTANCE: Final = f"{_INSERT_INSTANCE} DO NOTHING RETURNING pk"
+"""Nothing when the UID is indexed: the unique constraint decides, after waiting for any
+transaction inserting it at the same time (PostgreSQL), whatever else the row clashes with."""
 
 
-def _insert(connection: sqlite3.Connection, record: InstanceRecord) -> None:
+def _insert(transaction: Transaction, record: InstanceRecord, replace: bool) -> None:
     """Write one record; a level row that moves to another parent leaves no empty parent behind."""
-    previous_patient = _scalar(
-        connection,
-        "SELECT patient_pk FROM studies WHERE StudyInstanceUID = ?",
-        record.StudyInstanceUID,
+    dialect = transaction.dialect
+    upserts = _Upserts.of(dialect)
+    patient = record.values(PATIENT_KEYWORDS)
+    study = record.values(STUDY_KEYWORDS)
+    if dialect.fold_columns:
+        patient += name_folds(record.PatientName)
+        study += name_folds(record.ReferringPhysicianName)
+    previous_patient = transaction.scalar(
+        "SELECT patient_pk FROM studies WHERE StudyInstanceUID = ?", record.StudyInstanceUID
     )
-    patient_pk = _scalar(connection, _UPSERT_PATIENT, *record.values(PATIENT_KEYWORDS))
-    previous_study = _scalar(
-        connection,
-        "SELECT study_pk FROM series WHERE SeriesInstanceUID = ?",
-        record.SeriesInstanceUID,
+    patient_pk = transaction.scalar(upserts.patient, *patient)
+    previous_study = transaction.scalar(
+        "SELECT study_pk FROM series WHERE SeriesInstanceUID = ?", record.SeriesInstanceUID
     )
-    study_pk = _scalar(connection, _UPSERT_STUDY, patient_pk, *record.values(STUDY_KEYWORDS))
-    previous_series = _scalar(
-        connection,
-        "SELECT series_pk FROM instances WHERE SOPInstanceUID = ?",
-        record.SOPInstanceUID,
+    study_pk = transaction.scalar(upserts.study, patient_pk, *study)
+    previous_series = transaction.scalar(
+        "SELECT series_pk FROM instances WHERE SOPInstanceUID = ?", record.SOPInstanceUID
     )
-    series_pk = _scalar(connection, _UPSERT_SERIES, study_pk, *record.values(SERIES_KEYWORDS))
-    connection.execute(
-        _REPLACE_INSTANCE,
-        (series_pk, *record.values(INSTANCE_KEYWORDS), *record.values(INSTANCE_FILE_COLUMNS)),
+    series_pk = transaction.scalar(upserts.series, study_pk, *record.values(SERIES_KEYWORDS))
+    instance = (
+        series_pk,
+        *record.values(INSTANCE_KEYWORDS),
+        *record.values(INSTANCE_FILE_COLUMNS),
     )
+    if (
+        transaction.scalar(_REPLACE_INSTANCE if replace else _INSERT_NEW_INSTANCE, *instance)
+        is None
+    ):
+        raise DuplicateInstance(record.SOPInstanceUID)
     if previous_series not in (None, series_pk):
-        _prune_series(connection, previous_series)
+        _prune_series(transaction, previous_series)
     if previous_study not in (None, study_pk):
-        _prune_study(connection, previous_study)
+        _prune_study(transaction, previous_study)
     if previous_patient not in (None, patient_pk):
-        _prune_patient(connection, previous_patient)
+        _prune_patient(transaction, previous_patient)
 
 
-def _remove_where(connection: sqlite3.Connection, column: str, values: list[str]) -> int:
+def _remove_where(transaction: Transaction, column: str, values: list[str]) -> int:
     removed = 0
     for value in values:
-        series_pk = _scalar(
-            connection, f"DELETE FROM instances WHERE {column} = ? RETURNING series_pk", value
+        series_pk = transaction.scalar(
+            f"DELETE FROM instances WHERE {column} = ? RETURNING series_pk", value
         )
         if series_pk is not None:
             removed += 1
-            _prune_series(connection, series_pk)
+            _prune_series(transaction, series_pk)
     return removed
 
 
-def _prune_series(connection: sqlite3.Connection, series_pk: int) -> None:
-    if _scalar(connection, "SELECT 1 FROM instances WHERE series_pk = ? LIMIT 1", series_pk):
+def _prune_series(transaction: Transaction, series_pk: int) -> None:
+    if transaction.scalar("SELECT 1 FROM instances WHERE series_pk = ? LIMIT 1", series_pk):
         return
-    study_pk = _scalar(connection, "DELETE FROM series WHERE pk = ? RETURNING study_pk", series_pk)
+    study_pk = transaction.scalar("DELETE FROM series WHERE pk = ? RETURNING study_pk", series_pk)
     if study_pk is not None:
-        _prune_study(connection, study_pk)
+        _prune_study(transaction, study_pk)
 
 
-def _prune_study(connection: sqlite3.Connection, study_pk: int) -> None:
-    if _scalar(connection, "SELECT 1 FROM series WHERE study_pk = ? LIMIT 1", study_pk):
+def _prune_study(transaction: Transaction, study_pk: int) -> None:
+    if transaction.scalar("SELECT 1 FROM series WHERE study_pk = ? LIMIT 1", study_pk):
         return
-    patient_pk = _scalar(
-        connection, "DELETE FROM studies WHERE pk = ? RETURNING patient_pk", study_pk
+    patient_pk = transaction.scalar(
+        "DELETE FROM studies WHERE pk = ? RETURNING patient_pk", study_pk
     )
     if patient_pk is not None:
-        _prune_patient(connection, patient_pk)
+        _prune_patient(transaction, patient_pk)
 
 
-def _prune_patient(connection: sqlite3.Connection, patient_pk: int) -> None:
-    if _scalar(connection, "SELECT 1 FROM studies WHERE patient_pk = ? LIMIT 1", patient_pk):
+def _prune_patient(transaction: Transaction, patient_pk: int) -> None:
+    if transaction.scalar("SELECT 1 FROM studies WHERE patient_pk = ? LIMIT 1", patient_pk):
         return
-    connection.execute("DELETE FROM patients WHERE pk = ?", (patient_pk,))
-
-
-def _scalar(connection: sqlite3.Connection, sql: str, *parameters: Any) -> Any:
-    """The first column of the first row, or ``None``; the statement is always run to its end."""
-    rows = connection.execute(sql, parameters).fetchall()
-    return rows[0][0] if rows else None
+    transaction.execute("DELETE FROM patients WHERE pk = ?", (patient_pk,))

@@ -582,7 +582,7 @@ class _Statement:
     def sql(self) -> str:
         where = f" WHERE {' AND '.join(self.clauses)}" if self.clauses else ""
         order = ", ".join(map(self.dialect.order, self.order))
-        return self.dialect.render(f"{self.select}{where} ORDER BY {order}")
+        return f"{self.select}{where} ORDER BY {order}"
 
     def after(self, key: Sequence[Any]) -> _Statement:
         """The same statement for the rows ordered after the row whose order columns hold

@@ -10,10 +10,16 @@ import tempfile
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+import psycopg
+
+from dicomd.archive.dialects import dialect_of
 from dicomd.archive.index import ArchiveIndex
 from tests.support.daemons import RunningDaemon
+
+INTEGRITY_ERRORS: Final = (sqlite3.IntegrityError, psycopg.IntegrityError)
+"""A constraint refusing a row, on either engine."""
 
 INDEX_FILE_NAMES = frozenset(f"index.sqlite{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
 INCOMING = ".incoming"
@@ -81,6 +87,32 @@ class ArchiveView:
         """No temporary file anywhere, and the files are exactly the indexed paths."""
         assert self.partial_files() == []
         assert self.files() == set(self.indexed().values())
+
+
+class Index(Protocol):
+    """What the index tests ask of an index, SQLite or PostgreSQL."""
+
+    def connect_reader(self) -> Any: ...
+
+
+def index_rows(index: Index, sql: str, *parameters: object) -> list[tuple[Any, ...]]:
+    """The rows of a statement (``?`` placeholders), read on a reader of its own."""
+    reader = index.connect_reader()
+    try:
+        return [tuple(row) for row in dialect_of(reader).all_rows(reader, sql, parameters)]
+    finally:
+        reader.close()
+
+
+def is_closed(connection: Any) -> bool:
+    """Whether a read connection is closed; never ask while a thread may be using it."""
+    if not isinstance(connection, sqlite3.Connection):
+        return bool(connection.closed)
+    try:
+        connection.execute("SELECT 1")
+    except sqlite3.ProgrammingError:
+        return True
+    return False
 
 
 def archive_of(daemon: RunningDaemon) -> ArchiveView:

@@ -1,0 +1,193 @@
+"""The archive's index in PostgreSQL, shared by every node of an archive (``index.url``).
+
+The same tables, writes and C-FIND compiler as the embedded SQLite index
+(`dicomd.archive.index`), in PostgreSQL's dialect
+(`dicomd.archive.dialects.PostgresDialect`), through psycopg 3.  Blocking,
+like the SQLite index: for the archive's threads, never the reactor's.
+
+Writes and look-ups take connections from a psycopg_pool ``ConnectionPool``
+of ``connections`` (size it to the archive's threads).  A node writes one
+transaction at a time, as the SQLite index does, so that its stores still
+commit in groups (`dicomd.archive.writer.GroupCommit`); nodes write at once,
+and the unique constraints decide between them: ``adding(record,
+replace=False)`` raises `DuplicateInstance` for the node that comes second.
+
+C-FIND reads on connections of their own (`connect_reader`), which
+`ArchiveQuery` keeps per thread and per open query as it keeps SQLite's: a
+slow peer holding a read must never hold a connection writes wait for.  Each
+read is a server-side cursor in a REPEATABLE READ, read-only transaction:
+one snapshot, fetched a page at a time.
+
+Cross-node locks (`AdvisoryLocks`) take their connections from a pool of
+their own for the same reason: a store holds its locks while it writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+import psycopg
+from psycopg import IsolationLevel
+from psycopg_pool import ConnectionPool
+
+from dicomd.archive.dialects import postgresql
+from dicomd.archive.index import IndexClosed, IndexWrites, Outcome, Write, perform
+from dicomd.archive.migrations import migrate
+
+OPEN_TIMEOUT: Final = 30.0
+"""Seconds to wait for the database at start-up, and for a pooled connection after."""
+
+
+class PostgresIndex(IndexWrites):
+    """The PostgreSQL index at ``url`` (``postgresql://user@host/database``).
+
+    ``connections`` bounds the pool that writes and look-ups share; C-FIND
+    readers (`connect_reader`) and locks (`locks`) connect beside it.
+    ``commits`` counts this node's committed transactions.
+    """
+
+    def __init__(self, url: str, *, connections: int, timeout: float = OPEN_TIMEOUT) -> None:
+        self.url = url
+        self.dialect = postgresql()
+        self.connections = connections
+        self.timeout = timeout
+        self.commits = 0
+        self._pool: ConnectionPool | None = None
+        self._write_lock = threading.Lock()
+
+    def open(self) -> None:
+        """Connect, and bring the schema to this dicomd's version (once across nodes)."""
+        pool = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.connections,
+            kwargs={"autocommit": True},
+            timeout=self.timeout,
+            open=False,
+            name="dicomd-index",
+        )
+        try:
+            with self.dialect.resource_errors():
+                pool.open(wait=True, timeout=self.timeout)
+                with pool.connection() as connection:
+                    migrate(connection, self.dialect)
+        except BaseException:
+            pool.close()
+            raise
+        self._pool = pool
+
+    def close(self) -> None:
+        """Close every pooled connection; readers are their callers' to close."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def write(self, writes: Sequence[Write]) -> list[Outcome]:
+        """Perform ``writes`` in one transaction, each in its own savepoint; blocking.
+
+        As `ArchiveIndex.write`: a write that raises fails alone; a lost
+        connection or a full disk fails them all as an ``OSError``.
+        """
+        with self._write_lock, self._connection() as connection:
+            outcomes, committed = perform(connection, self.dialect, writes)
+        self.commits += committed
+        return outcomes
+
+    def lookup(self, sop_instance_uid: str) -> str | None:
+        """The relative path of an indexed instance, or ``None``."""
+        with self._connection() as connection:
+            row = connection.execute(
+                "SELECT path FROM instances WHERE SOPInstanceUID = %s", (sop_instance_uid,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def holder(self, path: str) -> str | None:
+        """The SOP Instance UID of the instance indexed at ``path``, or ``None``."""
+        with self._connection() as connection:
+            row = connection.execute(
+                "SELECT SOPInstanceUID FROM instances WHERE path = %s", (path,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def paths(self) -> Iterator[str]:
+        """The relative path of every indexed instance, read a batch at a time."""
+        with self._connection() as connection, connection.transaction():
+            cursor = connection.cursor(name="dicomd_paths")
+            for (path,) in cursor.execute("SELECT path FROM instances"):
+                yield path
+
+    def connect_reader(self) -> psycopg.Connection[Any]:
+        """A new connection for C-FIND reads, each in a read-only REPEATABLE READ
+        transaction (one snapshot); the caller closes it."""
+        if self._pool is None:
+            raise IndexClosed("the PostgreSQL index is not open")
+        with self.dialect.resource_errors():
+            connection = psycopg.connect(self.url, connect_timeout=int(self.timeout))
+        connection.isolation_level = IsolationLevel.REPEATABLE_READ
+        connection.read_only = True
+        return connection
+
+    def locks(self) -> AdvisoryLocks:
+        """Locks across every node of the archive, with a pool of ``connections`` of their own."""
+        return AdvisoryLocks(self.url, connections=self.connections, timeout=self.timeout)
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; failing to get or use one is the ``OSError`` it amounts to."""
+        pool = self._pool
+        if pool is None:
+            raise IndexClosed("the PostgreSQL index is not open")
+        with self.dialect.resource_errors(), pool.connection() as connection:
+            yield connection
+
+
+class AdvisoryLocks:
+    """Locks on keys that hold across every node sharing the index: PostgreSQL session
+    advisory locks, the shape of `dicomd.archive.writer.ProcessLocks`.
+
+    Each key is locked by a 64-bit hash of it, on a pooled connection kept
+    until release; a holder takes its hashes in sorted order, so that two
+    holders never deadlock.  A node that dies lets go of its locks with its
+    connections.  Blocking: for the archive's threads.
+    """
+
+    def __init__(self, url: str, *, connections: int, timeout: float = OPEN_TIMEOUT) -> None:
+        self._pool = ConnectionPool(
+            url,
+            min_size=0,
+            max_size=connections,
+            kwargs={"autocommit": True},
+            timeout=timeout,
+            name="dicomd-locks",
+        )
+
+    def hold(self, *keys: str) -> Callable[[], None]:
+        """Once every key is held, the function that releases them."""
+        connection = self._pool.getconn()
+        try:
+            for number in sorted({lock_number(key) for key in keys}):
+                connection.execute("SELECT pg_advisory_lock(%s)", (number,))
+        except BaseException:
+            self._release(connection)
+            raise
+        return lambda: self._release(connection)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _release(self, connection: psycopg.Connection[Any]) -> None:
+        try:
+            if not connection.closed:
+                connection.execute("SELECT pg_advisory_unlock_all()")
+        finally:
+            self._pool.putconn(connection)
+
+
+def lock_number(key: str) -> int:
+    """The advisory lock of ``key``: a signed 64-bit hash, the same on every node."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
