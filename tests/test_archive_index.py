@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_charset_files, get_testdata_file
@@ -248,7 +249,7 @@ def test_the_database_is_wal_with_normal_synchronous_commits(index: ArchiveIndex
 def test_readers_are_read_only(index: ArchiveIndex) -> None:
     reader = index.connect_reader()
     try:
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises((sqlite3.OperationalError, psycopg.errors.ReadOnlySqlTransaction)):
             reader.execute("DELETE FROM instances")
     finally:
         reader.close()

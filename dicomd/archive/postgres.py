@@ -162,6 +162,7 @@ class AdvisoryLocks:
             max_size=connections,
             kwargs={"autocommit": True},
             timeout=timeout,
+            open=True,
             name="dicomd-locks",
         )
 

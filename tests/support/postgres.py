@@ -21,6 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+import pytest
+
+from dicomd.archive.postgres import PostgresIndex
 from tests.support.processes import LOCALHOST, free_tcp_port
 
 SUPERUSER = "dicomd"
@@ -81,8 +85,6 @@ class Cluster:
 
     def create_database(self, name: str) -> str:
         """A new, empty database; its URL."""
-        import psycopg
-
         with psycopg.connect(self.url(), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
@@ -167,3 +169,17 @@ def _stop(bindir: Path, prefix: list[str], cluster: Cluster) -> None:
         while time.monotonic() < deadline:
             os.kill(pid, 0)
             time.sleep(0.1)
+
+
+@pytest.fixture(scope="module", name="pg_cluster")
+def pg_cluster_fixture() -> Iterator[Cluster]:
+    """A throw-away cluster for the tests of one module."""
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+def postgres_index(cluster: Cluster, name: str, *, connections: int = 4) -> PostgresIndex:
+    """An open PostgreSQL index in a new database of ``cluster``."""
+    index = PostgresIndex(cluster.create_database(name), connections=connections)
+    index.open()
+    return index
