@@ -15,7 +15,6 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
@@ -66,12 +65,13 @@ _Listener = TypeVar("_Listener", bound=StreamServerEndpointService)
 def build_plugins(config: Config) -> tuple[object, ...]:
     """Import each configured plugin, call it with its options and check what it made.
 
-    The archive keeps its files under ``storage.path`` unless its options
-    name another ``path``.  Raises ``ConfigError`` naming the plugin entry
-    (``plugins[<n>].plugin`` or ``plugins[<n>].options``) and nothing else.
+    The archive keeps its files under ``storage.path``, or in ``storage.url``,
+    and its index in ``index.url``, unless its options name others.  Raises
+    ``ConfigError`` naming the plugin entry (``plugins[<n>].plugin`` or
+    ``plugins[<n>].options``) and nothing else.
     """
     return tuple(
-        _build_plugin(plugin.path, plugin.options, f"plugins[{index}]", config.storage_path)
+        _build_plugin(plugin.path, plugin.options, f"plugins[{index}]", config)
         for index, plugin in enumerate(config.plugins)
     )
 
@@ -356,9 +356,9 @@ def client_settings(config: Config) -> Callable[[str], ClientSettings]:
     return settings
 
 
-def _build_plugin(path: str, options: Any, key: str, storage_path: Path) -> object:
+def _build_plugin(path: str, options: Any, key: str, config: Config) -> object:
     if path == BUILTIN_PLUGINS["archive"]:
-        options = {"path": str(storage_path), **options}
+        options = {**_archive_settings(config), **options}
     factory = _import_factory(path, f"{key}.plugin")
     try:
         instance = factory(**options)
@@ -372,6 +372,19 @@ def _build_plugin(path: str, options: Any, key: str, storage_path: Path) -> obje
             f"{key}.plugin", f"{path}(**options) made an object that provides none of: {names}"
         )
     return instance
+
+
+def _archive_settings(config: Config) -> dict[str, str]:
+    """The archive's options that the ``storage`` and ``index`` sections give."""
+    settings = {"path": str(config.storage_path)}
+    for option, value in (
+        ("storage_url", config.storage_url),
+        ("endpoint_url", config.storage_endpoint_url),
+        ("index_url", config.index_url),
+    ):
+        if value is not None:
+            settings[option] = value
+    return settings
 
 
 def _import_factory(path: str, key: str) -> Callable[..., object]:

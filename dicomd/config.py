@@ -18,11 +18,12 @@ import math
 import os
 import re
 import reprlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -49,7 +50,8 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "ae_title": "DICOMD",
         "listen": "tcp:11112",
         "workers": "auto",
-        "storage": {"path": "./var/archive"},
+        "storage": {"path": "./var/archive", "url": None, "endpoint_url": None},
+        "index": {"url": None},
         "limits": {
             "max_pdu_length": 262144,
             "max_associations": 32,
@@ -297,6 +299,12 @@ class Config:
     workers: int = 1
     """Processes serving the node: ``auto`` in the file is one per core."""
     query_retrieve: QueryRetrieve = QueryRetrieve()
+    storage_url: str | None = None
+    """Object storage (``s3://bucket/prefix``) that keeps the instances instead of files."""
+    storage_endpoint_url: str | None = None
+    """The S3-compatible server of ``storage_url``, when it is not AWS."""
+    index_url: str | None = None
+    """The PostgreSQL database of the index, instead of SQLite under ``storage_path``."""
 
 
 def default_config() -> Config:
@@ -347,12 +355,20 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     access = _with_defaults(settings["access"], "access", _DEFAULTS["access"])
     store = _with_defaults(settings["store"], "store", _DEFAULTS["store"])
     storage_path = Path(_text(storage["path"], "storage.path"))
+    index = _with_defaults(settings["index"], "index", _DEFAULTS["index"])
+    storage_url = _optional(storage["url"], "storage.url", _object_storage_url)
+    endpoint_url = _optional(storage["endpoint_url"], "storage.endpoint_url", _endpoint_url)
+    if endpoint_url is not None and storage_url is None:
+        raise ConfigError("storage.endpoint_url", "is for object storage: set storage.url too")
     retrieve = _retrieve(settings["retrieve"])
     return Config(
         ae_title=_ae_title(settings["ae_title"], "ae_title"),
         listen=_server_endpoint(settings["listen"], "listen"),
         workers=_workers(settings["workers"], settings["listen"]),
         storage_path=storage_path,
+        storage_url=storage_url,
+        storage_endpoint_url=endpoint_url,
+        index_url=_optional(index["url"], "index.url", _database_url),
         limits=Limits(
             max_pdu_length=_integer(
                 limits["max_pdu_length"], "limits.max_pdu_length", MAX_PDU_LENGTH_RANGE
@@ -792,6 +808,36 @@ def _factory_path(value: object, key: str) -> str:
     if not _DOTTED_NAME.fullmatch(path):
         raise ConfigError(key, f"expected a dotted name like package.module.Name, got {path!r}")
     return path
+
+
+def _optional(value: object, key: str, check: Callable[[object, str], str]) -> str | None:
+    """``None`` for a key left unset (``~`` in YAML), else the value ``check`` accepts."""
+    return None if value is None else check(value, key)
+
+
+def _object_storage_url(value: object, key: str) -> str:
+    url = _text(value, key)
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ConfigError(key, f"expected s3://bucket or s3://bucket/prefix, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(key, f"expected no ?query or #fragment, got {url!r}")
+    return url
+
+
+def _endpoint_url(value: object, key: str) -> str:
+    url = _text(value, key)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(key, f"expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def _database_url(value: object, key: str) -> str:
+    url = _text(value, key)
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(key, f"expected a postgresql:// URL, got {url!r}")
+    return url
 
 
 def _text(value: object, key: str) -> str:

@@ -403,6 +403,56 @@ class IInstanceStorage(Interface):
         ``FileNotFoundError`` when nothing is kept there."""
 
 
+class IArchiveIndex(Interface):
+    """The archive's index: what C-FIND searches and what tells the archive whether an
+    instance is kept.
+
+    Two backends serve it: the embedded SQLite file (the default,
+    `dicomd.archive.index.ArchiveIndex`) and PostgreSQL, shared by several
+    nodes (`dicomd.archive.postgres.PostgresIndex`); `dicomd.archive.indexes.
+    index_for` picks one by ``index.url``.  Every method blocks: the archive
+    calls them from its threads, never from the reactor.  A full disk, a lost
+    connection or an exhausted pool is an ``OSError`` with a one-line message.
+    """
+
+    commits = Attribute("How many write transactions this process has committed.")
+
+    def open() -> None:
+        """Connect, and bring the schema to this dicomd's version (once, whoever else opens
+        it at the same time); a schema newer than this dicomd is refused in one line."""
+
+    def close() -> None:
+        """Close the index's own connections; readers are their callers' to close."""
+
+    def write(writes: Sequence[Callable[..., object]]) -> list[object]:
+        """Perform a batch of writes (``dicomd.archive.index.adding`` ...) in one
+        transaction, each in a savepoint of its own; an ``Outcome`` for each: a write that
+        fails, fails alone."""
+
+    def apply(write: Callable[..., object]) -> object:
+        """Perform one write in a transaction of its own; its result, or its error raised
+        (``DuplicateInstance`` for ``adding(record, replace=False)`` of a kept UID)."""
+
+    def add(record: object) -> None:
+        """Insert or replace an ``InstanceRecord``, with its patient, study and series."""
+
+    def remove(sop_instance_uid: str) -> bool:
+        """Forget an instance and what it leaves empty; False if it was not kept."""
+
+    def remove_paths(paths: Iterable[str]) -> int:
+        """Forget the instances kept at these keys, in one transaction; how many."""
+
+    def lookup(sop_instance_uid: str) -> str | None:
+        """The key (layout path) of a kept instance, or None."""
+
+    def paths() -> Iterable[str]:
+        """The key of every kept instance."""
+
+    def connect_reader() -> object:
+        """A new read-only connection for ``dicomd.archive.query.ArchiveQuery``, which
+        tells its SQL dialect from it; the caller closes it."""
+
+
 class IRetrieveSource(Interface):
     """Where C-MOVE and C-GET find the instances to send, and who may have them.
 

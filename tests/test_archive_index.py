@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_charset_files, get_testdata_file
+from zope.interface.verify import verifyObject
 
 from dicomd.archive.index import (
     SCHEMA_VERSION,
@@ -28,6 +29,7 @@ from dicomd.archive.index import (
     record_from_dataset,
 )
 from dicomd.archive.migrations import SchemaTooNew
+from dicomd.interfaces import IArchiveIndex
 from tests.support.archive import INTEGRITY_ERRORS, index_rows
 from tests.support.received import record
 
@@ -431,3 +433,7 @@ def _schema(path: Path) -> tuple[int, list[tuple[str, str]]]:
         return version, connection.execute("SELECT name, sql FROM sqlite_master").fetchall()
     finally:
         connection.close()
+
+
+def test_the_index_provides_the_archive_index_contract(index: ArchiveIndex) -> None:
+    assert verifyObject(IArchiveIndex, index)

@@ -43,7 +43,8 @@ EXAMPLE_FILE = Path(__file__).resolve().parents[1] / "conf" / "scp.yaml"
 CONTRACT = {
     "ae_title": "DICOMD",
     "listen": "tcp:11112",
-    "storage": {"path": "./var/archive"},
+    "storage": {"path": "./var/archive", "url": None, "endpoint_url": None},
+    "index": {"url": None},
     "limits": {
         "max_pdu_length": 262144,
         "max_associations": 32,
@@ -390,6 +391,38 @@ MISTAKES = [
     ({"storage": {"path": ""}}, "storage.path", "cannot be empty"),
     ({"storage": {"path": None}}, "storage.path", "expected a string, got None"),
     ({"storage": "./var"}, "storage", "expected a mapping, got './var'"),
+    (
+        {"storage": {"url": "https://bucket/x"}},
+        "storage.url",
+        "expected s3://bucket or s3://bucket/prefix, got 'https://bucket/x'",
+    ),
+    (
+        {"storage": {"url": "s3:///x"}},
+        "storage.url",
+        "expected s3://bucket or s3://bucket/prefix, got 's3:///x'",
+    ),
+    (
+        {"storage": {"url": "s3://b/p?versionId=1"}},
+        "storage.url",
+        "expected no ?query or #fragment, got 's3://b/p?versionId=1'",
+    ),
+    (
+        {"storage": {"endpoint_url": "http://127.0.0.1:9000"}},
+        "storage.endpoint_url",
+        "is for object storage: set storage.url too",
+    ),
+    (
+        {"storage": {"url": "s3://b", "endpoint_url": "127.0.0.1:9000"}},
+        "storage.endpoint_url",
+        "expected an http:// or https:// URL, got '127.0.0.1:9000'",
+    ),
+    (
+        {"index": {"url": "mysql://db/dicomd"}},
+        "index.url",
+        "expected a postgresql:// URL, got 'mysql://db/dicomd'",
+    ),
+    ({"index": {"url": ""}}, "index.url", "cannot be empty"),
+    ({"index": "postgresql://db"}, "index", "expected a mapping, got 'postgresql://db'"),
     ({"limits": None}, "limits", "expected a mapping, got None"),
     ({"timeouts": [30, 60]}, "timeouts", "expected a mapping, got [30, 60]"),
     ({"transfer_syntaxes": []}, "transfer_syntaxes", "needs at least one transfer syntax"),
@@ -600,7 +633,8 @@ VALUES = st.recursive(
     max_leaves=8,
 )
 SECTION_KEYS = {
-    "storage": ["path"],
+    "storage": ["path", "url", "endpoint_url"],
+    "index": ["url"],
     "limits": ["max_pdu_length", "max_associations"],
     "timeouts": ["acse", "dimse", "network_idle", "artim"],
     "access": ["check_called_ae", "calling_aes"],

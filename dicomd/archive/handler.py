@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Final, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeVar
 
 from pydicom import Dataset, dcmread
 from pydicom.filereader import read_dataset
@@ -58,11 +58,13 @@ from dicomd.archive.index import (
     INDEXED_KEYWORDS,
     REQUIRED_UIDS,
     ArchiveIndex,
+    DuplicateInstance,
     InstanceRecord,
     Write,
     adding,
     record_from_dataset,
 )
+from dicomd.archive.indexes import index_for
 from dicomd.archive.layout import Layout, text_of
 from dicomd.archive.matches import NotRunning, PagedMatches
 from dicomd.archive.query import ArchiveQuery, FindPages
@@ -121,6 +123,9 @@ _INFLATED_PIECE: Final = 1 << 16
 LOCKS_FOLDER: Final = ".locks"
 """Where worker processes sharing the archive lock UIDs and paths (`ProcessLocks`)."""
 
+if TYPE_CHECKING:
+    from dicomd.archive.postgres import AdvisoryLocks
+
 _T = TypeVar("_T")
 
 
@@ -148,6 +153,8 @@ class _Placed:
     """The key of the copy it replaces at another key, removed once the row is committed."""
     fresh: bool
     """Nothing of this instance was kept under ``key`` before: a failed commit removes it."""
+    replace: bool
+    """Its row may replace one of the same UID; otherwise the unique constraint decides."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +166,8 @@ class Reconciliation:
     files_reindexed: int
     unreadable_files: int
     empty_folders: int
+    unfinished_copies: int = 0
+    """Copies a store of this node left without a row when it died (shared archives)."""
 
 
 @implementer(IStoreHandler, IReadsAttributes, IFindHandler, ISupportedKeys, IRetrieveSource)
@@ -173,6 +182,8 @@ class ArchiveHandler(Service):
       ``keep-first`` (warning B000, the first copy stays), ``overwrite``
       (the new copy replaces it) or ``reject`` (failure 0111);
     - ``index``: the file name of the SQLite index inside ``path``;
+    - ``index_url`` (``index.url`` unless given): keep the index in the
+      PostgreSQL database it names instead, shared by every node that names it;
     - ``threads``: how many instances are filed (or queries answered) at
       once;
     - ``case_insensitive_names``: C-FIND matches person names ignoring case;
@@ -211,6 +222,7 @@ class ArchiveHandler(Service):
         flush: str = "files",
         storage_url: str | None = None,
         endpoint_url: str | None = None,
+        index_url: str | None = None,
         reactor: Any = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike) or not str(path):
@@ -246,7 +258,7 @@ class ArchiveHandler(Service):
         self.flush = flush
         self.duplicates = duplicates
         self.threads = threads
-        self.index = ArchiveIndex(self.path / index)
+        self.index = index_for(index_url, self.path / index, connections=threads + 2)
         self.query = ArchiveQuery(
             self.index.connect_reader, case_insensitive_names=case_insensitive_names
         )
@@ -263,6 +275,7 @@ class ArchiveHandler(Service):
         reconciled before any of them began (a worker reconciling would delete what the
         others are receiving), and a UID or a path is locked across the processes too."""
         self._shared_locks: SharedLocks | None = None
+        self._node_locks: AdvisoryLocks | None = None
         self._last_needed_tag = int(max(Tag(keyword) for keyword in self.attributes_read))
 
     # -- the Twisted service ----------------------------------------------------------------
@@ -278,10 +291,11 @@ class ArchiveHandler(Service):
 
             self._reactor = reactor
         if self.shared:
-            self.index.open()
+            self._open_index()
             locks = self.path / LOCKS_FOLDER
             (locks / "folders").mkdir(parents=True, exist_ok=True)
-            self._shared_locks = ProcessLocks(locks)
+            if self._shared_locks is None:  # the index's locks hold across processes too
+                self._shared_locks = ProcessLocks(locks)
             if isinstance(self.storage, LocalFiles):
                 # apart: a store takes a folder's lock while it holds its UID's and path's
                 self.storage.folder_locks = ProcessLocks(locks / "folders")
@@ -392,6 +406,12 @@ class ArchiveHandler(Service):
 
     # -- the blocking work ------------------------------------------------------------------
 
+    @property
+    def embedded(self) -> bool:
+        """Files and SQLite on this machine, nothing shared with other nodes: the archive
+        folder is the whole truth, and reconciliation walks it."""
+        return isinstance(self.index, ArchiveIndex) and isinstance(self.storage, LocalFiles)
+
     def open(self) -> Reconciliation:
         """Create the folder, open the index and reconcile the two after a crash.
 
@@ -400,20 +420,33 @@ class ArchiveHandler(Service):
         """
         self.path.mkdir(parents=True, exist_ok=True)
         self.storage.check()
-        if not self.index.path.exists() and _holds_any_file(self.path, self._index_files):
+        if (
+            isinstance(self.index, ArchiveIndex)
+            and not self.index.path.exists()
+            and _holds_any_file(self.path, self._index_files)
+        ):
             raise ArchiveError(
                 f"{self.path} holds files but no index ({self.index.path.name}); "
                 "dicomd will not delete them: move them away or choose another folder"
             )
-        self.index.open()
+        self._open_index()
         try:
-            return self._reconcile()
+            return self._reconcile() if self.embedded else self._reconcile_incoming()
         except BaseException:
-            self.index.close()
+            self.close()
             raise
+
+    def _open_index(self) -> None:
+        """Open the index; a shared one also locks UIDs and paths across the nodes."""
+        self.index.open()
+        if not isinstance(self.index, ArchiveIndex):
+            self._node_locks = self._shared_locks = self.index.locks()
 
     def close(self) -> None:
         self.index.close()
+        node_locks, self._node_locks = self._node_locks, None
+        if node_locks is not None:
+            node_locks.close()
 
     def archive(self, instance: ReceivedInstance) -> int | Dataset | Kept:
         """Check, file and index one instance, in the calling thread; the status for the peer.
@@ -445,7 +478,10 @@ class ArchiveHandler(Service):
             if not isinstance(placed, _Placed):
                 return placed
             try:
-                self._commit(adding(checked))
+                self._commit(adding(checked, replace=placed.replace))
+            except DuplicateInstance:
+                # the unique constraint saw another copy first: this one is the duplicate
+                return self._duplicate()
             except BaseException:
                 if placed.fresh:
                     self.storage.remove(placed.key)
@@ -507,6 +543,17 @@ class ArchiveHandler(Service):
             needed = self._past_what_is_needed
             return read_dataset(source, implicit, little_endian, stop_when=needed)
 
+    def _duplicate(self) -> Dataset:
+        """The answer to a second copy of an archived SOP Instance UID that is not kept."""
+        if self.duplicates == "keep-first":
+            # B000 is the one warning C-STORE defines (PS3.4 B.2.3); its name says coercion
+            return _status(
+                Status.COERCION_OF_DATA_ELEMENTS, "duplicate SOP Instance UID; first copy kept"
+            )
+        return _status(
+            Status.DUPLICATE_SOP_INSTANCE, "duplicate SOP Instance UID; already archived"
+        )
+
     def _past_what_is_needed(self, tag: BaseTag, vr: str | None, length: int) -> bool:
         # as plain numbers: a Tag compares through Python code, and this runs for each element
         return int.__gt__(tag, self._last_needed_tag)
@@ -519,26 +566,21 @@ class ArchiveHandler(Service):
         flushed.
         """
         uid, key = record.SOPInstanceUID, record.path
-        existing = self.index.lookup(uid)
+        indexed = self.index.lookup(uid)
+        existing = indexed
         if existing is not None and not self.storage.exists(existing):
             existing = None  # its file is gone: this copy is the only one
-        if existing is not None and self.duplicates == "keep-first":
-            # B000 is the one warning C-STORE defines (PS3.4 B.2.3); its name says coercion
-            return _status(
-                Status.COERCION_OF_DATA_ELEMENTS, "duplicate SOP Instance UID; first copy kept"
-            )
-        if existing is not None and self.duplicates == "reject":
-            return _status(
-                Status.DUPLICATE_SOP_INSTANCE, "duplicate SOP Instance UID; already archived"
-            )
-        if existing != key and self.storage.exists(key):
+        if existing is not None and self.duplicates != "overwrite":
+            return self._duplicate()
+        if self.index.holder(key) not in (None, uid):
             self.log.warn(
                 "archive: {uid} maps to {path}, which holds another instance", uid=uid, path=key
             )
             return _status(Status.CANNOT_UNDERSTAND, "another instance is kept at its layout path")
         self.storage.put(instance.path, key)
         replaced = existing if existing is not None and existing != key else None
-        return _Placed(key, replaced, fresh=existing != key)
+        replace = self.duplicates == "overwrite" or indexed is not None
+        return _Placed(key, replaced, fresh=existing != key, replace=replace)
 
     def _reconcile(self) -> Reconciliation:
         """Make the folder and the index agree again after a crash (or a SIGKILL).
@@ -582,6 +624,52 @@ class ArchiveHandler(Service):
             reindexed=counts.files_reindexed,
         )
         return counts
+
+    def _reconcile_incoming(self) -> Reconciliation:
+        """Clean up after a crash of this node, and of this node only: other nodes may be
+        storing into the same index and storage while it starts.
+
+        A store keeps its received file in the incoming folder until its row is
+        committed (a file the storage takes, by rename, is kept before it is
+        named).  So each incoming file left over names what a store died doing:
+        a copy kept under its key with no row for it is removed, under the
+        locks that every node's store of that UID and key holds.  Rows are
+        committed durably by a shared index, so none is lost to be redone.
+        """
+        incoming = self.path / INCOMING_FOLDER
+        unfinished = 0
+        if incoming.is_dir():
+            for entry in sorted(incoming.iterdir()):
+                if entry.is_file() and self._forget_unfinished_copy(entry):
+                    unfinished += 1
+        counts = Reconciliation(_empty_folder(incoming), 0, 0, 0, 0, unfinished)
+        self.log.info(
+            "archive {path}: removed {incoming} incoming files and {unfinished} copies "
+            "this node kept without indexing them",
+            path=str(self.path),
+            incoming=counts.incoming_files,
+            unfinished=unfinished,
+        )
+        return counts
+
+    def _forget_unfinished_copy(self, received: Path) -> bool:
+        """Blocking: remove what a dead store kept of ``received`` and never indexed."""
+        try:
+            dataset = dcmread(received, stop_before_pixels=True)
+            uid = text_of(dataset, "SOPInstanceUID")
+            key = self.layout.path_for(dataset).as_posix()
+        except Exception:  # cut short, or never an instance: nothing was kept of it
+            return False
+        if not uid:
+            return False
+        release = hold_keys(self._locks, self._shared_locks, (f"uid:{uid}", f"path:{key}"))
+        try:
+            if self.index.holder(key) is not None or not self.storage.exists(key):
+                return False
+            self.storage.remove(key)
+            return True
+        finally:
+            release()
 
     def _reindex(self, relative: str) -> bool:
         """Index a whole file found without a row; False if it is no instance of ours."""

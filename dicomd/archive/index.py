@@ -40,11 +40,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from pydicom import Dataset
+from zope.interface import implementer
 
 from dicomd.archive.dialects import NAME_GROUPS, SQLITE, Dialect, fold_column, name_folds
 from dicomd.archive.layout import text_of
 from dicomd.archive.migrations import SCHEMA_VERSION as SCHEMA_VERSION
 from dicomd.archive.migrations import migrate
+from dicomd.interfaces import IArchiveIndex
 
 PATIENT_KEYWORDS: Final = (
     "PatientID",
@@ -299,6 +301,7 @@ class IndexWrites:
         return self.apply(lambda transaction: _remove_where(transaction, "path", wanted))
 
 
+@implementer(IArchiveIndex)
 class ArchiveIndex(IndexWrites):
     """The SQLite index of one archive.
 

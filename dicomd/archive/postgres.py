@@ -33,15 +33,18 @@ from typing import Any, Final
 import psycopg
 from psycopg import IsolationLevel
 from psycopg_pool import ConnectionPool
+from zope.interface import implementer
 
 from dicomd.archive.dialects import postgresql
 from dicomd.archive.index import IndexClosed, IndexWrites, Outcome, Write, perform
 from dicomd.archive.migrations import migrate
+from dicomd.interfaces import IArchiveIndex
 
 OPEN_TIMEOUT: Final = 30.0
 """Seconds to wait for the database at start-up, and for a pooled connection after."""
 
 
+@implementer(IArchiveIndex)
 class PostgresIndex(IndexWrites):
     """The PostgreSQL index at ``url`` (``postgresql://user@host/database``).
 

@@ -44,6 +44,7 @@ ANY_ENGINE = (
     "test_a_single_writer_commits_each_add",
     "test_an_insert_that_may_not_replace_meets_the_unique_constraint",
     "test_a_duplicate_in_a_batch_fails_alone",
+    "test_the_index_provides_the_archive_index_contract",
 )
 globals().update({name: getattr(suite, name) for name in ANY_ENGINE})
 
