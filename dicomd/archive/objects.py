@@ -12,8 +12,12 @@ Why it is built this way:
   a smaller pool makes urllib3 open and drop extra connections and print a
   warning on stderr.
 - Timeouts and retries are bounded (botocore's ``standard`` retry mode,
-  a few attempts, seconds of connect timeout), so that a dead endpoint ends a
-  store with an error in seconds instead of holding its thread.
+  three tries in all, 5 s to connect, 10 s of silence while waiting for an
+  answer): a refused connection ends a store with an error at once, a silent
+  endpoint in about 30 s, where botocore's defaults would hold the thread
+  for minutes.  Standard and ``~/.aws`` settings still apply to the rest
+  (``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` for servers that
+  refuse boto3's default checksums).
 - A file no larger than one part goes up as one ``PutObject`` from the
   calling thread.  A larger file goes up as a multipart upload through one
   s3transfer manager shared by all threads: its ``concurrency`` worker
@@ -57,7 +61,7 @@ MIB: Final = 1024 * 1024
 MINIMUM_PART_SIZE: Final = 5 * MIB
 """S3 refuses smaller parts (all but the last) of a multipart upload."""
 CONNECT_TIMEOUT: Final = 5.0
-READ_TIMEOUT: Final = 30.0
+READ_TIMEOUT: Final = 10.0
 ATTEMPTS: Final = 3
 """Tries of one request in all, with botocore's ``standard`` back-off between them."""
 FETCH_CHUNK: Final = MIB
@@ -130,7 +134,7 @@ class S3Storage:
         config = Config(
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
-            retries={"mode": "standard", "max_attempts": ATTEMPTS},
+            retries={"mode": "standard", "total_max_attempts": ATTEMPTS},
             max_pool_connections=threads + concurrency,
             # Custom endpoints (MinIO, Ceph RGW, moto) rarely resolve bucket.host names.
             s3={"addressing_style": "path"} if endpoint_url else None,

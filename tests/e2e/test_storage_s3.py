@@ -2,26 +2,30 @@
 
 The storage runs in this process, so its memory is this process's: a large
 instance must go up and come back in parts, its peak resident set growing by
-far less than the file.  The start-up check must fail in one line, and
-quickly, when the endpoint or the bucket is not there.
+far less than the file.  Threads share its one client.  The start-up check
+must fail in one line, and within its timeouts, when the endpoint or the
+bucket is not there or the endpoint does not answer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
 import pytest
 
 from dicomd.archive.objects import MIB, ObjectStorageError, S3Storage
-from tests.support.processes import free_tcp_port, reset_peak_memory, status_kib
+from tests.support.processes import LOCALHOST, free_tcp_port, reset_peak_memory, status_kib
 from tests.support.s3 import MotoS3, moto_s3_server, random_file, use_aws_environment
 
 PART = 5 * MIB
 CONCURRENCY = 2
+THREADS = 4
 LARGE = 40 * MIB
 MEMORY_BOUND = PART * CONCURRENCY
 """A part's worth for each part in flight, 10 MiB: a quarter of the file (measured: under 1 MiB)."""
@@ -36,7 +40,9 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 @pytest.fixture
 def storage(moto: MotoS3, monkeypatch: pytest.MonkeyPatch) -> S3Storage:
     use_aws_environment(monkeypatch, moto.environment)
-    return S3Storage(moto.url, moto.endpoint_url, part_size=PART, concurrency=CONCURRENCY)
+    return S3Storage(
+        moto.url, moto.endpoint_url, part_size=PART, concurrency=CONCURRENCY, threads=THREADS
+    )
 
 
 def sha256_of(path: Path) -> str:
@@ -120,3 +126,46 @@ def test_the_check_names_a_missing_bucket_in_one_line(
         f"object storage s3://no-such-bucket/archive at {moto.endpoint_url} is not usable: "
         "NoSuchBucket: The specified bucket does not exist"
     )
+
+
+def test_the_check_gives_up_on_a_silent_endpoint_within_its_timeouts(
+    moto: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint that takes connections and never answers (a hung server): three tries
+    of 10 s each, then one line, rather than botocore's default of minutes."""
+    use_aws_environment(monkeypatch, moto.environment)
+    with socket.create_server((LOCALHOST, 0), backlog=8) as silent:
+        endpoint_url = f"http://{LOCALHOST}:{silent.getsockname()[1]}"
+        storage = S3Storage(moto.url, endpoint_url)
+        started = time.monotonic()
+        with pytest.raises(ObjectStorageError) as error:
+            storage.check()
+        elapsed = time.monotonic() - started
+    assert 20 < elapsed < 40
+    assert str(error.value) == (
+        f"object storage {moto.url} at {endpoint_url} is not usable: no answer within 10 s"
+    )
+
+
+def test_archive_threads_share_one_client_within_its_connection_pool(
+    storage: S3Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As many threads as the storage was made for store and fetch small and multipart
+    instances at once: every object comes back whole, and urllib3 never has to open a
+    connection beyond the pool (it says so in a warning, on the daemon's stderr)."""
+    sources = [tmp_path / f"{number}.dcm" for number in range(THREADS * 3)]
+    digests = {
+        source: random_file(source, 2 * PART + 1 if number % 5 == 0 else 200_000)
+        for number, source in enumerate(sources)
+    }
+
+    def round_trip(source: Path) -> str:
+        storage.put(source, f"parallel/{source.name}")
+        into = source.with_suffix(".fetched")
+        storage.fetch(f"parallel/{source.name}", into)
+        return sha256_of(into)
+
+    with ThreadPoolExecutor(THREADS) as threads:
+        fetched = dict(zip(sources, threads.map(round_trip, sources), strict=True))
+    assert fetched == digests
+    assert [record.getMessage() for record in caplog.records if record.levelno >= 30] == []
