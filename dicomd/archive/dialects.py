@@ -124,6 +124,11 @@ class Dialect:
             return error
         return _os_error(_OS_ERRNO_OF_SQLITE[code & 0xFF], error)
 
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether ``error`` ended a transaction that may succeed when tried again.  SQLite
+        has one writer at a time: it never gives up on one for another."""
+        return False
+
     @contextmanager
     def resource_errors(self) -> Iterator[None]:
         """Raise what fails within as `os_error` has it."""
@@ -224,6 +229,10 @@ class PostgresDialect(Dialect):
         if isinstance(error, PoolTimeout):
             return _os_error(errno.EAGAIN, error)
         return error
+
+    def is_transient(self, error: BaseException) -> bool:
+        errors = self._psycopg.errors
+        return isinstance(error, errors.DeadlockDetected | errors.SerializationFailure)
 
     def prepare(self, connection: Any) -> None:
         pass

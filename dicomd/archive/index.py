@@ -237,6 +237,16 @@ def adding(record: InstanceRecord, *, replace: bool = True) -> Write:
     return functools.partial(_insert, record=record, replace=replace)
 
 
+BATCH_ATTEMPTS: Final = 3
+"""How many times a batch is tried when the engine gives up on it for the sake of another
+transaction (a deadlock between nodes writing the same patients in other orders)."""
+
+
+class _TryAgain(Exception):
+    """A write of the batch met a transient error: the whole transaction must be rolled back,
+    for its locks to let the other transaction through, and tried again."""
+
+
 def perform(
     connection: Any, dialect: Dialect, writes: Sequence[Write]
 ) -> tuple[list[Outcome], bool]:
@@ -245,8 +255,19 @@ def perform(
 
     A write that raises is rolled back alone and its `Outcome` carries the error; if the
     transaction itself fails, every write fails with it.  Resource errors (a full disk, a
-    lost connection) come as the ``OSError`` they are (`Dialect.os_error`).
+    lost connection) come as the ``OSError`` they are (`Dialect.os_error`).  A transient
+    error (`Dialect.is_transient`) rolls the batch back and tries it again, up to
+    `BATCH_ATTEMPTS` times in all.
     """
+    for _ in range(BATCH_ATTEMPTS - 1):
+        with contextlib.suppress(_TryAgain):
+            return _perform_once(connection, dialect, writes, retry=True)
+    return _perform_once(connection, dialect, writes, retry=False)
+
+
+def _perform_once(
+    connection: Any, dialect: Dialect, writes: Sequence[Write], *, retry: bool
+) -> tuple[list[Outcome], bool]:
     transaction = Transaction(connection, dialect)
     outcomes: list[Outcome] = []
     try:
@@ -256,6 +277,8 @@ def perform(
             try:
                 outcomes.append(Outcome(result=write(transaction)))
             except Exception as error:
+                if retry and dialect.is_transient(error):
+                    raise _TryAgain from error
                 outcomes.append(Outcome(error=dialect.os_error(error)))
                 connection.execute("ROLLBACK TO one_write")
             connection.execute("RELEASE one_write")
@@ -263,6 +286,8 @@ def perform(
     except Exception as error:
         with contextlib.suppress(Exception):
             connection.execute("ROLLBACK")
+        if isinstance(error, _TryAgain):
+            raise
         failed = Outcome(error=dialect.os_error(error))
         outcomes += [failed] * (len(writes) - len(outcomes))
         return [outcome if outcome.error else failed for outcome in outcomes], False

@@ -18,7 +18,15 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 import tests.test_archive_index as suite
-from dicomd.archive.index import ArchiveIndex, DuplicateInstance, IndexClosed, adding
+from dicomd.archive.index import (
+    ArchiveIndex,
+    DuplicateInstance,
+    IndexClosed,
+    InstanceRecord,
+    Transaction,
+    Write,
+    adding,
+)
 from dicomd.archive.indexes import index_for
 from dicomd.archive.migrations import SCHEMA_VERSION, SchemaTooNew, migrate
 from dicomd.archive.postgres import PostgresIndex
@@ -104,6 +112,54 @@ def test_two_nodes_inserting_one_instance_at_once_keep_one_row(
                 two[0], "SELECT count(*) FROM instances WHERE SOPInstanceUID = ?", uid
             ) == [(1,)]
         assert index_rows(two[1], "SELECT count(*) FROM instances") == [(20,)]
+    finally:
+        for node in two:
+            node.close()
+
+
+def meet_once(barrier: threading.Barrier) -> Write:
+    """A write that waits for the other node's at the barrier, the first time it runs."""
+    met: list[bool] = []
+
+    def write(_: Transaction) -> None:
+        if not met:
+            met.append(True)
+            barrier.wait(timeout=30)
+
+    return write
+
+
+def patient_record(patient: str, number: int) -> InstanceRecord:
+    uid = f"1.2.3.{number}"
+    return record(
+        PatientID=patient,
+        SOPInstanceUID=uid,
+        StudyInstanceUID=f"{uid}.1",
+        SeriesInstanceUID=f"{uid}.2",
+        path=f"{uid}.dcm",
+    )
+
+
+def test_batches_of_two_nodes_that_deadlock_are_tried_again_and_all_committed(
+    pg_cluster: Cluster,
+) -> None:
+    """Node 0 writes patient A then B, node 1 B then A, each in one transaction, meeting in
+    between: PostgreSQL ends one of them as a deadlock, and that batch is tried again."""
+    two = nodes(new_database(pg_cluster), 2)
+    for node in two:
+        node.open()
+    barrier = threading.Barrier(2)
+    batches = [
+        [adding(patient_record("A", 1)), meet_once(barrier), adding(patient_record("B", 2))],
+        [adding(patient_record("B", 3)), meet_once(barrier), adding(patient_record("A", 4))],
+    ]
+    try:
+        outcomes = at_once(2, lambda number: two[number].write(batches[number]))
+
+        assert [[outcome.error for outcome in batch] for batch in outcomes] == [[None] * 3] * 2
+        assert (two[0].commits, two[1].commits) == (1, 1)
+        assert index_rows(two[0], "SELECT count(*) FROM instances") == [(4,)]
+        assert index_rows(two[0], "SELECT PatientID FROM patients ORDER BY 1") == [("A",), ("B",)]
     finally:
         for node in two:
             node.close()
