@@ -154,19 +154,23 @@ def test_a_file_of_one_part_is_one_request_and_a_larger_one_a_multipart_upload(
     assert storage.size("three-parts") == 2 * PART + 1
 
 
+def answer_with_error(
+    storage: S3Storage, operation: str, code: str, message: str, *, part: int | None = None
+) -> None:
+    """Make the server's answer to ``operation`` (to its part ``part`` only, if given) an
+    error, injected into botocore's request path before the request is sent."""
+
+    def refuse(params: dict[str, object], **_: object) -> None:
+        if part is None or params["PartNumber"] == part:
+            raise ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+    storage._client.meta.events.register(f"provide-client-params.s3.{operation}", refuse)
+
+
 def test_a_failed_multipart_upload_leaves_neither_object_nor_parts(
     storage: S3Storage, aws: boto3.client, tmp_path: Path
 ) -> None:
-    """The store's failure is injected into botocore's request path for the second part."""
-
-    def refuse_second_part(params: dict[str, object], **_: object) -> None:
-        if params["PartNumber"] == 2:
-            raise ClientError(
-                {"Error": {"Code": "InternalError", "Message": "We encountered an\nerror."}},
-                "UploadPart",
-            )
-
-    storage._client.meta.events.register("provide-client-params.s3.UploadPart", refuse_second_part)
+    answer_with_error(storage, "UploadPart", "InternalError", "We encountered an\nerror.", part=2)
     with pytest.raises(ObjectStorageError) as error:
         storage.put(file_of(tmp_path / "large", 3 * PART), "large")
 
@@ -177,6 +181,19 @@ def test_a_failed_multipart_upload_leaves_neither_object_nor_parts(
     assert isinstance(error.value, OSError)
     assert not storage.exists("large")
     assert "Uploads" not in aws.list_multipart_uploads(Bucket=BUCKET)
+
+
+def test_the_check_says_when_a_missing_object_is_forbidden_rather_than_missing(
+    storage: S3Storage,
+) -> None:
+    """What S3 answers a HEAD of a missing object when the credentials may not list the
+    bucket: ``exists`` could never say False, so the archive must not start."""
+    answer_with_error(storage, "HeadObject", "403", "Forbidden")
+    with pytest.raises(ObjectStorageError) as error:
+        storage.check()
+    assert one_line(error).endswith(
+        "is not usable: a missing object answers 403, not 404 (allow s3:ListBucket on the bucket)"
+    )
 
 
 def test_a_missing_object_is_file_not_found(storage: S3Storage, tmp_path: Path) -> None:

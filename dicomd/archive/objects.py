@@ -156,25 +156,39 @@ class S3Storage:
         )
 
     def check(self) -> None:
-        """Store, read back and remove a probe object: the bucket is there and ours to use.
+        """Store, read back, remove and look for a probe object: the bucket is there and
+        ours to use, and a missing object is told from a forbidden one.
 
-        Each node's probe has a name of its own, so nodes sharing a bucket
-        can check at the same time.
+        S3 answers 403, not 404, for a missing object to credentials that may
+        not list the bucket: every ``exists`` would then fail, so it is said
+        here, once.  Each node's probe has a name of its own, so nodes sharing
+        a bucket can check at the same time.
         """
-        key = f".dicomd-check/{uuid.uuid4().hex}"
+        key = self._object(f".dicomd-check/{uuid.uuid4().hex}")
         probe = b"dicomd checks that it can write here\n"
-        where = f"{self.url} at {self.endpoint_url}"
         try:
-            self._client.put_object(Bucket=self.bucket, Key=self._object(key), Body=probe)
-            answer = self._client.get_object(Bucket=self.bucket, Key=self._object(key))
-            read_back = answer["Body"].read()
-            self._client.delete_object(Bucket=self.bucket, Key=self._object(key))
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=probe)
+            read_back = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            self._client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as error:
-            raise ObjectStorageError(
-                f"object storage {where} is not usable: {cause(error)}"
-            ) from None
+            raise self._unusable(cause(error)) from None
         if read_back != probe:
-            raise ObjectStorageError(f"object storage {where} gave back another probe than stored")
+            raise self._unusable("it gave back another probe than it was given")
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as error:
+            if _is_missing(error):
+                return
+            if _is_forbidden(error):
+                raise self._unusable(
+                    "a missing object answers 403, not 404 (allow s3:ListBucket on the bucket)"
+                ) from None
+            raise self._unusable(cause(error)) from None
+        raise self._unusable("it kept the probe once removed")
+
+    def _unusable(self, why: str) -> ObjectStorageError:
+        where = f"{self.url} at {self.endpoint_url}"
+        return ObjectStorageError(f"object storage {where} is not usable: {why}")
 
     def put(self, source: Path, key: str) -> None:
         """Store ``source``'s content as the object ``key``; it exists whole when this returns."""
@@ -253,14 +267,18 @@ def cause(error: BotoCoreError | ClientError) -> str:
     if isinstance(error, ReadTimeoutError):
         return f"no answer within {READ_TIMEOUT:g} s"
     if isinstance(error, ClientError):
-        details = error.response.get("Error", {})
-        code = details.get("Code", "error")
-        message = details.get("Message") or "no message"
-        return " ".join(f"{code}: {message}".split())
+        message = error.response.get("Error", {}).get("Message") or "no message"
+        return " ".join(f"{_code(error)}: {message}".split())
     return " ".join(str(error).split())
 
 
+def _code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code") or "error"
+
+
+def _is_forbidden(error: BotoCoreError | ClientError) -> bool:
+    return isinstance(error, ClientError) and _code(error) in ("403", "AccessDenied")
+
+
 def _is_missing(error: BotoCoreError | ClientError) -> bool:
-    return (
-        isinstance(error, ClientError) and error.response.get("Error", {}).get("Code") in _MISSING
-    )
+    return isinstance(error, ClientError) and _code(error) in _MISSING
