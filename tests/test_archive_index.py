@@ -20,6 +20,7 @@ from pydicom import Dataset, dcmread
 from pydicom.data import get_charset_files, get_testdata_file
 from zope.interface.verify import verifyObject
 
+from dicomd.archive.handler import ArchiveHandler
 from dicomd.archive.index import (
     SCHEMA_VERSION,
     ArchiveIndex,
@@ -246,6 +247,20 @@ def test_the_database_is_wal_with_normal_synchronous_commits(index: ArchiveIndex
     assert writer is not None
     assert writer.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL: files are the truth
     assert query(index, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def test_an_archive_in_object_storage_flushes_each_sqlite_commit(tmp_path: Path) -> None:
+    """Its instances are no files to index again after a power cut: a commit must last."""
+    archive = ArchiveHandler(tmp_path, storage_url="s3://bucket/prefix")
+    assert isinstance(archive.index, ArchiveIndex) and archive.index.durable_commits
+    archive.index.open()
+    try:
+        writer = archive.index._writer
+        assert writer is not None
+        assert writer.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    finally:
+        archive.index.close()
+    assert not ArchiveHandler(tmp_path / "files").index.durable_commits
 
 
 def test_readers_are_read_only(index: ArchiveIndex) -> None:

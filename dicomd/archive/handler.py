@@ -258,7 +258,13 @@ class ArchiveHandler(Service):
         self.flush = flush
         self.duplicates = duplicates
         self.threads = threads
-        self.index = index_for(index_url, self.path / index, connections=threads + 2)
+        self.index = index_for(
+            index_url,
+            self.path / index,
+            connections=threads + 2,
+            # with object storage there are no files to index again after a power cut
+            durable_commits=not isinstance(self.storage, LocalFiles),
+        )
         self.query = ArchiveQuery(
             self.index.connect_reader, case_insensitive_names=case_insensitive_names
         )

@@ -6,7 +6,9 @@ fsync'd before it is renamed into place, and a file found without a row at
 start-up is indexed again from its own content.  So a commit need not be
 fsync'd before a store is answered (``synchronous=NORMAL`` in WAL mode: a
 power cut may lose the last commits, never corrupt the database), which
-saves one disk flush per instance.
+saves one disk flush per instance.  Instances kept in object storage have
+no such files to redo the index from: there every commit is flushed
+(``durable_commits``, ``synchronous=FULL``).
 
 Writes go through one connection, one transaction at a time, from whichever
 thread writes.  ``write`` performs a batch of writes in one transaction, each
@@ -335,13 +337,15 @@ class ArchiveIndex(IndexWrites):
     connection, and a lock lets one transaction run at once.
 
     ``commits`` counts the transactions committed: with group commit it grows
-    more slowly than the number of writes under concurrency.
+    more slowly than the number of writes under concurrency.  With
+    ``durable_commits`` each commit is on the disk before it returns.
     """
 
     dialect: Final = SQLITE
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, durable_commits: bool = False) -> None:
         self.path = Path(path)
+        self.durable_commits = durable_commits
         self.commits = 0
         self._open = False
         self._writer: sqlite3.Connection | None = None
@@ -446,7 +450,8 @@ class ArchiveIndex(IndexWrites):
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
+            synchronous = "FULL" if self.durable_commits else "NORMAL"
+            connection.execute(f"PRAGMA synchronous={synchronous}")
             connection.execute("PRAGMA foreign_keys=ON")
         except BaseException:
             connection.close()
