@@ -445,6 +445,9 @@ class IArchiveIndex(Interface):
     def lookup(sop_instance_uid: str) -> str | None:
         """The key (layout path) of a kept instance, or None."""
 
+    def holder(path: str) -> str | None:
+        """The SOP Instance UID of the instance kept at the key ``path``, or None."""
+
     def paths() -> Iterable[str]:
         """The key of every kept instance."""
 
