@@ -93,6 +93,14 @@ def test_credentials_in_the_url_are_refused_without_repeating_them() -> None:
     assert "AWS environment" in message
 
 
+def test_credentials_in_the_endpoint_url_are_refused_without_repeating_them() -> None:
+    with pytest.raises(ValueError) as error:
+        S3Storage(f"s3://{BUCKET}", "http://minioadmin:hunter2@127.0.0.1:9000")
+    message = one_line(error)
+    assert "hunter2" not in message and "minioadmin" not in message
+    assert "AWS environment" in message
+
+
 @pytest.mark.parametrize("endpoint_url", ["127.0.0.1:9000", "ftp://minio:9000", "http://"])
 def test_an_endpoint_url_is_http_or_https(endpoint_url: str) -> None:
     with pytest.raises(ValueError) as error:

@@ -100,6 +100,11 @@ def parse_url(url: str) -> tuple[str, str]:
 def check_endpoint_url(endpoint_url: str) -> str:
     """The endpoint URL of an S3-compatible server as given, or a one-line ``ValueError``."""
     parts = urlsplit(endpoint_url)
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"credentials do not belong in the endpoint URL {parts.scheme}://...@{parts.hostname}: "
+            "use the AWS environment or ~/.aws files"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) endpoint URL: {endpoint_url!r}")
     return endpoint_url
