@@ -12,7 +12,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ResponseStreamingError
+from botocore.response import StreamingBody
 from moto import mock_aws
 from zope.interface.verify import verifyObject
 
@@ -202,6 +203,90 @@ def test_the_check_says_when_a_missing_object_is_forbidden_rather_than_missing(
     assert one_line(error).endswith(
         "is not usable: a missing object answers 403, not 404 (allow s3:ListBucket on the bucket)"
     )
+
+
+class CutShort:
+    """An object's body whose connection is reset after ``limit`` bytes."""
+
+    def __init__(self, body: StreamingBody, limit: int) -> None:
+        self._body = body
+        self._limit = limit
+
+    def iter_chunks(self, size: int) -> Iterator[bytes]:
+        given = 0
+        for chunk in self._body.iter_chunks(size):
+            if given + len(chunk) > self._limit:
+                yield chunk[: self._limit - given]
+                raise ResponseStreamingError(error="[Errno 104] Connection reset by peer")
+            given += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self._body.close()
+
+
+def cut_bodies_short(storage: S3Storage, times: int) -> list[dict[str, object]]:
+    """The first ``times`` object bodies the storage gets stop after a MiB; the list fills
+    with the parameters of its GetObject requests."""
+    requests: list[dict[str, object]] = []
+
+    def record(params: dict[str, object], **_: object) -> None:
+        requests.append(dict(params))
+
+    def cut(parsed: dict[str, object], **_: object) -> None:
+        if len(requests) <= times:
+            parsed["Body"] = CutShort(parsed["Body"], MIB)
+
+    storage._client.meta.events.register("provide-client-params.s3.GetObject", record)
+    storage._client.meta.events.register("after-call.s3.GetObject", cut)
+    return requests
+
+
+def test_a_body_cut_short_is_fetched_on_from_where_it_stopped(
+    storage: S3Storage, tmp_path: Path
+) -> None:
+    source = file_of(tmp_path / "instance.dcm", 3 * MIB)
+    storage.put(source, "instance.dcm")
+    requests = cut_bodies_short(storage, times=2)
+    into = tmp_path / "fetched.dcm"
+    storage.fetch("instance.dcm", into)
+
+    assert into.read_bytes() == source.read_bytes()
+    assert [request.get("Range") for request in requests] == [
+        None,
+        f"bytes={MIB}-",
+        f"bytes={2 * MIB}-",
+    ]
+    assert len({request.get("IfMatch") for request in requests[1:]}) == 1
+
+
+def test_a_body_cut_short_three_times_fails_the_fetch_in_one_line(
+    storage: S3Storage, tmp_path: Path
+) -> None:
+    storage.put(file_of(tmp_path / "instance.dcm", 5 * MIB), "instance.dcm")
+    cut_bodies_short(storage, times=3)
+    with pytest.raises(ObjectStorageError) as error:
+        storage.fetch("instance.dcm", tmp_path / "fetched.dcm")
+    assert one_line(error) == (
+        f"cannot fetch s3://{BUCKET}/site/archive/instance.dcm at {storage.endpoint_url}: "
+        "An error occurred while reading from response stream: "
+        "[Errno 104] Connection reset by peer"
+    )
+
+
+def test_an_object_replaced_while_it_was_fetched_is_not_pieced_together(
+    storage: S3Storage, aws: boto3.client, tmp_path: Path
+) -> None:
+    storage.put(file_of(tmp_path / "first.dcm", 3 * MIB), "instance.dcm")
+    cut_bodies_short(storage, times=1)
+
+    def replace(**_: object) -> None:
+        aws.put_object(Bucket=BUCKET, Key="site/archive/instance.dcm", Body=b"another copy")
+
+    storage._client.meta.events.register("after-call.s3.GetObject", replace)
+    with pytest.raises(ObjectStorageError) as error:
+        storage.fetch("instance.dcm", tmp_path / "fetched.dcm")
+    assert "PreconditionFailed" in one_line(error)
 
 
 def test_a_missing_object_is_file_not_found(storage: S3Storage, tmp_path: Path) -> None:

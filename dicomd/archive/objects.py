@@ -26,7 +26,8 @@ Why it is built this way:
   size.  S3 makes a ``PutObject`` or a completed multipart upload visible
   whole or not at all, and the manager aborts an upload that failed.
 - Fetching streams the object into a file in small chunks; botocore checks
-  the object's checksum where the store keeps one.
+  its length, and its checksum where the store keeps one; a body cut short
+  is asked for again from where it stopped.
 - Credentials come from boto3's default chain (environment, ``~/.aws``
   files, instance roles), never from dicomd's configuration.
 - Every failure becomes one ``OSError`` with one line naming the object, the
@@ -39,7 +40,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import BinaryIO, Final, NoReturn
 from urllib.parse import urlsplit
 
 import boto3
@@ -50,9 +51,12 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     NoCredentialsError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
+from botocore.response import StreamingBody
 from zope.interface import implementer
 
 from dicomd.interfaces import IInstanceStorage
@@ -71,6 +75,8 @@ _BUCKET: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 """What S3 and the compatible servers accept as a bucket name, at its widest (AWS's
 legacy names); a server with stricter rules says so when the bucket is checked."""
 _MISSING: Final = frozenset({"404", "NoSuchKey", "NotFound"})
+_CUT_SHORT: Final = (ResponseStreamingError, ReadTimeoutError, IncompleteReadError)
+"""A body that stopped coming before its end: what ``fetch`` asks for again."""
 
 
 class ObjectStorageError(OSError):
@@ -209,18 +215,25 @@ class S3Storage:
     def fetch(self, key: str, into: Path) -> None:
         """Write the object ``key`` into the file ``into`` (made or emptied), a chunk at a time.
 
-        On an error ``into`` may hold a part of the object: the caller owns it.
+        A body cut short (a connection reset, a silence past the read
+        timeout) is asked for again from where it stopped, and only of the
+        same object (its ETag), three tries in all: botocore retries a request
+        until its answer begins, not while its body streams.  On an error
+        ``into`` may hold a part of the object: the caller owns it.
         """
+        request = {"Bucket": self.bucket, "Key": self._object(key)}
         try:
-            body = self._client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"]
-            # Not ``with body``: botocore's body enters as its raw stream, which
-            # checks neither the length nor the checksum of what it reads.
-            try:
-                with into.open("wb") as out:
-                    for chunk in body.iter_chunks(FETCH_CHUNK):
-                        out.write(chunk)
-            finally:
-                body.close()
+            with into.open("wb") as out:
+                answer = self._client.get_object(**request)
+                for tries_left in reversed(range(ATTEMPTS)):
+                    try:
+                        _copy(answer["Body"], out)
+                        return
+                    except _CUT_SHORT:
+                        if not tries_left:
+                            raise
+                    resumed = {"Range": f"bytes={out.tell()}-", "IfMatch": answer["ETag"]}
+                    answer = self._client.get_object(**request, **resumed)
         except (BotoCoreError, ClientError) as error:
             self._fail("fetch", key, error)
 
@@ -258,6 +271,16 @@ class S3Storage:
         if _is_missing(error):
             raise FileNotFoundError(f"cannot {action} {where}: no such object") from None
         raise ObjectStorageError(f"cannot {action} {where}: {cause(error)}") from None
+
+
+def _copy(body: StreamingBody, out: BinaryIO) -> None:
+    """Not ``with body``: botocore's body enters as its raw stream, which checks neither
+    the length nor the checksum of what it reads."""
+    try:
+        for chunk in body.iter_chunks(FETCH_CHUNK):
+            out.write(chunk)
+    finally:
+        body.close()
 
 
 def cause(error: BotoCoreError | ClientError) -> str:
