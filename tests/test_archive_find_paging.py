@@ -1,6 +1,7 @@
 """A C-FIND's matches read from the archive index a page at a time (`FindPages`): the pages,
 the connection of its own a query reads on and when it is handed back, and the snapshot a read
-holds and lets go.
+holds and lets go.  The tests that take the ``index`` fixture and no SQLite file run against
+PostgreSQL too (tests/e2e/test_postgres_find_paging.py).
 
 How the archive serves these pages on the reactor is in test_archive_service.py.
 """
@@ -27,7 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from dicomd.archive import ArchiveHandler
-from dicomd.archive.dialects import QueryClosed
+from dicomd.archive.dialects import QueryClosed, dialect_of
 from dicomd.archive.index import ArchiveIndex
 from dicomd.archive.matches import NotRunning, PagedMatches
 from dicomd.archive.query import IDLE_READERS, ArchiveQuery, FindPages
@@ -47,7 +48,7 @@ PAGE = 64
 def index(tmp_path: Path) -> Iterator[ArchiveIndex]:
     index = ArchiveIndex(tmp_path / "index.sqlite")
     index.open()
-    LARGE.write(index.path)
+    LARGE.write(index)
     yield index
     index.close()
 
@@ -141,7 +142,7 @@ def test_closing_before_the_last_page_ends_the_read_and_keeps_its_connection_for
     pages.close()
 
     [connection] = connections.opened
-    assert not connection.in_transaction  # no snapshot held
+    assert dialect_of(connection).is_idle(connection)  # no snapshot held
     assert query.idle_connections == 1
     with pytest.raises(QueryClosed):
         pages.page()
@@ -328,7 +329,7 @@ class PagedMatchesTests(unittest.TestCase):
         self.handler = ArchiveHandler(self.folder / "archive", threads=1, reactor=reactor)
         self.handler.startService()
         self.addCleanup(lambda: self.handler.stopService() if self.handler.running else None)
-        SERIES.write(self.handler.index.path)
+        SERIES.write(self.handler.index)
         self.connections = Connections(self.handler.index)
         self.query = RecordingQuery(self.connections, page_rows=PAGE)
         self.handler.query = self.query

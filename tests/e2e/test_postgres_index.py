@@ -7,7 +7,6 @@ schema, a lost connection as an ``OSError``, and the factory that picks the engi
 from __future__ import annotations
 
 import errno
-import itertools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,16 +55,10 @@ ANY_ENGINE = (
 )
 globals().update({name: getattr(suite, name) for name in ANY_ENGINE})
 
-_databases = itertools.count()
-
-
-def new_database(cluster: Cluster) -> str:
-    return cluster.create_database(f"index{next(_databases)}")
-
 
 @pytest.fixture
 def index(pg_cluster: Cluster) -> Iterator[PostgresIndex]:
-    opened = postgres_index(pg_cluster, f"index{next(_databases)}")
+    opened = postgres_index(pg_cluster)
     yield opened
     opened.close()
 
@@ -91,7 +84,7 @@ def at_once(count: int, work: Callable[[int], object]) -> list[object]:
 def test_two_nodes_inserting_one_instance_at_once_keep_one_row(
     pg_cluster: Cluster, same_path: bool
 ) -> None:
-    two = nodes(new_database(pg_cluster), 2)
+    two = nodes(pg_cluster.create_database(), 2)
     for node in two:
         node.open()
 
@@ -145,7 +138,7 @@ def test_batches_of_two_nodes_that_deadlock_are_tried_again_and_all_committed(
 ) -> None:
     """Node 0 writes patient A then B, node 1 B then A, each in one transaction, meeting in
     between: PostgreSQL ends one of them as a deadlock, and that batch is tried again."""
-    two = nodes(new_database(pg_cluster), 2)
+    two = nodes(pg_cluster.create_database(), 2)
     for node in two:
         node.open()
     barrier = threading.Barrier(2)
@@ -166,7 +159,7 @@ def test_batches_of_two_nodes_that_deadlock_are_tried_again_and_all_committed(
 
 
 def test_nodes_opening_a_new_database_at_once_migrate_it_once(pg_cluster: Cluster) -> None:
-    url = new_database(pg_cluster)
+    url = pg_cluster.create_database()
     dialect = PostgresIndex(url, connections=1).dialect
 
     def migrate_on_a_connection(_: int) -> object:
@@ -188,7 +181,7 @@ def test_nodes_opening_a_new_database_at_once_migrate_it_once(pg_cluster: Cluste
 
 
 def test_a_database_of_a_newer_dicomd_is_refused_in_one_line(pg_cluster: Cluster) -> None:
-    url = new_database(pg_cluster)
+    url = pg_cluster.create_database()
     made = PostgresIndex(url, connections=1)
     made.open()
     made.close()
@@ -227,7 +220,7 @@ def test_an_index_not_open_refuses_work(pg_cluster: Cluster) -> None:
 
 
 def test_advisory_locks_hold_across_nodes_until_released(pg_cluster: Cluster) -> None:
-    url = new_database(pg_cluster)
+    url = pg_cluster.create_database()
     first, second = (PostgresIndex(url, connections=2).locks() for _ in range(2))
     try:
         release = first.hold("uid:1.2.3", "path:a.dcm")

@@ -15,6 +15,8 @@ import pytest
 
 import tests.test_archive_query as suite
 from dicomd.archive.postgres import PostgresIndex
+from dicomd.archive.query import ArchiveQuery
+from tests.support.archive import LargeIndex
 from tests.support.postgres import (
     Cluster,
     pg_cluster_fixture,  # noqa: F401 (pg_cluster)
@@ -58,3 +60,23 @@ def opened(pg_cluster: Cluster) -> Iterator[Callable[[str], PostgresIndex]]:
     yield open_index
     for index in indexes:
         index.close()
+
+
+@pytest.fixture(scope="module")
+def large_postgres_archive(opened: Callable[[str], PostgresIndex]) -> PostgresIndex:
+    index = opened("large")
+    LargeIndex().write(index)
+    return index
+
+
+@pytest.mark.parametrize(("keys", "matches"), suite.LARGE_STUDY_QUERIES)
+def test_study_queries_over_100_000_instances_take_under_20_ms_on_postgresql_too(
+    large_postgres_archive: PostgresIndex, keys: dict[str, str], matches: int
+) -> None:
+    """The queries SQLite answers under 20 ms (tests/test_archive_query.py), over the same
+    archive: a server-side cursor in a read-only snapshot, three round trips a query."""
+    query = ArchiveQuery(large_postgres_archive.connect_reader)
+    answered, median = suite.timed_study_queries(query, keys)
+    query.close()
+    assert len(answered) == matches
+    assert median < 0.020

@@ -14,8 +14,9 @@ from typing import Any, Final, Protocol
 
 import psycopg
 
-from dicomd.archive.dialects import dialect_of
+from dicomd.archive.dialects import NAME_GROUPS, dialect_of, fold_column, name_folds
 from dicomd.archive.index import ArchiveIndex
+from dicomd.archive.postgres import PostgresIndex
 from tests.support.daemons import RunningDaemon
 
 INTEGRITY_ERRORS: Final = (sqlite3.IntegrityError, psycopg.IntegrityError)
@@ -153,8 +154,8 @@ class LargeIndex:
         """The relative path of every instance."""
         return [f"{pk}.dcm" for pk in range(self.instances)]
 
-    def write(self, path: Path) -> None:
-        """Fill the index at ``path``, whose schema exists (``ArchiveIndex.open``)."""
+    def write(self, index: ArchiveIndex | PostgresIndex) -> None:
+        """Fill ``index``, open and empty, on a connection of its own (SQLite or PostgreSQL)."""
         patients = [
             (p, f"PID{p:05d}", "", f"{SURNAMES[p % len(SURNAMES)]}^GIVEN{p}", "19700101", "O")
             for p in range(self.patients)
@@ -175,31 +176,45 @@ class LargeIndex:
                     instances.append(
                         (pk, series_pk, uid, CT_IMAGE_STORAGE, n + 1, f"{pk}.dcm", 1, "-", "AE")
                     )
-        connection = sqlite3.connect(path, isolation_level=None)
+        dialect = index.dialect
+        patient_columns = (
+            "pk, PatientID, IssuerOfPatientID, PatientName, PatientBirthDate, PatientSex"
+        )
+        if dialect.fold_columns:
+            patient_columns += ", " + ", ".join(
+                fold_column("PatientName", number) for number in range(NAME_GROUPS)
+            )
+            patients = [(*row, *name_folds(row[3])) for row in patients]
+        tables = (
+            (f"patients ({patient_columns})", patients),
+            (
+                "studies (pk, patient_pk, StudyInstanceUID, StudyDate, StudyTime, AccessionNumber)",
+                studies,
+            ),
+            ("series (pk, study_pk, SeriesInstanceUID, Modality, SeriesNumber)", series),
+            (
+                "instances (pk, series_pk, SOPInstanceUID, SOPClassUID, InstanceNumber, path, "
+                "size, received_at, calling_ae_title)",
+                instances,
+            ),
+        )
+        if isinstance(index, ArchiveIndex):
+            connection: Any = sqlite3.connect(index.path, isolation_level=None)
+        else:
+            connection = psycopg.connect(index.url, autocommit=True)
         try:
             connection.execute("BEGIN")
-            connection.executemany(
-                "INSERT INTO patients (pk, PatientID, IssuerOfPatientID, PatientName, "
-                "PatientBirthDate, PatientSex) VALUES (?, ?, ?, ?, ?, ?)",
-                patients,
-            )
-            connection.executemany(
-                "INSERT INTO studies (pk, patient_pk, StudyInstanceUID, StudyDate, StudyTime, "
-                "AccessionNumber) VALUES (?, ?, ?, ?, ?, ?)",
-                studies,
-            )
-            connection.executemany(
-                "INSERT INTO series (pk, study_pk, SeriesInstanceUID, Modality, SeriesNumber) "
-                "VALUES (?, ?, ?, ?, ?)",
-                series,
-            )
-            connection.executemany(
-                "INSERT INTO instances (pk, series_pk, SOPInstanceUID, SOPClassUID, "
-                "InstanceNumber, path, size, received_at, calling_ae_title) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                instances,
-            )
+            cursor = connection.cursor()
+            for table, rows in tables:
+                marks = ", ".join("?" * len(rows[0]))
+                cursor.executemany(dialect.render(f"INSERT INTO {table} VALUES ({marks})"), rows)
             connection.execute("COMMIT")
+            if not isinstance(index, ArchiveIndex):
+                for name in ("patients", "studies", "series", "instances"):
+                    # the rows name their keys: the next key the index makes comes after them
+                    sequence = f"pg_get_serial_sequence('{name}', 'pk')"
+                    connection.execute(f"SELECT setval({sequence}, max(pk) + 1, false) FROM {name}")
+                connection.execute("VACUUM ANALYZE")  # as autovacuum leaves a loaded table
         finally:
             connection.close()
 
@@ -210,6 +225,6 @@ class LargeIndex:
         index = ArchiveIndex(root / "index.sqlite")
         index.open()
         index.close()
-        self.write(index.path)
+        self.write(index)
         for relative in self.paths():
             os.close(os.open(root / relative, os.O_CREAT | os.O_WRONLY, 0o644))

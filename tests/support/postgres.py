@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -18,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -70,6 +71,7 @@ class Cluster:
 
     folder: Path
     port: int
+    databases: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
     def data(self) -> Path:
@@ -83,16 +85,21 @@ class Cluster:
         """A URL for ``database`` over TCP, as another process (a daemon) would connect."""
         return f"postgresql://{SUPERUSER}@{LOCALHOST}:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
-        """A new, empty database; its URL."""
+    def create_database(self, name: str | None = None) -> str:
+        """A new, empty database (named ``name``, else numbered); its URL."""
+        name = name or f"database{next(self.databases)}"
         with psycopg.connect(self.url(), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
 
 @contextlib.contextmanager
-def postgres_cluster() -> Iterator[Cluster]:
-    """Start a throw-away cluster (UTF-8, C locale, trust authentication), and remove it."""
+def postgres_cluster(*, durable: bool = False) -> Iterator[Cluster]:
+    """Start a throw-away cluster (UTF-8, C locale, trust authentication), and remove it.
+
+    Its commits skip fsync unless ``durable``: the tests need no power-cut
+    safety, a benchmark of what a site would run does.
+    """
     bindir = postgres_bin()
     prefix = _run_as()
     folder = Path(tempfile.mkdtemp(prefix="dicomd-pg-"))
@@ -120,7 +127,8 @@ def postgres_cluster() -> Iterator[Cluster]:
         )
         options = (
             f"-c listen_addresses={LOCALHOST} -c port={cluster.port} "
-            f"-c unix_socket_directories={folder} -c fsync=off -c max_connections=200"
+            f"-c unix_socket_directories={folder} -c fsync={'on' if durable else 'off'} "
+            "-c max_connections=200"
         )
         _check(
             [
@@ -178,7 +186,9 @@ def pg_cluster_fixture() -> Iterator[Cluster]:
         yield cluster
 
 
-def postgres_index(cluster: Cluster, name: str, *, connections: int = 4) -> PostgresIndex:
+def postgres_index(
+    cluster: Cluster, name: str | None = None, *, connections: int = 4
+) -> PostgresIndex:
     """An open PostgreSQL index in a new database of ``cluster``."""
     index = PostgresIndex(cluster.create_database(name), connections=connections)
     index.open()
