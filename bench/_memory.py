@@ -66,17 +66,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 class PeakMemory(threading.Thread):
-    """Samples the resident memory of a process tree every ``interval`` seconds while running.
+    """Samples the resident memory of process trees every ``interval`` seconds while running.
 
-    ``peak_kib`` is the largest sum of ``VmRSS`` over the tree seen in one
-    sample, or the root's own ``VmHWM`` if that is larger (it catches a spike
-    between two samples of a single-process server).  Forked workers share
-    pages with their parent, so for them the sum overstates what is really used.
+    ``peak_kib`` is the largest sum of ``VmRSS`` over the trees of ``pids``
+    seen in one sample, or the sum of the roots' own ``VmHWM`` if that is
+    larger (it catches a spike between two samples of a single-process
+    server).  Forked workers share pages with their parent, so for them the
+    sum overstates what is really used.
     """
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        super().__init__(daemon=True, name=f"rss-{pid}")
-        self.pid = pid
+    def __init__(self, *pids: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True, name=f"rss-{pids[0]}")
+        self.pids = pids
         self.interval = interval
         self.peak_kib = 0
         self._done = threading.Event()
@@ -87,8 +88,10 @@ class PeakMemory(threading.Thread):
             self._done.wait(self.interval)
 
     def _sample(self) -> None:
-        tree_kib = sum(status_kib(member, "VmRSS") for member in process_tree(self.pid))
-        self.peak_kib = max(self.peak_kib, tree_kib, status_kib(self.pid, "VmHWM"))
+        trees = [member for pid in self.pids for member in process_tree(pid)]
+        tree_kib = sum(status_kib(member, "VmRSS") for member in trees)
+        roots_kib = sum(status_kib(pid, "VmHWM") for pid in self.pids)
+        self.peak_kib = max(self.peak_kib, tree_kib, roots_kib)
 
     def __enter__(self) -> PeakMemory:
         self.start()

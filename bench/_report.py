@@ -53,9 +53,19 @@ def _is_number(text: str) -> bool:
 
 
 def report_throughput(
-    rows: Sequence[ThroughputRow], headers: Sequence[str], notes: str, *, cpu_first: bool = False
+    rows: Sequence[ThroughputRow],
+    headers: Sequence[str],
+    notes: str,
+    *,
+    cpu_first: bool = False,
+    ours: Sequence[str] = ("dicomd",),
 ) -> None:
-    """Print the table of ``rows``, ``notes`` under it, then dicomd's files/s against the others."""
+    """Print the table of ``rows``, ``notes`` under it, then the files/s ratios of ``ours``.
+
+    With one program of ours, one column per other program; with several
+    (dicomd on other backends), one line per program of ours and one column
+    per other program and the first of ours.
+    """
     print(format_table(headers, [row.cells(cpu_first=cpu_first) for row in rows]))
     print()
     print(notes)
@@ -63,18 +73,34 @@ def report_throughput(
     rates = {(row.data.name, row.concurrency, row.program): row.files_per_second for row in rows}
     scenarios = list(dict.fromkeys((row.data.name, row.concurrency) for row in rows))
 
-    def ratio(scenario: tuple[str, int], other: str) -> str:
-        ours, theirs = rates.get((*scenario, "dicomd"), 0.0), rates.get((*scenario, other), 0.0)
-        return f"{ours / theirs:.2f}" if ours and theirs else "-"
+    def ratio(scenario: tuple[str, int], program: str, other: str) -> str:
+        ours_rate = rates.get((*scenario, program), 0.0)
+        theirs = rates.get((*scenario, other), 0.0)
+        return f"{ours_rate / theirs:.2f}" if ours_rate and theirs and program != other else "-"
 
-    others = [p for p in dict.fromkeys(row.program for row in rows) if p != "dicomd"]
-    print("files/s ratios (above 1: dicomd is faster)")
+    programs = list(dict.fromkeys(row.program for row in rows))
+    if len(ours) == 1:
+        others = [p for p in programs if p != ours[0]]
+        print(f"files/s ratios (above 1: {ours[0]} is faster)")
+        print(
+            format_table(
+                ["set", "assocs", *(f"{ours[0]}/{other}" for other in others)],
+                [
+                    [name, str(count), *(ratio((name, count), ours[0], other) for other in others)]
+                    for name, count in scenarios
+                ],
+            )
+        )
+        return
+    others = [ours[0], *(p for p in programs if p not in ours)]
+    print("files/s ratios: the receiver's over each other's (above 1: the receiver is faster)")
     print(
         format_table(
-            ["set", "assocs", *(f"dicomd/{other}" for other in others)],
+            ["set", "assocs", "receiver", *(f"/{other}" for other in others)],
             [
-                [name, str(count), *(ratio((name, count), other) for other in others)]
+                [name, str(count), program, *(ratio((name, count), program, o) for o in others)]
                 for name, count in scenarios
+                for program in ours
             ],
         )
     )

@@ -30,6 +30,8 @@ class ThroughputRow:
     cpu_seconds: float = 0.0
     spread: float = 0.0
     """(slowest - fastest) / median wall time of the runs behind this row."""
+    services_cpu: tuple[tuple[str, float], ...] = ()
+    """CPU seconds of each engine the program used beside it (PostgreSQL, moto), by name."""
     problem: str = ""
 
     @property
@@ -82,7 +84,7 @@ def throughput_problem(
     logs: Sequence[Path],
     stored: int,
     expected: int,
-    server: Server,
+    server: Server | Sequence[Server],
     *,
     sender: str,
     timeout: float,
@@ -90,7 +92,8 @@ def throughput_problem(
 ) -> str:
     """Why a scenario does not count, or ``""``; ``sender`` names the senders in the reasons.
 
-    With ``quote_senders``, a short count of stored files adds the senders' last lines.
+    ``server`` is the receiver, or each node of a receiver of several.  With
+    ``quote_senders``, a short count of stored files adds the senders' last lines.
     """
     problems = []
     for code, log in zip(codes, logs, strict=True):
@@ -101,7 +104,9 @@ def throughput_problem(
     if stored != expected:
         said = "; ".join(filter(None, map(last_line, logs))) if quote_senders else ""
         problems.append(f"{stored} of {expected} files stored" + (f" ({said})" if said else ""))
-    if server.process.poll() is not None:
-        returncode = server.process.returncode
-        problems.append(f"receiver exited ({returncode}): {last_line(server.output)}")
+    servers = [server] if isinstance(server, Server) else server
+    for node in servers:
+        if node.process.poll() is not None:
+            returncode = node.process.returncode
+            problems.append(f"receiver exited ({returncode}): {last_line(node.output)}")
     return "; ".join(dict.fromkeys(problems))
