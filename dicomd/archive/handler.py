@@ -129,15 +129,18 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 
-def _storage(path: Path, url: str | None, endpoint_url: str | None) -> IInstanceStorage:
-    """Files under the archive folder, or the object storage ``url`` names."""
+def _storage(
+    path: Path, url: str | None, endpoint_url: str | None, threads: int
+) -> IInstanceStorage:
+    """Files under the archive folder, or the object storage ``url`` names, used by the
+    store threads and the query threads (which fetch for retrieves) at once."""
     if url is None:
         if endpoint_url is not None:
             raise ValueError("endpoint_url: only for object storage, and storage_url is not set")
         return LocalFiles(path)
     from dicomd.archive.objects import S3Storage  # boto3: only when it is configured
 
-    return S3Storage(url, endpoint_url)
+    return S3Storage(url, endpoint_url, threads=2 * threads)
 
 
 class ArchiveError(Exception):
@@ -254,7 +257,7 @@ class ArchiveHandler(Service):
         if flush == "filesystem" and not filesystem.SYNCFS:
             raise ValueError("flush: filesystem needs syncfs, which this system lacks")
         self.path = Path(path)
-        self.storage = _storage(self.path, storage_url, endpoint_url)
+        self.storage = _storage(self.path, storage_url, endpoint_url, threads)
         self.flush = flush
         self.duplicates = duplicates
         self.threads = threads
