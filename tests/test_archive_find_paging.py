@@ -28,10 +28,10 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from dicomd.archive import ArchiveHandler
-from dicomd.archive.dialects import QueryClosed, dialect_of
+from dicomd.archive.dialects import dialect_of
 from dicomd.archive.index import ArchiveIndex
 from dicomd.archive.matches import NotRunning, PagedMatches
-from dicomd.archive.query import IDLE_READERS, ArchiveQuery, FindPages
+from dicomd.archive.query import IDLE_READERS, ArchiveQuery, FindPages, QueryClosed
 from dicomd.dimse.datasets import decode_dataset
 from dicomd.interfaces import FindQuery
 from dicomd.node.services.answers import AnswerForm

@@ -64,15 +64,10 @@ def fold_column(column: str, number: int) -> str:
     return f"{column}_fold{number}"
 
 
-class QueryClosed(RuntimeError):
-    """A page was asked of a query whose read was closed before its last page."""
-
-
 class Dialect:
     """SQLite's spelling of the fragments that differ, and its way of reading."""
 
     name = "sqlite"
-    connection_type: type = sqlite3.Connection
     begin = "BEGIN IMMEDIATE"
     fold_columns = False
     """Whether the folded name groups are kept in columns (`name_folds`)."""
@@ -146,17 +141,27 @@ class Dialect:
         """Make a new read connection ready for the compiler's statements."""
         connection.create_function("dicomd_fold", 1, fold_name, deterministic=True)
 
+    # Reads fail as `resource_errors` has it: a lost connection or a failing disk is an
+    # OSError for the find service to answer "out of resources".
+
     def open_rows(self, connection: Any, sql: str, parameters: Sequence[Any]) -> Any:
-        """A cursor over the rows of a statement, read with ``fetchmany``; it keeps a
-        snapshot of the index until `close_rows`."""
-        return connection.execute(sql, parameters)
+        """A cursor over the rows of a statement, read with `fetch`; it keeps a snapshot
+        of the index until `close_rows`."""
+        with self.resource_errors():
+            return connection.execute(sql, parameters)
+
+    def fetch(self, cursor: Any, rows: int) -> list[Any]:
+        """The next ``rows`` rows of a cursor of `open_rows`, fewer at its end."""
+        with self.resource_errors():
+            return cursor.fetchmany(rows)
 
     def close_rows(self, connection: Any, cursor: Any) -> None:
         cursor.close()
 
     def all_rows(self, connection: Any, sql: str, parameters: Sequence[Any]) -> list[Any]:
         """Every row of a statement, its snapshot ended."""
-        return connection.execute(sql, parameters).fetchall()
+        with self.resource_errors():
+            return connection.execute(sql, parameters).fetchall()
 
     def is_idle(self, connection: Any) -> bool:
         """Whether a read connection holds no snapshot, and may serve the next query."""
@@ -173,7 +178,6 @@ class PostgresDialect(Dialect):
     def __init__(self) -> None:
         import psycopg
 
-        self.connection_type = psycopg.Connection
         self._psycopg = psycopg
 
     def render(self, sql: str) -> str:
@@ -241,21 +245,21 @@ class PostgresDialect(Dialect):
         # A server-side cursor in the connection's REPEATABLE READ, read-only transaction:
         # one snapshot for the statement, rows fetched a page at a time.
         cursor = connection.cursor(name="dicomd_find")
-        cursor.execute(self.render(sql), parameters)
+        with self.resource_errors():
+            cursor.execute(self.render(sql), parameters)
         return cursor
 
     def close_rows(self, connection: Any, cursor: Any) -> None:
-        try:
-            cursor.close()
-        finally:
-            if not connection.closed:
-                connection.rollback()
+        if connection.broken or connection.closed:
+            return  # the server ended the transaction with the connection
+        cursor.close()
+        connection.rollback()
 
     def all_rows(self, connection: Any, sql: str, parameters: Sequence[Any]) -> list[Any]:
         try:
-            return connection.execute(self.render(sql), parameters).fetchall()
+            return super().all_rows(connection, self.render(sql), parameters)
         finally:
-            if not connection.closed:
+            if not (connection.broken or connection.closed):
                 connection.rollback()
 
     def is_idle(self, connection: Any) -> bool:

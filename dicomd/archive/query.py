@@ -71,7 +71,7 @@ from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
-from dicomd.archive.dialects import SQLITE, Dialect, QueryClosed, dialect_of, fold_name
+from dicomd.archive.dialects import SQLITE, Dialect, dialect_of, fold_name
 from dicomd.archive.index import (
     INSTANCE_KEYWORDS,
     PATIENT_KEYWORDS,
@@ -84,6 +84,10 @@ from dicomd.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 
 class QueryError(InvalidIdentifier):
     """The identifier does not fit the information model or its level; the message says why."""
+
+
+class QueryClosed(RuntimeError):
+    """A page was asked of a query whose read was closed before its last page."""
 
 
 _LEVELS: Final = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -466,7 +470,7 @@ class FindPages:
             if self._cursor is not None and time.monotonic() >= self._deadline():
                 self._end_snapshot()
             cursor = self._cursor if self._cursor is not None else self._execute()
-            rows = cursor.fetchmany(self._page_rows)
+            rows = self._statement.dialect.fetch(cursor, self._page_rows)
             if len(rows) < self._page_rows:
                 self.done = True
                 self._end_snapshot()

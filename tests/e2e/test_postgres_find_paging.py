@@ -7,16 +7,19 @@ which run through the archive handler (the lead's integration gives them an engi
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 
 import pytest
 
 import tests.test_archive_find_paging as suite
 from dicomd.archive.postgres import PostgresIndex
+from dicomd.archive.query import ArchiveQuery
 from tests.support.postgres import (
     Cluster,
     pg_cluster_fixture,  # noqa: F401 (pg_cluster)
     postgres_index,
+    terminate_backends,
 )
 
 ANY_ENGINE = (
@@ -37,3 +40,21 @@ def index(pg_cluster: Cluster) -> Iterator[PostgresIndex]:
     suite.LARGE.write(opened)
     yield opened
     opened.close()
+
+
+def test_a_read_whose_connection_is_lost_fails_as_an_os_error_and_closes_quietly(
+    index: PostgresIndex, pg_cluster: Cluster
+) -> None:
+    query = ArchiveQuery(index.connect_reader, page_rows=suite.PAGE)
+    pages = query.pages(suite.every_image())
+    assert len(pages.page()) == suite.PAGE
+    terminate_backends(pg_cluster, index)
+
+    with pytest.raises(OSError) as raised:
+        pages.page()
+
+    assert raised.value.errno == errno.ECONNABORTED
+    pages.close()
+    assert query.idle_connections == 0  # a broken connection is not kept
+    assert len(query.find(suite.every_image())) == suite.LARGE.instances
+    query.close()

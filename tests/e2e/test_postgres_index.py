@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 import tests.test_archive_index as suite
 from dicomd.archive.index import (
@@ -34,6 +33,7 @@ from tests.support.postgres import (
     Cluster,
     pg_cluster_fixture,  # noqa: F401 (pg_cluster)
     postgres_index,
+    terminate_backends,
 )
 from tests.support.received import record
 
@@ -197,11 +197,7 @@ def test_a_lost_connection_fails_the_write_as_an_os_error_and_the_next_reconnect
     index: PostgresIndex, pg_cluster: Cluster
 ) -> None:
     index.add(record())
-    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            (conninfo_to_dict(index.url)["dbname"],),
-        )
+    terminate_backends(pg_cluster, index)
 
     with pytest.raises(OSError) as raised:
         index.add(record(SOPInstanceUID="1.2.3.2", path="2.dcm"))

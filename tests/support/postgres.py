@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from dicomd.archive.postgres import PostgresIndex
 from tests.support.processes import LOCALHOST, free_tcp_port
@@ -193,3 +194,13 @@ def postgres_index(
     index = PostgresIndex(cluster.create_database(name), connections=connections)
     index.open()
     return index
+
+
+def terminate_backends(cluster: Cluster, index: PostgresIndex) -> None:
+    """End every server process connected to the database of ``index``, as a restart of the
+    server or a network failure would."""
+    with psycopg.connect(cluster.url(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (conninfo_to_dict(index.url)["dbname"],),
+        )
