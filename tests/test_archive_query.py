@@ -569,6 +569,32 @@ def test_names_may_match_case_insensitively(
     assert studies(folding_engine, StudyDescription="headache") == []
 
 
+def test_case_insensitive_names_are_folded_fully_not_only_lowered(
+    opened: Callable[[str], ArchiveIndex],
+) -> None:
+    """Case folding makes a sharp s "ss" and NFKC a fullwidth letter or sign ASCII: each
+    group of a stored name is folded whole, however the engine keeps it."""
+    index = opened("folded")
+    for number, name in enumerate(("Straße^Anna", "\uff37ilde^Kim\uff1d=x", "Strasse^Bo")):
+        ds = small_archive_instance("1.1.1.1")
+        ds.PatientID, ds.PatientName = f"F{number}", name
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = f"8.{number}", f"8.{number}.1"
+        ds.SOPInstanceUID = f"8.{number}.1.1"
+        index.add(record(ds, f"{number}.dcm"))
+    query = ArchiveQuery(index.connect_reader, case_insensitive_names=True)
+    for name, expected in [
+        ("STRASSE^*", ["F0", "F2"]),
+        ("straße*", ["F0", "F2"]),
+        ("strasse^anna", ["F0"]),
+        # the fullwidth sign is no group separator on either side: folded, it ends the group
+        ("wilde^kim\uff1d", ["F1"]),
+        ("wilde^kim=", []),
+        ("=X", ["F1"]),
+    ]:
+        assert found(query, PR, "PATIENT", "PatientID", PatientName=name) == expected, name
+    query.close()
+
+
 def test_a_literal_prefix_at_the_edges_of_unicode_still_matches(
     opened: Callable[[str], ArchiveIndex],
 ) -> None:
