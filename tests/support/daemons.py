@@ -173,11 +173,14 @@ def start_daemon(
     overrides: Mapping[str, Any],
     pythonpath: Sequence[Path] = (),
     command_prefix: Sequence[str] = (),
+    environment: Mapping[str, str] | None = None,
 ) -> RunningDaemon:
     """Start the daemon in ``directory``; ``command_prefix`` runs it under another command.
 
     A prefix must ``exec`` the daemon, so that ``pid`` stays the daemon's own
     (``unshare`` without ``--fork`` and ``sh -c '... exec "$@"'`` both do).
+    ``environment`` sets variables over this process's own (the AWS credentials of
+    a test's object storage, say).
     """
     port = free_tcp_port()
     config = deep_merge(DEFAULT_CONFIG, {"listen": f"tcp:{port}:interface={LOCALHOST}"})
@@ -186,7 +189,7 @@ def start_daemon(
     process = subprocess.Popen(
         [*command_prefix, *daemon_command(config_path)],
         cwd=directory,
-        env=daemon_environment(pythonpath),
+        env={**daemon_environment(pythonpath), **(environment or {})},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
