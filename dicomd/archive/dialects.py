@@ -47,7 +47,7 @@ def fold_name(text: str | None) -> str | None:
 
 def name_group(name: str, number: int) -> str:
     """Component group ``number`` of a stored name, trailing ``^`` and spaces removed: what
-    the SQL of `Dialect.name_group` computes."""
+    the compiler's SQL computes (``dicomd.archive.query._name_group_sql``)."""
     groups = name.split("=")
     return groups[number].rstrip("^ ") if number < len(groups) else ""
 
@@ -135,14 +135,12 @@ class Dialect:
                 raise
             raise translated from error
 
-    # Reads.
+    # Reads.  They fail as `resource_errors` has it: a lost connection or a failing disk is
+    # an OSError for the find service to answer "out of resources".
 
     def prepare(self, connection: Any) -> None:
         """Make a new read connection ready for the compiler's statements."""
         connection.create_function("dicomd_fold", 1, fold_name, deterministic=True)
-
-    # Reads fail as `resource_errors` has it: a lost connection or a failing disk is an
-    # OSError for the find service to answer "out of resources".
 
     def open_rows(self, connection: Any, sql: str, parameters: Sequence[Any]) -> Any:
         """A cursor over the rows of a statement, read with `fetch`; it keeps a snapshot
@@ -177,8 +175,10 @@ class PostgresDialect(Dialect):
 
     def __init__(self) -> None:
         import psycopg
+        from psycopg_pool import PoolTimeout
 
         self._psycopg = psycopg
+        self._pool_timeout = PoolTimeout
 
     def render(self, sql: str) -> str:
         return _psycopg_placeholders(sql)
@@ -228,9 +228,7 @@ class PostgresDialect(Dialect):
             error, errors.ConnectionException | errors.AdminShutdown | errors.CannotConnectNow
         ):
             return _os_error(errno.ECONNABORTED, error)
-        from psycopg_pool import PoolTimeout
-
-        if isinstance(error, PoolTimeout):
+        if isinstance(error, self._pool_timeout):
             return _os_error(errno.EAGAIN, error)
         return error
 

@@ -246,3 +246,23 @@ def test_the_factory_picks_the_engine_by_url(tmp_path: Path, pg_cluster: Cluster
     with pytest.raises(ValueError, match="not a postgresql:// URL") as raised:
         index_for("mysql://db/archive", tmp_path / "index.sqlite", connections=4)
     assert "\n" not in str(raised.value)
+
+
+def test_a_pool_with_no_connection_free_in_time_is_an_os_error(pg_cluster: Cluster) -> None:
+    index = PostgresIndex(pg_cluster.create_database(), connections=1, timeout=0.5)
+    index.open()
+    writing, finish = threading.Event(), threading.Event()
+
+    def slow_write(_: Transaction) -> None:
+        writing.set()
+        finish.wait(30)
+
+    with ThreadPoolExecutor(1) as other:
+        written = other.submit(index.apply, slow_write)  # holds the pool's one connection
+        assert writing.wait(30)
+        with pytest.raises(OSError) as raised:
+            index.lookup("1.2.3")
+        finish.set()
+        written.result()
+    index.close()
+    assert raised.value.errno == errno.EAGAIN
