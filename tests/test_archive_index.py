@@ -20,6 +20,7 @@ from pydicom import Dataset, dcmread
 from pydicom.data import get_charset_files, get_testdata_file
 from zope.interface.verify import verifyObject
 
+from dicomd.archive.dialects import SQLITE
 from dicomd.archive.handler import ArchiveHandler
 from dicomd.archive.index import (
     SCHEMA_VERSION,
@@ -29,7 +30,7 @@ from dicomd.archive.index import (
     adding,
     record_from_dataset,
 )
-from dicomd.archive.migrations import SchemaTooNew
+from dicomd.archive.migrations import MIGRATIONS, Migration, SchemaTooNew, migrate
 from dicomd.interfaces import IArchiveIndex
 from tests.support.archive import INTEGRITY_ERRORS, index_rows
 from tests.support.received import record
@@ -439,6 +440,34 @@ def test_indexes_opening_one_new_database_at_once_create_its_schema_once(
     finally:
         for index in indexes:
             index.close()
+
+
+def test_a_later_migration_is_applied_once_to_an_archive_of_an_earlier_version(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "index.sqlite"
+    index = ArchiveIndex(path)
+    index.open()
+    index.add(record())
+    index.close()
+    later = (
+        *MIGRATIONS,
+        Migration(
+            SCHEMA_VERSION + 1,
+            lambda dialect: [dialect.ddl("ALTER TABLE instances ADD COLUMN note TEXT")],
+        ),
+    )
+    for expected in (SCHEMA_VERSION, SCHEMA_VERSION + 1):
+        connection = sqlite3.connect(path, isolation_level=None)
+        try:
+            assert migrate(connection, SQLITE, later) == expected
+        finally:
+            connection.close()
+
+    assert _schema(path)[0] == SCHEMA_VERSION + 1
+    assert query(index, "SELECT path, note FROM instances") == [(record().path, None)]
+    with pytest.raises(SchemaTooNew, match=f"version {SCHEMA_VERSION + 1} is newer"):
+        ArchiveIndex(path).open()
 
 
 def _schema(path: Path) -> tuple[int, list[tuple[str, str]]]:

@@ -14,7 +14,7 @@ dicomd cannot honour.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -112,23 +112,25 @@ SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 _ADVISORY_LOCK: Final = 0x6469636F6D64  # "dicomd": one lock for every dicomd migrating
 
 
-def migrate(connection: Any, dialect: Dialect) -> int:
-    """Bring the database of ``connection`` (autocommit) to `SCHEMA_VERSION`; the version it
-    had.  Raises `SchemaTooNew` for a database of a newer dicomd."""
+def migrate(connection: Any, dialect: Dialect, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the database of ``connection`` (autocommit) to the version of the last of
+    ``migrations`` (`SCHEMA_VERSION`); the version it had.  Raises `SchemaTooNew` for a
+    database of a newer dicomd."""
+    latest = migrations[-1].version
     connection.execute(dialect.begin)
     try:
         version = _version(connection, dialect)
-        if version > SCHEMA_VERSION:
+        if version > latest:
             raise SchemaTooNew(
                 f"index schema version {version} is newer than this dicomd's "
-                f"({SCHEMA_VERSION}): upgrade dicomd"
+                f"({latest}): upgrade dicomd"
             )
-        for migration in MIGRATIONS:
+        for migration in migrations:
             if migration.version > version:
                 for statement in migration.statements(dialect):
                     connection.execute(statement)
-        if version < SCHEMA_VERSION:
-            _record_version(connection, dialect, SCHEMA_VERSION)
+        if version < latest:
+            _record_version(connection, dialect, latest)
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
