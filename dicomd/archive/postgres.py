@@ -170,23 +170,28 @@ class AdvisoryLocks:
         )
 
     def hold(self, *keys: str) -> Callable[[], None]:
-        """Once every key is held, the function that releases them."""
-        connection = self._pool.getconn()
-        try:
-            for number in sorted({lock_number(key) for key in keys}):
-                connection.execute("SELECT pg_advisory_lock(%s)", (number,))
-        except BaseException:
-            self._release(connection)
-            raise
+        """Once every key is held, the function that releases them.  No connection in time,
+        or a connection lost while waiting, is the ``OSError`` it amounts to."""
+        with postgresql().resource_errors():
+            connection = self._pool.getconn()
+            try:
+                for number in sorted({lock_number(key) for key in keys}):
+                    connection.execute("SELECT pg_advisory_lock(%s)", (number,))
+            except BaseException:
+                self._release(connection)
+                raise
         return lambda: self._release(connection)
 
     def close(self) -> None:
         self._pool.close()
 
     def _release(self, connection: psycopg.Connection[Any]) -> None:
+        """Let go of every lock of the connection; one that was lost has let go already."""
         try:
-            if not connection.closed:
+            if not (connection.closed or connection.broken):
                 connection.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.OperationalError:
+            pass  # the connection was lost meanwhile: the server ended its locks with it
         finally:
             self._pool.putconn(connection)
 

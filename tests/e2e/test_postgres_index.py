@@ -266,3 +266,16 @@ def test_a_pool_with_no_connection_free_in_time_is_an_os_error(pg_cluster: Clust
         written.result()
     index.close()
     assert raised.value.errno == errno.EAGAIN
+
+
+def test_locks_whose_connection_is_lost_are_released_quietly(pg_cluster: Cluster) -> None:
+    index = postgres_index(pg_cluster)
+    locks = index.locks()
+    try:
+        release = locks.hold("uid:1.2.3")
+        terminate_backends(pg_cluster, index)
+        release()  # the server let go of the lock with the connection
+        locks.hold("uid:1.2.3")()
+    finally:
+        locks.close()
+        index.close()
