@@ -27,6 +27,12 @@ arrived in, so that a query can match it in any character set; person names
 keep DICOM's formatting (``^`` between components, ``=`` between groups).
 Column names are the DICOM keywords, so that a query maps attributes to
 columns without a table of its own.
+
+The writes here (`adding`, `perform`, `IndexWrites`) are written once for
+both engines: `ArchiveIndex` runs them on SQLite, `dicomd.archive.postgres.
+PostgresIndex` on a PostgreSQL database several nodes share, each in its own
+dialect (`dicomd.archive.dialects`); the schema and its versions are
+`dicomd.archive.migrations`'.
 """
 
 from __future__ import annotations
