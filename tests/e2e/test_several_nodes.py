@@ -14,7 +14,6 @@ the documented status on the other.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,46 +23,34 @@ import pytest
 from tests.support.archive import archive_of
 from tests.support.daemons import RunningDaemon
 from tests.support.datasets import dataset_bytes, split_part10
-from tests.support.dcmtk import DcmtkPeer, dcmtk_peer
+from tests.support.dcmtk import DcmtkPeer
 from tests.support.nodes import (
+    DESTINATION,
     Sent,
     SharedArchive,
     assert_clean_logs,
     ct_small_copies,
+    destinations,
     find,
+    moto_fixture,  # noqa: F401 (moto)
     move_study,
     received_files,
     rewritten,
     start_storescu,
     store_responses,
+    storescp_fixture,  # noqa: F401 (storescp)
 )
 from tests.support.postgres import (
     Cluster,
     pg_cluster_fixture,  # noqa: F401 (pg_cluster)
 )
-from tests.support.processes import LOCALHOST
-from tests.support.s3 import MotoS3, moto_s3_server
+from tests.support.s3 import MotoS3
 
 pytestmark = pytest.mark.usefixtures("report_module_daemons")
 
 NODES = 3
 STUDIES, SERIES_PER_STUDY, PER_SERIES = 4, 5, 50  # 1000 instances
 SUCCESS = 0x0000
-DESTINATION = "STORESCP"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
-    with moto_s3_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DcmtkPeer]:
-    """The move destination: storescp keeping each data set bit for bit (``+B``)."""
-    folder = tmp_path_factory.mktemp("storescp")
-    with dcmtk_peer("storescp", folder, "+B", "-aet", DESTINATION, "-od", str(folder)) as peer:
-        yield peer
 
 
 @dataclass(frozen=True)
@@ -89,9 +76,8 @@ def fleet(
     by a storescu of its own, the three at once."""
     folder = tmp_path_factory.mktemp("fleet")
     archive = SharedArchive.create(pg_cluster, moto, "fleet")
-    destinations = {DESTINATION: {"host": LOCALHOST, "port": storescp.port}}
     for number in range(NODES):
-        node = archive.start_node(folder / f"node{number}", destinations=destinations)
+        node = archive.start_node(folder / f"node{number}", destinations=destinations(storescp))
         module_daemons.append(node)
     sent = ct_small_copies(
         folder / "sent",

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,21 +23,45 @@ from typing import IO, Any, Final
 
 import boto3
 import psycopg
+import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from tests.support.archive import archive_plugin
 from tests.support.daemons import RunningDaemon, start_daemon
-from tests.support.dcmtk import dcmtk_environment, require_dcmtk, run_dcmtk
+from tests.support.dcmtk import DcmtkPeer, dcmtk_environment, dcmtk_peer, require_dcmtk, run_dcmtk
 from tests.support.postgres import Cluster
 from tests.support.processes import LOCALHOST
-from tests.support.s3 import MotoS3
+from tests.support.s3 import MotoS3, moto_s3_server
 
+DESTINATION = "STORESCP"
+"""The AE title of the move destination (`storescp_fixture`)."""
 SENDER_TIMEOUT = 120.0
 """Seconds a storescu run may take: hundreds of instances on a machine of two shared cores."""
 TROUBLE_WORDS = ("Traceback", "Unhandled")
 """What a daemon's log never says: a traceback, or Twisted's unhandled error in a Deferred."""
+
+
+@pytest.fixture(scope="module", name="moto")
+def moto_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto's S3 server for the tests of one module."""
+    with moto_s3_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module", name="storescp")
+def storescp_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DcmtkPeer]:
+    """A move destination for the tests of one module: storescp keeping each data set bit
+    for bit (``+B``), under the AE title ``DESTINATION``."""
+    folder = tmp_path_factory.mktemp("storescp")
+    with dcmtk_peer("storescp", folder, "+B", "-aet", DESTINATION, "-od", str(folder)) as peer:
+        yield peer
+
+
+def destinations(storescp: DcmtkPeer) -> dict[str, dict[str, Any]]:
+    """The ``destinations:`` of a node that may move to ``storescp``."""
+    return {DESTINATION: {"host": LOCALHOST, "port": storescp.port}}
 
 
 @dataclass(frozen=True)
