@@ -65,8 +65,8 @@ from tests.support.dcmtk import dcmtk_environment
 from tests.support.processes import LOCALHOST, daemon_environment
 
 Command = Callable[..., tuple[list[str], dict[str, str]]]
-"""``command(port, storage, work)`` (and ``backends=`` for a shared archive): argv and
-environment of a receiver; it may write files (a configuration) into ``work``."""
+"""``command(port, storage, work)`` (and ``backends=``, ``nodes=`` for a shared archive):
+argv and environment of a receiver; it may write files (a configuration) into ``work``."""
 
 FULL_SETS: Final = (
     CTSet(name="34 KB", count=1000, rows=128, columns=128),
@@ -264,7 +264,7 @@ SHARED_ARCHIVES: Final = (
         "*.dcm",
         "dicomd as above, index.url: its index in PostgreSQL (a database of the cluster,"
         " fsync on, over TCP), the files as above",
-        partial(_dicomd_node, nodes=1),
+        _dicomd_node,
         SharedArchive(objects=False),
     ),
     Receiver(
@@ -273,7 +273,7 @@ SHARED_ARCHIVES: Final = (
         "*.dcm",
         "dicomd as dicomd-pg, storage.url + endpoint_url: the instances in moto's S3 server"
         " (python -m moto.server), one PutObject each",
-        partial(_dicomd_node, nodes=1),
+        _dicomd_node,
         SharedArchive(objects=True),
     ),
     Receiver(
@@ -283,7 +283,7 @@ SHARED_ARCHIVES: Final = (
         f"three dicomd-pg-s3 nodes sharing the database and the bucket, each on its own port"
         f" with its own storage.path and workers: {NODES_OF_SEVERAL_WORKERS}; the senders spread"
         " over them (one association: a third of the set to each node, one after another)",
-        partial(_dicomd_node, nodes=3),
+        _dicomd_node,
         SharedArchive(objects=True, nodes=3),
     ),
 )
@@ -452,7 +452,8 @@ def _measure(
                 command = receiver.command
                 if receiver.archive is not None:
                     backends = running.enter_context(engines.for_run(work, receiver.archive))
-                    command = partial(receiver.command, backends=backends)
+                    nodes = receiver.archive.nodes
+                    command = partial(receiver.command, backends=backends, nodes=nodes)
                 servers = [
                     running.enter_context(serving(processes, command, receiver.ae_title, folder))
                     for folder in _node_folders(work, receiver)
