@@ -3,8 +3,9 @@
 `StoreReceiver` streams each data set, fragment by fragment, into a
 temporary Part 10 file behind our File Meta Information, then asks a chain
 of `IStoreHandler`s what to do with it and which status to answer.  The
-storage SCP and the C-GET requester both receive through it.  Sending is
-`dicomd.dimse.sending`.
+storage SCP and the C-GET requester both receive through it, and STOW-RS
+(`dicomd.web.stow`) judges each part it receives with the same checks and
+chain (`store_received`).  Sending is `dicomd.dimse.sending`.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class StoreReceiver:
         self.incoming = incoming
         self.handlers = tuple(handlers)
         self.inflation = inflation
-        self.wanted = _attributes_read(self.handlers)
+        self.wanted = attributes_read(self.handlers)
         self.spares = SpareFiles(incoming)
 
     def open_sink(
@@ -127,24 +128,16 @@ class StoreReceiver:
                 request,
                 Status(uids.Status.CANNOT_UNDERSTAND, "C-STORE-RQ without a data set"),
             )
-        received = checked.file
         if checked.problem is not None:
-            received.remove()
             self.log.warn(
                 "C-STORE of {uid} from {peer_ae}: the data set is not whole: {problem}",
                 uid=command.affected_sop_instance_uid,
                 peer_ae=association.peer_ae_title,
                 problem=checked.problem,
             )
-            return _respond(
-                association,
-                request,
-                Status(uids.Status.CANNOT_UNDERSTAND, f"not whole: {checked.problem}"),
-            )
-        if received.error is not None:
-            received.remove()
-            return _respond(association, request, _out_of_resources(received.error))
-        instance = ReceivedInstance(
+        stored = store_received(
+            self.handlers,
+            checked,
             calling_ae_title=association.calling_ae_title,
             called_ae_title=association.called_ae_title,
             peer_host=association.peer_host,
@@ -152,43 +145,81 @@ class StoreReceiver:
             sop_class_uid=command.affected_sop_class_uid or "",
             sop_instance_uid=command.affected_sop_instance_uid or "",
             transfer_syntax=request.context.transfer_syntax,
-            path=received.path,
-            size=received.size,
-            attributes=checked.checker.collected if checked.checker is not None else None,
         )
-        chain = _Chain(self.handlers, instance)
-        d = chain.run()
-        d.addCallback(lambda status: _respond(association, request, status))
+        return stored.addCallback(lambda status: _respond(association, request, status))
 
-        def clean_up(result: object) -> object:
-            if not chain.kept:
-                with contextlib.suppress(FileNotFoundError):
-                    instance.path.unlink()
-            return result
 
-        return d.addBoth(clean_up)
+def store_received(
+    handlers: Sequence[IStoreHandler],
+    checked: CheckedFile,
+    *,
+    calling_ae_title: str,
+    called_ae_title: str,
+    peer_host: str,
+    peer_port: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax: str,
+) -> defer.Deferred[Status]:
+    """The status of a data set received into ``checked``, whoever sent it (a C-STORE, or
+    a part of a STOW-RS request): C000 when it is not whole and A700 when it could not be
+    written, without asking anyone; otherwise what the handler chain answers.  The file is
+    removed unless a handler kept it (`Kept`)."""
+    received = checked.file
+    if checked.problem is not None:
+        received.remove()
+        return defer.succeed(Status(uids.Status.CANNOT_UNDERSTAND, f"not whole: {checked.problem}"))
+    if received.error is not None:
+        received.remove()
+        return defer.succeed(_out_of_resources(received.error))
+    instance = ReceivedInstance(
+        calling_ae_title=calling_ae_title,
+        called_ae_title=called_ae_title,
+        peer_host=peer_host,
+        peer_port=peer_port,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        transfer_syntax=transfer_syntax,
+        path=received.path,
+        size=received.size,
+        attributes=checked.checker.collected if checked.checker is not None else None,
+    )
+    chain = _Chain(handlers, instance)
+
+    def clean_up(result: object) -> object:
+        if not chain.kept:
+            with contextlib.suppress(FileNotFoundError):
+                instance.path.unlink()
+        return result
+
+    return chain.run().addBoth(clean_up)
 
 
 def _refusal(command: Command) -> Status | None:
-    """The answer to a C-STORE-RQ whose UIDs cannot name an instance, or None.
-
-    The SOP Instance UID names the file an archive keeps: one that breaks
-    the UID rules (too long, other characters) could collide with another's.
-    """
+    """The answer to a C-STORE-RQ whose UIDs cannot name an instance, or None."""
     if not (command.affected_sop_class_uid and command.affected_sop_instance_uid):
         return Status(
             uids.Status.CANNOT_UNDERSTAND, "C-STORE-RQ without Affected SOP Class/Instance UID"
         )
-    problem = uids.uid_problem(command.affected_sop_instance_uid)
+    return uid_refusal(command.affected_sop_class_uid, command.affected_sop_instance_uid)
+
+
+def uid_refusal(sop_class_uid: str, sop_instance_uid: str) -> Status | None:
+    """The failure status of an instance whose UIDs break the UID rules, or None.
+
+    The SOP Instance UID names the file an archive keeps: one that breaks
+    the UID rules (too long, other characters) could collide with another's.
+    """
+    problem = uids.uid_problem(sop_instance_uid)
     if problem is not None:
         return Status(uids.Status.INVALID_OBJECT_INSTANCE, f"SOP Instance UID {problem}")
-    problem = uids.uid_problem(command.affected_sop_class_uid)
+    problem = uids.uid_problem(sop_class_uid)
     if problem is not None:
         return Status(uids.Status.CANNOT_UNDERSTAND, f"SOP Class UID {problem}")
     return None
 
 
-def _attributes_read(handlers: Sequence[IStoreHandler]) -> frozenset[int]:
+def attributes_read(handlers: Sequence[IStoreHandler]) -> frozenset[int]:
     """The tags of the attributes the handlers read (`IReadsAttributes`), with the Specific
     Character Set that text values are decoded with; none when no handler reads any."""
     keywords = {
