@@ -11,7 +11,15 @@ archive's) are handed the query's `AnswerForm` and come already encoded.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 from pydicom import Dataset
@@ -116,7 +124,6 @@ class _Answer:
         self.form = AnswerForm(query, service.ae_title, request.context.transfer_syntax)
         self.pending = uids.Status.PENDING
         self.cancelled = False
-        self.exhausted = False
         self.matches = 0
         self.many_keys = count_keys(query.identifier, up_to=_KEYS_ANSWERED_INLINE + 1) > (
             _KEYS_ANSWERED_INLINE
@@ -150,40 +157,7 @@ class _Answer:
     def _stream(self, matches: Iterable[Match] | AsyncIterable[Match]) -> Any:
         if self.form.encodes_values and IEncodedMatches.providedBy(matches):
             matches = matches.encoded(self.form)
-        if isinstance(matches, AsyncIterable):
-            iterator = aiter(matches)
-            return self._paced(self._send_each_async(iterator)).addBoth(_closing, iterator)
-        return self._paced(self._send_each(iter(matches)))
-
-    def _paced(self, steps: Iterator[defer.Deferred[Any]]) -> defer.Deferred[Any]:
-        """The cooperator takes a step after another for a few milliseconds, then yields to
-        the reactor, so that a cancel or another association gets in; it waits on each
-        step's Deferred, so nothing more is done while the peer has not read what was sent."""
-        return self.service.cooperator.cooperate(steps).whenDone()
-
-    def _send_each(self, matches: Iterator[Match]) -> Iterator[defer.Deferred[None]]:
-        """A match per step."""
-        for match in matches:
-            if self.stopped:
-                raise Cancelled()
-            yield self._send(match)
-        if self.stopped:
-            raise Cancelled()
-
-    def _send_each_async(self, matches: AsyncIterator[Match]) -> Iterator[defer.Deferred[Any]]:
-        """A step awaits the next match and sends it; none is asked for once the peer
-        cancelled or left."""
-        while not (self.stopped or self.exhausted):
-            arriving = defer.ensureDeferred(_awaited(anext(matches, _END)))
-            yield arriving.addCallback(self._send_unless_over)
-        if self.stopped:
-            raise Cancelled()
-
-    def _send_unless_over(self, match: Any) -> defer.Deferred[None] | None:
-        if match is _END:
-            self.exhausted = True
-            return None
-        return None if self.stopped else self._send(match)
+        return stream_matches(self.service.cooperator, matches, self._send, lambda: self.stopped)
 
     def _send(self, match: Match) -> defer.Deferred[None]:
         """Shape, encode and send one match (a Dataset, or its answer already encoded);
@@ -240,6 +214,73 @@ class _Answer:
             status = uids.Status.UNABLE_TO_PROCESS
         comment = uids.error_comment(failure.getErrorMessage())
         self.association.respond(self.request, status, error_comment=comment)
+
+
+def stream_matches(
+    cooperator: task.Cooperator,
+    matches: Iterable[Match] | AsyncIterable[Match],
+    send: Callable[[Match], defer.Deferred[Any] | None],
+    stopped: Callable[[], bool],
+) -> defer.Deferred[None]:
+    """Hand a find handler's matches to ``send`` one at a time, whatever form they come in
+    (a list, an iterator, an async iterator such as the archive's pages); for C-FIND and
+    QIDO-RS alike.
+
+    ``cooperator`` takes a step after another for a few milliseconds, then
+    yields to the reactor, so that a cancel or another client gets in; it
+    waits on the Deferred ``send`` answers, so nothing more is read while the
+    last match has not gone.  Once ``stopped()`` no match is asked for and the
+    Deferred fails with `Cancelled`; an async iterator is closed (``aclose``)
+    however the stream ends, so that what it holds (a cursor, a connection)
+    goes at once.
+    """
+    if isinstance(matches, AsyncIterable):
+        iterator = aiter(matches)
+        steps = _AsyncSteps(iterator, send, stopped)
+        return cooperator.cooperate(iter(steps)).whenDone().addBoth(_closing, iterator)
+    return cooperator.cooperate(_sync_steps(iter(matches), send, stopped)).whenDone()
+
+
+def _sync_steps(
+    matches: Iterator[Match],
+    send: Callable[[Match], defer.Deferred[Any] | None],
+    stopped: Callable[[], bool],
+) -> Iterator[defer.Deferred[Any] | None]:
+    """A match per step."""
+    for match in matches:
+        if stopped():
+            raise Cancelled()
+        yield send(match)
+    if stopped():
+        raise Cancelled()
+
+
+class _AsyncSteps:
+    """A step awaits the next match and sends it; none is asked for once stopped."""
+
+    def __init__(
+        self,
+        matches: AsyncIterator[Match],
+        send: Callable[[Match], defer.Deferred[Any] | None],
+        stopped: Callable[[], bool],
+    ) -> None:
+        self.matches = matches
+        self.send = send
+        self.stopped = stopped
+        self.exhausted = False
+
+    def __iter__(self) -> Iterator[defer.Deferred[Any]]:
+        while not (self.stopped() or self.exhausted):
+            arriving = defer.ensureDeferred(_awaited(anext(self.matches, _END)))
+            yield arriving.addCallback(self._send_unless_over)
+        if self.stopped():
+            raise Cancelled()
+
+    def _send_unless_over(self, match: Any) -> defer.Deferred[Any] | None:
+        if match is _END:
+            self.exhausted = True
+            return None
+        return None if self.stopped() else self.send(match)
 
 
 async def _awaited(awaitable: Awaitable[_T]) -> _T:
