@@ -34,6 +34,7 @@ from tests.support.nodes import (
     find,
     moto_fixture,  # noqa: F401 (moto)
     move_study,
+    part,
     received_files,
     rewritten,
     start_storescu,
@@ -86,7 +87,7 @@ def fleet(
         per_series=PER_SERIES,
         parts=NODES,
     )
-    parts = [[s.path for s in sent if s.path.parent.name == f"part{n}"] for n in range(NODES)]
+    parts = [part(sent, number) for number in range(NODES)]
     responses = send_at_once(list(zip(module_daemons, parts, strict=True)), folder)
     return Fleet(archive, list(module_daemons), sent, responses)
 
@@ -111,8 +112,7 @@ def send_at_once(
 
 def test_every_instance_sent_to_any_node_is_answered_0000_and_kept_once(fleet: Fleet) -> None:
     for number, responses in enumerate(fleet.responses):
-        part = {s.path.name for s in fleet.sent if s.path.parent.name == f"part{number}"}
-        assert set(responses) == part
+        assert set(responses) == {path.name for path in part(fleet.sent, number)}
         assert set(responses.values()) == {SUCCESS}
     rows = fleet.archive.rows()
     assert set(rows) == {s.sop_instance_uid for s in fleet.sent}

@@ -82,26 +82,21 @@ class SharedArchive:
     def storage_url(self) -> str:
         return f"s3://{self.s3.bucket}/{self.name}"
 
-    def node_overrides(self, *, workers: int, **plugin_options: Any) -> dict[str, Any]:
-        """A node's configuration: this archive, ``workers`` processes, the archive plugin."""
-        return {
+    def start_node(
+        self, directory: Path, *, workers: int = 1, duplicates: str = "keep-first", **config: Any
+    ) -> RunningDaemon:
+        """Start (or start again) the node whose folder is ``directory``: this archive, its
+        ``workers`` processes, the archive plugin under a ``duplicates`` policy, and
+        ``config`` beside."""
+        directory.mkdir(parents=True, exist_ok=True)
+        overrides = {
             "workers": workers,
             "index": {"url": self.index_url},
             "storage": {"url": self.storage_url, "endpoint_url": self.s3.endpoint_url},
-            "plugins": [archive_plugin(**plugin_options)],
+            "plugins": [archive_plugin(duplicates=duplicates)],
+            **config,
         }
-
-    def start_node(self, directory: Path, *, workers: int = 1, **overrides: Any) -> RunningDaemon:
-        """Start (or start again) the node whose folder is ``directory``.
-
-        ``overrides`` are its configuration beside the archive's, ``duplicates`` a
-        plugin option."""
-        directory.mkdir(parents=True, exist_ok=True)
-        plugin_options = (
-            {"duplicates": overrides.pop("duplicates")} if "duplicates" in overrides else {}
-        )
-        config = {**self.node_overrides(workers=workers, **plugin_options), **overrides}
-        return start_daemon(directory, config, environment=self.aws_environment)
+        return start_daemon(directory, overrides, environment=self.aws_environment)
 
     @property
     def aws_environment(self) -> dict[str, str]:
@@ -199,6 +194,11 @@ def ct_small_copies(
     return sent
 
 
+def part(sent: Iterable[Sent], number: int) -> list[Path]:
+    """The files ``ct_small_copies`` dealt into part ``number``."""
+    return [instance.path for instance in sent if instance.path.parent.name == f"part{number}"]
+
+
 def rewritten(sent: Iterable[Sent], folder: Path, image_comments: str) -> list[Sent]:
     """The same instances (same UIDs, same length) with other Image Comments, in ``folder``:
     a second copy that can be told from the first."""
@@ -250,6 +250,7 @@ def store_responses(storescu_output: str) -> dict[str, int]:
 
 
 def _status_code(text: str) -> int:
+    """The status code in what storescu printed between the parentheses."""
     name = text.rstrip().removesuffix(")")
     if name in DCMTK_STATUS_NAMES:
         return DCMTK_STATUS_NAMES[name]
@@ -294,7 +295,8 @@ def received_files(folder: Path) -> dict[str, Path]:
 
 
 def kill_node(node: RunningDaemon) -> None:
-    """SIGKILL the node and every worker process of it, at once: a power cut of one node."""
+    """SIGKILL the node and every worker process of it, the daemon first (it would start
+    a worker again): the node's power cut."""
     pids = [node.pid, *(pid for pid in node.serving_processes() if pid != node.pid)]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
