@@ -33,7 +33,7 @@ from dicomd.archive.index import (
 from dicomd.archive.migrations import MIGRATIONS, Migration, SchemaTooNew, migrate
 from dicomd.interfaces import IArchiveIndex
 from tests.support.archive import INTEGRITY_ERRORS, index_rows
-from tests.support.received import record
+from tests.support.received import ct_small, record
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 
@@ -240,6 +240,18 @@ def test_lookup_paths_and_remove(index: ArchiveIndex) -> None:
     assert index.remove_paths(["a/b.dcm", "never/there.dcm"]) == 1
     for table in ("instances", "series", "studies", "patients"):
         assert query(index, f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+def test_a_stray_nul_in_a_text_value_is_dropped_on_every_engine(index: ArchiveIndex) -> None:
+    """No text VR allows NUL, and PostgreSQL's text cannot hold one: dropping it keeps a
+    peer's stray NUL from failing a store on one engine and not the other."""
+    ds = ct_small(PatientName="Doe\x00^John", StudyDescription="\x00")
+    index.add(record_from_dataset(ds, path="a.dcm", size=1, calling_ae_title="MODALITY"))
+
+    assert query(index, "SELECT PatientName FROM patients") == [("Doe^John",)]
+    assert query(index, "SELECT StudyDescription FROM studies") == [(None,)]
+    assert index.holder("a.dcm") == ds.SOPInstanceUID
+    assert index.holder("b.dcm") is None
 
 
 def test_the_database_is_wal_with_normal_synchronous_commits(index: ArchiveIndex) -> None:

@@ -187,8 +187,12 @@ def record_from_dataset(
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:
-    """An element's value as text: decoded, several values joined with ``\\``, ``None`` if empty."""
-    return text_of(dataset, keyword) or None
+    """An element's value as text: decoded, several values joined with ``\\``, ``None`` if empty.
+
+    NUL characters are dropped: no text VR allows them, and PostgreSQL's text cannot hold
+    them, so a peer's stray NUL would otherwise fail the store on one engine only.
+    """
+    return text_of(dataset, keyword).replace("\x00", "") or None
 
 
 def _integer(dataset: Dataset, keyword: str) -> int | None:
