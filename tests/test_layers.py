@@ -38,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "dicomd.client": {"dicomd.ul", "dicomd.dimse", "dicomd.scu"},
     "dicomd.archive": {"dicomd.archive"},
     "dicomd.config": set(),
+    "dicomd.web": {"dicomd.ul", "dicomd.dimse", "dicomd.node", "dicomd.web"},
     "dicomd.app": {
         "dicomd.ul",
         "dicomd.dimse",
@@ -48,6 +49,7 @@ ALLOWED: dict[str, set[str]] = {
         "dicomd.archive",
         "dicomd.audit",
         "dicomd.lag",
+        "dicomd.web",
     },
     "dicomd.fleet": {
         "dicomd.app",

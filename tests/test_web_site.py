@@ -1,0 +1,431 @@
+"""The DICOMweb site's core: routing to the right operation, authentication (401), the
+node's rules (403), CORS, the body limit, and the parsers of Accept and Authorization.
+
+Each request is written as bytes into the site's HTTP channel over a StringTransport and
+the answer read back from it: no socket, no service module (a request the rules refuse
+never reaches one).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import jwt
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from dicomd.interfaces import UserIdentity
+from dicomd.node.authentication import JWTAuthenticator, JWTSettings, PasswordAuthenticator
+from dicomd.node.authorization import Rule, RulesAuthorizer
+from dicomd.users import UsersFile
+from dicomd.web.accept import MOST_RANGES, choose, parse_accept, parse_media_range
+from dicomd.web.auth import REMEMBERED_FOR, parse_authorization
+from dicomd.web.context import WebContext
+from dicomd.web.errors import WebError
+from dicomd.web.site import web_site
+
+STUDY = "1.2.3"
+SERIES = "1.2.3.4"
+INSTANCE = "1.2.3.4.5"
+SECRET = "a shared secret of at least thirty-two bytes"
+
+
+def context(tmp_path: Path, **changes: object) -> WebContext:
+    base = WebContext(
+        ae_title="DICOMD",
+        find_handlers=(),
+        retrieve_source=None,
+        store_handlers=(),
+        incoming=tmp_path,
+        reactor=Clock(),
+        base_url=None,
+        max_stow_length=1000,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+class Answer:
+    def __init__(self, raw: bytes) -> None:
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1])
+        self.headers: dict[str, list[str]] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            self.headers.setdefault(name.strip().lower(), []).append(value.strip())
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name)
+        return values[0] if values else None
+
+
+def ask(
+    web: WebContext,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[Answer, StringTransport]:
+    site = web_site(web, None, timeout=60)
+    address = IPv4Address("TCP", "10.0.0.7", 40000)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    lines = [f"{method} {path} HTTP/1.1", "Host: dicomd.test"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+    return Answer(transport.value()), transport
+
+
+def basic(name: str, passcode: str) -> str:
+    return "Basic " + base64.b64encode(f"{name}:{passcode}".encode()).decode()
+
+
+def token(subject: str, **claims: object) -> str:
+    payload = {"sub": subject, "iss": "idp", "aud": "dicomd", "exp": time.time() + 600}
+    return "Bearer " + jwt.encode({**payload, **claims}, SECRET, algorithm="HS256")
+
+
+@pytest.fixture(scope="module")
+def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("users") / "users"
+    users = UsersFile(path)
+    for name in ("alice", "bob", "carol"):
+        users.add(name, b"s3cret")
+    return path
+
+
+@pytest.fixture
+def secured(tmp_path: Path, users_file: Path) -> WebContext:
+    """alice may find, bob may get, carol may store; authentication required."""
+    own_users = tmp_path / "users"
+    own_users.write_bytes(users_file.read_bytes())
+    return context(
+        tmp_path,
+        authenticators=(
+            PasswordAuthenticator(own_users),
+            JWTAuthenticator(JWTSettings(SECRET, None, "idp", "dicomd", ("HS256",))),
+        ),
+        identity_required=True,
+        authorizer=RulesAuthorizer(
+            [
+                Rule(("user:alice",), frozenset({"find"})),
+                Rule(("user:bob",), frozenset({"get"})),
+                Rule(("user:carol",), frozenset({"store"})),
+            ]
+        ),
+    )
+
+
+ROUTES = [
+    ("GET", "/dicom-web/studies", "find"),
+    ("GET", "/dicom-web/series", "find"),
+    ("GET", "/dicom-web/instances", "find"),
+    ("GET", f"/dicom-web/studies/{STUDY}/series", "find"),
+    ("GET", f"/dicom-web/studies/{STUDY}/instances", "find"),
+    ("GET", f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances", "find"),
+    ("GET", f"/dicom-web/studies/{STUDY}", "get"),
+    ("GET", f"/dicom-web/studies/{STUDY}/series/{SERIES}", "get"),
+    ("GET", f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{INSTANCE}", "get"),
+    ("GET", f"/dicom-web/studies/{STUDY}/metadata", "get"),
+    ("GET", f"/dicom-web/studies/{STUDY}/series/{SERIES}/metadata", "get"),
+    ("GET", f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{INSTANCE}/metadata", "get"),
+    ("GET", f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{INSTANCE}/frames/1,2", "get"),
+    (
+        "GET",
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{INSTANCE}/bulkdata/7fe00010",
+        "get",
+    ),
+    ("GET", f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{INSTANCE}/rendered", "get"),
+    ("GET", f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{INSTANCE}/thumbnail", "get"),
+    (
+        "GET",
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{INSTANCE}/frames/2/rendered",
+        "get",
+    ),
+    ("POST", "/dicom-web/studies", "store"),
+    ("POST", f"/dicom-web/studies/{STUDY}", "store"),
+]
+OPERATION_OF_USER = {"find": "alice", "get": "bob", "store": "carol"}
+
+
+@pytest.mark.parametrize(("method", "path", "operation"), ROUTES)
+def test_each_route_is_refused_to_users_the_rules_do_not_let_do_its_operation(
+    secured: WebContext, method: str, path: str, operation: str
+) -> None:
+    for user in set(OPERATION_OF_USER.values()) - {OPERATION_OF_USER[operation]}:
+        answer, _ = ask(secured, method, path, {"Authorization": basic(user, "s3cret")})
+        assert answer.status == 403, (user, answer.body)
+        assert answer.body == f"user {user!r} may not {operation}\n".encode()
+        assert answer.header("content-type") == "text/plain; charset=utf-8"
+
+
+@pytest.mark.parametrize(("method", "path", "operation"), ROUTES)
+def test_each_route_asks_for_credentials_when_none_or_wrong_ones_are_given(
+    secured: WebContext, method: str, path: str, operation: str
+) -> None:
+    for headers in ({}, {"Authorization": basic("alice", "wrong")}, {"Authorization": "Digest x"}):
+        answer, _ = ask(secured, method, path, headers)
+        assert answer.status == 401, answer.body
+        assert answer.header("www-authenticate") == 'Basic realm="dicomd", Bearer realm="dicomd"'
+
+
+def test_a_user_the_rules_allow_gets_past_authorization(secured: WebContext) -> None:
+    """Past the rules, the service module answers: whatever it says, it is not 401 or 403."""
+    answer, _ = ask(secured, "GET", "/dicom-web/studies", {"Authorization": basic("alice", "s3cret")})
+    assert answer.status not in (401, 403), answer.body
+    answer, _ = ask(secured, "GET", "/dicom-web/studies", {"Authorization": token("alice")})
+    assert answer.status not in (401, 403), answer.body
+
+
+def test_bearer_tokens_are_checked_like_a_jwt_user_identity(secured: WebContext) -> None:
+    for bad in (
+        token("alice", exp=time.time() - 10),
+        token("alice", aud="someone else"),
+        "Bearer " + jwt.encode({"sub": "alice"}, "another secret of thirty-two bytes!!"),
+    ):
+        answer, _ = ask(secured, "GET", "/dicom-web/studies", {"Authorization": bad})
+        assert answer.status == 401
+        assert answer.body.startswith(b"JWT refused")
+
+
+def test_a_verified_basic_header_is_remembered_for_a_while(secured: WebContext) -> None:
+    site = web_site(secured, None, timeout=60)
+    address = IPv4Address("TCP", "10.0.0.7", 40000)
+    headers = f"Authorization: {basic('bob', 's3cret')}\r\nHost: x\r\n\r\n".encode()
+    request = b"GET /dicom-web/studies HTTP/1.1\r\n" + headers
+
+    def status() -> int:
+        channel = site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        channel.dataReceived(request)
+        return Answer(transport.value()).status
+
+    assert status() == 403
+    (secured.authenticators[0].users.path).write_text("")  # bob removed from the file
+    assert status() == 403  # still bob, from memory: no scrypt for every request
+    secured.reactor.advance(REMEMBERED_FOR)
+    assert status() == 401
+
+
+def test_without_authentication_anonymous_requests_meet_the_rules(tmp_path: Path) -> None:
+    rules = RulesAuthorizer([Rule(("*",), frozenset({"get"}))])
+    web = context(tmp_path, authorizer=rules)
+    answer, _ = ask(web, "GET", "/dicom-web/studies")
+    assert answer.status == 403
+    assert answer.body == b"an anonymous client may not find\n"
+    answer, _ = ask(web, "GET", "/dicom-web/studies", {"Authorization": basic("x", "y")})
+    assert answer.status == 403  # credentials nobody can check are not believed
+
+
+def test_anonymous_clients_refused_by_the_rules_are_asked_to_sign_in(
+    secured: WebContext,
+) -> None:
+    web = replace(secured, identity_required=False)
+    answer, _ = ask(web, "GET", "/dicom-web/studies")
+    assert answer.status == 401
+    assert answer.header("www-authenticate") is not None
+
+
+def test_unknown_paths_methods_and_uids(tmp_path: Path) -> None:
+    web = context(tmp_path)
+    answer, _ = ask(web, "GET", "/dicom-web/nothing-here")
+    assert (answer.status, answer.body) == (404, b"no such resource\n")
+    answer, _ = ask(web, "GET", "/")
+    assert answer.status == 404  # no viewer configured
+    answer, _ = ask(web, "DELETE", "/dicom-web/studies")
+    assert answer.status == 405
+    assert set(answer.header("allow").split(", ")) >= {"GET", "POST"}
+    answer, _ = ask(web, "GET", "/dicom-web/studies/1.2.x/metadata")
+    assert answer.status == 400
+    assert answer.body == b"'1.2.x' is not a UID: it holds characters other than digits and dots\n"
+    path = f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{INSTANCE}/frames/0/rendered"
+    answer, _ = ask(web, "GET", path)
+    assert (answer.status, answer.body) == (400, b"'0' is not a frame number\n")
+
+
+def test_cors_names_configured_origins_only(tmp_path: Path) -> None:
+    web = context(tmp_path, cors_origins=frozenset({"https://viewer.example"}))
+    answer, _ = ask(web, "GET", "/dicom-web/nothing", {"Origin": "https://viewer.example"})
+    assert answer.header("access-control-allow-origin") == "https://viewer.example"
+    assert answer.header("vary") == "Origin"
+    answer, _ = ask(web, "GET", "/dicom-web/nothing", {"Origin": "https://evil.example"})
+    assert answer.header("access-control-allow-origin") is None
+    answer, _ = ask(web, "GET", "/dicom-web/nothing")
+    assert answer.header("access-control-allow-origin") is None
+
+
+def test_preflight_is_answered_without_credentials(secured: WebContext) -> None:
+    web = replace(secured, cors_origins=frozenset({"https://viewer.example"}))
+    asking = {
+        "Origin": "https://viewer.example",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization, accept",
+    }
+    answer, _ = ask(web, "OPTIONS", "/dicom-web/studies", asking)
+    assert answer.status == 204
+    assert answer.header("access-control-allow-origin") == "https://viewer.example"
+    assert "Authorization" in answer.header("access-control-allow-headers")
+    assert "POST" in answer.header("access-control-allow-methods")
+    answer, _ = ask(web, "OPTIONS", "/dicom-web/studies", {**asking, "Origin": "https://evil"})
+    assert answer.status == 403
+    assert answer.header("access-control-allow-origin") is None
+
+
+def test_any_origin(tmp_path: Path) -> None:
+    web = context(tmp_path, cors_origins=frozenset({"*"}))
+    answer, _ = ask(web, "GET", "/dicom-web/nothing", {"Origin": "https://anywhere.example"})
+    assert answer.header("access-control-allow-origin") == "*"
+
+
+def test_a_body_past_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    web = context(tmp_path, max_stow_length=1000)
+    site = web_site(web, None, timeout=60)
+    address = IPv4Address("TCP", "10.0.0.7", 40000)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000000\r\n\r\n"
+    )
+    answer = Answer(transport.value())
+    assert answer.status == 413
+    assert transport.disconnecting
+    channel.dataReceived(b"x" * 100_000)  # what was already on its way is dropped
+
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    for _ in range(3):
+        channel.dataReceived(b"190\r\n" + b"y" * 400 + b"\r\n")
+    answer = Answer(transport.value())
+    assert answer.status == 413
+    assert transport.disconnecting
+
+
+# The parsers of Accept and Authorization: bytes from anyone
+
+
+def test_accept_orders_by_quality_then_specificity_then_order() -> None:
+    ranges = parse_accept(
+        [
+            b'*/*;q=0.1, application/json;q=0.5, multipart/related; type="application/dicom";'
+            b" transfer-syntax=*, application/dicom+json, text/html;q=0"
+        ]
+    )
+    assert [(r.media_type, dict(r.parameters), r.quality) for r in ranges] == [
+        ("multipart/related", {"type": "application/dicom", "transfer-syntax": "*"}, 1.0),
+        ("application/dicom+json", {}, 1.0),
+        ("application/json", {}, 0.5),
+        ("*/*", {}, 0.1),
+    ]
+
+
+def test_accept_matching_with_parameters() -> None:
+    wanted = parse_media_range('multipart/related; type="Application/DICOM"')
+    assert wanted is not None
+    stored = parse_media_range(
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+    )
+    assert stored is not None and wanted.matches(stored)
+    octets = parse_media_range('multipart/related; type="application/octet-stream"')
+    assert octets is not None and not wanted.matches(octets)
+    exact = parse_media_range("multipart/related; transfer-syntax=1.2.840.10008.1.2.1")
+    assert exact is not None and not exact.matches(stored)
+
+
+@pytest.mark.parametrize(
+    ("accept", "chosen"),
+    [
+        (None, "application/dicom+json"),
+        (b"application/json", "application/json"),
+        (b"application/*;q=0.2, application/json;q=0.9", "application/json"),
+        (b"*/*", "application/dicom+json"),
+    ],
+)
+def test_choose(accept: bytes | None, chosen: str) -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([b""])
+    if accept is not None:
+        request.requestHeaders.setRawHeaders(b"accept", [accept])
+    assert choose(request, ["application/dicom+json", "application/json"]) == chosen
+
+
+def test_choose_refuses_with_406() -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([b""])
+    request.requestHeaders.setRawHeaders(b"accept", [b"image/png, text/*;q=0.5"])
+    with pytest.raises(WebError) as refused:
+        choose(request, ["application/dicom+json"])
+    assert refused.value.status == 406
+
+
+@given(st.lists(st.binary(max_size=300), max_size=4))
+def test_any_accept_header_parses_within_bounds(values: list[bytes]) -> None:
+    ranges = parse_accept(values)
+    assert len(ranges) <= MOST_RANGES
+    assert all(0 < r.quality <= 1 for r in ranges)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "application/dicom+json",
+                "*/*",
+                "multipart/related",
+                'type="application/dicom"',
+                "transfer-syntax=*",
+                "q=0.5",
+                "q=2",
+                ";",
+                ",",
+                '"',
+                "\\",
+                " ",
+                "=",
+            ]
+        ),
+        max_size=30,
+    )
+)
+def test_accept_made_of_its_own_pieces_never_fails(pieces: list[str]) -> None:
+    for found in parse_accept(["".join(pieces).encode()]):
+        assert found.type and found.subtype
+
+
+@given(st.binary(max_size=400))
+def test_any_authorization_header_is_an_identity_or_a_401(value: bytes) -> None:
+    try:
+        identity = parse_authorization(value)
+    except WebError as refused:
+        assert refused.status == 401
+        assert refused.headers["WWW-Authenticate"]
+    else:
+        assert identity.identity_type in (2, 5)
+
+
+@given(st.text(max_size=40).filter(lambda n: ":" not in n), st.binary(max_size=40))
+def test_basic_credentials_round_trip(name: str, passcode: bytes) -> None:
+    value = b"Basic " + base64.b64encode(name.encode() + b":" + passcode)
+    assert parse_authorization(value) == UserIdentity(2, False, name.encode(), passcode)
+
+
+def test_an_overlong_authorization_is_refused_unread() -> None:
+    with pytest.raises(WebError):
+        parse_authorization(b"Bearer " + b"a" * 100_000)
