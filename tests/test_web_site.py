@@ -181,7 +181,9 @@ def test_each_route_asks_for_credentials_when_none_or_wrong_ones_are_given(
 
 def test_a_user_the_rules_allow_gets_past_authorization(secured: WebContext) -> None:
     """Past the rules, the service module answers: whatever it says, it is not 401 or 403."""
-    answer, _ = ask(secured, "GET", "/dicom-web/studies", {"Authorization": basic("alice", "s3cret")})
+    answer, _ = ask(
+        secured, "GET", "/dicom-web/studies", {"Authorization": basic("alice", "s3cret")}
+    )
     assert answer.status not in (401, 403), answer.body
     answer, _ = ask(secured, "GET", "/dicom-web/studies", {"Authorization": token("alice")})
     assert answer.status not in (401, 403), answer.body

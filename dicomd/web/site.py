@@ -113,15 +113,7 @@ class WebSite:
     async def retrieve_instance(
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str
     ) -> Any:
-        return await self._serve(
-            request,
-            RETRIEVE,
-            "wado",
-            "retrieve",
-            uid(study_uid),
-            uid(series_uid),
-            uid(instance_uid),
-        )
+        return await self._instance(request, "retrieve", study_uid, series_uid, instance_uid)
 
     @app.route(STUDY + "/metadata", methods=["GET"])
     async def study_metadata(self, request: IRequest, study_uid: str) -> Any:
@@ -137,15 +129,7 @@ class WebSite:
     async def instance_metadata(
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str
     ) -> Any:
-        return await self._serve(
-            request,
-            RETRIEVE,
-            "wado",
-            "metadata",
-            uid(study_uid),
-            uid(series_uid),
-            uid(instance_uid),
-        )
+        return await self._instance(request, "metadata", study_uid, series_uid, instance_uid)
 
     @app.route(
         INSTANCE + "/frames/<frame_list>",
@@ -154,15 +138,8 @@ class WebSite:
     async def frames(
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str, frame_list: str
     ) -> Any:
-        return await self._serve(
-            request,
-            RETRIEVE,
-            "wado",
-            "frames",
-            uid(study_uid),
-            uid(series_uid),
-            uid(instance_uid),
-            frame_list,
+        return await self._instance(
+            request, "frames", study_uid, series_uid, instance_uid, frame_list
         )
 
     @app.route(
@@ -172,22 +149,17 @@ class WebSite:
     async def bulkdata(
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str, tag_path: str
     ) -> Any:
-        return await self._serve(
-            request,
-            RETRIEVE,
-            "wado",
-            "bulkdata",
-            uid(study_uid),
-            uid(series_uid),
-            uid(instance_uid),
-            tag_path,
+        return await self._instance(
+            request, "bulkdata", study_uid, series_uid, instance_uid, tag_path
         )
 
     @app.route(INSTANCE + "/" + IMAGE_KIND, methods=["GET"])
     async def rendered_instance(
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str, kind: str
     ) -> Any:
-        return await self._rendered(request, study_uid, series_uid, instance_uid, None, kind)
+        return await self._instance(
+            request, "rendered", study_uid, series_uid, instance_uid, None, kind == "thumbnail"
+        )
 
     @app.route(
         INSTANCE + "/frames/<frame>/" + IMAGE_KIND,
@@ -202,8 +174,14 @@ class WebSite:
         frame: str,
         kind: str,
     ) -> Any:
-        return await self._rendered(
-            request, study_uid, series_uid, instance_uid, frame_number(frame), kind
+        return await self._instance(
+            request,
+            "rendered",
+            study_uid,
+            series_uid,
+            instance_uid,
+            frame_number(frame),
+            kind == "thumbnail",
         )
 
     # STOW-RS (PS3.18 10.5)
@@ -286,25 +264,25 @@ class WebSite:
         who = f"user {user.name!r}" if user.name is not None else "an anonymous client"
         raise WebError(HTTPStatus.FORBIDDEN, f"{who} may not {operation}")
 
-    async def _rendered(
+    async def _instance(
         self,
         request: IRequest,
+        function: str,
         study_uid: str,
         series_uid: str,
         instance_uid: str,
-        frame: int | None,
-        kind: str,
+        *arguments: Any,
     ) -> Any:
+        """A WADO-RS route of one instance: its three UIDs checked, then ``function``."""
         return await self._serve(
             request,
             RETRIEVE,
             "wado",
-            "rendered",
+            function,
             uid(study_uid),
             uid(series_uid),
             uid(instance_uid),
-            frame,
-            kind == "thumbnail",
+            *arguments,
         )
 
     def _mount(self, name: str, build: Callable[[Any], resource.IResource]) -> Any:
