@@ -86,6 +86,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
             "source_id": None,
             "enterprise_site": None,
         },
+        "web": None,
     }
 )
 _OPERATIONS: Final = ("echo", "store", "find", "move", "get")
@@ -100,6 +101,17 @@ _TLS_DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
 _JWT_DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
     {"secret": None, "public_key": None, "issuer": None, "audience": None, "algorithms": None}
 )
+_WEB_DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "listen": "tcp:8042",
+        "viewer": None,
+        "cors_origins": [],
+        "max_stow_length": 1073741824,
+    }
+)
+"""The ``web:`` section's keys, for a section that is there (the whole section is off by
+default, and on in ``conf/scp.yaml``)."""
+MAX_STOW_LENGTH_RANGE: Final = (1 << 20, 1 << 40)
 _CLIENT_CERTIFICATE_MODES: Final = ("none", "optional", "required")
 _RELATIONAL_MODES: Final = ("never", "negotiated", "always")
 
@@ -268,6 +280,19 @@ class Audit:
 
 
 @dataclass(frozen=True, slots=True)
+class Web:
+    """The HTTP listener: DICOMweb under ``/dicom-web``, ``/metrics``, the viewer at ``/``."""
+
+    listen: str = "tcp:8042"
+    viewer: Path | None = None
+    """The folder of the OHIF viewer's files (``dist/``), or None for no viewer."""
+    cors_origins: frozenset[str] = frozenset()
+    """Origins (``https://host[:port]``) whose pages may read the answers; ``*`` for any."""
+    max_stow_length: int = 1073741824
+    """Bytes of a request body (a STOW-RS) past which it is refused, 413."""
+
+
+@dataclass(frozen=True, slots=True)
 class Plugin:
     """A plugin as the file names it: the dotted name of a callable and its keyword arguments.
 
@@ -305,6 +330,8 @@ class Config:
     """The S3-compatible server of ``storage_url``, when it is not AWS."""
     index_url: str | None = None
     """The PostgreSQL database of the index, instead of SQLite under ``storage_path``."""
+    web: Web | None = None
+    """The HTTP listener, None (the section left out) for none."""
 
 
 def default_config() -> Config:
@@ -361,10 +388,11 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     if endpoint_url is not None and storage_url is None:
         raise ConfigError("storage.endpoint_url", "is for object storage: set storage.url too")
     retrieve = _retrieve(settings["retrieve"])
+    workers = _workers(settings["workers"], settings["listen"])
     return Config(
         ae_title=_ae_title(settings["ae_title"], "ae_title"),
         listen=_server_endpoint(settings["listen"], "listen"),
-        workers=_workers(settings["workers"], settings["listen"]),
+        workers=workers,
         storage_path=storage_path,
         storage_url=storage_url,
         storage_endpoint_url=endpoint_url,
@@ -433,7 +461,64 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         authorization=_authorization(settings["authorization"], "authorization"),
         audit=_audit(settings["audit"]),
         query_retrieve=_query_retrieve(settings["query_retrieve"]),
+        web=_web(settings["web"], settings["listen"], workers),
     )
+
+
+def _web(value: object, listen: object, workers: int) -> Web | None:
+    """The ``web:`` section: None when it is left out (or ``~``)."""
+    if value is None:
+        return None
+    fields = _with_defaults(value, "web", _WEB_DEFAULTS)
+    web_listen = _server_endpoint(fields["listen"], "web.listen")
+    if web_listen == listen:
+        raise ConfigError("web.listen", f"{web_listen!r} is the DICOM listen endpoint too")
+    if workers > 1 and not web_listen.lower().startswith(("tcp:", "tcp6:")):
+        raise ConfigError(
+            "web.listen",
+            f"{workers} workers share a tcp: or tcp6: endpoint, not {web_listen!r}"
+            " (or set workers: 1)",
+        )
+    viewer = fields["viewer"]
+    return Web(
+        listen=web_listen,
+        viewer=None if viewer is None else _existing_folder(viewer, "web.viewer"),
+        cors_origins=_origins(fields["cors_origins"], "web.cors_origins"),
+        max_stow_length=_integer(
+            fields["max_stow_length"], "web.max_stow_length", MAX_STOW_LENGTH_RANGE
+        ),
+    )
+
+
+def _origins(value: object, key: str) -> frozenset[str]:
+    """``"*"`` (any origin), or a list of origins as browsers send them: ``scheme://host``
+    with an optional port, nothing after it; each in lower case."""
+    if value == "*":
+        return frozenset({"*"})
+    origins = set()
+    for index, entry in enumerate(_list(value, key)):
+        entry_key = f"{key}[{index}]"
+        origin = _text(entry, entry_key)
+        if origin == "*":
+            origins.add(origin)
+            continue
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username is not None
+            or parts.password is not None
+            or origin.rstrip("/").lower() != f"{parts.scheme}://{parts.netloc}".lower()
+        ):
+            raise ConfigError(
+                entry_key, f"expected an origin like https://viewer.example:8443, got {origin!r}"
+            )
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port only when it is read)
+        except ValueError:
+            raise ConfigError(entry_key, f"{origin!r} has a port that is not a number") from None
+        origins.add(f"{parts.scheme}://{parts.netloc}".lower())
+    return frozenset(origins)
 
 
 def _query_retrieve(value: object) -> QueryRetrieve:
@@ -711,6 +796,13 @@ def _existing_file(value: object, key: str) -> Path:
     path = Path(_text(value, key))
     if not path.is_file():
         raise ConfigError(key, f"no such file: {path}")
+    return path
+
+
+def _existing_folder(value: object, key: str) -> Path:
+    path = Path(_text(value, key))
+    if not path.is_dir():
+        raise ConfigError(key, f"no such folder: {path}")
     return path
 
 

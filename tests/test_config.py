@@ -21,6 +21,7 @@ from zope.interface import Interface
 from dicomd.app import build_plugins, providing
 from dicomd.archive import ArchiveHandler, PrintHandler
 from dicomd.config import _DEFAULTS as EMBEDDED_DEFAULTS
+from dicomd.config import _WEB_DEFAULTS as EMBEDDED_WEB_DEFAULTS
 from dicomd.config import (
     TLS,
     Access,
@@ -32,6 +33,7 @@ from dicomd.config import (
     Plugin,
     Store,
     Timeouts,
+    Web,
     default_config,
     load_config,
     parse_config,
@@ -134,7 +136,11 @@ def test_no_file_means_the_defaults() -> None:
 
 
 def test_example_file_spells_out_every_key_with_its_default() -> None:
-    assert yaml.safe_load(EXAMPLE_FILE.read_text()) == thaw(EMBEDDED_DEFAULTS)
+    """Its one difference: the web section, off by default, is on in the example with the
+    defaults of its keys."""
+    example = yaml.safe_load(EXAMPLE_FILE.read_text())
+    assert example["web"] == thaw(EMBEDDED_WEB_DEFAULTS)
+    assert {**example, "web": None} == thaw(EMBEDDED_DEFAULTS)
 
 
 def test_contract_keys_keep_their_values() -> None:
@@ -143,14 +149,19 @@ def test_contract_keys_keep_their_values() -> None:
 
 
 def test_example_file_and_embedded_defaults_agree() -> None:
-    assert load_config(EXAMPLE_FILE) == default_config()
+    example = load_config(EXAMPLE_FILE)
+    assert dataclasses.replace(example, web=None) == default_config()
+    assert example.web == Web() == parse_config({"web": {}}).web
     assert parse_config(CONTRACT) == default_config()
+    assert default_config().web is None
 
 
 def test_every_key_in_the_example_file_has_a_comment_above_it() -> None:
     lines = EXAMPLE_FILE.read_text().splitlines()
     keys = [n for n, line in enumerate(lines) if re.match(r"\s*[a-z_]+:", line)]
-    assert len(keys) == count_keys(thaw(EMBEDDED_DEFAULTS))
+    assert len(keys) == count_keys(thaw(EMBEDDED_DEFAULTS)) + count_keys(
+        thaw(EMBEDDED_WEB_DEFAULTS)
+    )
     for number in keys:
         assert lines[number - 1].lstrip().startswith("#"), lines[number]
 
@@ -252,7 +263,7 @@ def test_loading_a_config_neither_needs_nor_installs_the_global_reactor(
     )
     assert error_of({"listen": "tcp:abc"}).key == "listen"
 
-    assert config == default_config()
+    assert config.web == Web()
     assert "twisted.internet.reactor" not in sys.modules
     assert not hasattr(twisted.internet, "reactor")
 
@@ -501,6 +512,45 @@ MISTAKES = [
         "'not valid' cannot be a keyword argument",
     ),
     (["ae_title"], "(top level)", "expected a mapping, got ['ae_title']"),
+    ({"web": 8042}, "web", "expected a mapping, got 8042"),
+    (
+        {"web": {"listen": "tcp:11112"}},
+        "web.listen",
+        "'tcp:11112' is the DICOM listen endpoint too",
+    ),
+    (
+        {"web": {"listen": "http:80"}},
+        "web.listen",
+        "'http:80' is not a Twisted server endpoint: ValueError: Unknown endpoint type: 'http'",
+    ),
+    (
+        {"workers": 2, "web": {"listen": "unix:/run/dicomd.web"}},
+        "web.listen",
+        "2 workers share a tcp: or tcp6: endpoint, not 'unix:/run/dicomd.web' (or set workers: 1)",
+    ),
+    ({"web": {"viewer": "/no/such/viewer"}}, "web.viewer", "no such folder: /no/such/viewer"),
+    ({"web": {"cors_origins": "any"}}, "web.cors_origins", "expected a list, got 'any'"),
+    (
+        {"web": {"cors_origins": ["https://viewer.example/app"]}},
+        "web.cors_origins[0]",
+        "expected an origin like https://viewer.example:8443, got 'https://viewer.example/app'",
+    ),
+    (
+        {"web": {"cors_origins": ["https://user:pw@viewer.example"]}},
+        "web.cors_origins[0]",
+        "expected an origin like https://viewer.example:8443, got 'https://user:pw@viewer.example'",
+    ),
+    (
+        {"web": {"cors_origins": ["https://viewer.example:port"]}},
+        "web.cors_origins[0]",
+        "'https://viewer.example:port' has a port that is not a number",
+    ),
+    (
+        {"web": {"max_stow_length": 1000}},
+        "web.max_stow_length",
+        "must be from 1048576 to 1099511627776, got 1000",
+    ),
+    ({"web": {"max_stow_length": "1G"}}, "web.max_stow_length", "expected an integer, got '1G'"),
 ]
 
 
@@ -519,6 +569,7 @@ UNKNOWN_KEYS = [
     ({"access": {"calling_ae": []}}, "access.calling_ae"),
     ({"store": {"accept_unknown": True}}, "store.accept_unknown"),
     ({"plugins": [{"plugin": "a.b.C", "option": {}}]}, "plugins[0].option"),
+    ({"web": {"port": 8042}}, "web.port"),
 ]
 
 
@@ -527,6 +578,15 @@ def test_unknown_keys_are_refused_at_every_level(data: Any, key: str) -> None:
     error = error_of(data)
     assert error.key == key
     assert error.problem.startswith("unknown key (expected one of: ")
+
+
+def test_web_origins_are_kept_as_browsers_send_them() -> None:
+    web = parse_config(
+        {"web": {"cors_origins": ["HTTPS://Viewer.Example:8443", "http://[::1]:3000/"]}}
+    ).web
+    assert web is not None
+    assert web.cors_origins == {"https://viewer.example:8443", "http://[::1]:3000"}
+    assert parse_config({"web": {"cors_origins": "*"}}).web == Web(cors_origins=frozenset("*"))
 
 
 def test_unknown_key_lists_the_known_ones() -> None:
