@@ -198,7 +198,9 @@ def test_two_nodes_receiving_the_same_instances_at_once_keep_one_copy_of_each(
     responses = send_at_once(
         [(nodes[0], [s.path for s in first]), (nodes[1], [s.path for s in second])], tmp_path
     )
-    answers = {uid: [responses[n].get(f"{uid}.dcm") for n in range(2)] for uid in copies[0]}
+    names = {s.path.name for s in first}
+    assert [set(answered) for answered in responses] == [names, names]
+    answers = {uid: [responses[n][f"{uid}.dcm"] for n in range(2)] for uid in copies[0]}
     expected = sorted([SUCCESS, DUPLICATE_ANSWERS[policy]])
     assert {uid: sorted(pair) for uid, pair in answers.items()} == dict.fromkeys(answers, expected)
     rows = archive.rows()
