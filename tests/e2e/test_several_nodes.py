@@ -26,6 +26,7 @@ from tests.support.datasets import dataset_bytes, split_part10
 from tests.support.dcmtk import DcmtkPeer
 from tests.support.nodes import (
     DESTINATION,
+    SENDER_TIMEOUT,
     Sent,
     SharedArchive,
     assert_clean_logs,
@@ -77,9 +78,12 @@ def fleet(
     by a storescu of its own, the three at once."""
     folder = tmp_path_factory.mktemp("fleet")
     archive = SharedArchive.create(pg_cluster, moto, "fleet")
+    nodes = []
     for number in range(NODES):
-        node = archive.start_node(folder / f"node{number}", destinations=destinations(storescp))
-        module_daemons.append(node)
+        nodes.append(
+            archive.start_node(folder / f"node{number}", destinations=destinations(storescp))
+        )
+        module_daemons.append(nodes[-1])
     sent = ct_small_copies(
         folder / "sent",
         studies=STUDIES,
@@ -88,8 +92,8 @@ def fleet(
         parts=NODES,
     )
     parts = [part(sent, number) for number in range(NODES)]
-    responses = send_at_once(list(zip(module_daemons, parts, strict=True)), folder)
-    return Fleet(archive, list(module_daemons), sent, responses)
+    responses = send_at_once(list(zip(nodes, parts, strict=True)), folder)
+    return Fleet(archive, nodes, sent, responses)
 
 
 def send_at_once(
@@ -103,7 +107,7 @@ def send_at_once(
         node, files = sends[number]
         with outputs[number].open("w") as output:
             sender = start_storescu(node, files, output)
-            sender.wait(120)
+            sender.wait(SENDER_TIMEOUT)
         return store_responses(outputs[number].read_text())
 
     with ThreadPoolExecutor(len(sends)) as senders:
