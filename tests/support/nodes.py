@@ -231,7 +231,12 @@ def start_storescu(
     )
 
 
-DCMTK_STATUS_NAMES: Final = {"Success": 0x0000, "Warning: CoercionOfDataElements": 0xB000}
+DCMTK_STATUS_NAMES: Final = {
+    "Success": 0x0000,
+    "Warning: CoercionOfDataElements": 0xB000,
+    "Refused: OutOfResources": 0xA700,
+    "Error: CannotUnderstand": 0xC000,
+}
 """What storescu ``-v`` prints for the statuses it names; others it prints as "Unknown
 Status: 0x111"."""
 
