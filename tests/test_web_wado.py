@@ -291,6 +291,7 @@ def test_a_study_of_several_series_answers_each_instance_once(tmp_path: Path) ->
     [
         f"{DICOM_PARTS}; transfer-syntax=*",
         f"{DICOM_PARTS}; transfer-syntax=1.2.840.10008.1.2.4.50",
+        "multipart/related; type=application/dicom; transfer-syntax=*",  # unquoted, as viewers send
         "multipart/related",
         "*/*",
         None,

@@ -30,8 +30,8 @@ MOST_LENGTH: Final = 8192
 
 _TOKEN: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _RANGE: Final = re.compile(rf"\s*({_TOKEN})/({_TOKEN})\s*")
-_PARAMETER: Final = re.compile(
-    rf"\s*;\s*({_TOKEN})\s*=\s*(?:({_TOKEN})|\"((?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)\")\s*"
+_PARAMETER: Final = re.compile(  # a bare type=application/dicom too: viewers send it unquoted
+    rf"\s*;\s*({_TOKEN})\s*=\s*(?:({_TOKEN}(?:/{_TOKEN})?)|\"((?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)\")\s*"
 )
 _QUALITY: Final = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
 _QUOTED_PAIR: Final = re.compile(r"\\(.)")
