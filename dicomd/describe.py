@@ -132,10 +132,16 @@ def describe_rejection(result: int, source: int, reason: int) -> str:
 
     ``called AE title not recognized (permanent, service user, reason 7)``
     """
-    meaning = _REJECT_REASONS.get((source, reason), "reserved reason")
+    meaning = rejection_reason(source, reason)
     result_text = _REJECT_RESULTS.get(result, f"result {result}")
     source_text = _REJECT_SOURCES.get(source, f"source {source}")
     return f"{meaning} ({result_text}, {source_text}, reason {reason})"
+
+
+def rejection_reason(source: int, reason: int) -> str:
+    """The reason of an A-ASSOCIATE-RJ from ``source`` as PS3.8 names it: ``local limit
+    exceeded``."""
+    return _REJECT_REASONS.get((source, reason), "reserved reason")
 
 
 _ABORT_REASONS: Final = {

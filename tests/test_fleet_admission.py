@@ -16,22 +16,28 @@ from dicomd.fleet.admission import (
     SharedTurns,
 )
 from dicomd.interfaces import ACCEPT, AssociationRequest, Rejection
-from dicomd.node.factory import AssociationLimits
+from dicomd.node.factory import AssociationLimits, PassedLimit
 
 LIMITS = AssociationLimits(total=4, per_host=2, per_calling_ae=3)
 
 
 def test_each_limit_counts_every_workers_associations() -> None:
     book = Admissions(LIMITS)
-    assert book.admit(1, "a", "10.0.0.1", "CT01") == ""
-    assert book.admit(2, "b", "10.0.0.1", "CT01") == ""
-    assert book.admit(1, "c", "10.0.0.1", "CT02") == "more than 2 associations from 10.0.0.1"
-    assert book.admit(2, "d", "10.0.0.2", "CT01") == ""
-    assert book.admit(1, "e", "10.0.0.3", "CT01") == "more than 3 associations for CT01"
-    assert book.admit(1, "f", "10.0.0.3", "CT03") == ""
-    assert book.admit(2, "g", "10.0.0.4", "CT04") == "more than 4 associations"
+    assert book.admit(1, "a", "10.0.0.1", "CT01") is None
+    assert book.admit(2, "b", "10.0.0.1", "CT01") is None
+    assert book.admit(1, "c", "10.0.0.1", "CT02") == PassedLimit(
+        "max_associations_per_host", "more than 2 associations from 10.0.0.1"
+    )
+    assert book.admit(2, "d", "10.0.0.2", "CT01") is None
+    assert book.admit(1, "e", "10.0.0.3", "CT01") == PassedLimit(
+        "max_associations_per_calling_ae", "more than 3 associations for CT01"
+    )
+    assert book.admit(1, "f", "10.0.0.3", "CT03") is None
+    assert book.admit(2, "g", "10.0.0.4", "CT04") == PassedLimit(
+        "max_associations", "more than 4 associations"
+    )
     book.leave(2, "b")
-    assert book.admit(2, "g", "10.0.0.4", "CT04") == ""
+    assert book.admit(2, "g", "10.0.0.4", "CT04") is None
 
 
 def test_a_worker_that_ends_frees_what_it_held() -> None:

@@ -26,6 +26,7 @@ LEAVES = {
     "dicomd.users",
     "dicomd.dictionary",
     "dicomd.dictionary_2024d",
+    "dicomd.metrics",
 }
 """Small modules of facts and values that any layer may use."""
 

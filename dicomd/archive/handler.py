@@ -88,6 +88,7 @@ from dicomd.interfaces import (
     ReceivedInstance,
     RetrieveItem,
 )
+from dicomd.metrics import IIndexSize
 from dicomd.part10 import INCOMING_FOLDER, ForwardReader, inflated_pieces, read_header_from
 from dicomd.uids import (
     ALL_TRANSFER_SYNTAXES,
@@ -173,7 +174,9 @@ class Reconciliation:
     """Copies a store of this node left without a row when it died (shared archives)."""
 
 
-@implementer(IStoreHandler, IReadsAttributes, IFindHandler, ISupportedKeys, IRetrieveSource)
+@implementer(
+    IStoreHandler, IReadsAttributes, IFindHandler, ISupportedKeys, IRetrieveSource, IIndexSize
+)
 class ArchiveHandler(Service):
     """Keeps received instances under ``path`` at their ``layout`` path, indexed in SQLite.
 
@@ -397,6 +400,10 @@ class ArchiveHandler(Service):
     def supported_keys(self, level: str) -> frozenset[str]:
         """The keys the index can match and return at ``level`` (for FF01 answers)."""
         return self.query.supported_keys(level)
+
+    def indexed_instances(self) -> Deferred[int]:
+        """How many instances the index holds (``/metrics``), counted in the query threads."""
+        return self._in_query_threads(self.query.count_instances)
 
     def _in_threads(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
         """``function`` in the stores' threads, as work in flight that stopping waits for."""

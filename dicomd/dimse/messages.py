@@ -216,6 +216,9 @@ class MessageAssembler:
             )
         self._command_length += len(data)
         if self._command_length > self.max_command_length:
+            from dicomd import metrics  # here: clients load prometheus-client only if so
+
+            metrics.limit_hit("max_command_length")
             raise AssemblyError(
                 f"command set on context {context_id} is longer than"
                 f" {self.max_command_length} bytes"

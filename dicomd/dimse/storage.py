@@ -172,6 +172,9 @@ def store_received(
     if received.error is not None:
         received.remove()
         return defer.succeed(_out_of_resources(received.error))
+    from dicomd import metrics  # here: a client loads prometheus-client once it receives
+
+    metrics.instance_received(received.size)
     instance = ReceivedInstance(
         calling_ae_title=calling_ae_title,
         called_ae_title=called_ae_title,

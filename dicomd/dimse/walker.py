@@ -354,8 +354,10 @@ class Inflater:
 
     def _check(self, consumed: int) -> None:
         if self._inflated > self.max_length:
+            _limit_hit("max_inflated_length")
             raise IncompleteDataSet(f"the deflated data set inflates past {self.max_length} bytes")
         if self._inflated > self.max_ratio * consumed + _RATIO_SLACK:
+            _limit_hit("max_inflation_ratio")
             raise IncompleteDataSet(
                 f"the deflated data set inflates more than {self.max_ratio} times"
             )
@@ -366,6 +368,12 @@ class Inflater:
         self._after_stream += len(data)
         if self._after_stream > _TRAILER:
             raise IncompleteDataSet(f"{self._after_stream} stray bytes after the deflate stream")
+
+
+def _limit_hit(limit: str) -> None:
+    from dicomd import metrics  # here: clients load prometheus-client only if so
+
+    metrics.limit_hit(limit)
 
 
 def checker_for(

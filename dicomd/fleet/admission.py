@@ -24,6 +24,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dicomd import metrics
 from dicomd.interfaces import (
     ACCEPT,
     REJECT_LOCAL_LIMIT,
@@ -32,7 +33,7 @@ from dicomd.interfaces import (
     IAssociationValidator,
     Rejection,
 )
-from dicomd.node.factory import AssociationLimits, limit_passed
+from dicomd.node.factory import AssociationLimits, PassedLimit, limit_passed
 
 ADMIT_DEADLINE: Final = 10.0
 """Seconds a worker waits for the parent's decision on an association before it refuses it."""
@@ -46,7 +47,8 @@ class Admit(amp.Command):
         (b"host", amp.Unicode()),
         (b"calling", amp.Unicode()),
     ]
-    response = [(b"refusal", amp.Unicode())]  # noqa: RUF012
+    response = [(b"refusal", amp.Unicode()), (b"limit", amp.Unicode())]  # noqa: RUF012
+    """``limit``: the configuration key of the limit a refusal is for."""
 
 
 class Leave(amp.Command):
@@ -128,15 +130,15 @@ class Admissions:
         self.limits = limits
         self._held: dict[tuple[int, str], _Held] = {}
 
-    def admit(self, worker: int, key: str, host: str, calling: str) -> str:
-        """Admit and count the association, or say which limit it would pass ("" = admitted):
-        the rules of a daemon of one process (`limit_passed`)."""
+    def admit(self, worker: int, key: str, host: str, calling: str) -> PassedLimit | None:
+        """Admit and count the association (None), or say which limit it would pass: the
+        rules of a daemon of one process (`limit_passed`)."""
         held = [(h.host, h.calling) for h in self._held.values()]
         passed = limit_passed(self.limits, [*held, (host, calling)], host, calling)
         if passed is not None:
             return passed
         self._held[(worker, key)] = _Held(host, calling)
-        return ""
+        return None
 
     def leave(self, worker: int, key: str) -> None:
         self._held.pop((worker, key), None)
@@ -170,7 +172,10 @@ class AdmissionServer(amp.AMP):
 
     @Admit.responder
     def admit(self, key: str, host: str, calling: str) -> dict[str, str]:
-        return {"refusal": self.admissions.admit(self.worker, key, host, calling)}
+        passed = self.admissions.admit(self.worker, key, host, calling)
+        if passed is None:
+            return {"refusal": "", "limit": ""}
+        return {"refusal": passed.message, "limit": passed.limit}
 
     @Leave.responder
     def leave(self, key: str) -> dict[str, Any]:
@@ -217,6 +222,7 @@ class SharedLimit:
             self._deciding.discard(key)
             refusal = response["refusal"]
             if refusal:
+                metrics.limit_hit(response["limit"])
                 return _refused(refusal)
             if not still_connected:
                 self.control.callRemote(Leave, key=key)

@@ -19,13 +19,14 @@ from pydicom import Dataset
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from dicomd import uids
+from dicomd import metrics, uids
 from dicomd.dimse.association import (
     DEFAULT_MAX_DATA_LENGTH,
     Data,
     DataSink,
     DimseAssociation,
     DiscardSink,
+    Oversized,
     Request,
     Service,
     decode_in,
@@ -152,6 +153,8 @@ class Acceptor(DimseAssociation):
         self._identity_refusal: str | None = None
         self.description: AssociationRequest | None = None
         self.audit: AssociationAudit | None = None
+        self._arrivals: dict[int, float] = {}
+        """When each request being answered arrived (by message ID), for its duration."""
 
     async def read_query(self, request: Request) -> FindQuery:
         """The identifier of a C-FIND, C-MOVE or C-GET request as handlers see it.
@@ -167,14 +170,16 @@ class Acceptor(DimseAssociation):
         try:
             identifier = await decode_in(self, request.data or b"", request.context.transfer_syntax)
         except DataSetTooLarge as error:
-            raise self._too_large(request, str(error)) from None
+            raise self._too_large(request, str(error), "max_identifier_length") from None
         except DataSetError as error:
             raise QueryRefused(uids.Status.CANNOT_UNDERSTAND, str(error)) from None
         if self.audit is not None:
             self.audit.identifier_read(request, identifier)
         limit = self.settings.max_identifier_keys
         if count_keys(identifier, up_to=limit + 1) > limit:
-            raise self._too_large(request, f"an identifier of more than {limit} keys")
+            raise self._too_large(
+                request, f"an identifier of more than {limit} keys", "max_identifier_keys"
+            )
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if model in uids.QUERY_RETRIEVE_LEVELS and level not in uids.QUERY_RETRIEVE_LEVELS[model]:
             raise QueryRefused(
@@ -191,8 +196,9 @@ class Acceptor(DimseAssociation):
             relational=request.context.relational or self.settings.relational == "always",
         )
 
-    def _too_large(self, request: Request, problem: str) -> QueryRefused:
-        """An identifier past a limit of the node: one line in the log, A700 or A701."""
+    def _too_large(self, request: Request, problem: str, limit: str) -> QueryRefused:
+        """An identifier past the node's ``limit``: one line in the log, A700 or A701."""
+        metrics.limit_hit(limit)
         self.log.warn(
             "{peer_ae} at {peer} sent {problem}; refused",
             peer_ae=self.peer_ae_title,
@@ -202,6 +208,7 @@ class Acceptor(DimseAssociation):
         return QueryRefused(out_of_resources(request.command.command_field), problem)
 
     def service_for(self, context: AcceptedContext, command: Command) -> Service | None:
+        self._arrivals[command.message_id] = self.protocol.clock.seconds()
         service = self.settings.services.service_for(context.abstract_syntax)
         if service is None or command.command_field not in service.operations:
             return None
@@ -374,6 +381,8 @@ class Acceptor(DimseAssociation):
             user_information=info,
         )
         self.machine.associate_response(accept)
+        metrics.association_accepted()
+        self.ended.addBoth(_ended)
         if self.audit is not None:
             self.audit.accepted()
         self.log.info(
@@ -417,6 +426,9 @@ class Acceptor(DimseAssociation):
         )
         reject = AAssociateRJ(rejection.result, rejection.source, rejection.reason)
         self.machine.associate_response(reject)
+        metrics.association_rejected(
+            rejection.source, rejection.reason, identity=self._identity_refusal is not None
+        )
         if self.audit is not None:
             self.audit.rejected(
                 self._identity_refusal or rejection.message or "no reason given",
@@ -454,8 +466,21 @@ class Acceptor(DimseAssociation):
         self, request: Request, status: int, dataset: Data = None, **fields: object
     ) -> None:
         super().respond(request, status, dataset, **fields)
+        if status not in _PENDING:
+            self._operation_ended(request, status)
         if self.audit is not None:
             self.audit.responded(request, status, fields)
+
+    def _operation_ended(self, request: Request, status: int) -> None:
+        """The final answer to ``request`` went: count it, and how long it took."""
+        command = request.command
+        arrived = self._arrivals.pop(command.message_id, None)
+        service = _OPERATIONS.get(command.command_field)
+        if service is not None:
+            seconds = None if arrived is None else self.protocol.clock.seconds() - arrived
+            metrics.observe_operation(service, uids.status_category(status), seconds)
+        if isinstance(request.data, Oversized):
+            metrics.limit_hit("max_identifier_length")
 
     # The requestor-side confirmations never reach an acceptor.
     def associate_accepted(self, accept: AAssociateAC) -> None:
@@ -525,6 +550,14 @@ def count_keys(identifier: Dataset, up_to: int) -> int:
     ``up_to``: each one read costs, so counting stops there."""
     return sum(1 for _ in islice(identifier.iterall(), up_to))
 
+
+def _ended(result: object) -> object:
+    """An accepted association is over, however it ended."""
+    metrics.association_ended()
+    return result
+
+
+_PENDING: Final = frozenset({uids.Status.PENDING, uids.Status.PENDING_WARNING})
 
 _OPERATIONS: Final = {
     CommandField.C_ECHO_RQ: "echo",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dicomd import metrics
 from dicomd.interfaces import (
     ACCEPT,
     REJECT_LOCAL_LIMIT,
@@ -108,20 +109,35 @@ class ConcurrencyLimit:
             request.peer_host,
             request.calling_ae_title,
         )
-        return ACCEPT if passed is None else _over(passed)
+        if passed is None:
+            return ACCEPT
+        metrics.limit_hit(passed.limit)
+        return _over(passed.message)
+
+
+class PassedLimit(NamedTuple):
+    """The limit an association would go past: its configuration key, and why in words."""
+
+    limit: str
+    message: str
 
 
 def limit_passed(
     limits: AssociationLimits, held: Sequence[tuple[str, str]], host: str, calling: str
-) -> str | None:
+) -> PassedLimit | None:
     """The first of ``limits`` that the associations ``held`` (host, calling AE title), the
     one being decided among them, go past; None when they keep to all three."""
     if len(held) > limits.total:
-        return f"more than {limits.total} associations"
+        return PassedLimit("max_associations", f"more than {limits.total} associations")
     if sum(1 for peer, _ in held if peer == host) > limits.per_host:
-        return f"more than {limits.per_host} associations from {host}"
+        return PassedLimit(
+            "max_associations_per_host", f"more than {limits.per_host} associations from {host}"
+        )
     if sum(1 for _, title in held if title == calling) > limits.per_calling_ae:
-        return f"more than {limits.per_calling_ae} associations for {calling}"
+        return PassedLimit(
+            "max_associations_per_calling_ae",
+            f"more than {limits.per_calling_ae} associations for {calling}",
+        )
     return None
 
 

@@ -176,8 +176,12 @@ class UpperLayerProtocol(Protocol):
         if pdu_type in _FIXED_LENGTH_TYPES:
             return None if length == 4 else AbortReason.INVALID_PDU_PARAMETER_VALUE
         if pdu_type == PDUType.P_DATA_TF:
-            too_long = self.max_pdu_length and length > self.max_pdu_length
-            return AbortReason.INVALID_PDU_PARAMETER_VALUE if too_long else None
+            if self.max_pdu_length and length > self.max_pdu_length:
+                from dicomd import metrics  # here: clients load prometheus-client only if so
+
+                metrics.limit_hit("max_pdu_length")
+                return AbortReason.INVALID_PDU_PARAMETER_VALUE
+            return None
         if length > MAX_ASSOCIATE_PDU_LENGTH:
             return AbortReason.INVALID_PDU_PARAMETER_VALUE
         return None
