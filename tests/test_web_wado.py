@@ -471,6 +471,32 @@ def test_compressed_frames_go_in_their_syntax_media_type(node: Node) -> None:
     assert content == next(generate_frames(dcmread(JPEG).PixelData, number_of_frames=1))
 
 
+def test_compressed_frames_asked_for_as_octet_streams_of_any_syntax_go_as_stored(
+    node: Node,
+) -> None:
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+    answer = node.get(instance_url(JPEG) + "/frames/1", accept)
+
+    [(headers, content)] = answer.parts()
+    assert headers["content-type"] == (
+        "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50"
+    )
+    assert content == next(generate_frames(dcmread(JPEG).PixelData, number_of_frames=1))
+
+
+def test_compressed_frames_asked_for_as_native_octet_streams_are_decoded(node: Node) -> None:
+    answer = node.get(
+        instance_url(JPEG) + "/frames/1", 'multipart/related; type="application/octet-stream"'
+    )
+
+    [(headers, content)] = answer.parts()
+    assert (
+        headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    )
+    assert content == dcmread(JPEG).pixel_array.astype("<u1").tobytes()
+
+
 @pytest.mark.parametrize(
     ("frames", "status"),
     [("11", 404), ("1,2,99", 404), ("0", 400), ("1,,2", 400), ("x", 400), ("-1", 400)],

@@ -22,6 +22,7 @@ from pydicom import Dataset, dcmread
 from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
+from pydicom.pixels import pixel_array
 
 from dicomd import uids
 from dicomd.part10 import Part10Error, encapsulated_length
@@ -172,6 +173,27 @@ def read_frame(file: BinaryIO, pixels: Pixels, number: int) -> bytes:
     if len(data) < length:
         raise PixelsError(f"the file ends within frame {number}")
     return data
+
+
+def decoded_frame(file: BinaryIO, pixels: Pixels, number: int) -> bytes:
+    """Frame ``number`` (1-based) of an encapsulated instance decoded into native bytes,
+    little endian, each sample as Bits Allocated and Pixel Representation say (colour as
+    pydicom decodes it: RGB, interleaved).  Holds the interpreter lock while it decodes."""
+    count = pixels.number_of_frames
+    if not 1 <= number <= count:
+        raise IndexError(f"frame {number} is not in 1-{count}")
+    head = pixels.head
+    bits = int(head.get("BitsAllocated") or 8)
+    if bits not in (8, 16, 32):
+        raise PixelsError(f"frames of {bits} bits allocated are not decoded")
+    kind = "i" if int(head.get("PixelRepresentation") or 0) else "u"
+    file.seek(0)
+    try:
+        array = pixel_array(file, index=number - 1)
+    except Exception as error:  # pydicom and its plugins raise many types for bad streams
+        reason = " ".join(str(error).split())[:200]
+        raise PixelsError(f"frame {number} does not decode: {reason}") from None
+    return array.astype(f"<{kind}{bits // 8}", copy=False).tobytes()
 
 
 def pixels_of(path: Path) -> Pixels:

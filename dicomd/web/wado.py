@@ -32,7 +32,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from dicomd import uids
-from dicomd.dimse.transcode import DecompressionError, Decompressor
+from dicomd.dimse.transcode import DecompressionError, Decompressor, decodable
 from dicomd.interfaces import FindQuery, InvalidIdentifier, RetrieveItem
 from dicomd.part10 import PREAMBLE, file_meta
 from dicomd.web import metadata as dicom_json
@@ -41,7 +41,7 @@ from dicomd.web.accept import MediaRange, accepted, choose
 from dicomd.web.context import WebContext, user_of
 from dicomd.web.errors import WebError
 from dicomd.web.multipart import MultipartWriter
-from dicomd.web.pixels import Pixels, PixelsError, pixels_of, read_frame
+from dicomd.web.pixels import Pixels, PixelsError, decoded_frame, pixels_of, read_frame
 from dicomd.web.streaming import ClientGone, PacedBody, send_file
 
 log = Logger()
@@ -352,29 +352,46 @@ async def _one_instance(
     return (await _items(request, context, study, series, instance))[0]
 
 
-def _frame_media(request: Any, pixels: Pixels) -> tuple[str, str | None]:
-    """The media type the frames go out in and its transfer-syntax parameter: the stored
-    compressed syntax's type, or application/octet-stream for native pixels."""
+@dataclass(frozen=True, slots=True)
+class _FrameMedia:
+    """How frames go out: their media type and transfer syntax, and whether they are
+    decoded first (a compressed instance's frames asked for as native pixels)."""
+
+    part_type: str
+    transfer_syntax: str
+    decoded: bool = False
+
+
+def _frame_media(request: Any, pixels: Pixels) -> _FrameMedia:
+    """The stored compressed syntax's media type (PS3.18 Table 8.7.3-2) or
+    application/octet-stream for native pixels; for a compressed instance asked for as
+    application/octet-stream, its bitstreams as they are when any syntax will do
+    (``transfer-syntax=*``), else its frames decoded when a decoder reads them."""
     syntax = pixels.transfer_syntax
     if pixels.encapsulated:
         stored = FRAME_MEDIA_TYPES.get(syntax, OCTET_STREAM)
     else:
-        stored = OCTET_STREAM
-        syntax = uids.EXPLICIT_VR_LITTLE_ENDIAN
+        stored, syntax = OCTET_STREAM, uids.EXPLICIT_VR_LITTLE_ENDIAN
     for media in accepted(request):
+        part = _parts_of(media)
         asked = _asked_syntax(media)
-        if _parts_of(media) in (None, "*/*", stored.split("/")[0] + "/*", stored) and (
+        if part in (None, "*/*", stored.split("/")[0] + "/*", stored) and (
             asked in (None, syntax)
             or (not pixels.encapsulated and asked in uids.UNCOMPRESSED_SYNTAXES)
         ):
-            return stored, syntax
+            return _FrameMedia(stored, syntax)
+        if pixels.encapsulated and part in (OCTET_STREAM, "application/*"):
+            if media.parameters.get("transfer-syntax") == ANY_SYNTAX:
+                return _FrameMedia(OCTET_STREAM, syntax)
+            if asked in (None, uids.EXPLICIT_VR_LITTLE_ENDIAN) and decodable(syntax):
+                return _FrameMedia(OCTET_STREAM, uids.EXPLICIT_VR_LITTLE_ENDIAN, decoded=True)
     raise WebError(406, f"the frames of this instance are {stored}; transfer-syntax={syntax}")
 
 
 async def frames(
     request: Any, context: WebContext, study: str, series: str, instance: str, frame_list: str
 ) -> None:
-    """Frames of an instance, as stored, one part each."""
+    """Frames of an instance, one part each: as stored, or decoded (see `_frame_media`)."""
     try:
         numbers = frame_numbers(frame_list)
     except ValueError as error:
@@ -388,19 +405,20 @@ async def frames(
         beyond = [number for number in numbers if number > count]
         if beyond:
             raise WebError(404, f"frame {beyond[0]} is not in 1-{count}")
-        part_type, syntax = _frame_media(request, pixels)
-        writer = MultipartWriter(part_type, transfer_syntax=syntax)
+        media = _frame_media(request, pixels)
+        read = decoded_frame if media.decoded else read_frame
+        writer = MultipartWriter(media.part_type, transfer_syntax=media.transfer_syntax)
         request.setHeader(b"Content-Type", writer.content_type.encode("ascii"))
         body = PacedBody(request)
         try:
             with path.open("rb") as file:
                 for number in numbers:
-                    frame = await _in_thread(context, read_frame, file, pixels, number)
+                    frame = await _in_thread(context, read, file, pixels, number)
                     await body.write(writer.part_header(len(frame)) + frame + writer.part_end())
             await body.write(writer.close())
         except ClientGone:
             return
-        except (OSError, PixelsError) as error:
+        except (OSError, PixelsError, DecompressionError) as error:
             log.warn("WADO-RS: frames cut short: {error}", error=str(error))
             await _abort(request)
         finally:
