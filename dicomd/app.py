@@ -15,7 +15,8 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from types import MappingProxyType
+from typing import Any, Final, NoReturn, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -58,6 +59,8 @@ from dicomd.node.validation import AccessValidator
 from dicomd.part10 import INCOMING_FOLDER
 from dicomd.scu.destinations import KnownDestinations, TurnsFor
 from dicomd.ul.tls import Identity, TLSFileError, client_options, server_options
+from dicomd.web.context import StoreSettings, WebContext
+from dicomd.web.site import web_site
 
 _Listener = TypeVar("_Listener", bound=StreamServerEndpointService)
 
@@ -96,7 +99,7 @@ def node_factory(
     """
     access = config.access
     authorizer = _authorizer(config, plugins)
-    checkers = (*authenticators(config), *providing(plugins, IAuthenticator))
+    checkers = identity_checkers(config, plugins)
     if config.authentication.required and not checkers:
         raise ConfigError(
             "authentication.required",
@@ -156,7 +159,8 @@ def service_tree(
     turns_for: TurnsFor | None = None,
 ) -> MultiService:
     """The node as a service: plugins that are services (the archive opens its index) start
-    before the listener, which is named ``dicom``; a `LagMonitor` reports reactor stalls.
+    before the listener, which is named ``dicom``, and the HTTP listener of the ``web:``
+    section, named ``web``; a `LagMonitor` reports reactor stalls.
 
     ``listener`` makes the listening service from the endpoint and the factory; ``root``
     is the service the tree is built into (a new `MultiService` by default);
@@ -176,6 +180,15 @@ def service_tree(
     service = listener(endpoint, with_tls(config, factory))
     service.setName("dicom")
     service.setServiceParent(root)
+    if config.web is not None:
+        site = web_site(
+            web_context(config, plugins, reactor, audited=trail.enabled),
+            config.web.viewer,
+            timeout=config.timeouts.network_idle,
+        )
+        web = listener(endpoints.serverFromString(reactor, config.web.listen), site)
+        web.setName("web")
+        web.setServiceParent(root)
     StartupFrozen().setServiceParent(root)  # last: everything the start made is frozen
     return root
 
@@ -233,6 +246,42 @@ def _authorizer(config: Config, plugins: Sequence[object]) -> Any:
     return RulesAuthorizer([Rule(rule.peers, rule.may) for rule in config.authorization])
 
 
+def web_context(
+    config: Config, plugins: Sequence[object], reactor: Any, *, audited: bool = False
+) -> WebContext:
+    """What the DICOMweb routes see of the node: its plugins, authenticators and rules, as
+    its associations see them.  ``config.web`` must be set."""
+    web = config.web
+    assert web is not None
+    sources = providing(plugins, IRetrieveSource)
+    return WebContext(
+        ae_title=config.ae_title,
+        find_handlers=tuple(providing(plugins, IFindHandler)),
+        retrieve_source=sources[0] if sources else None,  # type: ignore[arg-type]
+        store_handlers=tuple(providing(plugins, IStoreHandler)),  # type: ignore[arg-type]
+        incoming=config.storage_path / INCOMING_FOLDER,
+        reactor=reactor,
+        base_url=None,
+        max_stow_length=web.max_stow_length,
+        store_settings=StoreSettings(
+            config.transfer_syntaxes,
+            inflation_limits(config),
+            config.store.accept_unknown_sop_classes,
+            audited,
+        ),
+        authenticators=identity_checkers(config, plugins),  # type: ignore[arg-type]
+        identity_required=config.authentication.required,
+        authorizer=_authorizer(config, plugins),
+        cors_origins=web.cors_origins,
+        decompressor=decompressor(config, reactor) if config.retrieve.decompress else None,
+    )
+
+
+def identity_checkers(config: Config, plugins: Sequence[object]) -> tuple[object, ...]:
+    """Who checks a user identity, asked in turn: the built-in authenticators, then plugins."""
+    return (*authenticators(config), *providing(plugins, IAuthenticator))
+
+
 def authenticators(config: Config) -> list[object]:
     """The built-in authenticators the ``authentication:`` section asks for."""
     found: list[object] = []
@@ -266,11 +315,16 @@ def with_tls(config: Config, factory: DicomServerFactory) -> ServerFactory:
     return TLSMemoryBIOFactory(options, False, factory)
 
 
-def stop_on_listen_failure(error: CannotListenError) -> NoReturn:
-    """A port that cannot be had stops the daemon with one line, like a bad config."""
+LISTEN_KEYS: Final = MappingProxyType({"dicom": "listen", "web": "web.listen"})
+"""The configuration key of each listening service, by its name in the service tree."""
+
+
+def stop_on_listen_failure(error: CannotListenError, key: str = "listen") -> NoReturn:
+    """A port that cannot be had stops the daemon with one line naming its ``key``, like a
+    bad config."""
     where = f"{error.interface or '*'}:{error.port}"
     reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-    sys.stderr.write(f"dicomd: listen: cannot listen on {where}: {reason}\n")
+    sys.stderr.write(f"dicomd: {key}: cannot listen on {where}: {reason}\n")
     raise SystemExit(1) from None
 
 
@@ -307,14 +361,11 @@ def services(
     store_handlers = providing(plugins, IStoreHandler)
     storage = None
     if store_handlers:
-        inflation = InflationLimits(
-            config.limits.max_inflated_length, config.limits.max_inflation_ratio
-        )
         storage = StorageService(
             config.storage_path,
             store_handlers,
             config.transfer_syntaxes,
-            inflation,
+            inflation_limits(config),
             audited=audited,
         )
         found.append(storage)
@@ -328,15 +379,26 @@ def services(
             identity,
             **({"turns_for": turns_for} if turns_for is not None else {}),
         )
-        decompressor = Decompressor(
-            config.storage_path / INCOMING_FOLDER, config.retrieve.decoder_processes
-        )
-        if IReactorCore.providedBy(clock):
-            clock.addSystemEventTrigger("before", "shutdown", decompressor.close)
-        found.append(MoveService(sources[0], destinations, decompressor))
-        found.append(GetService(sources[0], decompressor if config.retrieve.decompress else None))
+        decoding = decompressor(config, clock)
+        found.append(MoveService(sources[0], destinations, decoding))
+        found.append(GetService(sources[0], decoding if config.retrieve.decompress else None))
     fallback = storage if config.store.accept_unknown_sop_classes else None
     return ServiceRegistry(found, config.transfer_syntaxes, fallback)
+
+
+def inflation_limits(config: Config) -> InflationLimits:
+    """How far a deflated data set may inflate as it is received (C-STORE and STOW-RS)."""
+    return InflationLimits(config.limits.max_inflated_length, config.limits.max_inflation_ratio)
+
+
+def decompressor(config: Config, clock: IReactorTime) -> Decompressor:
+    """Decoder processes for sending compressed instances decompressed; they end at shutdown."""
+    decoding = Decompressor(
+        config.storage_path / INCOMING_FOLDER, config.retrieve.decoder_processes
+    )
+    if IReactorCore.providedBy(clock):
+        clock.addSystemEventTrigger("before", "shutdown", decoding.close)
+    return decoding
 
 
 def client_settings(config: Config) -> Callable[[str], ClientSettings]:

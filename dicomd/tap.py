@@ -27,7 +27,8 @@ class Options(usage.Options):
             "config",
             "c",
             None,
-            "YAML configuration file; without it, the built-in defaults (as in conf/scp.yaml).",
+            "YAML configuration file; without it, the built-in defaults"
+            " (as in conf/scp.yaml, but with no web: listener).",
         ],
     ]
 
@@ -75,7 +76,8 @@ class _Node(MultiService):
 
 
 class _Listener(StreamServerEndpointService):
-    """The listening port; one that cannot be had stops twistd with one line, like a bad config."""
+    """A listening port (``dicom`` or ``web``); one that cannot be had stops twistd with one
+    line naming its key, like a bad config."""
 
     _raiseSynchronously = True
 
@@ -83,4 +85,4 @@ class _Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as error:
-            app.stop_on_listen_failure(error)
+            app.stop_on_listen_failure(error, app.LISTEN_KEYS[self.name])

@@ -431,3 +431,35 @@ def test_basic_credentials_round_trip(name: str, passcode: bytes) -> None:
 def test_an_overlong_authorization_is_refused_unread() -> None:
     with pytest.raises(WebError):
         parse_authorization(b"Bearer " + b"a" * 100_000)
+
+
+# The listener in the node's service tree
+
+
+def test_the_node_listens_for_the_web_when_the_section_is_there(tmp_path: Path) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dicomd.app import service_tree
+    from dicomd.config import parse_config
+    from dicomd.web.site import WebServerSite
+
+    config = parse_config(
+        {
+            "storage": {"path": str(tmp_path)},
+            "workers": 1,
+            "plugins": [],
+            "web": {"listen": "tcp:8042:interface=127.0.0.1", "max_stow_length": 1 << 20},
+        }
+    )
+    reactor = MemoryReactorClock()
+    root = service_tree(config, (), reactor)
+    web = root.getServiceNamed("web")
+    web.privilegedStartService()
+    web.startService()
+    port, site, _, interface = reactor.tcpServers[-1]
+    assert (port, interface) == (8042, "127.0.0.1")
+    assert isinstance(site, WebServerSite)
+    assert site.max_body_length == 1 << 20
+
+    without = service_tree(parse_config({"workers": 1, "plugins": []}), (), MemoryReactorClock())
+    assert "web" not in [service.name for service in without]

@@ -1,8 +1,10 @@
 """One worker process of the node: ``python -m dicomd.fleet`` as its parent starts it.
 
 It gets its configuration from the parent on stdin (a pickled ``Config``,
-the parent's own, already checked), the listening socket as descriptor 3
-and its control connection to the parent as descriptor 4.  It builds the
+the parent's own, already checked), the listening socket as descriptor 3,
+its control connection to the parent as descriptor 4 and, when ``web:`` is
+on, the HTTP listening socket as descriptor 5; its arguments say each
+socket's family (``3=inet 5=inet6``).  It builds the
 node's service tree exactly as a single-process daemon does (`dicomd.app`),
 except that its listener adopts the parent's socket and its association
 limits are the parent's (`SharedLimit`).  Its log lines go to stdout, where
@@ -22,6 +24,9 @@ from typing import Any, Final
 
 LISTENING_FD: Final = 3
 CONTROL_FD: Final = 4
+WEB_LISTENING_FD: Final = 5
+_LISTENERS: Final = {"dicom": LISTENING_FD, "web": WEB_LISTENING_FD}
+"""The descriptor of each listening service's socket, by its name in the service tree."""
 
 
 def pickled(config: Any) -> bytes:
@@ -39,7 +44,10 @@ def _read_only(mapping: dict[str, Any]) -> MappingProxyType[str, Any]:
 
 def main() -> int:
     config = pickle.load(sys.stdin.buffer)  # the parent's own checked Config, never a peer's
-    family = socket.AF_INET6 if sys.argv[-1] == "inet6" else socket.AF_INET
+    families = {}
+    for argument in sys.argv[2:]:
+        fd, _, family = argument.partition("=")
+        families[int(fd)] = socket.AF_INET6 if family == "inet6" else socket.AF_INET
 
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -47,11 +55,11 @@ def main() -> int:
     globalLogBeginner.beginLoggingTo(
         [textFileLogObserver(sys.stdout, timeFormat=None)], redirectStandardIO=False
     )
-    run(config, family, reactor)
+    run(config, families, reactor)
     return 0
 
 
-def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
+def run(config: Any, families: dict[int, socket.AddressFamily], reactor: Any) -> None:
     from twisted.application.service import Service
     from twisted.internet.protocol import Factory
     from twisted.logger import Logger
@@ -72,7 +80,8 @@ def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
     os.close(CONTROL_FD)
 
     class AdoptedPort(Service):
-        """The parent's listening socket, accepting here too."""
+        """One of the parent's listening sockets (the one of this service's name), accepting
+        here too."""
 
         def __init__(self, factory: Any) -> None:
             self.factory = factory
@@ -80,9 +89,10 @@ def run(config: Any, family: socket.AddressFamily, reactor: Any) -> None:
 
         def startService(self) -> None:
             super().startService()
-            self.port = reactor.adoptStreamPort(LISTENING_FD, family, self.factory)
-            os.close(LISTENING_FD)
-            Logger(namespace="dicomd.fleet").info("accepting connections")
+            fd = _LISTENERS[self.name]
+            self.port = reactor.adoptStreamPort(fd, families[fd], self.factory)
+            os.close(fd)
+            Logger(namespace="dicomd.fleet").info("accepting connections ({name})", name=self.name)
 
         def stopService(self) -> Any:
             super().stopService()

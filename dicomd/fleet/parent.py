@@ -3,7 +3,8 @@
 Python runs one thread at a time, so one process uses one core.  With
 ``workers: N`` the parent listens (so a port in use is still one line at
 start) but never accepts; N children adopt its socket (``adoptStreamPort``)
-and the kernel hands each new connection to one of them.  Every worker
+and the kernel hands each new connection to one of them.  The HTTP port of
+``web.listen`` is shared the same way.  Every worker
 serves every service over the same archive: SQLite in WAL mode takes one
 writer at a time and makes the others wait (its busy timeout), and readers
 never wait.
@@ -29,6 +30,7 @@ import re
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from twisted.application.service import MultiService, Service
@@ -37,11 +39,11 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from dicomd import app
+from dicomd import app, metrics
 from dicomd.archive.handler import ArchiveHandler
 from dicomd.config import Config
 from dicomd.fleet.admission import Admissions, AdmissionServer, DestinationTurns
-from dicomd.fleet.child import CONTROL_FD, LISTENING_FD, pickled
+from dicomd.fleet.child import CONTROL_FD, LISTENING_FD, WEB_LISTENING_FD, pickled
 from dicomd.node.factory import AssociationLimits
 
 FIRST_RESTART_DELAY: Final = 0.5
@@ -78,6 +80,8 @@ class _Worker(ProcessProtocol):
         """What the parent's books know this process by: its number is reused by the worker
         that replaces it, and what this one held must never be taken for that one's."""
         self.started_at = pool.reactor.seconds()
+        self.pid = 0
+        """Its process' id, once started."""
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._pending: dict[int, bytes] = {}
         self._levels: dict[int, LogLevel] = {}
@@ -144,29 +148,37 @@ class WorkerPool(Service):
         self.workers: dict[int, _Worker] = {}
         self._lives = itertools.count(1)
         self._delays: dict[int, float] = {}
-        self._port: Any = None
-        self._family = "inet"
+        self.metrics_folder: Path | None = None
+        """Where the workers keep their metrics' values (`dicomd.metrics`), made at start."""
+        self._ports: dict[int, Any] = {}
+        """The sockets the workers accept from, by the descriptor each worker gets it as."""
 
     def privilegedStartService(self) -> None:
-        """Listen now, as twistd's listener does, so a port in use stops the start."""
+        """Listen now, as twistd's listener does, so a port in use stops the start: on
+        ``listen``, and on ``web.listen`` when the web is on."""
         super().privilegedStartService()
-        endpoint = endpoints.serverFromString(self.reactor, self.config.listen)
+        self._ports[LISTENING_FD] = self._hold(self.config.listen, "listen")
+        if self.config.web is not None:
+            self._ports[WEB_LISTENING_FD] = self._hold(self.config.web.listen, "web.listen")
+
+    def _hold(self, description: str, key: str) -> Any:
+        """A listening port for the workers to accept from, never accepting here."""
+        endpoint = endpoints.serverFromString(self.reactor, description)
         holder = Factory()
         holder.noisy = False  # it never builds a protocol: the workers accept
         outcome: list[Any] = []  # a TCP endpoint listens at once, or fails at once
         endpoint.listen(holder).addBoth(outcome.append)
-        self._port = outcome[0]
-        if isinstance(self._port, Failure):
-            if self._port.check(error.CannotListenError):
-                app.stop_on_listen_failure(self._port.value)
-            self._port.raiseException()
-        self._port.stopReading()  # the workers accept; the parent only holds the socket
+        port = outcome[0]
+        if isinstance(port, Failure):
+            if port.check(error.CannotListenError):
+                app.stop_on_listen_failure(port.value, key)
+            port.raiseException()
+        port.stopReading()  # the workers accept; the parent only holds the socket
         # Closing it must not shut it down: shutdown(2) acts on the socket every worker
         # shares, whose accept() then fails (EINVAL) while they still stop.  Twisted makes
         # this same choice for a port it adopts.
-        self._port._shouldShutdown = False
-        address = self._port.getHost()
-        self._family = "inet6" if getattr(address, "type", "TCP") == "TCP6" else "inet"
+        port._shouldShutdown = False
+        return port
 
     def startService(self) -> None:
         """Reconcile each archive once, then start the workers; an archive that cannot be
@@ -177,26 +189,29 @@ class WorkerPool(Service):
                 plugin.open()
                 plugin.close()
         self.trail.startService()
+        self.metrics_folder = metrics.multiprocess_folder()
         for number in range(1, self.config.workers + 1):
             self._start(number)
 
     def _start(self, number: int) -> None:
         parent_end, child_end = socket.socketpair()
         worker = _Worker(self, number, next(self._lives))
+        families = [f"{fd}={_family(port)}" for fd, port in self._ports.items()]
         process = self.reactor.spawnProcess(
             worker,
             sys.executable,
-            [sys.executable, "-m", "dicomd.fleet", str(number), self._family],
-            env=os.environ.copy(),
+            [sys.executable, "-m", "dicomd.fleet", str(number), *families],
+            env={**os.environ, metrics.MULTIPROCESS_VARIABLE: str(self.metrics_folder)},
             childFDs={
                 0: "w",
                 1: "r",
                 2: "r",
-                LISTENING_FD: self._port.fileno(),
                 CONTROL_FD: child_end.fileno(),
+                **{fd: port.fileno() for fd, port in self._ports.items()},
             },
         )
         child_end.close()
+        worker.pid = process.pid
         process.write(pickled(self.config))
         process.closeStdin()
         server = AdmissionServer(self.admissions, self.turns, worker.life)
@@ -212,6 +227,8 @@ class WorkerPool(Service):
             return
         del self.workers[worker.number]
         self.admissions.forget(worker.life)
+        if self.metrics_folder is not None:
+            metrics.forget_process(self.metrics_folder, worker.pid)
         if not self.running:
             return
         young = self.reactor.seconds() - worker.started_at < YOUNG
@@ -239,15 +256,27 @@ class WorkerPool(Service):
             ending.append(worker.ended)
             _signal(worker, "TERM")
             self.reactor.callLater(STOP_GRACE, _signal, worker, "KILL")
-        if self._port is not None:
-            self._port.stopListening()
-        return defer.gatherResults(ending).addCallback(lambda _: self.trail.stopService())
+        for port in self._ports.values():
+            port.stopListening()
+        return defer.gatherResults(ending).addCallback(self._stopped)
+
+    def _stopped(self, _: object) -> Any:
+        """Every worker has ended: nobody reads their metrics now; the trail records the stop."""
+        if self.metrics_folder is not None:
+            metrics.remove_folder(self.metrics_folder)
+            self.metrics_folder = None
+        return self.trail.stopService()
 
 
 def _signal(worker: _Worker, name: str) -> None:
     if worker.transport is not None and not worker.ended.called:
         with contextlib.suppress(error.ProcessExitedAlready):
             worker.transport.signalProcess(name)
+
+
+def _family(port: Any) -> str:
+    """How a worker adopts ``port``: ``inet6`` or ``inet``."""
+    return "inet6" if getattr(port.getHost(), "type", "TCP") == "TCP6" else "inet"
 
 
 def _why(reason: Failure) -> str:

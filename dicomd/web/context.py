@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from dicomd.dimse.transcode import Decompressor
 from dicomd.dimse.walker import DEFAULT_INFLATION, InflationLimits
 from dicomd.interfaces import (
     AssociationRequest,
@@ -69,6 +70,9 @@ class WebContext:
     """The node's authorizer; None lets everyone do everything, as for associations."""
     cors_origins: frozenset[str] = frozenset()
     """Origins whose browsers may read the answers; ``{"*"}`` for any."""
+    decompressor: Decompressor | None = None
+    """Decoder processes that make decompressed copies of compressed instances, for clients
+    that accept none of their syntaxes; None when ``retrieve.transcode`` is ``as-stored``."""
 
 
 @dataclass(frozen=True)
