@@ -28,6 +28,7 @@ from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -722,6 +723,45 @@ def test_a_client_gone_mid_answer_removes_the_spool_file(tmp_path: Path) -> None
         assert len(transport.value()) < len(ds.PixelData)
     finally:
         node.close()
+
+
+@dataclass
+class SlowSource:
+    """A retrieve source whose fetch ends when the test says."""
+
+    original: Path
+    fetched: defer.Deferred[Path]
+    retrieve_models = ()
+
+    def instances(self, query: Any) -> list[RetrieveItem]:
+        ds = dcmread(self.original, stop_before_pixels=True)
+        syntax = ds.file_meta.TransferSyntaxUID
+        return [
+            RetrieveItem(
+                None, ds.SOPClassUID, ds.SOPInstanceUID, syntax, fetch=lambda: self.fetched
+            )
+        ]
+
+    def may_move(self, query: Any, destination: str) -> bool:
+        return True
+
+
+def test_a_fetch_ending_after_the_client_left_removes_its_spool_file(
+    node: Node, tmp_path: Path
+) -> None:
+    source = SlowSource(CT, defer.Deferred())
+    channel, transport = node.connect(replace(node.context, retrieve_source=source))
+    send(channel, instance_url(CT), None)
+    node.reactor.run_pending()
+
+    channel.connectionLost(Exception("gone"))
+    spool = tmp_path / "late.dcm"
+    spool.write_bytes(CT.read_bytes())
+    source.fetched.callback(spool)
+    node.reactor.run_pending()
+
+    assert not spool.exists()
+    assert transport.value() == b""
 
 
 def test_the_multipart_writer_frames_each_part() -> None:

@@ -20,7 +20,8 @@ reading, decoding and encoding runs in threads.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from pydicom import Dataset
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dicomd import uids
 from dicomd.dimse.transcode import DecompressionError, Decompressor, decodable
@@ -144,9 +146,10 @@ async def _local_file(context: WebContext, item: RetrieveItem) -> AsyncIterator[
     if item.path is not None:
         path = item.path
     elif item.fetch is not None:
-        path = spool = await item.fetch()
+        path = spool = await _removed_if_abandoned(item.fetch(), lambda path: path)
     else:
-        path = spool = await _in_thread(context, _write_spool, context.incoming, item)
+        writing = _in_thread(context, _write_spool, context.incoming, item)
+        path = spool = await _removed_if_abandoned(writing, lambda path: path)
     try:
         yield path
     finally:
@@ -154,9 +157,24 @@ async def _local_file(context: WebContext, item: RetrieveItem) -> AsyncIterator[
             spool.unlink(missing_ok=True)
 
 
-def _write_spool(incoming: Path, item: RetrieveItem) -> Path:
-    import tempfile
+def _removed_if_abandoned(
+    making: defer.Deferred[Any], spool_of: Callable[[Any], Path]
+) -> defer.Deferred[Any]:
+    """``making``'s result, in a Deferred whose cancelling (the client gone) leaves the
+    work to end in its thread and then removes the spool file it made."""
+    result: defer.Deferred[Any] = defer.Deferred(lambda _: None)
 
+    def made(outcome: Any) -> None:
+        if not result.called:
+            result.callback(outcome)
+        elif not isinstance(outcome, Failure):
+            spool_of(outcome).unlink(missing_ok=True)
+
+    making.addBoth(made)
+    return result
+
+
+def _write_spool(incoming: Path, item: RetrieveItem) -> Path:
     incoming.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=incoming, suffix=".dcm")
     path = Path(name)
@@ -275,7 +293,8 @@ async def _send_decompressed(
     decompressor: Decompressor,
 ) -> None:
     assert plan.target is not None
-    decompressed = await _in_thread(context, decompressor.decompress, path, plan.target)
+    decompressing = _in_thread(context, decompressor.decompress, path, plan.target)
+    decompressed = await _removed_if_abandoned(decompressing, lambda made: made.path)
     try:
         item = plan.item
         meta = PREAMBLE + file_meta(
