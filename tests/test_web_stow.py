@@ -24,13 +24,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from dicomd.archive import ArchiveHandler
 from dicomd.dimse.walker import InflationLimits
 from dicomd.part10 import read_header
+from dicomd.web import stow
 from dicomd.web.context import StoreSettings, WebContext
 from dicomd.web.site import web_site
 from dicomd.web.stow import STUDY_MISMATCH, TRANSFER_SYNTAX_NOT_SUPPORTED
@@ -398,6 +399,26 @@ class StowTests(unittest.TestCase):
             self.assertEqual(answer.status, status, (content_type, answer.body))
             self.assertEqual(answer.body.count(b"\n"), 1, answer.body)
         self.assertEqual(self.kept(), {})
+        self.assertEqual(self.view.partial_files(), [])
+
+    @inlineCallbacks
+    def test_a_body_of_too_many_parts_is_413_and_failures_are_logged_ten_at_most(self):
+        self.patch(stow, "MOST_PARTS", 14)
+        web = self.web()
+        with capturedLogs() as events:
+            answer = yield self.post(web, multipart([("text/plain", b"x")] * 12 + [instance(1)]))
+        self.assertEqual(answer.status, 202)
+        lines = [formatEvent(event) for event in events if "STOW-RS" in formatEvent(event)]
+        self.assertEqual(len(lines), 11, lines)
+        self.assertIn("2 more parts of the request not stored", lines[-1])
+        answer = yield self.post(web, multipart([instance(2)] + [("text/plain", b"x")] * 14))
+        self.assertEqual(answer.status, 413)
+        self.assertEqual(
+            answer.body,
+            b"the body holds more than 14 parts (the 14 parts before were judged: "
+            b"those stored stay)\n",
+        )
+        self.assertEqual(len(self.kept()), 2)
         self.assertEqual(self.view.partial_files(), [])
 
     @inlineCallbacks

@@ -65,6 +65,11 @@ _PIECE: Final = 1 << 20
 """Bytes of the spooled body read at a time."""
 _MOST_META: Final = 64 * 1024
 """Bytes of a part gathered to read its File Meta Information; a larger meta is refused."""
+MOST_PARTS: Final = 50_000
+"""Parts one request may hold: a large study's instances, not a million empty parts whose
+answer alone would take the node's memory."""
+_MOST_LOGGED: Final = 10
+"""Parts not stored that one request logs a line each for; one more line counts the rest."""
 _IN_FLIGHT: Final = 32
 """Parts judged by the store chain at once, while the next ones are read: more than the
 archive has threads, so that stores waiting for a flush or a commit share it (small
@@ -76,7 +81,8 @@ _WHERE: Final = frozenset(
 
 
 class BodyTooLong(Exception):
-    """The body is longer than the node takes (``web.max_stow_length``)."""
+    """The body is longer than the node takes (``web.max_stow_length``), or holds more parts
+    than `MOST_PARTS`; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +126,7 @@ async def store(request: Any, context: WebContext, study: str | None) -> bytes:
     answer_type = choose(request, ANSWERS)
     declared = request.getHeader(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > context.max_stow_length:
-        raise _too_long(context)
+        raise WebError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_long(context.max_stow_length))
     reader = PartReader(request.content, boundary, context)
     try:
         outcomes = await _store_parts(request, context, study, reader)
@@ -128,7 +134,15 @@ async def store(request: Any, context: WebContext, study: str | None) -> bytes:
         reader.close()
     if not outcomes:
         raise WebError(HTTPStatus.BAD_REQUEST, "the body holds no part")
-    return _answer(request, context, study, outcomes, answer_type)
+    _log_failures(request, outcomes)
+    reactor = context.reactor
+    root = _root(request, context)
+    code, content_type, body = await deferToThreadPool(
+        reactor, reactor.getThreadPool(), _answer, root, study, outcomes, answer_type
+    )
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type)
+    return body
 
 
 async def _store_parts(
@@ -146,9 +160,10 @@ async def _store_parts(
         try:
             part = await deferToThreadPool(reactor, pool, reader.next_part)
         except MultipartError as error:
-            problem = WebError(HTTPStatus.BAD_REQUEST, _malformed(error, len(judged)))
-        except BodyTooLong:
-            problem = _too_long(context)
+            message = f"the body is not a multipart body: {error}"
+            problem = WebError(HTTPStatus.BAD_REQUEST, _after(message, len(judged)))
+        except BodyTooLong as error:
+            problem = WebError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _after(str(error), len(judged)))
         if problem is not None or part is None:
             turns.release()
             break
@@ -174,7 +189,6 @@ def _judge(
 ) -> defer.Deferred[Outcome]:
     """On the reactor: the store chain's answer about one received part, as for a C-STORE."""
     if isinstance(part, Outcome):
-        _log_failure(request, part)
         return defer.succeed(part)
     header = part.header
     named = {
@@ -186,7 +200,6 @@ def _judge(
     if study is not None and named["study_uid"] != study:
         part.checked.file.remove()
         refused = Outcome(Status(STUDY_MISMATCH, f"of study {named['study_uid']}"), **named)
-        _log_failure(request, refused)
         return defer.succeed(refused)
     address = request.getClientAddress()
     stored = store_received(
@@ -200,25 +213,27 @@ def _judge(
         sop_instance_uid=header.sop_instance_uid,
         transfer_syntax=header.transfer_syntax,
     )
-
-    def judged(status: Status) -> Outcome:
-        outcome = Outcome(status, **named)
-        _log_failure(request, outcome)
-        return outcome
-
-    return stored.addCallback(judged)
+    return stored.addCallback(lambda status: Outcome(status, **named))
 
 
-def _log_failure(request: Any, outcome: Outcome) -> None:
-    if outcome.stored:
-        return
-    log.warn(
-        "STOW-RS from {host}: {uid} not stored, {code}: {comment}",
-        host=user_of(request).host,
-        uid=outcome.sop_instance_uid or "a part",
-        code=f"{outcome.status.code:04X}",
-        comment=outcome.status.comment,
-    )
+def _log_failures(request: Any, outcomes: Sequence[Outcome]) -> None:
+    """A line for each part not stored, up to `_MOST_LOGGED`, and one for the rest."""
+    failed = [outcome for outcome in outcomes if not outcome.stored]
+    host = user_of(request).host
+    for outcome in failed[:_MOST_LOGGED]:
+        log.warn(
+            "STOW-RS from {host}: {uid} not stored, {code}: {comment}",
+            host=host,
+            uid=outcome.sop_instance_uid or "a part",
+            code=f"{outcome.status.code:04X}",
+            comment=outcome.status.comment,
+        )
+    if len(failed) > _MOST_LOGGED:
+        log.warn(
+            "STOW-RS from {host}: {count} more parts of the request not stored",
+            host=host,
+            count=len(failed) - _MOST_LOGGED,
+        )
 
 
 class PartReader:
@@ -250,6 +265,8 @@ class PartReader:
         if headers is None:
             return None
         assert isinstance(headers, PartHeaders)
+        if self.reader.parts > MOST_PARTS:
+            raise BodyTooLong(f"the body holds more than {MOST_PARTS} parts")
         media = headers.content_type
         if media is not None and media.media_type != DICOM:
             self._skip_part()
@@ -326,7 +343,7 @@ class PartReader:
                 return None
             self._read += len(piece)
             if self._read > self.most:
-                raise BodyTooLong
+                raise BodyTooLong(_too_long(self.most))
             self._events = self.reader.feed(piece)
 
 
@@ -365,17 +382,16 @@ def _boundary(request: Any) -> str:
     return boundary
 
 
-def _malformed(error: MultipartError, judged: int) -> str:
+def _after(message: str, judged: int) -> str:
+    """The message of a request refused once ``judged`` of its parts were judged: those
+    stored stay stored."""
     if not judged:
-        return f"the body is not a multipart body: {error}"
-    return f"the body is not a multipart body: {error} (the {judged} parts before it were judged)"
+        return message
+    return f"{message} (the {judged} parts before were judged: those stored stay)"
 
 
-def _too_long(context: WebContext) -> WebError:
-    return WebError(
-        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-        f"the body is longer than {context.max_stow_length} bytes (web.max_stow_length)",
-    )
+def _too_long(most: int) -> str:
+    return f"the body is longer than {most} bytes (web.max_stow_length)"
 
 
 def _shown(raw: bytes | None) -> str:
@@ -388,12 +404,10 @@ def _shown(raw: bytes | None) -> str:
 
 
 def _answer(
-    request: Any,
-    context: WebContext,
-    study: str | None,
-    outcomes: Sequence[Outcome],
-    answer_type: str,
-) -> bytes:
+    root: str, study: str | None, outcomes: Sequence[Outcome], answer_type: str
+) -> tuple[HTTPStatus, bytes, bytes]:
+    """In a thread (tens of thousands of parts take seconds): the HTTP status, the
+    Content-Type and the body of the answer."""
     stored = [outcome for outcome in outcomes if outcome.stored]
     if not stored:
         code = HTTPStatus.CONFLICT
@@ -401,13 +415,11 @@ def _answer(
         code = HTTPStatus.OK
     else:
         code = HTTPStatus.ACCEPTED
-    response = response_dataset(_root(request, context), study, outcomes)
-    request.setResponseCode(code)
+    response = response_dataset(root, study, outcomes)
     if answer_type == DICOM_XML:
-        request.setHeader(b"content-type", b"application/dicom+xml; charset=utf-8")
-        return native_xml(response)
-    request.setHeader(b"content-type", answer_type.encode("ascii"))
-    return json.dumps(response.to_json_dict(), separators=(",", ":")).encode("utf-8")
+        return code, b"application/dicom+xml; charset=utf-8", native_xml(response)
+    encoded = json.dumps(response.to_json_dict(), separators=(",", ":")).encode("utf-8")
+    return code, answer_type.encode("ascii"), encoded
 
 
 def response_dataset(root: str, study: str | None, outcomes: Sequence[Outcome]) -> Dataset:
