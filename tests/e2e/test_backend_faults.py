@@ -33,6 +33,7 @@ from tests.support.faults import (
     Sender,
     crash_postgres,
     echo_for,
+    find_answer,
     found_instances,
     frozen,
     postgres_processes,
@@ -75,8 +76,9 @@ POOL_DEFECTS = (
     "PoolTimeout through (C000 and a traceback, not A700 and a line); a store waits "
     "OPEN_TIMEOUT (30 s) for a pooled connection while the database refuses them; "
     "psycopg_pool's reconnection back-off (doubling, up to reconnect_timeout, 300 s) "
-    "leaves the pools empty for minutes after the database is back; and psycopg_pool's "
-    "warnings reach the log through stderr, two lines each"
+    "leaves the pools empty for minutes after the database is back; psycopg_pool's "
+    "warnings reach the log through stderr, two lines each; and the C-FIND service answers "
+    "an OSError of the find handler (no connection) C001 with a traceback, not A700"
 )
 
 
@@ -186,28 +188,28 @@ def test_a_database_gone_mid_ingest_fails_stores_in_a_line_each_and_they_succeed
         crashed = time.monotonic()
         crash_postgres(cluster)
         echoes = echo_for(daemon, 2.0)
+        find_while_gone = find_answer(daemon, tmp_path / "found-while-gone")
         gaps = response_gaps(sender, DIMSE_TIMEOUT)
         failing_for = time.monotonic() - crashed
         restart_postgres(cluster)
         recovery = seconds_until_stored(daemon, tmp_path / "probe", tmp_path / "probe.txt")
         after = start_sender(daemon, tmp_path / "after", tmp_path / "after.txt")
         after.wait(timeout=60)
+        # one series per folder: each is searched apart
+        found_before = found_instances(daemon, tmp_path / "before", tmp_path / "found-before")
+        found_after = found_instances(daemon, tmp_path / "after", tmp_path / "found-after")
     print(
         f"database gone: the {len(sender.responses())} stores of the batch ended "
         f"{failing_for:.1f} s after the crash, the slowest response "
         f"{max(gaps, default=0):.1f} s; slowest echo meanwhile {max(echoes):.3f} s; "
-        f"stored again {recovery:.1f} s after the restart"
+        f"C-FIND meanwhile: {find_while_gone}; stored again {recovery:.1f} s after the restart"
     )
 
     assert_outage_answered(daemon, sender, 6, echoes)
+    assert find_while_gone == "Refused: OutOfResources"
     assert set(after.responses().values()) == {SUCCESS}, after.output()[-3000:]
-    # one series per folder: each is searched apart
-    assert found_instances(daemon, tmp_path / "before", tmp_path / "found-before") == (
-        sender.answered(SUCCESS)
-    )
-    assert found_instances(daemon, tmp_path / "after", tmp_path / "found-after") == (
-        after.answered(SUCCESS)
-    )
+    assert found_before == sender.answered(SUCCESS)
+    assert found_after == after.answered(SUCCESS)
     assert_clean_logs([daemon])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import signal
 import subprocess
 import time
@@ -188,3 +189,17 @@ def found_instances(daemon: RunningDaemon, folder: Path, into: Path) -> set[str]
     study, series = sent.StudyInstanceUID, sent.SeriesInstanceUID
     keys = (f"StudyInstanceUID={study}", f"SeriesInstanceUID={series}", "SOPInstanceUID")
     return {str(answer.SOPInstanceUID) for answer in find(daemon, into, "IMAGE", *keys)}
+
+
+def find_answer(daemon: RunningDaemon, into: Path) -> str:
+    """What findscu is answered at STUDY level (Study Root), as dcmtk names the status of
+    the final response: "Success", "Refused: OutOfResources"..."""
+    into.mkdir(parents=True)
+    found = run_dcmtk(
+        "findscu", "-v", "-S", "-X", "-od", str(into), "-aec", daemon.ae_title,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
+        LOCALHOST, str(daemon.port),
+    )  # fmt: skip
+    said = re.search(r"Received Final Find Response \((.*)\)", found.stdout + found.stderr)
+    assert said is not None, found.stdout[-3000:] + found.stderr[-3000:]
+    return said.group(1)
