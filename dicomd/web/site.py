@@ -17,7 +17,7 @@ before any of it is kept.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final
@@ -31,10 +31,12 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dicomd.uids import uid_problem
+from dicomd.web import qido, stow, wado
 from dicomd.web.auth import Authentication, unauthorized
 from dicomd.web.context import WebContext, allowed, set_user
 from dicomd.web.cors import ALLOWED_METHODS, add_cors_headers, answer_preflight, is_preflight
 from dicomd.web.errors import WebError
+from dicomd.web.metrics import metrics_resource
 
 BASE: Final = "/dicom-web"
 """Where the DICOMweb services are (the viewer's configuration names it)."""
@@ -43,6 +45,8 @@ STUDY: Final = BASE + "/studies/<study_uid>"
 SERIES: Final = STUDY + "/series/<series_uid>"
 INSTANCE: Final = SERIES + "/instances/<instance_uid>"
 IMAGE_KIND: Final = "<any(rendered, thumbnail):kind>"
+Service = Callable[..., Awaitable[Any]]
+"""A service module's function: ``(request, context, *what the path names)``."""
 QUERY: Final = "find"
 RETRIEVE: Final = "get"
 STORE: Final = "store"
@@ -61,7 +65,8 @@ class WebSite:
         self.context = context
         self.viewer = viewer
         self.authentication = Authentication(context)
-        self._mounted: dict[str, resource.IResource] = {}
+        self.metrics_files = metrics_resource(context)
+        self._viewer_files: resource.IResource | None = None
 
     def resource(self) -> resource.IResource:
         """The site's root resource: the front (CORS, OPTIONS) before the routes."""
@@ -71,65 +76,61 @@ class WebSite:
 
     @app.route(BASE + "/studies", methods=["GET"])
     async def search_studies(self, request: IRequest) -> Any:
-        return await self._serve(request, QUERY, "qido", "search", "STUDY", None, None)
+        return await self._serve(request, QUERY, qido.search, "STUDY", None, None)
 
     @app.route(BASE + "/series", methods=["GET"])
     async def search_series(self, request: IRequest) -> Any:
-        return await self._serve(request, QUERY, "qido", "search", "SERIES", None, None)
+        return await self._serve(request, QUERY, qido.search, "SERIES", None, None)
 
     @app.route(BASE + "/instances", methods=["GET"])
     async def search_instances(self, request: IRequest) -> Any:
-        return await self._serve(request, QUERY, "qido", "search", "IMAGE", None, None)
+        return await self._serve(request, QUERY, qido.search, "IMAGE", None, None)
 
     @app.route(STUDY + "/series", methods=["GET"])
     async def search_study_series(self, request: IRequest, study_uid: str) -> Any:
-        return await self._serve(request, QUERY, "qido", "search", "SERIES", uid(study_uid), None)
+        return await self._serve(request, QUERY, qido.search, "SERIES", uid(study_uid), None)
 
     @app.route(STUDY + "/instances", methods=["GET"])
     async def search_study_instances(self, request: IRequest, study_uid: str) -> Any:
-        return await self._serve(request, QUERY, "qido", "search", "IMAGE", uid(study_uid), None)
+        return await self._serve(request, QUERY, qido.search, "IMAGE", uid(study_uid), None)
 
     @app.route(SERIES + "/instances", methods=["GET"])
     async def search_series_instances(
         self, request: IRequest, study_uid: str, series_uid: str
     ) -> Any:
         return await self._serve(
-            request, QUERY, "qido", "search", "IMAGE", uid(study_uid), uid(series_uid)
+            request, QUERY, qido.search, "IMAGE", uid(study_uid), uid(series_uid)
         )
 
     # WADO-RS (PS3.18 10.4)
 
     @app.route(STUDY, methods=["GET"])
     async def retrieve_study(self, request: IRequest, study_uid: str) -> Any:
-        return await self._serve(request, RETRIEVE, "wado", "retrieve", uid(study_uid))
+        return await self._serve(request, RETRIEVE, wado.retrieve, uid(study_uid))
 
     @app.route(SERIES, methods=["GET"])
     async def retrieve_series(self, request: IRequest, study_uid: str, series_uid: str) -> Any:
-        return await self._serve(
-            request, RETRIEVE, "wado", "retrieve", uid(study_uid), uid(series_uid)
-        )
+        return await self._serve(request, RETRIEVE, wado.retrieve, uid(study_uid), uid(series_uid))
 
     @app.route(INSTANCE, methods=["GET"])
     async def retrieve_instance(
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str
     ) -> Any:
-        return await self._instance(request, "retrieve", study_uid, series_uid, instance_uid)
+        return await self._instance(request, wado.retrieve, study_uid, series_uid, instance_uid)
 
     @app.route(STUDY + "/metadata", methods=["GET"])
     async def study_metadata(self, request: IRequest, study_uid: str) -> Any:
-        return await self._serve(request, RETRIEVE, "wado", "metadata", uid(study_uid))
+        return await self._serve(request, RETRIEVE, wado.metadata, uid(study_uid))
 
     @app.route(SERIES + "/metadata", methods=["GET"])
     async def series_metadata(self, request: IRequest, study_uid: str, series_uid: str) -> Any:
-        return await self._serve(
-            request, RETRIEVE, "wado", "metadata", uid(study_uid), uid(series_uid)
-        )
+        return await self._serve(request, RETRIEVE, wado.metadata, uid(study_uid), uid(series_uid))
 
     @app.route(INSTANCE + "/metadata", methods=["GET"])
     async def instance_metadata(
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str
     ) -> Any:
-        return await self._instance(request, "metadata", study_uid, series_uid, instance_uid)
+        return await self._instance(request, wado.metadata, study_uid, series_uid, instance_uid)
 
     @app.route(
         INSTANCE + "/frames/<frame_list>",
@@ -139,7 +140,7 @@ class WebSite:
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str, frame_list: str
     ) -> Any:
         return await self._instance(
-            request, "frames", study_uid, series_uid, instance_uid, frame_list
+            request, wado.frames, study_uid, series_uid, instance_uid, frame_list
         )
 
     @app.route(
@@ -150,7 +151,7 @@ class WebSite:
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str, tag_path: str
     ) -> Any:
         return await self._instance(
-            request, "bulkdata", study_uid, series_uid, instance_uid, tag_path
+            request, wado.bulkdata, study_uid, series_uid, instance_uid, tag_path
         )
 
     @app.route(INSTANCE + "/" + IMAGE_KIND, methods=["GET"])
@@ -158,7 +159,7 @@ class WebSite:
         self, request: IRequest, study_uid: str, series_uid: str, instance_uid: str, kind: str
     ) -> Any:
         return await self._instance(
-            request, "rendered", study_uid, series_uid, instance_uid, None, kind == "thumbnail"
+            request, wado.rendered, study_uid, series_uid, instance_uid, None, kind == "thumbnail"
         )
 
     @app.route(
@@ -188,11 +189,11 @@ class WebSite:
 
     @app.route(BASE + "/studies", methods=["POST"])
     async def store(self, request: IRequest) -> Any:
-        return await self._serve(request, STORE, "stow", "store", None)
+        return await self._serve(request, STORE, stow.store, None)
 
     @app.route(STUDY, methods=["POST"])
     async def store_in_study(self, request: IRequest, study_uid: str) -> Any:
-        return await self._serve(request, STORE, "stow", "store", uid(study_uid))
+        return await self._serve(request, STORE, stow.store, uid(study_uid))
 
     @app.route(BASE + "/", branch=True, methods=["GET", "POST"])
     def unknown(self, request: IRequest) -> Any:
@@ -203,15 +204,18 @@ class WebSite:
 
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: IRequest) -> Any:
+        """Prometheus's scrape: credentials when the node requires them, no rule to meet."""
         set_user(request, await self.authentication.user(request))
-        return self._mount("metrics", lambda module: module.metrics_resource(self.context))
+        return self.metrics_files
 
     @app.route("/", branch=True, methods=["GET"])
     def viewer_files(self, request: IRequest) -> Any:
         folder = self.viewer
         if folder is None:
             raise WebError(HTTPStatus.NOT_FOUND, "no such resource (and no web.viewer is set)")
-        return self._mount("viewer", lambda module: module.viewer_resource(folder, BASE))
+        if self._viewer_files is None:
+            self._viewer_files = _viewer_module().viewer_resource(folder, BASE)
+        return self._viewer_files
 
     # How every route ends
 
@@ -247,11 +251,10 @@ class WebSite:
         return plain(request, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the log)")
 
     async def _serve(
-        self, request: IRequest, operation: str, module: str, function: str, *arguments: Any
+        self, request: IRequest, operation: str, service: Service, *arguments: Any
     ) -> Any:
         """Admit the request for ``operation``, then answer it with the service's function."""
         await self._admit(request, operation)
-        service = _service(module, function)
         return await service(request, self.context, *arguments)
 
     async def _admit(self, request: IRequest, operation: str) -> None:
@@ -267,29 +270,22 @@ class WebSite:
     async def _instance(
         self,
         request: IRequest,
-        function: str,
+        service: Service,
         study_uid: str,
         series_uid: str,
         instance_uid: str,
         *arguments: Any,
     ) -> Any:
-        """A WADO-RS route of one instance: its three UIDs checked, then ``function``."""
+        """A WADO-RS route of one instance: its three UIDs checked, then ``service``."""
         return await self._serve(
             request,
             RETRIEVE,
-            "wado",
-            function,
+            service,
             uid(study_uid),
             uid(series_uid),
             uid(instance_uid),
             *arguments,
         )
-
-    def _mount(self, name: str, build: Callable[[Any], resource.IResource]) -> Any:
-        """The resource of ``dicomd.web.<name>``, built once."""
-        if name not in self._mounted:
-            self._mounted[name] = build(_module(name))
-        return self._mounted[name]
 
 
 def uid(text: str) -> str:
@@ -316,19 +312,15 @@ def plain(request: IRequest, status: int, message: str) -> bytes:
     return body
 
 
-def _module(name: str) -> Any:
-    """``dicomd.web.<name>``; a module not there yet is a 501 naming it."""
-    qualified = f"dicomd.web.{name}"
+def _viewer_module() -> Any:
+    """``dicomd.web.viewer``; while it is not there, a 501 naming it."""
+    qualified = "dicomd.web.viewer"
     try:
         return importlib.import_module(qualified)
     except ModuleNotFoundError as error:
         if error.name != qualified:
             raise
         raise WebError(HTTPStatus.NOT_IMPLEMENTED, f"{qualified} is not implemented") from None
-
-
-def _service(module: str, function: str) -> Callable[..., Any]:
-    return getattr(_module(module), function)  # type: ignore[no-any-return]
 
 
 class _Front(resource.Resource):

@@ -96,7 +96,8 @@ def test_credentials_and_rules(secured: WebDaemon) -> None:
     assert secured.curl(studies, "-H", "Authorization: Bearer not-a-token").status == 401
     refused = secured.curl(studies, "-u", "bob:right")
     assert (refused.status, refused.body) == (403, b"user 'bob' may not find\n")
-    assert secured.curl(studies, "-u", "alice:right").status not in (401, 403, 500)
+    found = secured.curl(studies, "-u", "alice:right")
+    assert (found.status, found.body) == (200, b"[]")  # an empty archive
     assert secured.curl("/dicom-web/studies/1.2.3/metadata", "-u", "alice:right").status == 403
     posted = secured.curl(studies, "-u", "alice:right", "-X", "POST", "--data-binary", "x")
     assert (posted.status, posted.body) == (403, b"user 'alice' may not store\n")
@@ -139,7 +140,7 @@ def test_unknown_paths_and_long_bodies(secured: WebDaemon, tmp_path: Path) -> No
     )
     assert too_long.status == 413
     assert b"web.max_stow_length" in too_long.body
-    assert secured.curl("/dicom-web/studies", "-u", "alice:right").status not in (401, 403, 500)
+    assert secured.curl("/dicom-web/studies", "-u", "alice:right").status == 200
     assert_no_traceback(secured.daemon)
 
 
