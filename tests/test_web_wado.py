@@ -167,8 +167,7 @@ class Node:
             base_url=None,
             max_stow_length=1 << 20,
         )
-        if decompressor is not None:
-            object.__setattr__(self.context, "decompressor", decompressor)
+        self.context = replace(self.context, decompressor=decompressor)
 
     def keep(self, source: Path | Dataset) -> Dataset:
         ds = source if isinstance(source, Dataset) else dcmread(source)

@@ -13,7 +13,6 @@ Blocking (reads files): callers run it in a thread.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 
 from dicomd.part10 import Part10Error, encapsulated_length
+from dicomd.web.dicomjson import dumps, tag_key
 from dicomd.web.pixels import PIXEL_DATA, PixelsError, read_pixels
 
 BULK_THRESHOLD: Final = 1024
@@ -92,10 +92,13 @@ def instance_json(path: Path, base: str) -> bytes:
     )
     attributes = _dataset_json(head, uri, ())
     if pixels.present:
-        attributes[f"{PIXEL_DATA:08X}"] = {"vr": pixels.vr, "BulkDataURI": f"{uri}/7FE00010"}
+        attributes[tag_key(BaseTag(PIXEL_DATA))] = {
+            "vr": pixels.vr,
+            "BulkDataURI": f"{uri}/7FE00010",
+        }
     if pixels.trailer is not None:
         attributes.update(_dataset_json(pixels.trailer, uri, ()))
-    return json.dumps(attributes, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return dumps(attributes)
 
 
 def _dataset_json(dataset: Dataset, uri: str, path: TagPath) -> dict[str, Any]:
@@ -103,7 +106,7 @@ def _dataset_json(dataset: Dataset, uri: str, path: TagPath) -> dict[str, Any]:
     for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset reads its elements)
         if tag.element == 0:  # group lengths say nothing a JSON reader needs
             continue
-        key = f"{tag:08X}"
+        key = tag_key(tag)
         raw = dataset.get_item(tag, keep_deferred=True)
         vr = _vr_of(raw, tag)
         if vr in BULK_VRS and _length_of(raw) > BULK_THRESHOLD:

@@ -44,6 +44,7 @@ from dicomd.web.context import WebContext, user_of
 from dicomd.web.errors import WebError
 from dicomd.web.multipart import MultipartWriter
 from dicomd.web.pixels import Pixels, PixelsError, decoded_frame, pixels_of, read_frame
+from dicomd.web.qido import service_root
 from dicomd.web.streaming import ClientGone, PacedBody, send_file
 
 log = Logger()
@@ -252,7 +253,7 @@ async def retrieve(
     """A study, series or instance as Part 10 files in one ``multipart/related`` answer."""
     wanted = _wanted_syntax(request)
     items = await _items(request, context, study, series, instance)
-    decompressor: Decompressor | None = getattr(context, "decompressor", None)
+    decompressor = context.decompressor
     plans = _plan(items, wanted, decompressor)
     writer = MultipartWriter(DICOM, transfer_syntax=wanted)
     request.setHeader(b"Content-Type", writer.content_type.encode("ascii"))
@@ -319,18 +320,6 @@ async def _abort(request: Any) -> None:
 # -- Metadata ----------------------------------------------------------------------------------
 
 
-def base_url(request: Any, context: WebContext) -> str:
-    """Where this DICOMweb service is rooted: ``web.base_url``, else the request's own
-    scheme, host and the path before ``/studies``."""
-    if context.base_url:
-        return context.base_url.rstrip("/")
-    path = request.path.decode("ascii", "replace")
-    root = path[: path.find("/studies/")] if "/studies/" in path else ""
-    host = (request.getHeader(b"host") or b"localhost").decode("ascii", "replace")
-    scheme = "https" if request.isSecure() else "http"
-    return f"{scheme}://{host}{root}"
-
-
 async def metadata(
     request: Any,
     context: WebContext,
@@ -342,7 +331,7 @@ async def metadata(
     written an instance at a time."""
     choose(request, (DICOM_JSON, "application/json"))
     items = await _items(request, context, study, series, instance)
-    root = base_url(request, context)
+    root = service_root(request, context)
     request.setHeader(b"Content-Type", DICOM_JSON.encode("ascii"))
     body = PacedBody(request)
     try:
