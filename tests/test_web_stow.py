@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from twisted.internet import reactor
@@ -33,6 +35,7 @@ from dicomd.dimse.walker import InflationLimits
 from dicomd.part10 import read_header
 from dicomd.web import stow
 from dicomd.web.context import StoreSettings, WebContext
+from dicomd.web.multipart_reader import MultipartError
 from dicomd.web.site import web_site
 from dicomd.web.stow import STUDY_MISMATCH, TRANSFER_SYNTAX_NOT_SUPPORTED
 from tests.support.archive import ArchiveView
@@ -437,3 +440,76 @@ class StowTests(unittest.TestCase):
         self.assertEqual(len(sequence(answer.json(), "00081199")), 60)
         self.assertEqual(len(self.kept()), 60)
         self.assertEqual(self.view.partial_files(), [])
+
+
+# -- The reader of parts, alone: hostile bodies -------------------------------------------------
+
+SMALL = [instance(n, Rows=8, Columns=8, PixelData=bytes(128)) for n in (1, 2)]
+VALID = multipart([SMALL[0], ("text/plain", b"x"), SMALL[1]])
+
+
+def reader_context(folder: Path, max_stow_length: int = 1 << 20) -> WebContext:
+    return WebContext(
+        ae_title="DICOMD",
+        find_handlers=(),
+        retrieve_source=None,
+        store_handlers=(),
+        incoming=folder,
+        reactor=None,
+        base_url=None,
+        max_stow_length=max_stow_length,
+    )
+
+
+def read_all(body: bytes, folder: Path, max_stow_length: int = 1 << 20) -> list[object]:
+    """Every part the reader gives, files removed; what it raised, last."""
+    reader = stow.PartReader(io.BytesIO(body), BOUNDARY, reader_context(folder, max_stow_length))
+    found: list[object] = []
+    try:
+        while (part := reader.next_part()) is not None:
+            if isinstance(part, stow.ReceivedPart):
+                assert part.checked.file.path.is_file()
+                part.checked.file.remove()
+            found.append(part)
+    except (MultipartError, stow.BodyTooLong) as error:
+        assert "\n" not in str(error)
+        found.append(error)
+    finally:
+        reader.close()
+    return found
+
+
+def test_the_reader_gives_received_parts_and_refusals(tmp_path: Path) -> None:
+    found = read_all(VALID, tmp_path)
+    assert [type(part).__name__ for part in found] == ["ReceivedPart", "Outcome", "ReceivedPart"]
+    received = found[0]
+    assert isinstance(received, stow.ReceivedPart) and received.checked.problem is None
+    assert received.collected("StudyInstanceUID") == STUDY
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_reader_stops_past_the_longest_body(tmp_path: Path) -> None:
+    found = read_all(VALID, tmp_path, max_stow_length=len(VALID) - 1)
+    assert isinstance(found[-1], stow.BodyTooLong)
+    assert list(tmp_path.iterdir()) == []
+
+
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(min_value=0), st.integers(0, 3), st.binary(max_size=8)), max_size=4
+    ),
+    end=st.integers(min_value=0),
+)
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_hostile_bodies_leave_no_file_and_raise_nothing_else(
+    tmp_path: Path, edits: list[tuple[int, int, bytes]], end: int
+) -> None:
+    """A valid body with bytes replaced, removed or put in anywhere, and cut anywhere."""
+    body = bytearray(VALID)
+    for at, removed, put in edits:
+        at %= len(body) + 1
+        body[at : at + removed] = put
+    read_all(bytes(body[: end % (len(body) + 1)] if end % 3 else body), tmp_path)
+    assert list(tmp_path.iterdir()) == []
