@@ -15,11 +15,12 @@ from pathlib import Path
 
 import jwt
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 
 from dicomd.interfaces import UserIdentity
 from dicomd.node.authentication import JWTAuthenticator, JWTSettings, PasswordAuthenticator
@@ -316,6 +317,55 @@ def test_a_body_past_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> N
     answer = Answer(transport.value())
     assert answer.status == 413
     assert transport.disconnecting
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    path=st.one_of(
+        st.binary(max_size=80).filter(lambda raw: not set(raw) & set(b" \r\n")),
+        st.lists(
+            st.sampled_from(
+                [
+                    *(b"studies", b"series", b"instances", b"metadata", b"frames", b"1,0"),
+                    *(b"rendered", b"thumbnail", b"bulkdata", b"1.2.3", b"1.2.x", b"0", b""),
+                    *(b"..", b".", b"%ff", b"%00", b"%2F", b"%C3%A9", b"?x=%ff", b"#", b";"),
+                ]
+            ),
+            max_size=10,
+        ).map(b"/".join),
+    ),
+    host=st.binary(min_size=0, max_size=40).filter(lambda raw: not set(raw) & set(b"\r\n")),
+    method=st.sampled_from([b"GET", b"POST", b"OPTIONS", b"HEAD", b"PUT", b"GETX"]),
+)
+def test_any_request_line_and_host_get_an_answer_and_log_no_error(
+    path: bytes, host: bytes, method: bytes
+) -> None:
+    """Hostile paths (percent-escapes of any bytes, dots, slashes) and Host headers: an
+    answer other than 500 (a node without plugins answers 501 for what it cannot serve)
+    and no error in the log, in particular no traceback."""
+    errors: list[dict[str, object]] = []
+
+    def observe(event: dict[str, object]) -> None:
+        if event.get("log_failure") is not None or event.get("isError"):
+            errors.append(event)
+
+    web = context(Path("/nonexistent"), cors_origins=frozenset({"*"}))
+    site = web_site(web, None, timeout=60)
+    address = IPv4Address("TCP", "10.0.0.7", 40000)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    globalLogPublisher.addObserver(observe)
+    try:
+        channel.dataReceived(
+            method + b" /dicom-web/" + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+        )
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not errors, errors
+    raw = transport.value()
+    if raw:  # a request line Twisted cannot parse is closed with its own 400
+        assert Answer(raw).status != 500, raw
 
 
 # The parsers of Accept and Authorization: bytes from anyone

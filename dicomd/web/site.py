@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from dicomd.uids import uid_problem
 from dicomd.web import qido, stow, wado
@@ -234,6 +235,8 @@ class WebSite:
             return plain(request, HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed here")
         if isinstance(error, NotFound):
             return plain(request, HTTPStatus.NOT_FOUND, "no such resource")
+        if isinstance(error, RequestRedirect):  # /dicom-web to /dicom-web/, say
+            request.setHeader(b"location", error.new_url.encode("utf-8"))
         return plain(request, HTTPStatus(error.code or 400), error.name)
 
     @app.handle_errors(defer.CancelledError)
@@ -323,6 +326,14 @@ def _viewer_module() -> Any:
         raise WebError(HTTPStatus.NOT_IMPLEMENTED, f"{qualified} is not implemented") from None
 
 
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class _Front(resource.Resource):
     """Before the routes: CORS headers on every answer, ``OPTIONS`` answered here."""
 
@@ -336,6 +347,8 @@ class _Front(resource.Resource):
     def render(self, request: server.Request) -> Any:
         request.setHeader(b"x-content-type-options", b"nosniff")
         add_cors_headers(request, self.origins)
+        if not _utf8(request.getRequestHostname()) or not _utf8(b"/".join(request.postpath)):
+            return plain(request, HTTPStatus.BAD_REQUEST, "the path or Host is not UTF-8")
         if is_preflight(request):
             return answer_preflight(request, self.origins)
         if request.method == b"OPTIONS":
