@@ -53,7 +53,7 @@ from tests.support.s3 import aws_environment, moto_s3_server, use_aws_environmen
 
 ECHO_DEADLINE = 1.0
 """Seconds within which a C-ECHO is answered, whatever the database is doing."""
-FREEZE = 5.0
+FREEZE = 4.0
 """Seconds the database stays frozen."""
 SENDERS = 3
 PER_SENDER = 30
@@ -67,6 +67,8 @@ OUT_OF_RESOURCES = 0xA700
 START_DEADLINE = OPEN_TIMEOUT + 10
 """Seconds a daemon may take to give up on a backend that is not there: the index waits
 ``OPEN_TIMEOUT`` for its database to come up."""
+LATE = 3.0
+"""Seconds after the daemon's start at which its database comes up."""
 NO_WAIT_DEADLINE = 15.0
 """Seconds a daemon may take to give up on a backend it does not wait for: its start-up
 (a few seconds on a loaded machine) and three refused connections."""
@@ -307,3 +309,24 @@ def test_a_backend_that_is_not_there_stops_the_daemon_with_one_line_naming_it(
         assert log_lines_with(output, "wait", str(port)), output
     else:
         assert elapsed < NO_WAIT_DEADLINE, output
+
+
+def test_a_database_that_comes_up_late_is_waited_for(
+    start_dicomd: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    write_ct_files(tmp_path / "send", 2)
+    with postgres_cluster() as cluster:
+        cluster.create_database("late")
+        crash_postgres(cluster)  # the daemon listens while its archive waits for the database
+        daemon = archive_node(start_dicomd, index={"url": cluster.tcp_url("late")})
+        time.sleep(LATE)
+        restart_postgres(cluster)
+        restarted = time.monotonic()
+        sender = start_sender(daemon, tmp_path / "send", tmp_path / "send.txt")
+        sender.wait(timeout=OPEN_TIMEOUT)
+        found = found_instances(daemon, tmp_path / "send", tmp_path / "found")
+    print(f"database up {LATE:g} s late: stored {time.monotonic() - restarted:.1f} s after")
+
+    assert set(sender.responses().values()) == {SUCCESS}, sender.output()[-3000:]
+    assert found == sender.answered(SUCCESS)
+    assert_clean_logs([daemon])  # that it says it waits: the test of the closed index.url
