@@ -323,10 +323,12 @@ def test_a_body_past_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> N
     transport = StringTransport(peerAddress=address)
     channel.makeConnection(transport)
     channel.dataReceived(
-        b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000000\r\n\r\n"
+        b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000000\r\n"
+        b"Expect: 100-continue\r\n\r\n"
     )
     answer = Answer(transport.value())
     assert answer.status == 413
+    assert b"100 Continue" not in transport.value()
     assert transport.disconnecting
     channel.dataReceived(b"x" * 100_000)  # what was already on its way is dropped
 

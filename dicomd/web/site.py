@@ -391,6 +391,7 @@ class BoundedRequest(server.Request):
         if self.content is not None:
             self.content.close()
         self.content = None
+        self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the refusal
         body = f"the body is {length} bytes or more, longer than {most} (web.max_stow_length)\n"
         encoded = body.encode("ascii")
         self.channel.transport.write(
