@@ -16,7 +16,6 @@ before any of it is kept.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -38,6 +37,7 @@ from dicomd.web.context import WebContext, allowed, set_user
 from dicomd.web.cors import ALLOWED_METHODS, add_cors_headers, answer_preflight, is_preflight
 from dicomd.web.errors import WebError
 from dicomd.web.metrics import metrics_resource
+from dicomd.web.viewer import viewer_resource
 
 BASE: Final = "/dicom-web"
 """Where the DICOMweb services are (the viewer's configuration names it)."""
@@ -64,10 +64,9 @@ class WebSite:
 
     def __init__(self, context: WebContext, viewer: Path | None = None) -> None:
         self.context = context
-        self.viewer = viewer
         self.authentication = Authentication(context)
         self.metrics_files = metrics_resource(context)
-        self._viewer_files: resource.IResource | None = None
+        self.viewer_files = None if viewer is None else viewer_resource(viewer, BASE)
 
     def resource(self) -> resource.IResource:
         """The site's root resource: the front (CORS, OPTIONS) before the routes."""
@@ -210,13 +209,11 @@ class WebSite:
         return self.metrics_files
 
     @app.route("/", branch=True, methods=["GET"])
-    def viewer_files(self, request: IRequest) -> Any:
-        folder = self.viewer
-        if folder is None:
+    def viewer_app(self, request: IRequest) -> Any:
+        """The viewer's files: static, public, holding no patient's data."""
+        if self.viewer_files is None:
             raise WebError(HTTPStatus.NOT_FOUND, "no such resource (and no web.viewer is set)")
-        if self._viewer_files is None:
-            self._viewer_files = _viewer_module().viewer_resource(folder, BASE)
-        return self._viewer_files
+        return self.viewer_files
 
     # How every route ends
 
@@ -313,17 +310,6 @@ def plain(request: IRequest, status: int, message: str) -> bytes:
     request.setHeader(b"content-type", TEXT)
     request.setHeader(b"content-length", b"%d" % len(body))
     return body
-
-
-def _viewer_module() -> Any:
-    """``dicomd.web.viewer``; while it is not there, a 501 naming it."""
-    qualified = "dicomd.web.viewer"
-    try:
-        return importlib.import_module(qualified)
-    except ModuleNotFoundError as error:
-        if error.name != qualified:
-            raise
-        raise WebError(HTTPStatus.NOT_IMPLEMENTED, f"{qualified} is not implemented") from None
 
 
 def _utf8(raw: bytes) -> bool:
