@@ -67,8 +67,10 @@ class PacedBody:
             raise ClientGone()
 
     def close(self) -> None:
-        """No more writes: the request may be finished."""
-        self._request.unregisterProducer()
+        """No more writes: the request may be finished.  Once the connection is lost the
+        request has no channel left to unregister from (twisted.web drops it)."""
+        if self._request.channel is not None:
+            self._request.unregisterProducer()
 
 
 async def send_file(
