@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -21,13 +22,16 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, inlineCallbacks
+from twisted.internet.error import ConnectionLost
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyChannel
 
 from dicomd.archive import ArchiveHandler
-from dicomd.interfaces import FindQuery
+from dicomd.interfaces import FindQuery, Unavailable
 from dicomd.uids import STUDY_ROOT_FIND
 from dicomd.web.context import WebContext
 from dicomd.web.errors import WebError
@@ -335,6 +339,87 @@ class LowerLevelTests(QidoTests):
 
         self.assertEqual(error.status, 400)
         self.assertIn("StudyInstanceUID", error.message)
+
+
+class StreamTests(QidoTests):
+    @inlineCallbacks
+    def test_a_limit_reached_ends_the_archive_s_read_before_its_last_page(self):
+        self.handler.query.page_rows = 2
+        answer = yield self.search("/instances?limit=3", "IMAGE")
+
+        self.assertEqual(len(answer.json()), 3)
+        yield until(lambda: self.handler.query.idle_connections == 1)  # read closed, kept
+
+    @inlineCallbacks
+    def test_matches_that_fail_before_any_answer_went_out_are_a_503(self):
+        context = self.context_with([FailingHandler(matches=1)])
+
+        error = yield self.refused("/studies", "STUDY", context=context)
+
+        self.assertEqual((error.status, error.message), (503, "the archive is stopping"))
+
+    @inlineCallbacks
+    def test_matches_that_fail_half_way_cut_the_answer_short_with_one_log_line(self):
+        request = get_request("/dicom-web/studies")
+        transport = AbortingTransport(request)
+        request.channel.transport = transport
+        context = self.context_with([FailingHandler(matches=500)])  # past a write or two
+
+        with capturedLogs() as events:
+            yield ensureDeferred(search(request, context, "STUDY", None, None))
+
+        self.assertTrue(transport.aborted)
+        self.assertTrue(transport.written.getvalue().startswith(b"HTTP/1.0 200"))
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], r"cut short after \d+ matches: the archive is stopping")
+        self.assertFalse(any(event.get("log_failure") for event in events))
+
+
+class AbortingTransport(DummyChannel.TCP):
+    """A transport whose abort loses the request's connection, as a real one does."""
+
+    def __init__(self, request: server.Request) -> None:
+        super().__init__()
+        self.request = request
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        reactor.callLater(0, self.request.connectionLost, Failure(ConnectionLost()))
+
+
+class FailingHandler:
+    """A find plugin whose matches fail after the first few: their source went away."""
+
+    find_models = (STUDY_ROOT_FIND,)
+
+    def __init__(self, matches: int) -> None:
+        self.matches = matches
+
+    def find(self, query: FindQuery) -> AsyncIterator[Dataset]:
+        async def matches() -> AsyncIterator[Dataset]:
+            for number in range(self.matches):
+                match = Dataset()
+                match.StudyInstanceUID = f"1.2.3.{number}"
+                yield match
+            raise Unavailable("the archive is stopping")
+
+        return matches()
+
+
+def until(condition: Callable[[], bool]) -> Deferred[None]:
+    """Fires on the first turn of the reactor on which ``condition`` holds."""
+    reached: Deferred[None] = Deferred()
+
+    def check() -> None:
+        if condition():
+            reached.callback(None)
+        else:
+            reactor.callLater(0.001, check)
+
+    check()
+    return reached
 
 
 class ListHandler:

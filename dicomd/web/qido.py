@@ -391,7 +391,8 @@ class _JsonAnswers:
     async def write_all(
         self, found: Iterable[Dataset] | AsyncIterable[Dataset], reactor: Any
     ) -> None:
-        """Write every match the client asked for, then close the array."""
+        """Write every match the client asked for, then close the array.  Matches that fail
+        before any of the answer went out are a 503; after, the connection is cut."""
         if self.shape.encodes_values and IEncodedMatches.providedBy(found):
             found = found.encoded(self.shape)
         cooperator = task.Cooperator(scheduler=lambda work: reactor.callLater(0, work))
@@ -406,6 +407,8 @@ class _JsonAnswers:
         except ClientGone:
             return
         except (Unavailable, OSError) as error:
+            if not self.request.startedWriting:
+                raise WebError(HTTPStatus.SERVICE_UNAVAILABLE, str(error)) from None
             log.warn(
                 "QIDO-RS: answer cut short after {sent} matches: {why}", sent=self.sent, why=error
             )
