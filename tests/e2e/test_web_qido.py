@@ -261,6 +261,28 @@ def test_curl_bad_queries_are_400_with_one_line(web_archive, query, parameter):
     assert body.count(b"\n") == 1
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "PatientName=%C3%28",
+        "PatientName=%00*",
+        "StudyInstanceUID=" + "1." * 2000 + "1",
+        "00100010=" + "*" * 2000,
+        "StudyDate=99999999-00000000",
+        "StudyTime=25",
+        "limit=99999999999",
+        "includefield=" + ",".join(["00100010"] * 500),
+        "&&&=&=",
+    ],
+)
+def test_curl_hostile_queries_are_answered_200_or_400(web_archive, query):
+    status, _, body = curl(f"{dicomweb_url(web_archive)}/studies?{query}")
+
+    assert status in (200, 400), body
+    if status == 200:
+        assert isinstance(json.loads(body), list)
+
+
 def test_curl_no_match_and_fuzzy_warning(web_archive):
     status, headers, body = curl(
         f"{dicomweb_url(web_archive)}/studies?PatientName=doe*&fuzzymatching=true"
