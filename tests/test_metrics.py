@@ -18,8 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from twisted.internet import defer, task
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 from zope.interface import implementer
 
 from dicomd import metrics, uids
@@ -37,7 +40,7 @@ from dicomd.interfaces import (
 )
 from dicomd.testing import MemoryNode, received_instance
 from dicomd.ul.pdu import PresentationContextRQ, encode_pdata
-from dicomd.web.metrics import MetricsResource
+from dicomd.web.metrics import MetricsResource, observe_request
 from tests.wire import IMPLICIT, Peer, request
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -324,3 +327,37 @@ def test_a_dead_workers_open_associations_leave_its_counts_stay(tmp_path: Path) 
     finally:
         metrics.remove_folder(folder)
     assert not folder.exists()
+
+
+def finished_request(code: int) -> server.Request:
+    request = server.Request(DummyChannel())
+    request.method = b"GET"
+    request.setResponseCode(code)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(200, "success"), (204, "success"), (202, "warning"), (404, "failure"), (503, "failure")],
+)
+def test_a_web_request_counts_when_its_answer_has_gone(code: int, status: str) -> None:
+    clock = Clock()
+    request = finished_request(code)
+    with moves() as moved:
+        observe_request(request, "wado", clock)
+        clock.advance(2)
+        with moves() as streaming:
+            pass
+        request.finish()
+    assert streaming("dicomd_operations_total", service="wado", status=status) == 0
+    assert moved("dicomd_operations_total", service="wado", status=status) == 1
+    assert moved("dicomd_operation_duration_seconds_sum", service="wado") == 2
+
+
+def test_a_web_request_whose_client_went_away_is_cancelled() -> None:
+    request = finished_request(200)
+    with moves() as moved:
+        observe_request(request, "qido", Clock())
+        request.connectionLost(Failure(ConnectionDone()))
+    assert moved("dicomd_operations_total", service="qido", status="cancel") == 1
+    assert moved("dicomd_operations_total", service="qido", status="success") == 0

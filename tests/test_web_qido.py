@@ -22,7 +22,13 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    ensureDeferred,
+    gatherResults,
+    inlineCallbacks,
+)
 from twisted.internet.error import ConnectionLost
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -375,6 +381,21 @@ class StreamTests(QidoTests):
         self.assertRegex(lines[0], r"cut short after \d+ matches: the archive is stopping")
         self.assertFalse(any(event.get("log_failure") for event in events))
 
+    def test_a_client_gone_while_the_handler_finds_has_its_matches_closed(self):
+        handler = SlowHandler()
+        searching = ensureDeferred(
+            search(
+                get_request("/dicom-web/studies"), self.context_with([handler]), "STUDY", None, None
+            )
+        )
+        searching.addErrback(lambda failure: failure.trap(CancelledError))
+
+        searching.cancel()  # what klein does when the connection is lost
+        self.assertFalse(handler.matches.closed)
+        handler.finding.callback(handler.matches)
+
+        self.assertTrue(handler.matches.closed)
+
 
 class AbortingTransport(DummyChannel.TCP):
     """A transport whose abort loses the request's connection, as a real one does."""
@@ -406,6 +427,35 @@ class FailingHandler:
             raise Unavailable("the archive is stopping")
 
         return matches()
+
+
+class ClosableMatches:
+    """Matches that say whether they were closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __aiter__(self) -> ClosableMatches:
+        return self
+
+    async def __anext__(self) -> Dataset:
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class SlowHandler:
+    """A find plugin that answers when the test says."""
+
+    find_models = (STUDY_ROOT_FIND,)
+
+    def __init__(self) -> None:
+        self.finding: Deferred[ClosableMatches] = Deferred()
+        self.matches = ClosableMatches()
+
+    def find(self, query: FindQuery) -> Deferred[ClosableMatches]:
+        return self.finding
 
 
 def until(condition: Callable[[], bool]) -> Deferred[None]:

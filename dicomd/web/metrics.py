@@ -5,14 +5,19 @@ archive's query threads), then writes the text in a thread of the reactor's
 pool: with workers, prometheus-client reads every worker's files for it, and
 neither belongs on the reactor thread.  An index that cannot be counted
 leaves its gauge out of that scrape, with one line in the log.
+
+`observe_request` counts a DICOMweb request as an operation of its service
+(``qido``, ``wado``, ``stow``) once its answer has gone, whatever wrote it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -68,6 +73,30 @@ class MetricsResource(resource.Resource):
                 self.log.warn("the index size is left out of /metrics: {error}", error=error)
         body: bytes = await self.run_blocking(metrics.exposition, extra)
         return body
+
+
+def observe_request(request: IRequest, service: str, clock: IReactorTime) -> None:
+    """Count ``request`` as an operation of ``service`` (`dicomd.metrics.SERVICES`) when its
+    answer has gone, with its duration from now: its status category from the HTTP status,
+    ``cancel`` when the client went away first.  A streamed answer (WADO-RS) counts once
+    its last byte is written, not when its route returns."""
+    started = clock.seconds()
+
+    def answered(_: object) -> None:
+        metrics.observe_operation(service, status_category(request.code), clock.seconds() - started)
+
+    def gone(_: object) -> None:
+        metrics.observe_operation(service, "cancel", clock.seconds() - started)
+
+    request.notifyFinish().addCallbacks(answered, gone)
+
+
+def status_category(code: int) -> str:
+    """The DIMSE status category an HTTP status stands for: 202 Accepted is STOW-RS's answer
+    when some instances failed (a warning), 4xx and 5xx failures, the rest success."""
+    if code >= HTTPStatus.BAD_REQUEST:
+        return "failure"
+    return "warning" if code == HTTPStatus.ACCEPTED else "success"
 
 
 def metrics_resource(context: WebContext) -> MetricsResource:

@@ -35,7 +35,7 @@ import re
 from collections.abc import AsyncIterable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from pydicom import Dataset, config
 from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
@@ -64,6 +64,7 @@ from dicomd.web.errors import WebError
 from dicomd.web.streaming import ClientGone, PacedBody
 
 log = Logger()
+_T = TypeVar("_T")
 
 DICOM_JSON: Final = "application/dicom+json"
 OFFERS: Final = (DICOM_JSON, "application/json")
@@ -259,7 +260,7 @@ async def search(
         relational=True,
     )
     try:
-        found = await defer.maybeDeferred(handler.find, query)
+        found = await _closed_if_cancelled(defer.maybeDeferred(handler.find, query))
     except InvalidIdentifier as error:
         raise WebError(HTTPStatus.BAD_REQUEST, str(error)) from None
     except Unavailable as error:
@@ -447,6 +448,32 @@ class _JsonAnswers:
         finished.addErrback(lambda _: None)
         self.request.channel.transport.abortConnection()
         await finished
+
+
+def _closed_if_cancelled(finding: defer.Deferred[_T]) -> defer.Deferred[_T]:
+    """``finding``, whose cancellation (the client left) lets the handler finish and then
+    closes what it answers (``aclose``), so that the read it opened ends at once."""
+
+    def cancel(waiting: defer.Deferred[_T]) -> None:
+        finding.addCallbacks(_close_matches, lambda _: None)
+
+    def hand_over(result: Any) -> Any:
+        if waiting.called:
+            return result  # the cancelled search's, for cancel's callbacks
+        waiting.callback(result)
+        return None
+
+    waiting: defer.Deferred[_T] = defer.Deferred(cancel)
+    finding.addBoth(hand_over)
+    return waiting
+
+
+def _close_matches(found: Any) -> None:
+    close = getattr(found, "aclose", None)
+    if close is not None:
+        defer.ensureDeferred(close()).addErrback(
+            lambda failure: log.failure("could not close a search's matches", failure)
+        )
 
 
 async def _supported_keys(handler: IFindHandler, level: str) -> frozenset[str] | None:
