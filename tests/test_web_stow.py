@@ -29,6 +29,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web.http import HTTPChannel
 
 from dicomd.archive import ArchiveHandler
 from dicomd.dimse.walker import InflationLimits
@@ -171,16 +172,7 @@ class StowTests(unittest.TestCase):
         headers: dict[str, str] | None = None,
     ) -> Deferred[Answer]:
         """POST ``body`` and fire with the answer once it is all written."""
-        site = web_site(web, None, timeout=60)
-        address = IPv4Address("TCP", "10.0.0.7", 40000)
-        channel = site.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
-        channel.makeConnection(transport)
-        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
-        lines = [f"POST {path} HTTP/1.1", "Host: dicomd.test", f"Content-Type: {content_type}"]
-        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        lines.append(f"Content-Length: {len(body)}")
-        channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        transport = self.send(web, body, path, content_type, headers)[1]
         answered: Deferred[Answer] = Deferred()
 
         def check() -> None:
@@ -192,6 +184,40 @@ class StowTests(unittest.TestCase):
 
         check()
         return answered
+
+    def send(
+        self,
+        web: WebContext,
+        body: bytes,
+        path: str = "/dicom-web/studies",
+        content_type: str = RELATED,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[HTTPChannel, StringTransport]:
+        """Write the request into a new HTTP channel of the site."""
+        site = web_site(web, None, timeout=60)
+        address = IPv4Address("TCP", "10.0.0.7", 40000)
+        channel = site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        lines = [f"POST {path} HTTP/1.1", "Host: dicomd.test", f"Content-Type: {content_type}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        lines.append(f"Content-Length: {len(body)}")
+        channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        return channel, transport
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no thread of the reactor's pool or of the archive works any more."""
+        done: Deferred[None] = Deferred()
+
+        def check() -> None:
+            if reactor.getThreadPool().working or self.archive._in_flight.count:
+                reactor.callLater(0.01, check)
+            else:
+                done.callback(None)
+
+        reactor.callLater(0.01, check)
+        return done
 
     def kept(self) -> dict[str, bytes]:
         """SOP Instance UID -> the data set of the file the archive keeps for it."""
@@ -422,6 +448,18 @@ class StowTests(unittest.TestCase):
             b"those stored stay)\n",
         )
         self.assertEqual(len(self.kept()), 2)
+        self.assertEqual(self.view.partial_files(), [])
+
+    @inlineCallbacks
+    def test_a_client_leaving_right_after_its_request_leaves_no_file_behind(self):
+        web = self.web()
+        pixels = bytes(1 << 20)
+        big = {"Rows": 512, "Columns": 1024, "BitsAllocated": 16, "PixelData": pixels}
+        sent = [instance(n, **big) for n in range(30)]
+        channel, _transport = self.send(web, multipart(sent))
+        channel.connectionLost(Failure(ConnectionDone()))
+        yield self.idle()
+        self.assertLess(len(self.view.indexed()), 30)
         self.assertEqual(self.view.partial_files(), [])
 
     @inlineCallbacks

@@ -128,10 +128,7 @@ async def store(request: Any, context: WebContext, study: str | None) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > context.max_stow_length:
         raise WebError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_long(context.max_stow_length))
     reader = PartReader(request.content, boundary, context)
-    try:
-        outcomes = await _store_parts(request, context, study, reader)
-    finally:
-        reader.close()
+    outcomes = await _store_parts(request, context, study, reader)
     if not outcomes:
         raise WebError(HTTPStatus.BAD_REQUEST, "the body holds no part")
     _log_failures(request, outcomes)
@@ -149,16 +146,22 @@ async def _store_parts(
     request: Any, context: WebContext, study: str | None, reader: PartReader
 ) -> list[Outcome]:
     """Read the parts in a thread, one after the other, and judge up to `_IN_FLIGHT` at
-    once; once the body has been read (or found wrong), wait for every judgement."""
-    reactor = context.reactor
-    pool = reactor.getThreadPool()
+    once; once the body has been read (or found wrong), wait for every judgement.
+
+    The parts judged when the client leaves are judged to the end (their files are kept
+    or removed as the chain says), and the part being read is removed once read.
+    """
     turns = defer.DeferredSemaphore(_IN_FLIGHT)
     judged: list[defer.Deferred[Outcome]] = []
     problem: WebError | None = None
     while True:
-        await turns.acquire()
         try:
-            part = await deferToThreadPool(reactor, pool, reader.next_part)
+            await turns.acquire()
+        except defer.CancelledError:
+            reader.close()
+            raise
+        try:
+            part = await _next_part(context.reactor, reader)
         except MultipartError as error:
             message = f"the body is not a multipart body: {error}"
             problem = WebError(HTTPStatus.BAD_REQUEST, _after(message, len(judged)))
@@ -166,17 +169,49 @@ async def _store_parts(
             problem = WebError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _after(str(error), len(judged)))
         if problem is not None or part is None:
             turns.release()
+            reader.close()
             break
         judgement = _judge(request, context, study, part)
         judgement.addBoth(_released, turns)
         judged.append(judgement)
-    outcomes = [outcome for _, outcome in await defer.DeferredList(judged, consumeErrors=True)]
+    everything = defer.DeferredList(judged, consumeErrors=True)
+    outcomes = [outcome for _, outcome in await _shielded(everything, lambda _: None)]
     if problem is not None:
         raise problem
     for outcome in outcomes:
         if not isinstance(outcome, Outcome):
             outcome.raiseException()  # a defect: the site logs it
     return outcomes
+
+
+def _next_part(reactor: Any, reader: PartReader) -> defer.Deferred[ReceivedPart | Outcome | None]:
+    """The reader's next part, read in a thread.  Cancelled (the client left), the thread
+    still reads to the end of its part: the file it wrote is then removed and the reader
+    closed, rather than left in the incoming folder."""
+
+    def too_late(result: object) -> None:
+        if isinstance(result, ReceivedPart):
+            result.checked.file.remove()
+        reader.close()
+
+    reading = deferToThreadPool(reactor, reactor.getThreadPool(), reader.next_part)
+    return _shielded(reading, too_late)
+
+
+def _shielded(work: defer.Deferred[Any], too_late: Any) -> defer.Deferred[Any]:
+    """A Deferred of ``work``'s result that can be cancelled without cancelling ``work``
+    (a thread, or a store chain, which must run to its end): a result that comes after
+    the cancellation goes to ``too_late``."""
+    answer: defer.Deferred[Any] = defer.Deferred()
+
+    def hand_over(result: object) -> None:
+        if answer.called:
+            too_late(result)
+        else:
+            answer.callback(result)  # a Failure goes down the errbacks
+
+    work.addBoth(hand_over)
+    return answer
 
 
 def _released(result: object, turns: defer.DeferredSemaphore) -> object:
@@ -295,7 +330,7 @@ class PartReader:
         )
 
     def close(self) -> None:
-        """Remove the file of a part cut short by an error."""
+        """Remove the file of a part cut short by an error; not while `next_part` runs."""
         writing, self._writing = self._writing, None
         if writing is not None:
             writing.discard()
