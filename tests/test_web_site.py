@@ -188,6 +188,27 @@ def test_each_route_is_refused_to_users_the_rules_do_not_let_do_its_operation(
 
 
 @pytest.mark.parametrize(("method", "path", "operation"), ROUTES)
+def test_each_route_reaches_its_service_which_answers_a_node_without_plugins(
+    tmp_path: Path, method: str, path: str, operation: str
+) -> None:
+    """Past the rules, each route's service answers (not found, not implemented...), never a
+    defect: a 500 or an error in the log would say the route called it wrong."""
+    errors: list[dict[str, object]] = []
+
+    def observe(event: dict[str, object]) -> None:
+        if event.get("log_failure") is not None or event.get("isError"):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        answer, _ = ask(context(tmp_path), method, path)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not errors, errors
+    assert 400 <= answer.status < 600 and answer.status not in (401, 403, 500), answer.body
+
+
+@pytest.mark.parametrize(("method", "path", "operation"), ROUTES)
 def test_each_route_asks_for_credentials_when_none_or_wrong_ones_are_given(
     secured: WebContext, method: str, path: str, operation: str
 ) -> None:

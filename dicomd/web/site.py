@@ -177,7 +177,7 @@ class WebSite:
     ) -> Any:
         return await self._instance(
             request,
-            "rendered",
+            wado.rendered,
             study_uid,
             series_uid,
             instance_uid,
