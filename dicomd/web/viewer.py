@@ -71,10 +71,12 @@ def app_config(dicomweb_base: str) -> bytes:
 
     QIDO-RS takes ``includefield``; ``fuzzymatching`` is honoured only by an archive
     with ``case_insensitive_names`` (else answered with a Warning), so the viewer
-    does not send it and relies on wildcards (``*name*``) instead.  Images come
-    from WADO-RS frames and metadata (``wadors``), thumbnails too, so that every
-    stored transfer syntax the viewer's codecs decode shows; there is no WADO-URI
-    and no static DICOMweb, and the study is read series by series as opened.
+    does not ask for it and searches names with wildcards (``*name*``) instead.
+    Images come from WADO-RS metadata and frames (``wadors``), thumbnails too, so
+    that every stored transfer syntax the viewer's codecs decode shows; there is no
+    WADO-URI and no static DICOMweb, and a study's series are read as they are
+    opened.  No investigational-use dialog and no onboarding tour: the viewer
+    opens onto the archive's study list.
     """
     settings: dict[str, Any] = {
         "routerBasename": None,
@@ -87,7 +89,7 @@ def app_config(dicomweb_base: str) -> bytes:
         "showCPUFallbackMessage": True,
         "showLoadingIndicator": True,
         "strictZSpacingForVolumeViewport": True,
-        "investigationalUseDialog": {"option": "never"},  # nor its onboarding tour, above
+        "investigationalUseDialog": {"option": "never"},
         "defaultDataSourceName": DATA_SOURCE,
         "dataSources": [
             {
@@ -205,7 +207,8 @@ async def _send(request: server.Request, path: Path, size: int) -> None:
         return
     except OSError as error:
         log.warn("viewer: {path} cut short: {error}", path=path.name, error=str(error))
-        request.channel.transport.abortConnection()
+        if request.channel is not None:  # else gone already
+            request.channel.transport.abortConnection()
         return
     finally:
         body.close()
