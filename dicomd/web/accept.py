@@ -147,7 +147,7 @@ def not_acceptable(offers: Sequence[str]) -> WebError:
 def _same_value(name: str, wanted: str, offered: str | None) -> bool:
     if offered is None:
         return False
-    if name == "type":  # a media type: case-insensitive, as the type of a range is
+    if name in ("type", "charset"):  # case-insensitive, as a media type and a charset are
         return wanted.lower() == offered.lower()
     return wanted == offered
 
