@@ -241,11 +241,14 @@ class StudySearchTests(QidoTests):
     def test_json_is_answered_to_clients_that_take_it_and_406_to_others(self):
         plain_json = yield self.search("/studies", "STUDY", accept="application/json")
         anything = yield self.search("/studies", "STUDY", accept="*/*")
+        utf8 = yield self.search("/studies", "STUDY", accept="application/json; charset=UTF-8")
         error = yield self.refused("/studies", "STUDY", accept="text/html")
+        latin1 = yield self.refused("/studies", "STUDY", accept="application/json;charset=latin1")
 
         self.assertEqual(plain_json.headers["content-type"], "application/json")
         self.assertEqual(anything.headers["content-type"], "application/dicom+json")
-        self.assertEqual(error.status, 406)
+        self.assertEqual(utf8.headers["content-type"], "application/json")
+        self.assertEqual((error.status, latin1.status), (406, 406))
 
     @inlineCallbacks
     def test_bad_parameters_are_400_naming_the_parameter(self):

@@ -66,9 +66,10 @@ from dicomd.web.streaming import ClientGone, PacedBody
 log = Logger()
 _T = TypeVar("_T")
 
-DICOM_JSON: Final = "application/dicom+json"
-OFFERS: Final = (DICOM_JSON, "application/json")
-"""What a search answers, preferred first; ``*/*`` gets DICOM JSON."""
+OFFERS: Final = ("application/dicom+json; charset=utf-8", "application/json; charset=utf-8")
+"""What a search answers, preferred first; ``*/*`` gets DICOM JSON.  JSON is UTF-8
+(RFC 8259): a client may ask for ``charset=utf-8``, and the answer's Content-Type goes
+without it, as RFC 8259 defines none."""
 FUZZY_WARNING: Final = (
     '299 dicomd: "The fuzzymatching parameter is not supported.'
     ' Only literal matching has been performed."'
@@ -265,7 +266,7 @@ async def search(
         raise WebError(HTTPStatus.BAD_REQUEST, str(error)) from None
     except Unavailable as error:
         raise WebError(HTTPStatus.SERVICE_UNAVAILABLE, str(error)) from None
-    request.setHeader(b"content-type", media.encode("ascii"))
+    request.setHeader(b"content-type", media.partition(";")[0].encode("ascii"))
     if parameters.fuzzy and not matches_names_fuzzily(handler):
         request.setHeader(b"warning", FUZZY_WARNING.encode("ascii"))
     shape = AnswerShape(query, service_root(request, context))
