@@ -37,6 +37,7 @@ from twisted.web import server
 from twisted.web.test.requesthelper import DummyChannel
 
 from dicomd.archive import ArchiveHandler
+from dicomd.archive.query import ArchiveQuery
 from dicomd.interfaces import FindQuery, Unavailable
 from dicomd.uids import STUDY_ROOT_FIND
 from dicomd.web.context import WebContext
@@ -523,16 +524,19 @@ values = st.one_of(
     st.dictionaries(names, st.lists(values, min_size=1, max_size=3), max_size=6),
     st.sampled_from(["STUDY", "SERIES", "IMAGE"]),
     st.sampled_from([None, "1.2.3"]),
+    st.booleans(),
 )
-def test_any_query_string_is_parameters_or_a_400(args, level, study):
+def test_any_query_string_is_parameters_or_a_400(args, level, study, archive_keys):
+    supported = ArchiveQuery(lambda: None).supported_keys(level) if archive_keys else None
     try:
         parameters = parse_parameters(args)
-        found = identifier(parameters, level, study, None, None)
+        found = identifier(parameters, level, study, None, supported)
     except WebError as error:
         assert error.status == 400
         assert "\n" not in error.message
         return
     assert found.QueryRetrieveLevel == level
+    assert "StudyInstanceUID" in found
     assert parameters.offset >= 0
     assert parameters.limit is None or parameters.limit >= 0
 
