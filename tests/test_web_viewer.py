@@ -70,6 +70,16 @@ def ask(
     reactor: ThreadedClock, folder: Path, path: str, method: str = "GET", **headers: str
 ) -> Answer:
     """The site's whole answer to ``method path`` (its head alone for ``HEAD``)."""
+    transport = send(reactor, folder, path, method, **headers)
+    if method != "HEAD":
+        reactor.run_until(lambda: _whole(transport.value()))
+    return Answer(transport.value())
+
+
+def send(
+    reactor: ThreadedClock, folder: Path, path: str, method: str = "GET", **headers: str
+) -> StringTransport:
+    """The connection to the site once the request is written to it."""
     site = web_site(context(folder.parent, reactor=reactor), folder, timeout=60)
     address = IPv4Address("TCP", "10.0.0.7", 40000)
     channel = site.buildProtocol(address)
@@ -78,9 +88,7 @@ def ask(
     lines = [f"{method} {path} HTTP/1.1", "Host: dicomd.test"]
     lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
     channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    if method != "HEAD":
-        reactor.run_until(lambda: _whole(transport.value()))
-    return Answer(transport.value())
+    return transport
 
 
 def _whole(raw: bytes) -> bool:
@@ -131,6 +139,19 @@ def test_a_file_of_many_chunks_goes_out_whole(reactor: ThreadedClock, folder: Pa
     answer = ask(reactor, folder, "/5130ccb17e3f3f5b.wasm")
     assert (answer.status, answer.header("content-length")) == (200, str(len(content)))
     assert answer.body == content
+
+
+def test_a_file_that_shrinks_while_sent_cuts_the_answer_short(
+    reactor: ThreadedClock, folder: Path
+) -> None:
+    bundle = folder / "5731.bundle.694bce33e168bf29.js"
+    bundle.write_bytes(b"x" * (2 * CHUNK))
+    transport = send(reactor, folder, "/" + bundle.name)
+    bundle.write_bytes(b"x" * CHUNK)  # before the first chunk is read in its thread
+    reactor.run_until(lambda: transport.disconnecting)
+    answer = Answer(transport.value())
+    assert (answer.status, answer.header("content-length")) == (200, str(2 * CHUNK))
+    assert len(answer.body) < 2 * CHUNK
 
 
 def test_app_config_names_our_dicomweb_not_the_packages(
