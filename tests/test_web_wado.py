@@ -32,6 +32,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 
 from dicomd.archive import ArchiveHandler
@@ -155,6 +156,8 @@ class Node:
 
     def __init__(self, folder: Path, decompressor: Decompressor | None = None) -> None:
         self.reactor = ThreadedClock()
+        self.failures: list[str] = []
+        globalLogPublisher.addObserver(self._observe)
         self.archive = ArchiveHandler(folder / "archive", reactor=self.reactor, threads=2)
         self.archive.startService()
         self.context = WebContext(
@@ -199,12 +202,20 @@ class Node:
         self.reactor.run_until(whole)
         return answers[0]
 
+    def _observe(self, event: dict[str, Any]) -> None:
+        failure = event.get("log_failure") or event.get("failure")  # new or legacy logging
+        if failure is not None:
+            self.failures.append(f"{formatEvent(event)}: {failure.value!r}")
+
     def close(self) -> None:
+        """Stop the archive; no traceback may have been logged meanwhile."""
         stopped = self.archive.stopService()
         done: list[object] = []
         stopped.addBoth(done.append)
         self.reactor.run_until(lambda: bool(done))
         self.reactor.stop()
+        globalLogPublisher.removeObserver(self._observe)
+        assert not self.failures, self.failures
 
 
 def send(channel: Any, path: str, accept: str | None) -> None:

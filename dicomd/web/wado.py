@@ -311,6 +311,8 @@ async def _send_decompressed(
 async def _abort(request: Any) -> None:
     """End a streamed answer that cannot be whole so that the client sees it cut short,
     and wait for the connection to be gone before the route finishes."""
+    if request.channel is None:  # gone already
+        return
     finished = request.notifyFinish()
     finished.addErrback(lambda _: None)
     request.channel.transport.abortConnection()
