@@ -11,7 +11,6 @@ content negotiation, the 400s and the empty answer.
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from tests.support.daemons import RunningDaemon
 from tests.support.datasets import ct_dataset
 from tests.support.dcmtk import run_dcmtk
 from tests.support.processes import LOCALHOST
-from tests.support.web import dicomweb_url, start_web_daemon
+from tests.support.web import curl, dicomweb_url, start_web_daemon
 
 pytestmark = pytest.mark.usefixtures("report_module_daemons")
 
@@ -113,26 +112,6 @@ def path_of(url: str) -> str:
     """The path of a RetrieveURL.  dicomweb-client sends ``Host`` without the port, so the
     URLs it is answered name the scheme's default port (curl's show the whole URL)."""
     return urlsplit(url).path
-
-
-def curl(url: str, *options: str) -> tuple[int, dict[str, str], bytes]:
-    """curl's status, headers (lower-case names) and body for a GET of ``url``."""
-    with tempfile.TemporaryDirectory() as folder:
-        head = Path(folder) / "head"
-        done = subprocess.run(
-            ["curl", "-sS", "-g", "-o", "-", "-D", str(head), *options, url],
-            capture_output=True,
-            timeout=30,
-            check=True,
-        )
-        lines = head.read_text("latin-1").splitlines()
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if value:
-            headers[name.strip().lower()] = value.strip()
-    return status, headers, done.stdout
 
 
 # --------------------------------------------------------------------------------------------
