@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -387,17 +388,27 @@ def test_a_peer_that_does_not_read_holds_up_the_matches(style: str) -> None:
     assert statuses == [0xFF00] * 20 + [0x0000]
 
 
-def test_a_handler_that_cannot_answer_now_is_a700_with_its_reason_and_no_traceback() -> None:
-    """A stopping archive is no fault: the peer hears A700, the log gets one line."""
+@pytest.mark.parametrize(
+    "error",
+    [
+        Unavailable("the archive is stopping"),
+        ConnectionAbortedError(errno.ECONNABORTED, "index: the archive is stopping"),
+    ],
+)
+def test_a_handler_that_cannot_answer_now_is_a700_with_its_reason_and_no_traceback(
+    error: Exception,
+) -> None:
+    """A stopping archive, or an index it cannot reach, is no fault of the query: the peer
+    hears A700, the log gets one line."""
     observed: list[dict] = []
     globalLogPublisher.addObserver(observed.append)
     try:
-        peer = find_peer(Handler(Unavailable("the archive is stopping")))
+        peer = find_peer(Handler(error))
         send_find(peer, identifier(PatientID=""))
     finally:
         globalLogPublisher.removeObserver(observed.append)
     ((status, _),) = answers(peer)
     assert status == 0xA700
-    assert peer.last_command[0].error_comment == "the archive is stopping"
+    assert "the archive is stopping" in peer.last_command[0].error_comment
     assert not [event for event in observed if "log_failure" in event]
     assert any("the archive is stopping" in formatEvent(event) for event in observed)

@@ -24,7 +24,9 @@ their own for the same reason: a store holds its locks while it writes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +34,8 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import IsolationLevel
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from dicomd.archive.dialects import postgresql
@@ -41,7 +44,25 @@ from dicomd.archive.migrations import migrate
 from dicomd.interfaces import IArchiveIndex
 
 OPEN_TIMEOUT: Final = 30.0
-"""Seconds to wait for the database at start-up, and for a pooled connection after."""
+"""Seconds to wait for the database at start-up."""
+CONNECTION_TIMEOUT: Final = 5.0
+"""Seconds a store or a look-up waits for a pooled connection, and that the pool tries to
+connect again before it gives up (so that the next request tries at once): a database
+that is down fails a store in seconds, and one that is back is used in seconds."""
+
+_log = Logger(namespace="dicomd.archive.postgres")
+
+
+class _OneLine(logging.Handler):
+    """psycopg_pool's warnings as one line each in the daemon's log, not stderr's lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _log.warn("{message}", message=" ".join(record.getMessage().split()))
+
+
+_pool_logger = logging.getLogger("psycopg.pool")
+_pool_logger.addHandler(_OneLine(logging.WARNING))
+_pool_logger.propagate = False
 
 
 @implementer(IArchiveIndex)
@@ -69,15 +90,26 @@ class PostgresIndex(IndexWrites):
             min_size=1,
             max_size=self.connections,
             kwargs={"autocommit": True},
-            timeout=self.timeout,
+            timeout=CONNECTION_TIMEOUT,
+            reconnect_timeout=self.timeout,  # at start-up: wait for the database to come up
             open=False,
             name="dicomd-index",
         )
+        _log.info(
+            "index: waiting up to {seconds:g} s for {url}",
+            seconds=self.timeout,
+            url=_shown(self.url),
+        )
         try:
             with self.dialect.resource_errors():
-                pool.open(wait=True, timeout=self.timeout)
+                try:
+                    pool.open(wait=True, timeout=self.timeout)
+                except PoolTimeout:
+                    _why_not(self.url, self.timeout)
+                    raise
                 with pool.connection() as connection:
                     migrate(connection, self.dialect)
+                pool.reconnect_timeout = CONNECTION_TIMEOUT
         except BaseException:
             pool.close()
             raise
@@ -136,7 +168,7 @@ class PostgresIndex(IndexWrites):
 
     def locks(self) -> AdvisoryLocks:
         """Locks across every node of the archive, with a pool of ``connections`` of their own."""
-        return AdvisoryLocks(self.url, connections=self.connections, timeout=self.timeout)
+        return AdvisoryLocks(self.url, connections=self.connections, dialect=self.dialect)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -158,13 +190,15 @@ class AdvisoryLocks:
     connections.  Blocking: for the archive's threads.
     """
 
-    def __init__(self, url: str, *, connections: int, timeout: float = OPEN_TIMEOUT) -> None:
+    def __init__(self, url: str, *, connections: int, dialect: Any) -> None:
+        self._dialect = dialect
         self._pool = ConnectionPool(
             url,
             min_size=0,
             max_size=connections,
             kwargs={"autocommit": True},
-            timeout=timeout,
+            timeout=CONNECTION_TIMEOUT,
+            reconnect_timeout=CONNECTION_TIMEOUT,
             open=True,
             name="dicomd-locks",
         )
@@ -200,3 +234,24 @@ def lock_number(key: str) -> int:
     """The advisory lock of ``key``: a signed 64-bit hash, the same on every node."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _shown(url: str) -> str:
+    """``url`` without its password, for the log."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(url)
+    user, host = parts.get("user", ""), parts.get("host", "")
+    return f"postgresql://{user}@{host}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+
+
+def _why_not(url: str, waited: float) -> None:
+    """Raise, in one line, why the database at ``url`` cannot be reached: the pool's own
+    timeout says neither where nor why."""
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as error:
+        cause = " ".join(str(error).split("\n")[0].split())
+        raise OSError(
+            errno.ECONNREFUSED, f"index {_shown(url)}: no connection within {waited:g} s: {cause}"
+        ) from None

@@ -73,16 +73,6 @@ NO_WAIT_DEADLINE = 15.0
 """Seconds a daemon may take to give up on a backend it does not wait for: its start-up
 (a few seconds on a loaded machine) and three refused connections."""
 
-POOL_DEFECTS = (
-    "the PostgreSQL pools: AdvisoryLocks.hold lets psycopg's OperationalError and "
-    "PoolTimeout through (C000 and a traceback, not A700 and a line); a store waits "
-    "OPEN_TIMEOUT (30 s) for a pooled connection while the database refuses them; "
-    "psycopg_pool's reconnection back-off (doubling, up to reconnect_timeout, 300 s) "
-    "leaves the pools empty for minutes after the database is back; psycopg_pool's "
-    "warnings reach the log through stderr, two lines each; and the C-FIND service answers "
-    "an OSError of the find handler (no connection) C001 with a traceback, not A700"
-)
-
 
 def archive_node(start_dicomd: Callable[..., RunningDaemon], **overrides: Any) -> RunningDaemon:
     """A daemon of one process with the archive plugin (its log in a failing test's report)."""
@@ -173,7 +163,6 @@ def seconds_until_stored(daemon: RunningDaemon, probe: Path, output: Path) -> fl
         time.sleep(0.5)
 
 
-@pytest.mark.xfail(strict=True, reason=POOL_DEFECTS)
 def test_a_database_gone_mid_ingest_fails_stores_in_a_line_each_and_they_succeed_once_it_is_back(
     start_dicomd: Callable[..., RunningDaemon], tmp_path: Path
 ) -> None:
@@ -266,16 +255,7 @@ def closed_backends(port: int) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize(
     ("backend", "waits"),
     [
-        pytest.param(
-            "index",
-            True,  # for the database to come up, OPEN_TIMEOUT
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the line is 'BlockingIOError: [Errno 11] index: pool initialization "
-                "incomplete after 30.0 sec': neither the URL nor the cause; the 30 s wait is "
-                "told only by psycopg_pool's warnings, two lines each through stderr",
-            ),
-        ),
+        ("index", True),  # for the database to come up, OPEN_TIMEOUT
         ("object storage", False),  # a refused connection is an answer
     ],
 )

@@ -197,7 +197,7 @@ class _Answer:
             return
         if failure.check(InvalidIdentifier):
             status = uids.Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
-        elif failure.check(Unavailable):
+        elif failure.check(Unavailable, OSError):
             self.service.log.warn(
                 "C-FIND from {calling} ended after {matches} matches: {why}",
                 calling=self.query.calling_ae_title,
