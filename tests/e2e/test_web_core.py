@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemons import RunningDaemon, run_twistd, users_file, write_config
+from tests.support.daemons import (
+    RunningDaemon,
+    run_dicomd,
+    run_twistd,
+    users_file,
+    write_config,
+)
 from tests.support.processes import LOCALHOST, free_tcp_port
 
 VIEWER_ORIGIN = "https://viewer.example"
@@ -60,16 +66,8 @@ def secured(
     """alice may find, bob may get, carol may store: each with passcode "right"."""
     users = users_file(tmp_path, "alice")
     for name in ("bob", "carol"):
-        added = subprocess.run(
-            [
-                *("python", "-m", "dicomd.cli", "user", "add", name),
-                *("--file", str(users), "--passcode-stdin"),
-            ],
-            input="right\n",
-            capture_output=True,
-            text=True,
-            check=False,
-            env=None,
+        added = run_dicomd(
+            *("user", "add", name, "--file", str(users), "--passcode-stdin"), input_text="right\n"
         )
         assert added.returncode == 0, added.stderr
     port = free_tcp_port()
