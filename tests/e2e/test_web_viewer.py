@@ -9,7 +9,8 @@ sees every study in the study list, clicks the series' study and its "Basic
 Viewer", and waits for the viewport's canvas to show an image (its pixels, read
 back as a PNG of the element, far from uniform).  Every request of the page
 that failed (a status of 400 or more, or no answer) fails the test with its
-URL; the browser's console and the daemon's log are in the report.
+URL, and so does an error in the browser's console or a traceback in the
+daemon's log; the console and the daemon's log are in the report.
 
 ``DICOMD_SCREENSHOT=docs/viewer.png`` saves the page with the study open, as
 the README shows it (a palette PNG of a few tens of kB).
@@ -273,6 +274,7 @@ def test_the_study_list_shows_the_archive_and_a_click_shows_the_series(
         save_screenshot(driver, REPO_ROOT / screenshot)
     assert browser.failed_requests() == [], browser
     assert browser.console("SEVERE") == [], browser
+    assert "Traceback" not in archive.daemon.log_text()
     print(
         f"study list after {listed - started:.1f} s, image after {shown - listed:.1f} s"
         f" more (canvas grey level spread {spread:.0f})"
