@@ -472,6 +472,19 @@ def test_native_frames_are_octet_streams_in_the_order_asked(node: Node) -> None:
     assert frames == [ds.PixelData[(n - 1) * length : n * length] for n in (3, 1, 10)]
 
 
+def test_big_endian_frames_go_little_endian(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    try:
+        node.keep(Path(get_testdata_file("MR_small_bigendian.dcm")))
+
+        answer = node.get(instance_url(MR) + "/frames/1", None)
+
+        [(_, content)] = answer.parts()
+        assert content == dcmread(MR).PixelData
+    finally:
+        node.close()
+
+
 def test_compressed_frames_go_in_their_syntax_media_type(node: Node) -> None:
     accept = 'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50'
 

@@ -146,8 +146,9 @@ def _trailer(file: BinaryIO, pixels: Pixels, implicit: bool, little: bool) -> Da
 
 
 def read_frame(file: BinaryIO, pixels: Pixels, number: int) -> bytes:
-    """Frame ``number`` (1-based) as stored: native bytes, or the compressed bitstream of
-    an encapsulated frame.  ``file`` is the one ``pixels`` was read from."""
+    """Frame ``number`` (1-based) as stored: native bytes (little endian, big endian ones
+    swapped), or the compressed bitstream of an encapsulated frame.  ``file`` is the one
+    ``pixels`` was read from."""
     count = pixels.number_of_frames
     if not 1 <= number <= count:
         raise IndexError(f"frame {number} is not in 1-{count}")
@@ -172,6 +173,12 @@ def read_frame(file: BinaryIO, pixels: Pixels, number: int) -> bytes:
     data = file.read(length)
     if len(data) < length:
         raise PixelsError(f"the file ends within frame {number}")
+    bits = int(pixels.head.get("BitsAllocated") or 8)
+    if pixels.transfer_syntax == uids.EXPLICIT_VR_BIG_ENDIAN and bits in (16, 32, 64):
+        # frames go out little endian (PS3.18 8.7.3.3.2): swap each sample's bytes
+        import numpy as np  # here: only a retired syntax needs it
+
+        data = np.frombuffer(data, f">u{bits // 8}").astype(f"<u{bits // 8}").tobytes()
     return data
 
 
