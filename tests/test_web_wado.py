@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pydicom import Dataset, dcmread
@@ -39,7 +39,10 @@ from dicomd.archive import ArchiveHandler
 from dicomd.dimse.transcode import Decompressor
 from dicomd.interfaces import RetrieveItem
 from dicomd.web.context import WebContext
+from dicomd.web.metadata import MetadataError, instance_json, locate
 from dicomd.web.multipart import MultipartWriter
+from dicomd.web.pixels import PixelsError, pixels_of, read_frame
+from dicomd.web.rendering import RenderingError, RenderOptions, render
 from dicomd.web.site import web_site
 from dicomd.web.streaming import CHUNK
 from dicomd.web.wado import MAX_FRAMES, frame_numbers
@@ -550,6 +553,52 @@ def test_any_frame_list_is_numbers_or_a_value_error(text: str) -> None:
 def test_a_frame_list_longer_than_the_most_is_refused() -> None:
     with pytest.raises(ValueError, match="more than"):
         frame_numbers(",".join(["1"] * (MAX_FRAMES + 1)))
+
+
+SOURCES = {path.name: path.read_bytes() for path in (CT, JPEG, MULTI_FRAME)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(sorted(SOURCES)),
+    cut=st.one_of(st.none(), st.integers(132, 40_000)),
+    changes=st.lists(
+        st.tuples(st.integers(300, 40_000), st.binary(min_size=1, max_size=4)), max_size=6
+    ),
+)
+def test_a_damaged_file_fails_each_reader_in_one_line(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    cut: int | None,
+    changes: list[tuple[int, bytes]],
+) -> None:
+    content = bytearray(SOURCES[name])
+    for position, replacement in changes:
+        position %= len(content)
+        content[position : position + len(replacement)] = replacement
+    if cut is not None:
+        content = content[: cut % len(content)]
+    path = tmp_path_factory.mktemp("damaged") / "instance.dcm"
+    path.write_bytes(bytes(content))
+
+    def frames_and_image() -> None:
+        pixels = pixels_of(path)
+        if pixels.present:  # the routes answer 404 or 406 for an instance without pixels
+            with path.open("rb") as file:
+                read_frame(file, pixels, pixels.number_of_frames)
+            render(path, pixels, 1, RenderOptions("image/png", thumbnail=True))
+
+    readers = (
+        lambda: instance_json(path, "http://dicomd.test/dicom-web"),
+        lambda: locate(path, (0x7FE00010,)),
+        frames_and_image,
+    )
+
+    for reader in readers:
+        try:
+            reader()
+        except (PixelsError, MetadataError, RenderingError) as error:
+            assert "\n" not in str(error)
 
 
 # -- Rendered ----------------------------------------------------------------------------------

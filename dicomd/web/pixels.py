@@ -20,7 +20,6 @@ from typing import BinaryIO, Final
 
 from pydicom import Dataset, dcmread
 from pydicom.encaps import get_frame
-from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.pixels import pixel_array
 
@@ -31,6 +30,25 @@ PIXEL_DATA: Final = 0x7FE00010
 _TRAILING_PADDING: Final = 0xFFFCFFFC
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 _EXPLICIT_LONG_VRS: Final = frozenset({b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN"})
+
+
+_READ_FIRST: Final = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+)
+"""Attributes the routes read from the data set: a malformed one fails `read_pixels`."""
 
 
 class PixelsError(ValueError):
@@ -97,8 +115,10 @@ def read_pixels(file: BinaryIO, trailer: bool = False) -> Pixels:
     """
     try:
         head = dcmread(file, stop_before_pixels=True, defer_size=1024)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error) as error:
-        raise PixelsError(f"unreadable instance: {error}") from None
+        for keyword in _READ_FIRST:  # pydicom converts values when first asked: ask here
+            head.get(keyword)
+    except Exception as error:  # pydicom raises many types for malformed data sets
+        raise PixelsError(f"unreadable instance: {_one_line(error)}") from None
     syntax = str(head.file_meta.get("TransferSyntaxUID", uids.IMPLICIT_VR_LITTLE_ENDIAN))
     if syntax == uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         return Pixels(head, syntax, None, None, "OB")
@@ -198,9 +218,12 @@ def decoded_frame(file: BinaryIO, pixels: Pixels, number: int) -> bytes:
     try:
         array = pixel_array(file, index=number - 1)
     except Exception as error:  # pydicom and its plugins raise many types for bad streams
-        reason = " ".join(str(error).split())[:200]
-        raise PixelsError(f"frame {number} does not decode: {reason}") from None
+        raise PixelsError(f"frame {number} does not decode: {_one_line(error)}") from None
     return array.astype(f"<{kind}{bits // 8}", copy=False).tobytes()
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200] or type(error).__name__
 
 
 def pixels_of(path: Path) -> Pixels:

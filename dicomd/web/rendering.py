@@ -130,13 +130,18 @@ def render(path: Path, pixels: Pixels, frame: int, options: RenderOptions) -> by
     except Exception as error:  # pydicom and its plugins raise many types for bad streams
         raise RenderingError(f"frame {frame} does not decode: {_one_line(error)}") from None
     photometric = str(head.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric.startswith("MONOCHROME"):
-        grey = _grey_levels(array, head, frame, options.window)
-        if photometric == "MONOCHROME1":
-            grey = 255 - grey
-        image = Image.fromarray(grey, mode="L")
-    else:
-        image = Image.fromarray(_colour(array, head, photometric), mode="RGB")
+    try:
+        if photometric.startswith("MONOCHROME"):
+            grey = _grey_levels(array, head, frame, options.window)
+            if photometric == "MONOCHROME1":
+                grey = 255 - grey
+            image = Image.fromarray(grey, mode="L")
+        else:
+            image = Image.fromarray(_colour(array, head, photometric), mode="RGB")
+    except RenderingError:
+        raise
+    except Exception as error:  # attributes pydicom's LUT functions cannot use
+        raise RenderingError(f"frame {frame} cannot be shown: {_one_line(error)}") from None
     if options.box is not None:
         image.thumbnail(options.box, Image.Resampling.LANCZOS)
     out = io.BytesIO()
