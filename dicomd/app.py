@@ -185,6 +185,7 @@ def service_tree(
             web_context(config, plugins, reactor, audited=trail.enabled),
             config.web.viewer,
             timeout=config.timeouts.network_idle,
+            max_connections=config.web.max_connections,
         )
         web = listener(endpoints.serverFromString(reactor, config.web.listen), site)
         web.setName("web")

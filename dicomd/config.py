@@ -107,11 +107,13 @@ _WEB_DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "viewer": None,
         "cors_origins": [],
         "max_stow_length": 1073741824,
+        "max_connections": 256,
     }
 )
 """The ``web:`` section's keys, for a section that is there (the whole section is off by
 default, and on in ``conf/scp.yaml``)."""
 MAX_STOW_LENGTH_RANGE: Final = (1 << 20, 1 << 40)
+MAX_WEB_CONNECTIONS_RANGE: Final = (1, 16384)
 _CLIENT_CERTIFICATE_MODES: Final = ("none", "optional", "required")
 _RELATIONAL_MODES: Final = ("never", "negotiated", "always")
 
@@ -290,6 +292,8 @@ class Web:
     """Origins (``https://host[:port]``) whose pages may read the answers; ``*`` for any."""
     max_stow_length: int = 1073741824
     """Bytes of a request body (a STOW-RS) past which it is refused, 413."""
+    max_connections: int = 256
+    """HTTP connections open at once in each serving process; past it, 503."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +490,9 @@ def _web(value: object, listen: object, workers: int) -> Web | None:
         cors_origins=_origins(fields["cors_origins"], "web.cors_origins"),
         max_stow_length=_integer(
             fields["max_stow_length"], "web.max_stow_length", MAX_STOW_LENGTH_RANGE
+        ),
+        max_connections=_integer(
+            fields["max_connections"], "web.max_connections", MAX_WEB_CONNECTIONS_RANGE
         ),
     )
 

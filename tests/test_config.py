@@ -551,6 +551,7 @@ MISTAKES = [
         "must be from 1048576 to 1099511627776, got 1000",
     ),
     ({"web": {"max_stow_length": "1G"}}, "web.max_stow_length", "expected an integer, got '1G'"),
+    ({"web": {"max_connections": 0}}, "web.max_connections", "must be from 1 to 16384, got 0"),
 ]
 
 

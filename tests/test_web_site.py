@@ -18,9 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dicomd.interfaces import IFindHandler, UserIdentity
@@ -415,6 +417,30 @@ def test_any_request_line_and_host_get_an_answer_and_log_no_error(
         assert Answer(raw).status != 500, raw
 
 
+def test_connections_past_the_limit_are_answered_503_and_closed(tmp_path: Path) -> None:
+    site = web_site(context(tmp_path), None, timeout=60, max_connections=2)
+    address = IPv4Address("TCP", "10.0.0.7", 40000)
+    open_ones = []
+    for _ in range(2):
+        channel = site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        open_ones.append((channel, transport))
+    refused = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    refused.makeConnection(transport)
+    assert Answer(transport.value()).status == 503
+    assert transport.disconnecting
+
+    channel, transport = open_ones.pop()
+    channel.connectionLost(Failure(ConnectionDone()))
+    again = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    again.makeConnection(transport)
+    again.dataReceived(b"GET /dicom-web/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert Answer(transport.value()).status == 404
+
+
 # The parsers of Accept and Authorization: bytes from anyone
 
 
@@ -538,7 +564,7 @@ def test_the_node_listens_for_the_web_when_the_section_is_there(tmp_path: Path) 
 
     from dicomd.app import service_tree
     from dicomd.config import parse_config
-    from dicomd.web.site import WebServerSite
+    from dicomd.web.site import ConnectionLimit, WebServerSite
 
     config = parse_config(
         {
@@ -555,8 +581,10 @@ def test_the_node_listens_for_the_web_when_the_section_is_there(tmp_path: Path) 
     web.startService()
     port, site, _, interface = reactor.tcpServers[-1]
     assert (port, interface) == (8042, "127.0.0.1")
-    assert isinstance(site, WebServerSite)
-    assert site.max_body_length == 1 << 20
+    assert isinstance(site, ConnectionLimit)
+    assert site.most == 256
+    assert isinstance(site.wrappedFactory, WebServerSite)
+    assert site.wrappedFactory.max_body_length == 1 << 20
 
     without = service_tree(parse_config({"workers": 1, "plugins": []}), (), MemoryReactorClock())
     assert "web" not in [service.name for service in without]

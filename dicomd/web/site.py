@@ -23,7 +23,9 @@ from typing import Any, Final
 
 from klein import Klein
 from twisted.internet import defer
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
@@ -341,7 +343,10 @@ class _Front(resource.Resource):
             request.setResponseCode(HTTPStatus.NO_CONTENT)
             request.setHeader(b"allow", ALLOWED_METHODS)
             return b""
-        return self.routes.render(request)
+        try:
+            return self.routes.render(request)
+        except HTTPException as refused:  # werkzeug's, before any route: a Host it refuses
+            return plain(request, HTTPStatus(refused.code or 400), refused.name)
 
 
 class BoundedRequest(server.Request):
@@ -403,8 +408,63 @@ class WebServerSite(server.Site):
         self.noisy = False
 
 
-def web_site(context: WebContext, viewer: Path | None, timeout: float) -> WebServerSite:
-    """The factory of ``web.listen``: the `WebSite` routes over ``context``."""
-    return WebServerSite(
+class _Counted(ProtocolWrapper):
+    """A connection the limit counts until it ends (once, however often that is reported)."""
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.wrappedProtocol is not None:
+            super().connectionLost(reason)
+
+
+class ConnectionLimit(WrappingFactory):
+    """At most ``most`` HTTP connections open at once in this process: past that, each new
+    one is answered 503 and closed, with one line in the log, so that a flood of idle
+    connections cannot take every descriptor the node's associations need too."""
+
+    log = Logger()
+    protocol = _Counted
+
+    def __init__(self, site: WebServerSite, most: int) -> None:
+        super().__init__(site)
+        self.most = most
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.protocols) >= self.most:
+            self.log.warn(
+                "HTTP connection from {peer} refused: {most} are open (web.max_connections)",
+                peer=getattr(addr, "host", addr),
+                most=self.most,
+            )
+            return _Busy()
+        return super().buildProtocol(addr)
+
+
+class _Busy(Protocol):
+    """Answers 503 at once and closes."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(BUSY)
+        self.transport.loseConnection()
+
+
+_BUSY_BODY: Final = b"too many connections are open; try again\n"
+BUSY: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_BUSY_BODY), _BUSY_BODY)
+)
+DEFAULT_MAX_CONNECTIONS: Final = 256
+
+
+def web_site(
+    context: WebContext,
+    viewer: Path | None,
+    timeout: float,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> ConnectionLimit:
+    """The factory of ``web.listen``: the `WebSite` routes over ``context``, with at most
+    ``max_connections`` open at once, none idle longer than ``timeout`` seconds."""
+    site = WebServerSite(
         WebSite(context, viewer).resource(), context.max_stow_length, timeout, context.reactor
     )
+    return ConnectionLimit(site, max_connections)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from tests.support.daemons import (
     RunningDaemon,
+    log_lines_with,
     run_dicomd,
     run_twistd,
     users_file,
@@ -169,3 +171,26 @@ def test_a_web_port_in_use_stops_the_start_with_one_line(tmp_path: Path, workers
 def assert_no_traceback(daemon: RunningDaemon) -> None:
     log = daemon.log_text()
     assert "Traceback" not in log, log
+
+
+def test_connections_past_the_limit_are_answered_503(
+    start_dicomd: Callable[..., RunningDaemon],
+) -> None:
+    port = free_tcp_port()
+    daemon = start_dicomd(workers=1, plugins=[], web=web_settings(port, max_connections=2))
+    web = WebDaemon(daemon, f"http://{LOCALHOST}:{port}")
+    idle = [socket.create_connection((LOCALHOST, port)) for _ in range(2)]
+    try:
+        daemon.wait_for_log(lambda log: False, timeout=0.5)  # the daemon takes both in
+        busy = web.curl("/dicom-web/nothing")
+        assert busy.status == 503
+        assert busy.headers["retry-after"] == "1"
+    finally:
+        for connection in idle:
+            connection.close()
+    deadline = time.monotonic() + 10  # room again once the daemon sees them gone
+    while (status := web.curl("/dicom-web/nothing").status) == 503 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 404
+    assert log_lines_with(daemon.log_text(), "refused", "web.max_connections")
+    assert_no_traceback(daemon)
