@@ -475,6 +475,22 @@ def test_native_frames_are_octet_streams_in_the_order_asked(node: Node) -> None:
     assert frames == [ds.PixelData[(n - 1) * length : n * length] for n in (3, 1, 10)]
 
 
+def test_an_image_without_rows_is_not_found_before_any_answer_begins(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    try:
+        ds = dcmread(MR)
+        del ds.Rows
+        node.keep(ds)
+
+        frames = node.get(instance_url(MR) + "/frames/1", None)
+        image = node.get(instance_url(MR) + "/rendered", "image/png")
+
+        assert (frames.status, image.status) == (404, 404)
+        assert frames.body == b"the instance cannot be read\n"
+    finally:
+        node.close()
+
+
 def test_big_endian_frames_go_little_endian(tmp_path: Path) -> None:
     node = Node(tmp_path)
     try:

@@ -145,9 +145,17 @@ def read_pixels(file: BinaryIO, trailer: bool = False) -> Pixels:
     offset = file.tell()
     value_length = None if length == _UNDEFINED_LENGTH else length
     found = Pixels(head, syntax, offset, value_length, "OB" if value_length is None else name)
+    _check_image(found)
     if not trailer:
         return found
     return replace(found, trailer=_trailer(file, found, implicit, little is not False))
+
+
+def _check_image(pixels: Pixels) -> None:
+    """Fail now (`PixelsError`), not once an answer has begun, when the attributes that
+    place the frames are unusable."""
+    if pixels.number_of_frames and not pixels.encapsulated:
+        _ = pixels.frame_length
 
 
 def _trailer(file: BinaryIO, pixels: Pixels, implicit: bool, little: bool) -> Dataset:
