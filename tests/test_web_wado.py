@@ -814,6 +814,32 @@ def test_a_client_gone_mid_answer_removes_the_spool_file(tmp_path: Path) -> None
 
 
 @dataclass
+class DatasetSource:
+    """A plugin's retrieve source that answers data sets, not files."""
+
+    dataset: Dataset
+    retrieve_models = ()
+
+    def instances(self, query: Any) -> list[RetrieveItem]:
+        ds = self.dataset
+        syntax = ds.file_meta.TransferSyntaxUID
+        return [RetrieveItem(None, ds.SOPClassUID, ds.SOPInstanceUID, syntax, dataset=ds)]
+
+    def may_move(self, query: Any, destination: str) -> bool:
+        return True
+
+
+def test_a_plugins_data_set_is_sent_as_a_part10_file(node: Node) -> None:
+    context = replace(node.context, retrieve_source=DatasetSource(dcmread(MR)))
+
+    answer = node.get(instance_url(MR), DICOM_PARTS, context)
+
+    [(_, content)] = answer.parts()
+    assert data_set_bytes(content) == data_set_bytes(MR.read_bytes())
+    assert list(node.context.incoming.iterdir()) == []
+
+
+@dataclass
 class SlowSource:
     """A retrieve source whose fetch ends when the test says."""
 

@@ -128,6 +128,8 @@ async def _items(
         )
     except InvalidIdentifier as error:
         raise WebError(400, str(error)) from None
+    except defer.CancelledError:  # the client went away
+        raise
     except Exception as error:
         log.warn("WADO-RS: the retrieve source failed: {error}", error=str(error))
         raise WebError(503, "the archive cannot list instances now") from None
