@@ -4,8 +4,10 @@ A WADO-RS series may be gigabytes long.  `PacedBody` is the push producer
 registered on the request: the transport pauses it when its send buffer is
 full and resumes it once drained, and every `write` waits while paused, so
 at most a chunk or two are ever in memory whatever the series' size and the
-client's speed.  `send_file` reads the next chunk in a thread while the
-previous one goes out, so the reactor thread never waits for the disk.
+client's speed.  `send_chunks` reads the next chunk in a thread while the
+previous one goes out, so the reactor thread never waits for the disk; a
+file is opened, measured and its first chunk read in one trip to a thread
+(`open_chunks`), so that a series of small files costs a thread hop a file.
 
 A client that goes away stops the producer; the next `write` raises
 `ClientGone` and the caller's ``finally`` blocks close files and remove spool
@@ -14,6 +16,7 @@ files.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -73,58 +76,84 @@ class PacedBody:
             self._request.unregisterProducer()
 
 
-async def send_file(
-    body: PacedBody,
-    reactor: Any,
-    path: Path,
-    offset: int = 0,
-    length: int | None = None,
-) -> int:
-    """Stream ``length`` bytes of ``path`` from ``offset`` (to its end when None), reading
-    each next chunk in a thread while the previous one is written; the bytes sent.
+async def open_chunks(
+    reactor: Any, path: Path, offset: int = 0, length: int | None = None
+) -> FileChunks:
+    """``length`` bytes of ``path`` from ``offset`` (to its end when None), opened, measured
+    and their first chunk read in one trip to a thread: a file of one chunk costs one."""
+    return await deferToThreadPool(  # type: ignore[no-any-return]
+        reactor, reactor.getThreadPool(), FileChunks, path, offset, length
+    )
 
-    Raises `OSError` for a file that cannot be read, or that ends before
-    ``length`` bytes.
-    """
+
+async def send_chunks(body: PacedBody, reactor: Any, chunks: FileChunks) -> None:
+    """Write ``chunks`` to ``body``, the next one read in a thread while the previous one
+    goes out.  Raises `OSError` for a file that cannot be read, or that ends early."""
     pool = reactor.getThreadPool()
-    reader = await deferToThreadPool(reactor, pool, _ChunkReader, path, offset, length)
-    sent = 0
-    reading = deferToThreadPool(reactor, pool, reader.read)
+    reading: defer.Deferred[bytes] | None = None
     try:
-        while chunk := await reading:
-            sent += len(chunk)
-            reading = deferToThreadPool(reactor, pool, reader.read)
+        chunk = chunks.first
+        while chunk:
+            reading = None if chunks.done else deferToThreadPool(reactor, pool, chunks.read)
             await body.write(chunk)
-        if length is not None and sent < length:
-            raise OSError(f"{path.name} ends {length - sent} bytes early")
-        return sent
+            if reading is None:
+                break
+            chunk = await reading
+        if not chunks.done:
+            raise OSError(f"{chunks.name} ends {chunks.remaining} bytes early")
     finally:
-        reading.addErrback(lambda _: None)  # a read left running when the client went away
-        deferToThreadPool(reactor, pool, reader.close)
+        if reading is not None:
+            reading.addErrback(lambda _: None)  # left running when the client went away
+        if not chunks.closed:
+            deferToThreadPool(reactor, pool, chunks.close)
 
 
-class _ChunkReader:
-    """A file read a chunk at a time from threads, closed only between reads (a read
-    may still run in its thread when the client goes away)."""
+async def send_file(
+    body: PacedBody, reactor: Any, path: Path, offset: int = 0, length: int | None = None
+) -> None:
+    """`open_chunks` then `send_chunks`."""
+    await send_chunks(body, reactor, await open_chunks(reactor, path, offset, length))
+
+
+class FileChunks:
+    """A part of a file read a chunk at a time from threads, closed by the read that ends
+    it, or else between reads (a read may still run when the client goes away).
+
+    ``length`` is the number of bytes to send, known once opened.
+    """
 
     def __init__(self, path: Path, offset: int, length: int | None) -> None:
+        self.name = path.name
         self._lock = threading.Lock()
         self._file: BinaryIO | None = path.open("rb", buffering=0)  # type: ignore[assignment]
-        self._remaining = length
         try:
+            size = os.fstat(self._file.fileno()).st_size  # type: ignore[union-attr]
+            self.length = max(0, size - offset) if length is None else length
+            self.remaining = self.length
             self._file.seek(offset)  # type: ignore[union-attr]
+            self.first = self.read()
         except BaseException:
             self.close()
             raise
 
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
     def read(self) -> bytes:
+        """The next chunk (empty at the end of the file); the last one closes the file."""
         with self._lock:
-            if self._file is None or self._remaining == 0:
+            if self._file is None or self.remaining == 0:
                 return b""
-            size = CHUNK if self._remaining is None else min(CHUNK, self._remaining)
-            chunk = self._file.read(size) or b""
-            if self._remaining is not None:
-                self._remaining -= len(chunk)
+            chunk = self._file.read(min(CHUNK, self.remaining)) or b""
+            self.remaining -= len(chunk)
+            if self.remaining == 0 or not chunk:
+                self._file.close()
+                self._file = None
             return chunk
 
     def close(self) -> None:

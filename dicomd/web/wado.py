@@ -45,7 +45,7 @@ from dicomd.web.errors import WebError
 from dicomd.web.multipart import MultipartWriter
 from dicomd.web.pixels import Pixels, PixelsError, decoded_frame, pixels_of, read_frame
 from dicomd.web.qido import service_root
-from dicomd.web.streaming import ClientGone, PacedBody, send_file
+from dicomd.web.streaming import ClientGone, PacedBody, open_chunks, send_chunks, send_file
 
 log = Logger()
 
@@ -282,9 +282,9 @@ async def retrieve(
 async def _send_stored(
     body: PacedBody, context: WebContext, writer: MultipartWriter, path: Path
 ) -> None:
-    size = await _in_thread(context, lambda: path.stat().st_size)
-    await body.write(writer.part_header(size))
-    await send_file(body, context.reactor, path, 0, size)
+    chunks = await open_chunks(context.reactor, path)
+    await body.write(writer.part_header(chunks.length))
+    await send_chunks(body, context.reactor, chunks)
 
 
 async def _send_decompressed(
