@@ -14,8 +14,6 @@ MiB goes out through WADO-RS while the daemon's peak resident set is watched.
 from __future__ import annotations
 
 import io
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,9 +29,10 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 
 from tests.support.archive import ArchiveView, archive_plugin
-from tests.support.daemons import RunningDaemon, start_daemon
+from tests.support.daemons import RunningDaemon
 from tests.support.dcmtk import run_dcmtk
-from tests.support.processes import LOCALHOST, free_tcp_port
+from tests.support.processes import LOCALHOST
+from tests.support.web import curl, dicomweb_url, start_web_daemon
 
 pytestmark = pytest.mark.usefixtures("report_module_daemons")
 
@@ -57,17 +56,14 @@ def web_archive(
 ) -> RunningDaemon:
     """A daemon with the archive and a web listener, holding every file of `SENT`."""
     folder = tmp_path_factory.mktemp("wado")
-    web_port = free_tcp_port()
-    daemon = start_daemon(
+    daemon = start_web_daemon(
         folder,
         {
             "plugins": [archive_plugin()],
-            "web": {"listen": f"tcp:{web_port}:interface={LOCALHOST}"},
             "workers": 1,
             "transfer_syntaxes": [JPEG_BASELINE, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
         },
     )
-    daemon.web_port = web_port  # type: ignore[attr-defined]
     module_daemons.append(daemon)
     stored = run_dcmtk(
         "storescu", "-xy", "-aec", daemon.ae_title, LOCALHOST, str(daemon.port),
@@ -77,13 +73,9 @@ def web_archive(
     return daemon
 
 
-def base_url(daemon: RunningDaemon) -> str:
-    return f"http://{LOCALHOST}:{daemon.web_port}/dicom-web"  # type: ignore[attr-defined]
-
-
 @pytest.fixture
 def client(web_archive: RunningDaemon) -> DICOMwebClient:
-    return DICOMwebClient(base_url(web_archive))
+    return DICOMwebClient(dicomweb_url(web_archive))
 
 
 def uids(name: str) -> tuple[str, str, str]:
@@ -110,28 +102,9 @@ def received_data_set(ds: Dataset) -> bytes:
     return data_set_bytes(buffer.getvalue())
 
 
-def curl(url: str, *options: str) -> tuple[int, dict[str, str], bytes]:
-    """curl's status, headers (lower-case names) and body for a GET of ``url``."""
-    with tempfile.TemporaryDirectory() as folder:
-        head = Path(folder) / "head"
-        done = subprocess.run(
-            ["curl", "-sS", "-g", "-o", "-", "-D", str(head), *options, url],
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-        lines = head.read_text("latin-1").splitlines()
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if value:
-            headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, done.stdout
-
-
 def instance_url(daemon: RunningDaemon, name: str) -> str:
     study, series, instance = uids(name)
-    return f"{base_url(daemon)}/studies/{study}/series/{series}/instances/{instance}"
+    return f"{dicomweb_url(daemon)}/studies/{study}/series/{series}/instances/{instance}"
 
 
 # -- dicomweb-client -----------------------------------------------------------------------------
@@ -161,8 +134,8 @@ def test_each_part_is_the_data_set_sent_byte_for_byte(
 ) -> None:
     study, series, _ = uids(name)
     url = {
-        "study": f"{base_url(web_archive)}/studies/{study}",
-        "series": f"{base_url(web_archive)}/studies/{study}/series/{series}",
+        "study": f"{dicomweb_url(web_archive)}/studies/{study}",
+        "series": f"{dicomweb_url(web_archive)}/studies/{study}/series/{series}",
         "instance": instance_url(web_archive, name),
     }[level]
 
@@ -220,7 +193,7 @@ def test_a_bulk_data_uri_gives_the_value(
     metadata = client.retrieve_instance_metadata(study, series, instance)
     uri = metadata["00431029"]["BulkDataURI"]
     path = urlsplit(uri).path  # dicomweb-client's Host has no port: the URI names port 80
-    url = f"http://{LOCALHOST}:{web_archive.web_port}{path}"  # type: ignore[attr-defined]
+    url = dicomweb_url(web_archive).removesuffix("/dicom-web") + path
 
     [value] = client.retrieve_bulkdata(url)
     status, headers, bare = curl(url, "-H", "Accept: application/octet-stream")
@@ -330,7 +303,7 @@ def test_a_rendered_colour_image_keeps_its_colours(web_archive: RunningDaemon) -
 )
 def test_error_statuses(web_archive: RunningDaemon, path: str, accept: str, status: int) -> None:
     prefix = {name: instance_url(web_archive, name) for name in SENT}
-    url = path.format(**prefix) if path.startswith("{") else base_url(web_archive) + path
+    url = path.format(**prefix) if path.startswith("{") else dicomweb_url(web_archive) + path
 
     got, headers, body = curl(url, "-H", f"Accept: {accept}")
 
@@ -378,7 +351,7 @@ def test_a_large_series_streams_with_flat_memory(
     assert stored.returncode == 0, stored.stdout + stored.stderr
     for path in tmp_path.glob("*.dcm"):
         path.unlink()
-    url = f"{base_url(web_archive)}/studies/{study}/series/{series}"
+    url = f"{dicomweb_url(web_archive)}/studies/{study}/series/{series}"
     before = web_archive.rss_kib() / 1024
     web_archive.reset_peak_memory()
 
