@@ -206,15 +206,23 @@ class StowTests(unittest.TestCase):
         channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         return channel, transport
 
-    def idle(self) -> Deferred[None]:
-        """Fires once no thread of the reactor's pool or of the archive works any more."""
+    def settled(self) -> Deferred[None]:
+        """Fires once nothing has moved for a while: no thread of the reactor's pool or of
+        the archive working or waiting to, and nothing in the incoming folder, on five
+        checks in a row (a thread's result reaches the reactor between two of them); or
+        after ten seconds, for the test's assertions to say what is left."""
         done: Deferred[None] = Deferred()
+        pool = reactor.getThreadPool()
+        quiet = [0]
+        deadline = reactor.seconds() + 10
 
         def check() -> None:
-            if reactor.getThreadPool().working or self.archive._in_flight.count:
-                reactor.callLater(0.01, check)
-            else:
+            busy = pool.working or pool.q.qsize() or self.archive._in_flight.count
+            quiet[0] = 0 if busy or self.view.incoming() else quiet[0] + 1
+            if quiet[0] >= 5 or reactor.seconds() > deadline:
                 done.callback(None)
+            else:
+                reactor.callLater(0.01, check)
 
         reactor.callLater(0.01, check)
         return done
@@ -458,7 +466,7 @@ class StowTests(unittest.TestCase):
         sent = [instance(n, **big) for n in range(30)]
         channel, _transport = self.send(web, multipart(sent))
         channel.connectionLost(Failure(ConnectionDone()))
-        yield self.idle()
+        yield self.settled()
         self.assertLess(len(self.view.indexed()), 30)
         self.assertEqual(self.view.partial_files(), [])
 
