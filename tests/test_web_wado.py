@@ -711,6 +711,25 @@ def test_bad_rendering_parameters_are_400(node: Node, query: str, status: int) -
     assert answer.status == status
 
 
+def test_jpeg_2000_is_neither_rendered_nor_decoded_here(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    try:
+        j2k = Path(get_testdata_file("MR2_J2KR.dcm"))
+        node.keep(j2k)
+
+        image = node.get(instance_url(j2k) + "/rendered", "image/png")
+        native = node.get(
+            instance_url(j2k) + "/frames/1", "multipart/related; type=application/octet-stream"
+        )
+        stored = node.get(instance_url(j2k) + "/frames/1", "*/*")
+
+        assert (image.status, native.status) == (406, 406)
+        [(headers, _)] = stored.parts()
+        assert headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+    finally:
+        node.close()
+
+
 def test_a_rendered_frame_out_of_range_is_404(node: Node) -> None:
     answer = node.get(instance_url(MULTI_FRAME) + "/frames/11/rendered", "image/png")
 

@@ -74,7 +74,27 @@ FRAME_MEDIA_TYPES: Final = {
 }
 """The media type of a frame kept in each compressed syntax (PS3.18 Table 8.7.3-2)."""
 
+QUICK_DECODING: Final = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.5",
+    }
+)
+"""The compressed syntaxes whose frames are decoded here (rendered, or asked for native):
+JPEG, JPEG-LS and RLE decode in milliseconds.  The decoders hold the interpreter lock,
+so a JPEG 2000 frame (half a second for 1024 x 1024) would stall the reactor thread
+as surely as decoding on it; those are refused (406)."""
 _FRAME_NUMBER: Final = re.compile(r"[0-9]{1,9}")
+
+
+def decoded_quickly(transfer_syntax: str) -> bool:
+    """Whether frames of ``transfer_syntax`` are decoded here (see `QUICK_DECODING`)."""
+    return transfer_syntax in QUICK_DECODING and decodable(transfer_syntax)
 
 
 def frame_numbers(frame_list: str) -> list[int]:
@@ -395,7 +415,7 @@ def _frame_media(request: Any, pixels: Pixels) -> _FrameMedia:
         if pixels.encapsulated and part in (OCTET_STREAM, "application/*"):
             if media.parameters.get("transfer-syntax") == ANY_SYNTAX:
                 return _FrameMedia(OCTET_STREAM, syntax)
-            if asked in (None, uids.EXPLICIT_VR_LITTLE_ENDIAN) and decodable(syntax):
+            if asked in (None, uids.EXPLICIT_VR_LITTLE_ENDIAN) and decoded_quickly(syntax):
                 return _FrameMedia(OCTET_STREAM, uids.EXPLICIT_VR_LITTLE_ENDIAN, decoded=True)
     raise WebError(406, f"the frames of this instance are {stored}; transfer-syntax={syntax}")
 
@@ -543,6 +563,10 @@ async def rendered(
         pixels = await _read_pixels(context, path)
         if not pixels.present:
             raise WebError(406, "the instance has no pixel data to render")
+        if pixels.encapsulated and not decoded_quickly(pixels.transfer_syntax):
+            raise WebError(
+                406, f"rendered images are not made of instances in {pixels.transfer_syntax}"
+            )
         count = pixels.number_of_frames
         if frame is not None and frame > count:
             raise WebError(404, f"frame {frame} is not in 1-{count}")
