@@ -7,8 +7,10 @@ or one of the thread pool's; waits in epoll, on locks and in system calls
 that release the GIL (reads, writes, fsync) are left out.  Each phase's
 collapsed stacks are summed over the daemon's processes (the parent and its
 workers) and summarised as the functions with the most samples on top of the
-stack (self) and anywhere in it (inclusive).  py-spy takes CPU of its own, so
-the figures of a profiled run are not the benchmark's figures.
+stack (self, any code) and dicomd's functions with the most samples anywhere
+in the stack (inclusive): which of its steps the time is spent under.  py-spy
+takes CPU of its own, so the figures of a profiled run are not the
+benchmark's figures.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from _memory import process_tree
 
 RATE: Final = 200
 """Samples a second, per process."""
-TOP: Final = 14
+TOP: Final = 20
 
 
 def py_spy() -> str | None:
@@ -97,21 +99,27 @@ class Profiler:
                     stack, _, count = line.rpartition(" ")
                     if not stack or not count.isdigit():
                         continue
-                    frames = [_short(frame) for frame in stack.split(";")]
+                    frames = stack.split(";")
                     total += int(count)
-                    own[frames[-1]] += int(count)
-                    for frame in set(frames):
+                    own[_short(frames[-1])] += int(count)
+                    for frame in {_short(frame) for frame in frames if _ours(frame)}:
                         anywhere[frame] += int(count)
             lines.append(f"{name}: {total} samples holding the GIL at {RATE}/s")
             if not total:
                 continue
             lines.append("  self:")
             lines += [f"    {100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(TOP)]
-            lines.append("  inclusive:")
+            lines.append("  inclusive, dicomd's functions:")
             lines += [
                 f"    {100 * n / total:5.1f}%  {frame}" for frame, n in anywhere.most_common(TOP)
             ]
         return lines
+
+
+def _ours(frame: str) -> bool:
+    """A frame of dicomd's code (py-spy names a package's modules from its folder), but
+    not of the worker's plumbing, under which every worker's sample is."""
+    return " (dicomd/" in frame and " (dicomd/fleet/" not in frame
 
 
 def _short(frame: str) -> str:

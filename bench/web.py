@@ -18,7 +18,8 @@ falls on both:
   and ``limit=100``, one client on one keep-alive connection; p50 and p90 of
   every request of every round.
 - WADO-RS: every large series, whole, as ``multipart/related;
-  type="application/dicom"`` in the stored syntax, the body read to its end.
+  type="application/dicom"`` in the stored syntax, the body read to its end,
+  each series ``--wado-passes`` times a round.
 
 The servers' CPU (their process trees, dicomd's workers included) is taken
 from ``/proc`` around each measurement: on a shared machine it moves less than
@@ -121,11 +122,11 @@ def main() -> int:
                 arguments.profile.mkdir(parents=True, exist_ok=True)
                 profiler = Profiler(arguments.profile, py_spy() or "py-spy")
             results = _measure(arguments, servers, query, query_files, large_files, profiler)
-    _report(arguments, results)
-    if profiler is not None:
-        print()
-        print(f"dicomd's profile (py-spy, raw stacks in {arguments.profile}):")
-        print("\n".join(profiler.summary()))
+        _report(arguments, results)  # before the scratch folder's thousands of files go
+        if profiler is not None:
+            print()
+            print(f"dicomd's profile (py-spy, raw stacks in {arguments.profile}):")
+            print("\n".join(profiler.summary()))
     return 0
 
 
@@ -171,7 +172,7 @@ def _measure(
                 with _profiled(profiler, measurement, server):
                     _qido(server, queries, samples(measurement, server))
         progress(f"{measurement}: done")
-    series = _series_uids(servers[0], arguments.series)
+    series = _series_uids(servers[0], arguments.series) * arguments.wado_passes
     for number in range(rounds):
         for server in _turns(servers, number):
             with _profiled(profiler, "wado", server):
@@ -422,7 +423,8 @@ def _report(arguments: argparse.Namespace, results: Results) -> None:
         f"{arguments.instances} instances in {query_set(arguments.instances).studies} studies,"
         f" {arguments.repeat} rounds, servers taking turns; QIDO {arguments.requests} requests"
         f" a kind a round; STOW {arguments.batch} a request, {arguments.clients} clients;"
-        f" WADO {arguments.series} series x {arguments.series_length} x 526 KB"
+        f" WADO {arguments.series} series x {arguments.series_length} x 526 KB,"
+        f" each {arguments.wado_passes} times a round"
     )
     print(
         format_table(
@@ -477,6 +479,12 @@ def _arguments() -> argparse.Namespace:
         type=int,
         default=20,
         help="instances per large series (default %(default)s)",
+    )
+    parser.add_argument(
+        "--wado-passes",
+        type=int,
+        default=5,
+        help="times each series is retrieved in a round (default %(default)s)",
     )
     parser.add_argument(
         "--profile",
