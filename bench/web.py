@@ -390,7 +390,7 @@ ROWS: Final = (
     *_qido_rows("qido-date", "StudyDate=range"),
     *_qido_rows("qido-limit", "limit=100"),
     _rate_row("WADO-RS series", "wado", "MB/s"),
-    _rate_row("STOW-RS small", "stow-small", "inst/s"),
+    _rate_row("STOW-RS 10 KB", "stow-small", "inst/s"),
     _rate_row("STOW-RS 526 KB", "stow-large", "inst/s"),
 )
 
