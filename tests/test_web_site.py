@@ -17,6 +17,7 @@ import jwt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -338,8 +339,37 @@ def test_any_origin(tmp_path: Path) -> None:
     assert answer.header("access-control-allow-origin") == "*"
 
 
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_each_request_counts_as_an_operation_of_its_web_service_refused_or_not(
+    secured: WebContext,
+) -> None:
+    """QIDO-RS, WADO-RS and STOW-RS requests are operations like C-FINDs, C-GETs and
+    C-STOREs in the node's metrics: a refusal (401, 403) counts as a failure."""
+    before = {
+        service: sample("dicomd_operations_total", service=service, status="failure")
+        for service in ("qido", "wado", "stow")
+    }
+    ask(secured, "GET", "/dicom-web/studies")
+    ask(secured, "GET", f"/dicom-web/studies/{STUDY}", {"Authorization": basic("eve", "x")})
+    ask(secured, "POST", "/dicom-web/studies")
+
+    after = {
+        service: sample("dicomd_operations_total", service=service, status="failure")
+        for service in ("qido", "wado", "stow")
+    }
+    assert {service: after[service] - before[service] for service in after} == {
+        "qido": 1,
+        "wado": 1,
+        "stow": 1,
+    }
+
+
 def test_a_body_past_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
     web = context(tmp_path, max_stow_length=1000)
+    hits_before = sample("dicomd_limit_hits_total", limit="max_stow_length")
     site = web_site(web, None, timeout=60)
     address = IPv4Address("TCP", "10.0.0.7", 40000)
     channel = site.buildProtocol(address)
@@ -351,6 +381,7 @@ def test_a_body_past_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> N
     )
     answer = Answer(transport.value())
     assert answer.status == 413
+    assert sample("dicomd_limit_hits_total", limit="max_stow_length") == hits_before + 1
     assert b"100 Continue" not in transport.value()
     assert transport.disconnecting
     channel.dataReceived(b"x" * 100_000)  # what was already on its way is dropped

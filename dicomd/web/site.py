@@ -32,13 +32,14 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
+from dicomd import metrics
 from dicomd.uids import uid_problem
 from dicomd.web import qido, stow, wado
 from dicomd.web.auth import Authentication, unauthorized
 from dicomd.web.context import WebContext, allowed, set_user
 from dicomd.web.cors import ALLOWED_METHODS, add_cors_headers, answer_preflight, is_preflight
 from dicomd.web.errors import WebError
-from dicomd.web.metrics import metrics_resource
+from dicomd.web.metrics import metrics_resource, observe_request
 from dicomd.web.viewer import viewer_resource
 
 BASE: Final = "/dicom-web"
@@ -53,6 +54,8 @@ Service = Callable[..., Awaitable[Any]]
 QUERY: Final = "find"
 RETRIEVE: Final = "get"
 STORE: Final = "store"
+_METRIC_SERVICES: Final = {QUERY: "qido", RETRIEVE: "wado", STORE: "stow"}
+"""The service each operation counts as in ``dicomd_operations_total``."""
 
 
 class WebSite:
@@ -255,7 +258,9 @@ class WebSite:
     async def _serve(
         self, request: IRequest, operation: str, service: Service, *arguments: Any
     ) -> Any:
-        """Admit the request for ``operation``, then answer it with the service's function."""
+        """Admit the request for ``operation``, then answer it with the service's function;
+        counted in the node's metrics once its answer has gone, refusals too."""
+        observe_request(request, _METRIC_SERVICES[operation], self.context.reactor)
         await self._admit(request, operation)
         return await service(request, self.context, *arguments)
 
@@ -378,6 +383,7 @@ class BoundedRequest(server.Request):
     def _refuse_body(self, length: int) -> None:
         """Answer 413 at once, on the raw connection, and close it: waiting for the body to
         end to answer politely would take in all of it."""
+        metrics.limit_hit("max_stow_length")
         most = self.channel.site.max_body_length
         if self.content is not None:
             self.content.close()
