@@ -9,9 +9,11 @@ objects it built itself instead of the ones a file names.
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +26,7 @@ from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface.interface import InterfaceClass
 
@@ -318,6 +321,35 @@ def with_tls(config: Config, factory: DicomServerFactory) -> ServerFactory:
 
 LISTEN_KEYS: Final = MappingProxyType({"dicom": "listen", "web": "web.listen"})
 """The configuration key of each listening service, by its name in the service tree."""
+
+
+def stop_once_on_signals(reactor: Any) -> None:
+    """Once the reactor runs, the first SIGTERM or SIGINT stops it as Twisted does, and any
+    later one is only logged.
+
+    Twisted's handlers queue one ``reactor.stop()`` per signal: a second signal
+    sent before the first was handled (an init system and an operator both
+    stopping the daemon) made the second stop fail with a logged
+    ``ReactorNotRunning`` traceback.
+    """
+    stopping: list[int] = []
+
+    def first_only(twisted_handler: Callable[[int, Any], object], number: int, frame: Any) -> None:
+        if stopping:
+            Logger(namespace="dicomd").info(
+                "Received {name} while shutting down already", name=signal.Signals(number).name
+            )
+            return
+        stopping.append(number)
+        twisted_handler(number, frame)  # logs it, stops the reactor, and twistd re-raises it
+
+    def install() -> None:  # after Twisted's own, which starting the reactor installs
+        for number in (signal.SIGTERM, signal.SIGINT):
+            twisted_handler = signal.getsignal(number)
+            if callable(twisted_handler):
+                signal.signal(number, functools.partial(first_only, twisted_handler))
+
+    reactor.callWhenRunning(install)
 
 
 def stop_on_listen_failure(error: CannotListenError, key: str = "listen") -> NoReturn:

@@ -40,6 +40,7 @@ def makeService(options: Options, reactor: object | None = None) -> MultiService
     """
     if reactor is None:
         from twisted.internet import reactor
+    app.stop_once_on_signals(reactor)
     try:
         return node_service(load_config(options["config"]), reactor, root=_Node())
     except ConfigError as error:

@@ -113,4 +113,5 @@ def run(config: Any, families: dict[int, socket.AddressFamily], reactor: Any) ->
     root.getServiceNamed("audit").records_activity = False  # the parent's start and stop
     root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    app.stop_once_on_signals(reactor)
     reactor.run()

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -129,6 +130,24 @@ def test_stopping_the_parent_stops_every_worker(start_dicomd):
     assert daemon.process.returncode == -signal.SIGTERM  # twistd ends by raising it again
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     assert "Traceback" not in daemon.log_text()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_sigterm_while_stopping_is_only_logged(start_dicomd, workers):
+    """An init system and an operator may both stop the daemon: Twisted queued a stop per
+    signal, and the second one logged a ReactorNotRunning traceback."""
+    daemon = start_dicomd(workers=workers)  # started: its workers accept
+
+    daemon.process.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    daemon.process.send_signal(signal.SIGTERM)
+    daemon.process.wait(30)
+    daemon.stop()
+
+    assert daemon.process.returncode == -signal.SIGTERM
+    log = daemon.log_text()
+    assert "Traceback" not in log and "ReactorNotRunning" not in log, log
+    assert "Received SIGTERM, shutting down." in log
 
 
 def test_an_archive_folder_of_unknown_files_stops_the_parent_with_one_line(twistd, tmp_path):
