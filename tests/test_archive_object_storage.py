@@ -11,7 +11,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto import mock_aws
 from pydicom import dcmread
 
 from dicomd.archive import ArchiveHandler
@@ -19,7 +18,7 @@ from dicomd.archive.index import adding
 from dicomd.interfaces import FindQuery
 from dicomd.uids import STUDY_ROOT_MOVE, Status
 from tests.support.received import ct_small, opened, received, record, status_of
-from tests.support.s3 import REGION, aws_environment, use_aws_environment
+from tests.support.s3 import in_process_bucket
 
 BUCKET = "dicomd-archive"
 URL = f"s3://{BUCKET}/site"
@@ -28,10 +27,7 @@ URL = f"s3://{BUCKET}/site"
 @pytest.fixture
 def bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[boto3.client]:
     """moto's S3 in this process with one empty bucket, and a client to look into it."""
-    use_aws_environment(monkeypatch, aws_environment({}, tmp_path))
-    with mock_aws():
-        client = boto3.client("s3", region_name=REGION)
-        client.create_bucket(Bucket=BUCKET)
+    with in_process_bucket(monkeypatch, tmp_path, BUCKET) as client:
         yield client
 
 

@@ -14,12 +14,11 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, ResponseStreamingError
 from botocore.response import StreamingBody
-from moto import mock_aws
 from zope.interface.verify import verifyObject
 
 from dicomd.archive.objects import MIB, ObjectStorageError, S3Storage, parse_url
 from dicomd.interfaces import IInstanceStorage
-from tests.support.s3 import REGION, aws_environment, random_file, use_aws_environment
+from tests.support.s3 import aws_environment, in_process_bucket, random_file, use_aws_environment
 
 BUCKET = "dicomd-archive"
 PART = 5 * MIB
@@ -28,10 +27,7 @@ PART = 5 * MIB
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[boto3.client]:
     """moto's S3 in this process with one empty bucket, and a client to look into it."""
-    use_aws_environment(monkeypatch, aws_environment({}, tmp_path))
-    with mock_aws():
-        client = boto3.client("s3", region_name=REGION)
-        client.create_bucket(Bucket=BUCKET)
+    with in_process_bucket(monkeypatch, tmp_path, BUCKET) as client:
         yield client
 
 

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,6 +120,20 @@ def use_aws_environment(monkeypatch: pytest.MonkeyPatch, environment: Mapping[st
     for name, value in environment.items():
         if name.startswith("AWS_"):
             monkeypatch.setenv(name, value)
+
+
+@contextlib.contextmanager
+def in_process_bucket(monkeypatch: pytest.MonkeyPatch, folder: Path, bucket: str) -> Iterator[Any]:
+    """moto's S3 inside this process (``mock_aws``: no socket) with one empty ``bucket``,
+    and a boto3 client to look into it; the AWS environment is the dummy one."""
+    import boto3
+    from moto import mock_aws
+
+    use_aws_environment(monkeypatch, aws_environment({}, folder))
+    with mock_aws():
+        client = boto3.client("s3", region_name=REGION)
+        client.create_bucket(Bucket=bucket)
+        yield client
 
 
 def random_file(path: Path, size: int) -> str:
