@@ -41,6 +41,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -459,7 +460,7 @@ class ArchiveIndex(IndexWrites):
         # Any thread may write, one at a time (the write lock): sqlite3's own check is off.
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
+            _use_wal(connection)
             synchronous = "FULL" if self.durable_commits else "NORMAL"
             connection.execute(f"PRAGMA synchronous={synchronous}")
             connection.execute("PRAGMA foreign_keys=ON")
@@ -603,3 +604,25 @@ def _prune_patient(transaction: Transaction, patient_pk: int) -> None:
     if transaction.scalar("SELECT 1 FROM studies WHERE patient_pk = ? LIMIT 1", patient_pk):
         return
     transaction.execute("DELETE FROM patients WHERE pk = ?", (patient_pk,))
+
+
+WAL_SWITCH_PATIENCE: Final = 5.0
+"""Seconds to retry switching a new database to WAL while another connection migrates it."""
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (a no-op once it is).
+
+    Switching a new database needs it to itself, and SQLite answers "database is locked" at
+    once, without waiting, while another process or thread creates its schema: several
+    nodes or workers opening one new index together then retry for a few seconds.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_PATIENCE
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
